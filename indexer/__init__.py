@@ -1,0 +1,1 @@
+"""The corpus side: reading collections, decoding images, writing vectors and FAISS indexes."""

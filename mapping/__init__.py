@@ -1,0 +1,1 @@
+"""The model side: loading ViTs and CLIP, RepDecompose, CompAlign, property scoring."""

@@ -1,0 +1,1 @@
+"""The query side: opening indexes, text / reference-image queries, HTTP API, web page."""
