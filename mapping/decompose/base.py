@@ -180,3 +180,30 @@ def linearised_layer_norm(
     )
     return normalised, beta.expand_as(stream)
 
+
+
+def head_contributions(
+    attention: torch.Tensor,
+    values: torch.Tensor,
+    out_weight: torch.Tensor,
+    out_bias: torch.Tensor | None,
+    split_tokens: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Each head's share of an attention block's output at the pooled query.
+
+    ``attention`` (batch, heads, tokens): the pooled query's attention weights (or their
+    mean over the pooled queries: the map is linear); ``values`` (batch, tokens, heads,
+    head_dim); ``out_weight`` (dim, heads·head_dim) and ``out_bias`` the output projection.
+    Returns ``heads`` (batch, heads, dim) with head h = W_O^h Σ_t A_t v_t + b_O / H, and with
+    ``split_tokens`` also (batch, heads, tokens, dim) whose sum over tokens equals ``heads``
+    (b_O / H is spread by the attention weights, which sum to one).
+    """
+    num_heads, head_dim = values.shape[-2:]
+    per_head_out = out_weight.unflatten(1, (num_heads, head_dim))  # (dim, heads, head_dim)
+    head_bias = out_bias / num_heads if out_bias is not None else 0.0
+    mixed = torch.einsum("bht,bthd->bhd", attention, values)
+    heads = torch.einsum("bhd,ehd->bhe", mixed, per_head_out) + head_bias
+    if not split_tokens:
+        return heads, None
+    per_token = torch.einsum("bthd,ehd->bhte", values, per_head_out) + head_bias
+    return heads, attention.unsqueeze(-1) * per_token
