@@ -1,1 +1,2 @@
 """One module per architecture family; importing this package registers them all."""
+from mapping.decompose.families import openclip_vit  # noqa: F401

@@ -1,0 +1,266 @@
+"""RepDecompose for open_clip CLIP models with a ViT image tower.
+
+The model is the whole open_clip ``CLIP`` / ``CustomTextCLIP``; the decomposed output is
+``z = model.encode_image(x, normalize=True)``, the normalised image embedding:
+
+    z = proj(ln_post(x_L)[CLS]) / ‖proj(ln_post(x_L)[CLS])‖
+
+Block names are module paths relative to the CLIP model, ``visual.transformer.resblocks.{i}``;
+components are ``init``, then per decomposed block ``visual.transformer.resblocks.{i}.attn.h{h}``
+and ``visual.transformer.resblocks.{i}.mlp``, and ``bias`` (ln_post's β through ``proj``).
+The default range is the last five blocks. ln_post is linearised with the image's own
+statistics, then ``proj`` and the division by the image's (frozen) ‖proj(…)‖ are applied to
+every component, so Σ components == z.
+
+``nn.MultiheadAttention`` computes its output projection inside a fused kernel, so hooks on
+``out_proj`` never fire: heads are recomputed from the attention input (captured by a
+forward pre-hook) with the module's own ``in_proj`` / ``out_proj`` parameters, and only the
+CLS query is projected, since only the CLS row reaches z. ``CustomResidualAttentionBlock``
+(qk_norm, scaled cosine attention, head scales) is handled the same way.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from open_clip.model import CLIP, CustomTextCLIP
+from open_clip.transformer import (
+    Attention,
+    CustomResidualAttentionBlock,
+    ResidualAttentionBlock,
+    VisionTransformer,
+)
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from mapping.decompose.base import (
+    Adapter,
+    Decomposition,
+    TokenSplit,
+    head_contributions,
+    linearised_layer_norm,
+    register_adapter,
+)
+from mapping.errors import UnsupportedModelError
+
+BLOCKS = "visual.transformer.resblocks"
+DEFAULT_DECOMPOSED_BLOCKS = 5  # the paper's range for 12-block ViTs: blocks 7–11
+CLS = 0  # 'tok' pooling reads the class token, the first token
+
+
+@dataclass
+class _BlockCapture:
+    """What one decomposed block's hooks keep, all at the CLS position unless noted."""
+
+    heads: torch.Tensor | None = None  # (batch, heads, width), LayerScale applied
+    mlp: torch.Tensor | None = None  # (batch, width), LayerScale applied
+    attention: torch.Tensor | None = None  # (batch, heads, tokens), only for the token split
+    values: torch.Tensor | None = None  # (batch, tokens, heads, head_dim), idem
+
+
+@register_adapter
+class OpenClipViTAdapter(Adapter):
+    """Decomposes ``encode_image`` of open_clip CLIP models whose tower is a VisionTransformer."""
+
+    module_classes = (CLIP, CustomTextCLIP)
+
+    def __init__(self, model: nn.Module, model_name: str) -> None:
+        super().__init__(model, model_name)
+        self.visual = _vision_tower(model, model_name)
+
+    def block_names(self) -> list[str]:
+        return [f"{BLOCKS}.{i}" for i in range(len(self.visual.transformer.resblocks))]
+
+    def default_first_block(self) -> str:
+        names = self.block_names()
+        return names[max(len(names) - DEFAULT_DECOMPOSED_BLOCKS, 0)]
+
+    def output(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(images, normalize=True)
+
+    def decompose(
+        self, images: torch.Tensor, first_block: str, split_tokens: bool
+    ) -> Decomposition:
+        first = self.block_names().index(first_block)
+        indices = range(first, len(self.visual.transformer.resblocks))
+        blocks = {i: self.visual.transformer.resblocks[i] for i in indices}
+        for i, block in blocks.items():
+            _check_block(block, f"{BLOCKS}.{i}", self.model_name)
+
+        captures = {i: _BlockCapture() for i in indices}
+        final: dict[str, torch.Tensor] = {}
+        batch_first = getattr(self.visual.transformer, "batch_first", True)
+
+        def capture_init(module: nn.Module, args: tuple) -> None:
+            final["init"] = _tokens_first(args[0], batch_first)[:, CLS]
+
+        def capture_ln_post_input(module: nn.Module, args: tuple) -> None:
+            # 3-d when ln_post runs before pooling, already the pooled row otherwise.
+            stream = args[0]
+            final["stream"] = stream[:, CLS] if stream.ndim == 3 else stream
+
+        def capture_features(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            final["features"] = output
+
+        handles = [
+            blocks[first].register_forward_pre_hook(capture_init),
+            self.visual.ln_post.register_forward_pre_hook(capture_ln_post_input),
+            self.visual.register_forward_hook(capture_features),
+        ]
+        for i, block in blocks.items():
+            handles += _block_hooks(block, captures[i], batch_first, split_tokens)
+        with _removed_after(handles):
+            z = self.model.encode_image(images, normalize=True)
+
+        names = ["init"]
+        parts = [final["init"].unsqueeze(1)]
+        for i, capture in captures.items():
+            heads = capture.heads
+            names += [f"{BLOCKS}.{i}.attn.h{h}" for h in range(heads.shape[1])]
+            names.append(f"{BLOCKS}.{i}.mlp")
+            parts += [heads, capture.mlp.unsqueeze(1)]
+        normalised, beta = linearised_layer_norm(torch.cat(parts, 1), final["stream"], self.visual.ln_post)
+        norm = _embedding_norm(final["features"])
+        contributions = self._project(torch.cat([normalised, beta.unsqueeze(1)], 1), norm)
+
+        token_splits = None
+        if split_tokens:
+            token_splits = [
+                self._token_split(blocks[i], f"{BLOCKS}.{i}", capture, final["stream"], norm)
+                for i, capture in captures.items()
+            ]
+        return Decomposition(self.model_name, names + ["bias"], contributions, z, token_splits)
+
+    def _project(self, components: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+        """Apply what follows ln_post, linear for a frozen ‖·‖: ``@ proj``, then ``/ norm``."""
+        if self.visual.proj is not None:
+            components = components @ self.visual.proj
+        return components / norm.view(-1, *[1] * (components.ndim - 1))
+
+    def _token_split(
+        self,
+        block: nn.Module,
+        name: str,
+        capture: _BlockCapture,
+        stream: torch.Tensor,
+        norm: torch.Tensor,
+    ) -> TokenSplit:
+        _, per_token = head_contributions(
+            capture.attention, capture.values, block.attn.out_proj.weight, block.attn.out_proj.bias, True
+        )
+        # A (batch, 1, width) stream broadcasts ln_post's σ over the (heads, tokens) axes.
+        normalised, _ = linearised_layer_norm(block.ls_1(per_token), stream.unsqueeze(1), self.visual.ln_post)
+        heads = per_token.shape[1]
+        return TokenSplit(
+            block=name,
+            component_names=[f"{name}.attn.h{h}" for h in range(heads)],
+            contributions=self._project(normalised, norm),
+            grid=tuple(self.visual.grid_size),
+            num_prefix_tokens=1,
+        )
+
+
+def _vision_tower(model: nn.Module, model_name: str) -> VisionTransformer:
+    """The model's image tower, if it is a ViT pooled in a way this adapter can split."""
+    visual = model.visual
+    if not isinstance(visual, VisionTransformer):
+        raise UnsupportedModelError(
+            f"{model_name}'s image tower is a {type(visual).__name__}, not an open_clip VisionTransformer",
+            "only CLIP models with a ViT image tower can be decomposed",
+        )
+    if visual.attn_pool is not None:
+        raise UnsupportedModelError(
+            f"{model_name} pools its image tokens with an attentional pooler, whose output "
+            "is not a sum of per-component terms",
+            "use a CLIP model with class-token pooling (pool_type='tok')",
+        )
+    if visual.pool_type != "tok":
+        raise UnsupportedModelError(
+            f"{model_name} pools its image tokens with pool_type={visual.pool_type!r}",
+            "only class-token pooling (pool_type='tok') is supported",
+        )
+    return visual
+
+
+def _check_block(block: nn.Module, name: str, model_name: str) -> None:
+    if isinstance(block, ResidualAttentionBlock) and isinstance(block.attn, nn.MultiheadAttention):
+        if block.attn._qkv_same_embed_dim and not hasattr(block, "ln_1_kv"):
+            return
+    elif isinstance(block, CustomResidualAttentionBlock) and isinstance(block.attn, Attention):
+        # A norm across all heads' outputs (scale_attn, scale_attn_inner) does not split by head.
+        if isinstance(block.ln_attn, nn.Identity) and isinstance(block.attn.ln_inner, nn.Identity):
+            return
+    raise UnsupportedModelError(
+        f"block {name} of {model_name} ({type(block).__name__}) mixes its heads in a way "
+        "that cannot be split per head (cross-attention or a norm after attention)",
+        "decompose from a later block, or use a model without scale_attn / scale_attn_inner",
+    )
+
+
+def _block_hooks(
+    block: nn.Module, capture: _BlockCapture, batch_first: bool, split_tokens: bool
+) -> list[RemovableHandle]:
+    """Hooks that fill ``capture`` with the block's heads and MLP at the CLS position."""
+
+    def capture_heads(module: nn.Module, args: tuple) -> None:
+        attention, values = _cls_attention(module, _tokens_first(args[0], batch_first))
+        heads, _ = head_contributions(attention, values, module.out_proj.weight, module.out_proj.bias)
+        capture.heads = block.ls_1(heads)
+        if split_tokens:
+            capture.attention, capture.values = attention, values
+
+    def capture_mlp(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        # ls_2's output is exactly the MLP branch that is added to the stream.
+        capture.mlp = _tokens_first(output, batch_first)[:, CLS].clone()
+
+    return [
+        block.attn.register_forward_pre_hook(capture_heads),
+        block.ls_2.register_forward_hook(capture_mlp),
+    ]
+
+
+def _cls_attention(attn: nn.Module, attention_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CLS query's attention weights (batch, heads, tokens) and the values (batch, tokens, heads, head_dim).
+
+    Recomputed from ``attention_input`` (batch, tokens, width) with the module's own
+    parameters; only the CLS row of q is projected.
+    """
+    width = attention_input.shape[-1]
+    num_heads = attn.num_heads
+    weight_q, weight_kv = attn.in_proj_weight.split([width, 2 * width])
+    bias_q, bias_kv = attn.in_proj_bias.split([width, 2 * width]) if attn.in_proj_bias is not None else (None, None)
+    query = F.linear(attention_input[:, CLS], weight_q, bias_q).unflatten(-1, (num_heads, -1))
+    key, values = F.linear(attention_input, weight_kv, bias_kv).unflatten(-1, (2, num_heads, -1)).unbind(-3)
+    scale = query.shape[-1] ** -0.5
+    if isinstance(attn, Attention):  # open_clip's own attention: its optional variants
+        if attn.logit_scale is not None:  # scaled cosine attention (Swin V2)
+            query, key = F.normalize(query, dim=-1), F.normalize(key, dim=-1)
+            scale = attn.logit_scale.clamp(max=attn.logit_scale_max).exp().view(num_heads, 1)
+        else:
+            query, key = attn.ln_q(query), attn.ln_k(key)
+        if attn.head_scale is not None:
+            values = values * attn.head_scale.view(num_heads, 1)
+    logits = torch.einsum("bhd,bthd->bht", query, key) * scale
+    return logits.softmax(-1), values
+
+
+def _tokens_first(x: torch.Tensor, batch_first: bool) -> torch.Tensor:
+    """(batch, tokens, width) whatever layout the transformer runs in."""
+    return x if batch_first else x.transpose(0, 1)
+
+
+def _embedding_norm(features: torch.Tensor) -> torch.Tensor:
+    """‖features‖ as ``F.normalize`` divides by it (same eps floor)."""
+    return features.norm(dim=-1).clamp_min(1e-12)
+
+
+@contextmanager
+def _removed_after(handles: list[RemovableHandle]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
