@@ -182,6 +182,21 @@ def linearised_layer_norm(
 
 
 
+def project_heads(
+    mixed: torch.Tensor, out_weight: torch.Tensor, out_bias: torch.Tensor | None
+) -> torch.Tensor:
+    """Heads (batch, heads, dim) from the per-head attention outputs ``mixed`` (batch, heads,
+    head_dim): head h = W_O^h mixed_h + b_O / H.
+
+    Where the output projection's input (the heads' A·V, concatenated) can be hooked at the
+    pooled query, this is the whole head split: no attention weights are needed.
+    """
+    num_heads, head_dim = mixed.shape[-2:]
+    per_head_out = out_weight.unflatten(1, (num_heads, head_dim))  # (dim, heads, head_dim)
+    head_bias = out_bias / num_heads if out_bias is not None else 0.0
+    return torch.einsum("bhd,ehd->bhe", mixed, per_head_out) + head_bias
+
+
 def head_contributions(
     attention: torch.Tensor,
     values: torch.Tensor,
@@ -202,7 +217,7 @@ def head_contributions(
     per_head_out = out_weight.unflatten(1, (num_heads, head_dim))  # (dim, heads, head_dim)
     head_bias = out_bias / num_heads if out_bias is not None else 0.0
     mixed = torch.einsum("bht,bthd->bhd", attention, values)
-    heads = torch.einsum("bhd,ehd->bhe", mixed, per_head_out) + head_bias
+    heads = project_heads(mixed, out_weight, out_bias)
     if not split_tokens:
         return heads, None
     per_token = torch.einsum("bthd,ehd->bhte", values, per_head_out) + head_bias

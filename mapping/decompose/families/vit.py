@@ -8,7 +8,8 @@ Everything comes from one forward pass with hooks. Pooling (a mean over a fixed 
 range) is linear, so every branch is pooled as soon as it is produced, and the attention
 heads are split after pooling: the input of ``attn.proj`` is the concatenation of the
 per-head outputs A·V, so one einsum with the per-head column blocks of ``proj.weight``
-gives all heads of a block, with no need to recompute attention.
+gives all heads of a block, and the fast fused attention stays on. Only the token split
+needs A itself, which the fused kernel never materialises.
 """
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ from mapping.decompose.base import (
     Adapter,
     Decomposition,
     TokenSplit,
+    head_contributions,
     linearised_layer_norm,
+    project_heads,
     register_adapter,
 )
 from mapping.errors import CompsearchError, UnsupportedModelError
@@ -129,25 +132,22 @@ class VitAdapter(Adapter):
             z = self._forward(images)
 
         names, parts = ["init"], [streams["init"].unsqueeze(1)]
-        head_weights = []
+        token_splits: list[TokenSplit] | None = [] if split_tokens else None
         for index, (block, capture) in enumerate(zip(blocks, captures), start=first):
-            weight, bias = self._head_weights(block)
-            head_weights.append((weight, bias))
-            head_outputs = capture.head_outputs.unflatten(-1, (weight.shape[0], weight.shape[1]))
-            parts.append(torch.einsum("bhk,hkd->bhd", head_outputs, weight) + bias)
-            parts.append(capture.mlp.unsqueeze(1))
-            names += [f"blocks.{index}.attn.h{head}" for head in range(weight.shape[0])]
-            names.append(f"blocks.{index}.mlp")
+            block_name = f"blocks.{index}"
+            head_names = [f"{block_name}.attn.h{head}" for head in range(block.attn.num_heads)]
+            out_weight, out_bias = self._scaled_output_projection(block)
+            mixed = capture.head_outputs.unflatten(-1, (block.attn.num_heads, block.attn.head_dim))
+            parts += [project_heads(mixed, out_weight, out_bias), capture.mlp.unsqueeze(1)]
+            names += [*head_names, f"{block_name}.mlp"]
+            if token_splits is not None:
+                _, per_token = head_contributions(
+                    capture.attention, capture.values, out_weight, out_bias, split_tokens=True
+                )
+                token_splits.append(self._token_split(block_name, head_names, images, per_token, streams["final"]))
         components, beta = self._normalise(torch.cat(parts, dim=1), streams["final"])
         names.append("bias")
         contributions = torch.cat([components, beta.unsqueeze(1)], dim=1)
-
-        token_splits = None
-        if split_tokens:
-            token_splits = [
-                self._token_split(f"blocks.{index}", images, capture, weight, bias, streams["final"])
-                for index, capture, (weight, bias) in zip(range(first, len(self.model.blocks)), captures, head_weights)
-            ]
         return Decomposition(self.model_name, names, contributions, z, token_splits)
 
     def _hook_streams(self, stack: ExitStack, first_block: nn.Module, streams: dict[str, torch.Tensor]) -> None:
@@ -190,14 +190,13 @@ class VitAdapter(Adapter):
         stack.callback(attn.qkv.register_forward_hook(keep_values).remove)
 
     @staticmethod
-    def _head_weights(block: Block) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-head output maps (heads, head_dim, dim) and bias shares (dim,), LayerScale folded in."""
-        attn = block.attn
-        proj = attn.proj
-        weight = proj.weight.T.reshape(attn.num_heads, attn.head_dim, proj.out_features)
-        bias = proj.bias / attn.num_heads if proj.bias is not None else weight.new_zeros(proj.out_features)
+    def _scaled_output_projection(block: Block) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``attn.proj``'s weight and bias with the branch's LayerScale folded in (it is diagonal)."""
+        weight, bias = block.attn.proj.weight, block.attn.proj.bias
         if isinstance(block.ls1, LayerScale):
-            weight, bias = weight * block.ls1.gamma, bias * block.ls1.gamma
+            gamma = block.ls1.gamma
+            weight = gamma.unsqueeze(1) * weight
+            bias = gamma * bias if bias is not None else None
         return weight, bias
 
     def _normalise(self, components: torch.Tensor, stream: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,16 +208,12 @@ class VitAdapter(Adapter):
     def _token_split(
         self,
         block_name: str,
+        head_names: list[str],
         images: torch.Tensor,
-        capture: _BlockCapture,
-        weight: torch.Tensor,
-        bias: torch.Tensor,
+        per_token: torch.Tensor,
         stream: torch.Tensor,
     ) -> TokenSplit:
-        # Head h at token t: A_{q,t} (W_O^h v_t + b_O/H); rows of A sum to one, so the
-        # tokens of a head sum to its component.
-        per_token = torch.einsum("bthk,hkd->bhtd", capture.values, weight) + bias
-        per_token = per_token * capture.attention.unsqueeze(-1)
+        """Carry a block's (batch, heads, tokens, dim) head split through the final norm."""
         batch, heads, tokens, dim = per_token.shape
         normalised, _ = self._normalise(per_token.reshape(batch, heads * tokens, dim), stream)
         patch_embed = self.model.patch_embed
@@ -229,7 +224,7 @@ class VitAdapter(Adapter):
         )
         return TokenSplit(
             block=block_name,
-            component_names=[f"{block_name}.attn.h{head}" for head in range(heads)],
+            component_names=head_names,
             contributions=normalised.reshape(batch, heads, tokens, dim),
             grid=tuple(grid),
             num_prefix_tokens=self.model.num_prefix_tokens,
