@@ -1,0 +1,443 @@
+"""RepDecompose for timm MaxViT: ``MaxxVit`` built from ``MaxxVitBlock`` ('M') stages.
+
+Anatomy (timm 1.0, ``maxxvit.py``): ``stem`` (convs + BatchNorm) → ``stages.{s}.blocks.{b}``
+→ head. On the residual stream (NCHW between blocks, channels-last inside attention) a block is
+
+- ``conv``: ``shortcut(x) + MBConv(x)``; the shortcut is the identity, or in the first
+  block of a stage ``Downsample2d`` = average pool + 1×1 conv (linear; its bias is constant);
+- ``attn_block``: ``x + ls1(attn(LN1(x)))`` with attention inside non-overlapping windows,
+  then ``x + ls2(MLP(LN2(x)))``;
+- ``attn_grid``: the same, attending across a dilated grid.
+
+What z is. MaxViT-tf heads (``NormMlpClassifierHead``) are global average pool → LayerNorm
+of the pooled vector → ``pre_logits`` Linear + tanh → ``fc``. The tanh layer is nonlinear,
+so z is the output of the linear part, the pooled and normalised vector (the input of
+``head.pre_logits``; for a head without a hidden layer that is the usual pre-logits output).
+Configs that normalise every position *before* pooling (the ``maxvit_*_rw`` family) are
+refused with a clear error.
+
+Components: ``init`` (the stream entering the first decomposed block), then per decomposed
+block ``….conv`` (the whole MBConv branch), ``….attn_block.attn.h{k}``,
+``….attn_block.mlp``, ``….attn_grid.attn.h{k}``, ``….attn_grid.mlp``; last ``bias``: the
+biases of downsampling 1×1 convs crossed after the point where a component enters, and the
+head LayerNorm's β (both normalised like every other component, β added after).
+
+Pooling early, exactly. Between any block and the head's LayerNorm everything is linear:
+identity shortcuts, average pools and 1×1 convs of the downsampling shortcuts, the global
+mean. Pools act on every channel alike and 1×1 convs on every position alike, so the pooled
+share of a map m entering at some point is ``M Σ_q w_q m_q``: w fixed spatial weights (the
+adjoint of the later pools applied to the global mean's uniform weights; uniform again for
+2×2 pools of even maps), M the product of the later 1×1 conv weights. Each branch is thus
+reduced to one vector per image inside its hook; no per-position maps outlive the forward
+pass. Heads are averaged over query positions with these weights, then LayerNorm is
+linearised with the pooled stream's own statistics.
+
+Default range: the last two blocks of the penultimate stage and the whole last stage (the
+paper's MaxViT-S: ``stages.2.blocks.3`` onwards for depths 2, 2, 5, 2).
+
+Token split. Each head of a partition attention is split by the key token it reads from;
+tokens are listed in row-major order of that stage's H×W feature map (``TokenSplit.grid``),
+not in the windowed order attention sees them. A window ("block") head's keys for a query
+are the query's own window of ``partition_size`` neighbours; a grid head's are the positions
+sharing the query's offset modulo ``H / partition_size`` (a dilated lattice over the map).
+"""
+from __future__ import annotations
+
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+import torch
+from timm.layers import LayerScale, NormMlpClassifierHead
+from timm.models.maxxvit import (
+    AttentionCl,
+    ConvNeXtBlock,
+    Downsample2d,
+    MaxxVit,
+    MaxxVitBlock,
+    MbConvBlock,
+    PartitionAttentionCl,
+    grid_partition,
+    grid_reverse,
+    window_partition,
+    window_reverse,
+)
+from torch import nn
+
+from mapping.decompose.base import (
+    Adapter,
+    Decomposition,
+    TokenSplit,
+    head_contributions,
+    linearised_layer_norm,
+    register_adapter,
+)
+from mapping.errors import CompsearchError, UnsupportedModelError
+
+PARTITIONS = ("attn_block", "attn_grid")
+
+
+@dataclass
+class _Landing:
+    """How a map entering the stream at one point reaches the pooled, pre-norm vector."""
+
+    weights: torch.Tensor  # (1, H, W): spatial weights of the global mean, pulled back here
+    channels: torch.Tensor | None  # (C_final, C_here): later 1×1 convs; None = identity
+
+    @property
+    def mass(self) -> torch.Tensor:
+        """What a spatially constant map of ones pools to (carries bias terms)."""
+        return self.weights.sum()
+
+    def to_final(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Map channel vectors (…, C_here) into the final channel space."""
+        return vectors if self.channels is None else vectors @ self.channels.T
+
+    def pool(self, channels_last: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, C) map → (B, C_final)."""
+        return self.to_final(torch.einsum("bhwc,hw->bc", channels_last, self.weights[0]))
+
+
+@dataclass
+class _PartitionCapture:
+    """One partition attention's branches, already pooled inside the hooks."""
+
+    heads: torch.Tensor | None = None  # (B, heads, C_here) before LayerScale
+    tokens: torch.Tensor | None = None  # (B, heads, H·W, C_here) before LayerScale
+    mlp: torch.Tensor | None = None  # (B, C_final)
+    attention: torch.Tensor | None = None  # (B·windows, heads, keys): A weighted over queries
+    values: torch.Tensor | None = None  # (B·windows, keys, heads, head_dim)
+
+
+@dataclass
+class _BlockCapture:
+    conv: torch.Tensor | None = None  # (B, C_final)
+    partitions: dict[str, _PartitionCapture] = field(default_factory=dict)
+
+
+@register_adapter
+class MaxVitAdapter(Adapter):
+    module_classes = (MaxxVit,)
+
+    def __init__(self, model: nn.Module, model_name: str) -> None:
+        super().__init__(model, model_name)
+        self._check_supported()
+
+    def _blocks(self) -> list[tuple[str, MaxxVitBlock]]:
+        return [
+            (f"stages.{s}.blocks.{b}", block)
+            for s, stage in enumerate(self.model.stages)
+            for b, block in enumerate(stage.blocks)
+        ]
+
+    def _check_supported(self) -> None:
+        model, name = self.model, self.model_name
+
+        def unsupported(what: str) -> UnsupportedModelError:
+            return UnsupportedModelError(
+                f"{name}: {what}, which the MaxViT decomposition does not handle",
+                "use a MaxViT-tf model (maxvit_{tiny,small,base,large}_tf_*): 'M' blocks with "
+                "channels-last attention, average-pool downsampling and a pool-then-norm head",
+            )
+
+        head = model.head
+        if not isinstance(head, NormMlpClassifierHead) or not isinstance(model.norm, nn.Identity):
+            raise unsupported("a LayerNorm on every position before pooling")
+        if getattr(head.norm, "weight", None) is None or not hasattr(head.norm, "eps"):
+            raise unsupported(f"a {type(head.norm).__name__} head norm")
+        if "max" in head.global_pool.pool_type or not head.global_pool.pool_type:
+            raise unsupported(f"global pooling {head.global_pool.pool_type!r}")
+        for block_name, block in self._blocks():
+            if not isinstance(block, MaxxVitBlock):
+                raise unsupported(f"{block_name} is a {type(block).__name__}")
+            if block.nchw_attn:
+                raise unsupported(f"{block_name} runs attention in NCHW layout")
+            if not isinstance(block.conv, (MbConvBlock, ConvNeXtBlock)):
+                raise unsupported(f"{block_name}.conv is a {type(block.conv).__name__}")
+            shortcut = block.conv.shortcut
+            if isinstance(shortcut, Downsample2d):
+                if not isinstance(shortcut.pool, nn.AvgPool2d):
+                    raise unsupported(f"{block_name} downsamples with {type(shortcut.pool).__name__}")
+            elif not isinstance(shortcut, nn.Identity):
+                raise unsupported(f"{block_name}.conv has a {type(shortcut).__name__} shortcut")
+            for _, partition in self._partitions(block):
+                if type(partition.attn) is not AttentionCl:
+                    raise unsupported(f"{block_name} attends with {type(partition.attn).__name__}")
+                if not isinstance(partition.ls1, (LayerScale, nn.Identity)):
+                    raise unsupported(f"{block_name} scales attention with {type(partition.ls1).__name__}")
+
+    @staticmethod
+    def _partitions(block: MaxxVitBlock) -> list[tuple[str, PartitionAttentionCl]]:
+        """``(name, module)`` of the block's partition attentions (``attn_block`` may be absent)."""
+        return [(name, getattr(block, name)) for name in PARTITIONS if getattr(block, name) is not None]
+
+    def block_names(self) -> list[str]:
+        return [block_name for block_name, _ in self._blocks()]
+
+    def default_first_block(self) -> str:
+        """The last two blocks of the penultimate stage, then the last stage."""
+        stages = self.model.stages
+        if len(stages) < 2:
+            return self.block_names()[0]
+        penultimate = len(stages) - 2
+        return f"stages.{penultimate}.blocks.{max(0, len(stages[penultimate].blocks) - 2)}"
+
+    def _z(self, features: torch.Tensor) -> torch.Tensor:
+        """The head's linear part: pooled, normalised vector (the input of ``pre_logits``)."""
+        head = self.model.head
+        return head.flatten(head.norm(head.global_pool(features)))
+
+    def output(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self._z(self.model.forward_features(images))
+
+    def decompose(
+        self, images: torch.Tensor, first_block: str, split_tokens: bool
+    ) -> Decomposition:
+        if self.model.training:
+            raise CompsearchError(
+                f"{self.model_name} is in training mode (BatchNorm batch statistics, dropout)",
+                "call model.eval() before decomposing",
+            )
+        first = self.block_names().index(first_block)
+        blocks = self._blocks()[first:]
+        captures = [_BlockCapture() for _ in blocks]
+        landings: dict[str, _Landing] = {}  # filled by the first block's pre-hook
+        streams: dict[str, torch.Tensor] = {}
+        with torch.inference_mode(), ExitStack() as stack:
+            self._hook_streams(stack, blocks, landings, streams)
+            for (block_name, block), capture in zip(blocks, captures):
+                self._hook_block(stack, block_name, block, capture, landings, split_tokens)
+            z = self._z(self.model.forward_features(images))
+
+        names, parts = ["init"], [streams["init"].unsqueeze(1)]
+        for (block_name, block), capture in zip(blocks, captures):
+            landing = landings[block_name]
+            names.append(f"{block_name}.conv")
+            parts.append(capture.conv.unsqueeze(1))
+            for partition_name, partition in self._partitions(block):
+                partition_capture = capture.partitions[partition_name]
+                heads = landing.to_final(partition.ls1(partition_capture.heads))
+                names += [f"{block_name}.{partition_name}.attn.h{k}" for k in range(heads.shape[1])]
+                names.append(f"{block_name}.{partition_name}.mlp")
+                parts += [heads, partition_capture.mlp.unsqueeze(1)]
+        # The downsampling biases join the stream (and its norm) as one more summand.
+        parts.append(self._shortcut_biases(blocks, landings, images.shape[0]).unsqueeze(1))
+        head_norm = self.model.head.norm
+        pooled_stream = streams["pooled"]
+        normalised, beta = linearised_layer_norm(torch.cat(parts, dim=1), pooled_stream, head_norm)
+        contributions = torch.cat([normalised[:, :-1], (normalised[:, -1] + beta).unsqueeze(1)], dim=1)
+        names.append("bias")
+
+        token_splits = None
+        if split_tokens:
+            token_splits = [
+                self._token_split(f"{block_name}.{partition_name}", partition, capture.partitions[partition_name],
+                                  landings[block_name], pooled_stream)
+                for (block_name, block), capture in zip(blocks, captures)
+                for partition_name, partition in self._partitions(block)
+            ]
+        return Decomposition(self.model_name, names, contributions, z, token_splits)
+
+    def _hook_streams(
+        self,
+        stack: ExitStack,
+        blocks: list[tuple[str, MaxxVitBlock]],
+        landings: dict[str, _Landing],
+        streams: dict[str, torch.Tensor],
+    ) -> None:
+        """Plan the landings when the stream enters the range; keep init and the pooled stream."""
+
+        def keep_init(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            stream = args[0]
+            landings.update(self._plan_landings(blocks, stream))
+            streams["init"] = landings["init"].pool(stream.permute(0, 2, 3, 1))
+
+        def keep_pooled(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            streams["pooled"] = output.flatten(1)
+
+        stack.callback(blocks[0][1].register_forward_pre_hook(keep_init).remove)
+        stack.callback(self.model.head.global_pool.register_forward_hook(keep_pooled).remove)
+
+    @staticmethod
+    def _plan_landings(blocks: list[tuple[str, MaxxVitBlock]], stream: torch.Tensor) -> dict[str, _Landing]:
+        """Landings for ``init`` (the first block's input) and every block's output grid."""
+        sizes = [tuple(stream.shape[-2:])]  # sizes[k]: spatial size entering block k
+        probe = stream.new_zeros(1, 1, *sizes[0])
+        for _, block in blocks:
+            shortcut = block.conv.shortcut
+            if isinstance(shortcut, Downsample2d):
+                probe = shortcut.pool(probe)
+            sizes.append(tuple(probe.shape[-2:]))
+        weights = stream.new_full((1, *sizes[-1]), 1.0 / (sizes[-1][0] * sizes[-1][1]))
+        channels: torch.Tensor | None = None
+        landings: dict[str, _Landing] = {}
+        for index in reversed(range(len(blocks))):
+            block_name, block = blocks[index]
+            landings[block_name] = _Landing(weights, channels)
+            shortcut = block.conv.shortcut
+            if isinstance(shortcut, Downsample2d):
+                weights = _pool_adjoint(shortcut.pool, weights, sizes[index])
+                if isinstance(shortcut.expand, nn.Conv2d):
+                    expand = shortcut.expand.weight.flatten(1)  # (C_out, C_in): a 1×1 conv
+                    channels = expand if channels is None else channels @ expand
+        landings["init"] = _Landing(weights, channels)
+        return landings
+
+    def _shortcut_biases(
+        self, blocks: list[tuple[str, MaxxVitBlock]], landings: dict[str, _Landing], batch: int
+    ) -> torch.Tensor:
+        """The downsampling 1×1 convs' biases, pooled and carried to the final space: (B, C)."""
+        total = landings["init"].weights.new_zeros(self.model.head.norm.weight.shape[0])
+        for block_name, block in blocks:
+            expand = getattr(block.conv.shortcut, "expand", None)
+            if isinstance(expand, nn.Conv2d) and expand.bias is not None:
+                landing = landings[block_name]
+                total = total + landing.to_final(expand.bias * landing.mass)
+        return total.expand(batch, -1)
+
+    def _hook_block(
+        self,
+        stack: ExitStack,
+        block_name: str,
+        block: MaxxVitBlock,
+        capture: _BlockCapture,
+        landings: dict[str, _Landing],
+        split_tokens: bool,
+    ) -> None:
+        def keep_conv(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            capture.conv = landings[block_name].pool(output.permute(0, 2, 3, 1))
+
+        # drop_path (an identity in eval) outputs exactly the branch added to the shortcut.
+        stack.callback(block.conv.drop_path.register_forward_hook(keep_conv).remove)
+        for partition_name, partition in self._partitions(block):
+            partition_capture = capture.partitions.setdefault(partition_name, _PartitionCapture())
+            self._hook_partition(stack, block_name, partition, partition_capture, landings, split_tokens)
+
+    def _hook_partition(
+        self,
+        stack: ExitStack,
+        block_name: str,
+        partition: PartitionAttentionCl,
+        capture: _PartitionCapture,
+        landings: dict[str, _Landing],
+        split_tokens: bool,
+    ) -> None:
+        attn = partition.attn
+
+        def spatial_weights(batch: int) -> torch.Tensor:
+            """The landing's weights cut into the partitions attention sees: (B·windows, tokens)."""
+            weights = landings[block_name].weights.expand(batch, -1, -1).unsqueeze(-1)
+            return _partition(partition, weights).flatten(1)
+
+        def keep_heads(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            # Input of proj: per-head A·V, concatenated head-major, one row per query.
+            windows = args[0]
+            if split_tokens:
+                capture.tokens, capture.heads = _split_by_key(partition, capture, windows.shape, landings[block_name])
+                capture.attention = capture.values = None
+                return
+            batch = windows.shape[0] // _windows_per_image(partition, landings[block_name])
+            per_head = torch.einsum("wnd,wn->wd", windows.flatten(1, 2), spatial_weights(batch))
+            per_head = per_head.view(batch, -1, attn.num_heads, attn.dim_head).sum(1)
+            weight, bias = _head_weights(attn)
+            capture.heads = torch.einsum("bhd,chd->bhc", per_head, weight) + bias * landings[block_name].mass
+
+        def keep_mlp(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            capture.mlp = landings[block_name].pool(output)
+
+        stack.callback(attn.proj.register_forward_pre_hook(keep_heads).remove)
+        # drop_path2 (an identity in eval) outputs ls2(mlp(·)), the branch added to the stream.
+        stack.callback(partition.drop_path2.register_forward_hook(keep_mlp).remove)
+        if not split_tokens:
+            return
+
+        def keep_attention(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            attention = args[0]  # (B·windows, heads, queries, keys), softmaxed
+            batch = attention.shape[0] // _windows_per_image(partition, landings[block_name])
+            capture.attention = torch.einsum("whqk,wq->whk", attention, spatial_weights(batch))
+
+        def keep_values(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            qkv = output.flatten(1, 2)  # (B·windows, tokens, 3·heads·head_dim)
+            if attn.head_first:  # per head: q, k, v of head_dim each
+                values = qkv.unflatten(-1, (attn.num_heads, 3, attn.dim_head))[..., 2, :]
+            else:  # q of all heads, then k, then v
+                values = qkv.unflatten(-1, (3, attn.num_heads, attn.dim_head))[..., 2, :, :]
+            capture.values = values
+
+        # The fused kernel never materialises A; the explicit path hands it to attn_drop.
+        stack.callback(setattr, attn, "fused_attn", attn.fused_attn)
+        attn.fused_attn = False
+        stack.callback(attn.attn_drop.register_forward_pre_hook(keep_attention).remove)
+        stack.callback(attn.qkv.register_forward_hook(keep_values).remove)
+
+    def _token_split(
+        self,
+        partition_name: str,
+        partition: PartitionAttentionCl,
+        capture: _PartitionCapture,
+        landing: _Landing,
+        pooled_stream: torch.Tensor,
+    ) -> TokenSplit:
+        tokens = landing.to_final(partition.ls1(capture.tokens))  # (B, heads, H·W, C)
+        batch, heads, count, dim = tokens.shape
+        normalised, _ = linearised_layer_norm(tokens.reshape(batch, heads * count, dim), pooled_stream,
+                                              self.model.head.norm)
+        return TokenSplit(
+            block=partition_name,
+            component_names=[f"{partition_name}.attn.h{k}" for k in range(heads)],
+            contributions=normalised.reshape(batch, heads, count, dim),
+            grid=tuple(landing.weights.shape[-2:]),
+        )
+
+
+def _pool_adjoint(pool: nn.Module, weights: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:
+    """Spatial weights on ``pool``'s input giving the same weighted sum as ``weights`` on its output.
+
+    The adjoint of a linear pool, as one vector-Jacobian product of the pool alone on a
+    one-channel probe (never the model); runs once per decomposition, O(H·W).
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        probe = torch.zeros(1, 1, *input_size, dtype=weights.dtype, device=weights.device, requires_grad=True)
+        (adjoint,) = torch.autograd.grad(pool(probe), probe, grad_outputs=weights.clone().unsqueeze(1))
+    return adjoint.squeeze(1)
+
+
+def _partition(partition: PartitionAttentionCl, channels_last: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, C) → (B·windows, h, w, C), as the attention block cuts its input."""
+    cut = window_partition if partition.partition_block else grid_partition
+    return cut(channels_last, partition.partition_size)
+
+
+def _windows_per_image(partition: PartitionAttentionCl, landing: _Landing) -> int:
+    height, width = landing.weights.shape[-2:]
+    return height * width // (partition.partition_size[0] * partition.partition_size[1])
+
+
+def _head_weights(attn: AttentionCl) -> tuple[torch.Tensor, torch.Tensor]:
+    """proj as per-head maps (C, heads, head_dim) and each head's bias share b_O / H (C,)."""
+    weight = attn.proj.weight.unflatten(1, (attn.num_heads, attn.dim_head))
+    bias = attn.proj.bias if attn.proj.bias is not None else weight.new_zeros(weight.shape[0])
+    return weight, bias / attn.num_heads
+
+
+def _split_by_key(
+    partition: PartitionAttentionCl,
+    capture: _PartitionCapture,
+    windows_shape: torch.Size,
+    landing: _Landing,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Heads split by key token, tokens in row-major order of the feature map.
+
+    Returns ``(tokens (B, heads, H·W, C), heads (B, heads, C))`` with heads = tokens summed,
+    both before LayerScale and the channel landing (the caller applies those).
+    """
+    attn = partition.attn
+    _, per_token = head_contributions(
+        capture.attention, capture.values, attn.proj.weight, attn.proj.bias, split_tokens=True
+    )  # (B·windows, heads, keys, C)
+    height, width = landing.weights.shape[-2:]
+    windowed = per_token.permute(0, 2, 1, 3).reshape(*windows_shape[:3], -1)
+    reverse = window_reverse if partition.partition_block else grid_reverse
+    spatial = reverse(windowed, partition.partition_size, (height, width))  # (B, H, W, heads·C)
+    tokens = spatial.flatten(1, 2).unflatten(-1, (attn.num_heads, -1)).transpose(1, 2)
+    return tokens, tokens.sum(2)
