@@ -16,7 +16,7 @@ every component, so Σ components == z.
 ``out_proj`` never fire: heads are recomputed from the attention input (captured by a
 forward pre-hook) with the module's own ``in_proj`` / ``out_proj`` parameters, and only the
 CLS query is projected, since only the CLS row reaches z. ``CustomResidualAttentionBlock``
-(qk_norm, scaled cosine attention, head scales) is handled the same way.
+(qk_norm, head scales) is handled the same way.
 """
 from __future__ import annotations
 
@@ -61,6 +61,15 @@ class _BlockCapture:
     values: torch.Tensor | None = None  # (batch, tokens, heads, head_dim), idem
 
 
+@dataclass
+class _TowerCapture:
+    """What the tower-level hooks keep."""
+
+    init: torch.Tensor | None = None  # (batch, width): the stream entering the first block, at CLS
+    stream: torch.Tensor | None = None  # (batch, width): ln_post's input at CLS
+    features: torch.Tensor | None = None  # (batch, embed_dim): the embedding before /‖·‖
+
+
 @register_adapter
 class OpenClipViTAdapter(Adapter):
     """Decomposes ``encode_image`` of open_clip CLIP models whose tower is a VisionTransformer."""
@@ -85,28 +94,51 @@ class OpenClipViTAdapter(Adapter):
         self, images: torch.Tensor, first_block: str, split_tokens: bool
     ) -> Decomposition:
         first = self.block_names().index(first_block)
-        indices = range(first, len(self.visual.transformer.resblocks))
-        blocks = {i: self.visual.transformer.resblocks[i] for i in indices}
+        resblocks = self.visual.transformer.resblocks
+        blocks = {i: block for i, block in enumerate(resblocks) if i >= first}
         for i, block in blocks.items():
             _check_block(block, f"{BLOCKS}.{i}", self.model_name)
+        z, tower, captures = self._hooked_forward(images, blocks, split_tokens)
 
-        captures = {i: _BlockCapture() for i in indices}
-        final: dict[str, torch.Tensor] = {}
+        names = ["init"]
+        parts = [tower.init.unsqueeze(1)]
+        for i, capture in captures.items():
+            names += [f"{BLOCKS}.{i}.attn.h{h}" for h in range(capture.heads.shape[1])]
+            names.append(f"{BLOCKS}.{i}.mlp")
+            parts += [capture.heads, capture.mlp.unsqueeze(1)]
+        normalised, beta = linearised_layer_norm(torch.cat(parts, 1), tower.stream, self.visual.ln_post)
+        norm = _embedding_norm(tower.features)
+        contributions = self._project(torch.cat([normalised, beta.unsqueeze(1)], 1), norm)
+
+        token_splits = None
+        if split_tokens:
+            token_splits = [
+                self._token_split(blocks[i], f"{BLOCKS}.{i}", capture, tower.stream, norm)
+                for i, capture in captures.items()
+            ]
+        return Decomposition(self.model_name, names + ["bias"], contributions, z, token_splits)
+
+    def _hooked_forward(
+        self, images: torch.Tensor, blocks: dict[int, nn.Module], split_tokens: bool
+    ) -> tuple[torch.Tensor, _TowerCapture, dict[int, _BlockCapture]]:
+        """One plain ``encode_image`` pass whose hooks keep what the split needs."""
+        tower = _TowerCapture()
+        captures = {i: _BlockCapture() for i in blocks}
         batch_first = getattr(self.visual.transformer, "batch_first", True)
 
         def capture_init(module: nn.Module, args: tuple) -> None:
-            final["init"] = _tokens_first(args[0], batch_first)[:, CLS]
+            tower.init = _tokens_first(args[0], batch_first)[:, CLS].clone()
 
         def capture_ln_post_input(module: nn.Module, args: tuple) -> None:
             # 3-d when ln_post runs before pooling, already the pooled row otherwise.
             stream = args[0]
-            final["stream"] = stream[:, CLS] if stream.ndim == 3 else stream
+            tower.stream = stream[:, CLS] if stream.ndim == 3 else stream
 
         def capture_features(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            final["features"] = output
+            tower.features = output
 
         handles = [
-            blocks[first].register_forward_pre_hook(capture_init),
+            blocks[min(blocks)].register_forward_pre_hook(capture_init),
             self.visual.ln_post.register_forward_pre_hook(capture_ln_post_input),
             self.visual.register_forward_hook(capture_features),
         ]
@@ -114,25 +146,7 @@ class OpenClipViTAdapter(Adapter):
             handles += _block_hooks(block, captures[i], batch_first, split_tokens)
         with _removed_after(handles):
             z = self.model.encode_image(images, normalize=True)
-
-        names = ["init"]
-        parts = [final["init"].unsqueeze(1)]
-        for i, capture in captures.items():
-            heads = capture.heads
-            names += [f"{BLOCKS}.{i}.attn.h{h}" for h in range(heads.shape[1])]
-            names.append(f"{BLOCKS}.{i}.mlp")
-            parts += [heads, capture.mlp.unsqueeze(1)]
-        normalised, beta = linearised_layer_norm(torch.cat(parts, 1), final["stream"], self.visual.ln_post)
-        norm = _embedding_norm(final["features"])
-        contributions = self._project(torch.cat([normalised, beta.unsqueeze(1)], 1), norm)
-
-        token_splits = None
-        if split_tokens:
-            token_splits = [
-                self._token_split(blocks[i], f"{BLOCKS}.{i}", capture, final["stream"], norm)
-                for i, capture in captures.items()
-            ]
-        return Decomposition(self.model_name, names + ["bias"], contributions, z, token_splits)
+        return z, tower, captures
 
     def _project(self, components: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
         """Apply what follows ln_post, linear for a frozen ‖·‖: ``@ proj``, then ``/ norm``."""
@@ -152,7 +166,9 @@ class OpenClipViTAdapter(Adapter):
             capture.attention, capture.values, block.attn.out_proj.weight, block.attn.out_proj.bias, True
         )
         # A (batch, 1, width) stream broadcasts ln_post's σ over the (heads, tokens) axes.
-        normalised, _ = linearised_layer_norm(block.ls_1(per_token), stream.unsqueeze(1), self.visual.ln_post)
+        normalised, _ = linearised_layer_norm(
+            block.ls_1(per_token), stream.unsqueeze(1), self.visual.ln_post
+        )
         heads = per_token.shape[1]
         return TokenSplit(
             block=name,
@@ -186,18 +202,26 @@ def _vision_tower(model: nn.Module, model_name: str) -> VisionTransformer:
 
 
 def _check_block(block: nn.Module, name: str, model_name: str) -> None:
-    if isinstance(block, ResidualAttentionBlock) and isinstance(block.attn, nn.MultiheadAttention):
-        if block.attn._qkv_same_embed_dim and not hasattr(block, "ln_1_kv"):
-            return
-    elif isinstance(block, CustomResidualAttentionBlock) and isinstance(block.attn, Attention):
-        # A norm across all heads' outputs (scale_attn, scale_attn_inner) does not split by head.
-        if isinstance(block.ln_attn, nn.Identity) and isinstance(block.attn.ln_inner, nn.Identity):
-            return
-    raise UnsupportedModelError(
-        f"block {name} of {model_name} ({type(block).__name__}) mixes its heads in a way "
-        "that cannot be split per head (cross-attention or a norm after attention)",
-        "decompose from a later block, or use a model without scale_attn / scale_attn_inner",
-    )
+    if not _splits_per_head(block):
+        raise UnsupportedModelError(
+            f"block {name} of {model_name} ({type(block).__name__}) mixes its heads in a way "
+            "that this adapter cannot split per head (cross-attention, a norm after attention, "
+            "or scaled cosine attention)",
+            "decompose from a later block, or use a model without scale_attn / "
+            "scale_attn_inner / scaled_cosine_attn",
+        )
+
+
+def _splits_per_head(block: nn.Module) -> bool:
+    attn = block.attn
+    if isinstance(block, ResidualAttentionBlock) and isinstance(attn, nn.MultiheadAttention):
+        return attn._qkv_same_embed_dim and not hasattr(block, "ln_1_kv")
+    if isinstance(block, CustomResidualAttentionBlock) and isinstance(attn, Attention):
+        # A norm across all heads' outputs (scale_attn, scale_attn_inner) does not split by
+        # head; scaled cosine attention does not run in open_clip 3.x (4-d bmm), so is untested.
+        norms = (block.ln_attn, attn.ln_inner)
+        return all(isinstance(norm, nn.Identity) for norm in norms) and attn.logit_scale is None
+    return False
 
 
 def _block_hooks(
@@ -222,28 +246,26 @@ def _block_hooks(
     ]
 
 
-def _cls_attention(attn: nn.Module, attention_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The CLS query's attention weights (batch, heads, tokens) and the values (batch, tokens, heads, head_dim).
-
-    Recomputed from ``attention_input`` (batch, tokens, width) with the module's own
-    parameters; only the CLS row of q is projected.
+def _cls_attention(
+    attn: nn.Module, attention_input: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CLS query's attention weights (batch, heads, tokens) and the values
+    (batch, tokens, heads, head_dim), recomputed from ``attention_input`` (batch, tokens,
+    width) with the module's own parameters; only the CLS row of q is projected.
     """
     width = attention_input.shape[-1]
     num_heads = attn.num_heads
-    weight_q, weight_kv = attn.in_proj_weight.split([width, 2 * width])
-    bias_q, bias_kv = attn.in_proj_bias.split([width, 2 * width]) if attn.in_proj_bias is not None else (None, None)
+    split = [width, 2 * width]
+    weight_q, weight_kv = attn.in_proj_weight.split(split)
+    bias_q, bias_kv = attn.in_proj_bias.split(split) if attn.in_proj_bias is not None else (None, None)
     query = F.linear(attention_input[:, CLS], weight_q, bias_q).unflatten(-1, (num_heads, -1))
-    key, values = F.linear(attention_input, weight_kv, bias_kv).unflatten(-1, (2, num_heads, -1)).unbind(-3)
-    scale = query.shape[-1] ** -0.5
-    if isinstance(attn, Attention):  # open_clip's own attention: its optional variants
-        if attn.logit_scale is not None:  # scaled cosine attention (Swin V2)
-            query, key = F.normalize(query, dim=-1), F.normalize(key, dim=-1)
-            scale = attn.logit_scale.clamp(max=attn.logit_scale_max).exp().view(num_heads, 1)
-        else:
-            query, key = attn.ln_q(query), attn.ln_k(key)
+    key_value = F.linear(attention_input, weight_kv, bias_kv).unflatten(-1, (2, num_heads, -1))
+    key, values = key_value.unbind(-3)
+    if isinstance(attn, Attention):  # open_clip's own attention: qk_norm, head scales
+        query, key = attn.ln_q(query), attn.ln_k(key)
         if attn.head_scale is not None:
             values = values * attn.head_scale.view(num_heads, 1)
-    logits = torch.einsum("bhd,bthd->bht", query, key) * scale
+    logits = torch.einsum("bhd,bthd->bht", query, key) * query.shape[-1] ** -0.5
     return logits.softmax(-1), values
 
 
