@@ -1,0 +1,203 @@
+"""RepDecompose on timm's plain ViTs: exactness, naming, token split, real DeiT-tiny weights."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from timm.models.vision_transformer import ParallelScalingBlock, ResPostBlock, VisionTransformer
+
+from mapping.decompose import Decomposition, decompose, linearised_layer_norm
+from mapping.decompose.families.vit import VitAdapter
+from mapping.errors import CompsearchError, UnsupportedModelError
+
+TOLERANCE = 1e-5
+TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=6, num_heads=4, num_classes=0)
+VARIANTS = {
+    "deit": {},
+    "dinov2-reg": dict(init_values=0.5, reg_tokens=4, no_embed_class=True),
+    "avg-pool": dict(global_pool="avg"),
+    "avg-no-cls-qk-norm": dict(global_pool="avg", class_token=False, qk_norm=True),
+}
+
+
+def tiny_vit(**overrides: object) -> VisionTransformer:
+    """A tiny ViT with every parameter random, so no bias, norm or LayerScale is trivial."""
+    model = VisionTransformer(**{**TINY, **overrides}).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            is_norm_scale = name.endswith("weight") and parameter.dim() == 1 and "norm" in name
+            parameter.normal_(1.0 if is_norm_scale else 0.0, 0.2)
+    return model
+
+
+def max_error(contributions: torch.Tensor, output: torch.Tensor) -> float:
+    z = output.double()
+    return ((contributions.double().sum(1) - z).norm(dim=-1) / z.norm(dim=-1)).max().item()
+
+
+def with_heads_split_by_token(decomposition: Decomposition) -> torch.Tensor:
+    """The contributions with every split head replaced by the sum of its tokens."""
+    contributions = decomposition.contributions.clone()
+    for split in decomposition.token_splits:
+        first = decomposition.index(split.component_names[0])
+        contributions[:, first:first + len(split.component_names)] = split.contributions.sum(2)
+    return contributions
+
+
+def assert_exact(decomposition: Decomposition, reference: torch.Tensor) -> None:
+    torch.testing.assert_close(decomposition.output, reference, rtol=1e-5, atol=1e-5)
+    assert decomposition.relative_error().max().item() <= TOLERANCE
+    if decomposition.token_splits is not None:
+        assert max_error(with_heads_split_by_token(decomposition), decomposition.output) <= TOLERANCE
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("first_block", [None, "all"])
+def test_components_sum_to_the_output(variant: str, first_block: str | None) -> None:
+    model = tiny_vit(**VARIANTS[variant])
+    images = torch.randn(3, 3, 32, 32)
+    reference = VitAdapter(model, variant).output(images)
+    for split_tokens in (False, True):
+        assert_exact(decompose(model, images, first_block, split_tokens=split_tokens), reference)
+
+
+def test_names_follow_forward_order_with_absolute_indices() -> None:
+    decomposition = decompose(tiny_vit(depth=12), torch.randn(1, 3, 32, 32))
+    expected = ["init"]
+    for block in range(7, 12):
+        expected += [f"blocks.{block}.attn.h{head}" for head in range(4)] + [f"blocks.{block}.mlp"]
+    assert decomposition.names == expected + ["bias"]
+    assert decomposition.contributions.shape == (1, len(expected) + 1, 32)
+
+
+def test_default_range_is_the_last_five_blocks_or_all_of_a_shallow_model() -> None:
+    assert VitAdapter(tiny_vit(depth=12), "deep").default_first_block() == "blocks.7"
+    assert VitAdapter(tiny_vit(depth=3), "shallow").default_first_block() == "blocks.0"
+    assert decompose(tiny_vit(depth=3), torch.randn(1, 3, 32, 32)).names[1] == "blocks.0.attn.h0"
+
+
+def test_bias_is_the_final_norm_beta() -> None:
+    model = tiny_vit()
+    decomposition = decompose(model, torch.randn(2, 3, 32, 32))
+    torch.testing.assert_close(decomposition.component("bias"), model.norm.bias.expand(2, -1))
+
+
+@pytest.mark.parametrize("variant", ["dinov2-reg", "avg-pool"])
+def test_components_match_the_hooked_branch_outputs(variant: str) -> None:
+    """A block's MLP component and the sum of its heads are its real branch outputs,
+    pooled and carried through the final norm (linearised with the real stream)."""
+    model = tiny_vit(**VARIANTS[variant])
+    adapter = VitAdapter(model, variant)
+    block = model.blocks[4]
+    hooked: dict[str, torch.Tensor] = {}
+    handles = [
+        block.ls1.register_forward_hook(lambda m, a, out: hooked.__setitem__("attn", adapter._pool(out))),
+        block.ls2.register_forward_hook(lambda m, a, out: hooked.__setitem__("mlp", adapter._pool(out))),
+        model.blocks.register_forward_hook(lambda m, a, out: hooked.__setitem__("stream", adapter._pool(out))),
+    ]
+    decomposition = decompose(model, torch.randn(2, 3, 32, 32), "blocks.2")
+    for handle in handles:
+        handle.remove()
+    final_norm = model.fc_norm if variant == "avg-pool" else model.norm
+    branches = torch.stack([hooked["attn"], hooked["mlp"]], dim=1)
+    expected, _ = linearised_layer_norm(branches, hooked["stream"], final_norm)
+    heads = [decomposition.index(f"blocks.4.attn.h{head}") for head in range(4)]
+    torch.testing.assert_close(decomposition.contributions[:, heads].sum(1), expected[:, 0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(decomposition.component("blocks.4.mlp"), expected[:, 1], rtol=1e-4, atol=1e-5)
+
+
+def test_token_split_layout() -> None:
+    model = tiny_vit(**VARIANTS["dinov2-reg"])
+    decomposition = decompose(model, torch.randn(2, 3, 32, 32), "blocks.3", split_tokens=True)
+    splits = decomposition.token_splits
+    assert [split.block for split in splits] == ["blocks.3", "blocks.4", "blocks.5"]
+    split = splits[0]
+    assert split.component_names == [f"blocks.3.attn.h{head}" for head in range(4)]
+    assert split.grid == (4, 4) and split.num_prefix_tokens == 5
+    assert split.contributions.shape == (2, 4, 5 + 16, 32)
+    assert decompose(model, torch.randn(2, 3, 32, 32)).token_splits is None
+
+
+def test_decomposing_leaves_the_model_as_it_was() -> None:
+    model = tiny_vit()
+    fused = [block.attn.fused_attn for block in model.blocks]
+    decompose(model, torch.randn(1, 3, 32, 32), "all", split_tokens=True)
+    assert [block.attn.fused_attn for block in model.blocks] == fused
+    hooked = [m for m in model.modules() if m._forward_hooks or m._forward_pre_hooks]
+    assert hooked == []
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(block_fn=ResPostBlock),
+        dict(block_fn=ParallelScalingBlock),
+        dict(global_pool="map"),
+        dict(global_pool="max"),
+        dict(global_pool="avg", fc_norm=False),  # per-token norm before the mean
+    ],
+    ids=["res-post", "parallel", "map", "max", "avg-token-norm"],
+)
+def test_other_architectures_are_refused_clearly(overrides: dict) -> None:
+    model = VisionTransformer(**{**TINY, **overrides}).eval()
+    with pytest.raises(UnsupportedModelError) as error:
+        decompose(model, torch.randn(1, 3, 32, 32))
+    assert error.value.hint
+
+
+def test_distilled_deit_is_refused() -> None:
+    model = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, **TINY).eval()
+    with pytest.raises(UnsupportedModelError, match="VisionTransformerDistilled"):
+        decompose(model, torch.randn(1, 3, 32, 32))
+
+
+def test_training_mode_is_refused() -> None:
+    with pytest.raises(CompsearchError, match="training mode"):
+        decompose(tiny_vit().train(), torch.randn(1, 3, 32, 32))
+
+
+def _load_deit_tiny(weights: Path) -> VisionTransformer:
+    model = timm.create_model("deit_tiny_patch16_224", pretrained=False)
+    model.load_state_dict(load_file(weights), strict=True)
+    return model.eval()
+
+
+def test_real_deit_tiny_on_real_photos(deit_tiny_weights: Path, imagenet_sample: Path) -> None:
+    model = _load_deit_tiny(deit_tiny_weights)
+    transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
+    files = sorted(imagenet_sample.glob("*.JPEG"))[::100]
+    images = torch.stack([transform(Image.open(file).convert("RGB")) for file in files])
+
+    decomposition = decompose(model, images, split_tokens=True)
+    assert_exact(decomposition, VitAdapter(model, "deit_tiny").output(images))
+    assert decompose(model, images, "all").relative_error().max().item() <= TOLERANCE
+
+    # The file names carry the wnid; timm's ImageNet info maps class index -> wnid.
+    info = timm.data.ImageNetInfo()
+    with torch.inference_mode():  # z is an inference tensor
+        predicted = model.head(decomposition.output).argmax(-1).tolist()
+    correct = sum(info.index_to_label_name(index) == file.name.split("_")[0] for index, file in zip(predicted, files))
+    assert correct >= 0.6 * len(files)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name, size",
+    [
+        ("deit_base_patch16_224", 224),
+        ("vit_base_patch16_224.dino", 224),
+        ("vit_small_patch14_dinov2.lvd142m", 518),
+        ("vit_small_patch14_reg4_dinov2.lvd142m", 518),
+    ],
+)
+def test_reference_models_at_full_size(name: str, size: int) -> None:
+    model = timm.create_model(name, pretrained=False).eval()
+    images = torch.randn(2, 3, size, size)
+    reference = VitAdapter(model, name).output(images)
+    for first_block in (None, "all"):
+        for split_tokens in (False, True):
+            assert_exact(decompose(model, images, first_block, split_tokens=split_tokens), reference)
