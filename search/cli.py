@@ -15,6 +15,7 @@ from mapping.errors import CompsearchError
 
 # command name -> "module:attribute" of a click.Command; keep sorted by pipeline stage.
 COMMANDS: dict[str, str] = {
+    "world": "indexer.commands.world:world",
 }
 
 
