@@ -159,6 +159,15 @@ def adapter_for(model: nn.Module, model_name: str) -> Adapter:
     )
 
 
+def layer_norm_inverse_sigma(stream: torch.Tensor, norm: nn.LayerNorm | nn.Module) -> torch.Tensor:
+    """1/σ of ``norm`` over the last axis of ``stream`` (…, D), kept as (…, 1).
+
+    Biased variance and the module's own eps, as LayerNorm itself computes it.
+    """
+    eps = getattr(norm, "eps", 1e-5)
+    return torch.rsqrt(stream.var(dim=-1, unbiased=False, keepdim=True) + eps)
+
+
 def linearised_layer_norm(
     components: torch.Tensor, stream: torch.Tensor, norm: nn.LayerNorm | nn.Module
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,9 +178,7 @@ def linearised_layer_norm(
     and divided by the *stream's* σ (biased variance, the module's eps) and scaled by γ;
     β is returned apart so the caller can route it to the ``bias`` component.
     """
-    eps = getattr(norm, "eps", 1e-5)
-    variance = stream.var(dim=-1, unbiased=False, keepdim=True)
-    inverse_sigma = torch.rsqrt(variance + eps).unsqueeze(-2)
+    inverse_sigma = layer_norm_inverse_sigma(stream, norm).unsqueeze(-2)
     centred = components - components.mean(dim=-1, keepdim=True)
     weight = norm.weight if getattr(norm, "weight", None) is not None else 1.0
     normalised = centred * inverse_sigma * weight
