@@ -39,12 +39,12 @@ DEFAULT_DECOMPOSED_BLOCKS = 5
 
 @dataclass
 class _BlockCapture:
-    """What the hooks keep from one decomposed block, already pooled over queries."""
+    """What the hooks keep from one decomposed block; queries are pooled as they arrive."""
 
     head_outputs: torch.Tensor | None = None  # (batch, attn_dim): pooled input of attn.proj
     mlp: torch.Tensor | None = None  # (batch, dim): pooled ls2(mlp(·)) branch
-    attention: torch.Tensor | None = None  # (batch, heads, tokens): pooled rows of A
-    values: torch.Tensor | None = None  # (batch, tokens, heads, head_dim)
+    attention: torch.Tensor | None = None  # (batch, heads, keys): pooled query rows of A
+    values: torch.Tensor | None = None  # (batch, keys, heads, head_dim), token split only
 
 
 @register_adapter

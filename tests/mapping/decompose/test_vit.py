@@ -91,13 +91,16 @@ def test_components_match_the_hooked_branch_outputs(variant: str) -> None:
     """A block's MLP component and the sum of its heads are its real branch outputs,
     pooled and carried through the final norm (linearised with the real stream)."""
     model = tiny_vit(**VARIANTS[variant])
-    adapter = VitAdapter(model, variant)
     block = model.blocks[4]
+
+    def pool(tokens: torch.Tensor) -> torch.Tensor:
+        return tokens[:, 0] if model.global_pool == "token" else tokens[:, model.num_prefix_tokens:].mean(1)
+
     hooked: dict[str, torch.Tensor] = {}
     handles = [
-        block.ls1.register_forward_hook(lambda m, a, out: hooked.__setitem__("attn", adapter._pool(out))),
-        block.ls2.register_forward_hook(lambda m, a, out: hooked.__setitem__("mlp", adapter._pool(out))),
-        model.blocks.register_forward_hook(lambda m, a, out: hooked.__setitem__("stream", adapter._pool(out))),
+        block.ls1.register_forward_hook(lambda m, a, out: hooked.__setitem__("attn", pool(out))),
+        block.ls2.register_forward_hook(lambda m, a, out: hooked.__setitem__("mlp", pool(out))),
+        model.blocks.register_forward_hook(lambda m, a, out: hooked.__setitem__("stream", pool(out))),
     ]
     decomposition = decompose(model, torch.randn(2, 3, 32, 32), "blocks.2")
     for handle in handles:
@@ -120,6 +123,15 @@ def test_token_split_layout() -> None:
     assert split.grid == (4, 4) and split.num_prefix_tokens == 5
     assert split.contributions.shape == (2, 4, 5 + 16, 32)
     assert decompose(model, torch.randn(2, 3, 32, 32)).token_splits is None
+
+
+def test_token_split_grid_follows_the_image_size_of_a_dynamic_model() -> None:
+    model = tiny_vit(dynamic_img_size=True)
+    images = torch.randn(1, 3, 40, 24)
+    decomposition = decompose(model, images, split_tokens=True)
+    assert decomposition.token_splits[0].grid == (5, 3)
+    assert decomposition.token_splits[0].contributions.shape[2] == 1 + 15
+    assert_exact(decomposition, VitAdapter(model, "dynamic").output(images))
 
 
 def test_decomposing_leaves_the_model_as_it_was() -> None:
