@@ -1,0 +1,159 @@
+"""load_model: name forms, weights resolution, strict loading, clear errors, real DeiT-tiny."""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import open_clip
+import PIL.Image
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+from timm.data import ImageNetInfo
+
+from mapping.errors import ModelLoadError
+from mapping.images import preprocess_batch
+from mapping.models import RANDOM_INIT, WEIGHTS_DIR_ENV, load_model
+
+DEIT_TINY = "deit_tiny_patch16_224"
+# A CLIP small enough to build in a unit test (the text tower keeps open_clip's vocabulary).
+TINY_CLIP_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(autouse=True)
+def _no_weights_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(WEIGHTS_DIR_ENV, raising=False)
+
+
+@pytest.fixture
+def offline_empty_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A machine without network and with empty hub caches, whatever this one has."""
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr("mapping.models._hub_reachable", lambda: False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+
+
+def _save_random_deit(path: Path) -> dict[str, torch.Tensor]:
+    state = timm.create_model(DEIT_TINY).state_dict()
+    save_file(state, str(path))
+    return state
+
+
+def test_real_deit_tiny_classifies_photos(deit_tiny_weights: Path, imagenet_sample: Path) -> None:
+    loaded = load_model(DEIT_TINY, weights=deit_tiny_weights)
+    assert loaded.weights_id == hashlib.sha256(deit_tiny_weights.read_bytes()).hexdigest()[:16]
+    photos = sorted(imagenet_sample.glob("*.JPEG"))[::50]  # 16 photos of 16 classes
+    batch = preprocess_batch(photos, loaded)
+    with torch.no_grad():
+        logits = loaded.model(batch)
+    wnids = ImageNetInfo().label_names()
+    predicted = [wnids[i] for i in logits.argmax(-1).tolist()]
+    accuracy = sum(p == photo.name.split("_")[0] for p, photo in zip(predicted, photos)) / len(photos)
+    assert accuracy >= 0.6  # ≈0.80 on the whole sample
+    # encode_images is the pre-logits z that the classifier head reads.
+    z = loaded.encode_images(batch)
+    assert z.shape == (len(photos), 192)
+    torch.testing.assert_close(loaded.model.head(z), logits, rtol=1e-4, atol=1e-4)
+
+
+def test_random_init_model_is_named_and_in_eval_mode() -> None:
+    loaded = load_model(DEIT_TINY, pretrained=False)
+    assert loaded.weights_id == RANDOM_INIT and not loaded.is_clip and loaded.tokenizer is None
+    assert loaded.model.compsearch_name == DEIT_TINY and not loaded.model.training
+    with pytest.raises(ModelLoadError, match="no text encoder"):
+        loaded.encode_text(["a photo"])
+
+
+def test_weights_dir_env_var_is_searched(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    state = _save_random_deit(tmp_path / f"{DEIT_TINY}.in1k.safetensors")
+    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path))
+    loaded = load_model(DEIT_TINY)
+    torch.testing.assert_close(loaded.model.state_dict()["cls_token"], state["cls_token"])
+    assert loaded.weights_id != RANDOM_INIT
+
+
+def test_explicit_folder_wins_and_must_be_unambiguous(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path / "elsewhere"))
+    (tmp_path / f"{DEIT_TINY}.a.safetensors").touch()
+    (tmp_path / f"{DEIT_TINY}.b.pth").touch()
+    with pytest.raises(ModelLoadError, match="several weights files"):
+        load_model(DEIT_TINY, weights=tmp_path)
+    with pytest.raises(ModelLoadError, match=f"expected a file named {DEIT_TINY}.fb_in1k"):
+        load_model(f"{DEIT_TINY}.fb_in1k", weights=tmp_path)
+
+
+def test_weights_load_strictly(tmp_path: Path) -> None:
+    state = timm.create_model(DEIT_TINY).state_dict()
+    del state["blocks.3.mlp.fc1.bias"]
+    save_file(state, str(tmp_path / "partial.safetensors"))
+    with pytest.raises(ModelLoadError, match="blocks.3.mlp.fc1.bias"):
+        load_model(DEIT_TINY, weights=tmp_path / "partial.safetensors")
+    (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelLoadError, match="could not load"):
+        load_model(DEIT_TINY, weights=tmp_path / "garbage.pth")
+
+
+def test_missing_weights_fail_fast_offline(offline_empty_cache: None) -> None:
+    started = time.perf_counter()
+    with pytest.raises(ModelLoadError, match=f"--weights PATH.*{WEIGHTS_DIR_ENV}"):
+        load_model(DEIT_TINY)
+    with pytest.raises(ModelLoadError, match="not in the hub cache"):
+        load_model("ViT-B-16:laion2b_s34b_b88k")
+    assert time.perf_counter() - started < 10
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("deit_tinny_patch16_224", "did you mean deit_tiny_patch16_224"),
+        ("ViT-B-61:laion2b_s34b_b88k", "unknown model"),
+        (f"{DEIT_TINY}.in1k", "known tags: fb_in1k"),
+        ("ViT-B-16:laion9b", "known tags: .*laion2b_s34b_b88k"),
+        ("local-dir:/nowhere", "no open_clip_config.json"),
+    ],
+)
+def test_bad_names_say_what_exists(name: str, message: str) -> None:
+    with pytest.raises(ModelLoadError, match=message):
+        load_model(name)
+
+
+def _save_tiny_clip_folder(folder: Path) -> dict[str, torch.Tensor]:
+    folder.mkdir()
+    state = open_clip.model.CLIP(**TINY_CLIP_CONFIG).state_dict()
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP_CONFIG, "preprocess_cfg": {}}))
+    save_file(state, str(folder / "open_clip_model.safetensors"))
+    return state
+
+
+def test_local_dir_clip_loads_with_its_weights_and_tokenizer(tmp_path: Path) -> None:
+    state = _save_tiny_clip_folder(tmp_path / "clip")
+    loaded = load_model(f"local-dir:{tmp_path / 'clip'}")
+    assert loaded.is_clip and loaded.weights_id != RANDOM_INIT
+    torch.testing.assert_close(loaded.model.state_dict()["visual.proj"], state["visual.proj"])
+    image = loaded.preprocess(PIL.Image.new("RGB", (50, 40), "red"))
+    assert image.shape == (3, 32, 32)
+    images = loaded.encode_images(image[None])
+    texts = loaded.encode_text(["a red square", "a blue circle"])
+    assert images.shape == (1, 32) and texts.shape == (2, 32)
+    torch.testing.assert_close(texts.norm(dim=-1), torch.ones(2))
+    torch.testing.assert_close(images.norm(dim=-1), torch.ones(1))
+
+
+def test_open_clip_name_with_local_checkpoint(tmp_path: Path) -> None:
+    (tmp_path / "compsearch-tiny-clip.json").write_text(json.dumps(TINY_CLIP_CONFIG))
+    open_clip.add_model_config(tmp_path / "compsearch-tiny-clip.json")
+    state = open_clip.model.CLIP(**TINY_CLIP_CONFIG).state_dict()
+    save_file(state, str(tmp_path / "compsearch-tiny-clip.safetensors"))
+    loaded = load_model("compsearch-tiny-clip", weights=tmp_path)
+    torch.testing.assert_close(loaded.model.state_dict()["text_projection"], state["text_projection"])
+    random_init = load_model("compsearch-tiny-clip", pretrained=False)
+    assert random_init.weights_id == RANDOM_INIT and random_init.weights_id != loaded.weights_id
