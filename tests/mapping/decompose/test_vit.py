@@ -7,12 +7,12 @@ import pytest
 import timm
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 from timm.models.vision_transformer import ParallelScalingBlock, ResPostBlock, VisionTransformer
 
 from mapping.decompose import Decomposition, decompose, linearised_layer_norm
 from mapping.decompose.families.vit import VitAdapter
 from mapping.errors import CompsearchError, UnsupportedModelError
+from mapping.models import load_model
 
 TOLERANCE = 1e-5
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=6, num_heads=4, num_classes=0)
@@ -172,17 +172,11 @@ def test_training_mode_is_refused() -> None:
         decompose(tiny_vit().train(), torch.randn(1, 3, 32, 32))
 
 
-def _load_deit_tiny(weights: Path) -> VisionTransformer:
-    model = timm.create_model("deit_tiny_patch16_224", pretrained=False)
-    model.load_state_dict(load_file(weights), strict=True)
-    return model.eval()
-
-
 def test_real_deit_tiny_on_real_photos(deit_tiny_weights: Path, imagenet_sample: Path) -> None:
-    model = _load_deit_tiny(deit_tiny_weights)
-    transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
+    loaded = load_model("deit_tiny_patch16_224", weights=deit_tiny_weights)
+    model = loaded.model
     files = sorted(imagenet_sample.glob("*.JPEG"))[::100]
-    images = torch.stack([transform(Image.open(file).convert("RGB")) for file in files])
+    images = torch.stack([loaded.preprocess(Image.open(file).convert("RGB")) for file in files])
 
     decomposition = decompose(model, images, split_tokens=True)
     assert_exact(decomposition, VitAdapter(model, "deit_tiny").output(images))
