@@ -69,6 +69,7 @@ from mapping.decompose.base import (
     TokenSplit,
     head_contributions,
     linearised_layer_norm,
+    project_heads,
     register_adapter,
 )
 from mapping.errors import CompsearchError, UnsupportedModelError
@@ -339,8 +340,9 @@ class MaxVitAdapter(Adapter):
             batch = windows.shape[0] // _windows_per_image(partition, landings[block_name])
             per_head = torch.einsum("wnd,wn->wd", windows.flatten(1, 2), spatial_weights(batch))
             per_head = per_head.view(batch, -1, attn.num_heads, attn.dim_head).sum(1)
-            weight, bias = _head_weights(attn)
-            capture.heads = torch.einsum("bhd,chd->bhc", per_head, weight) + bias * landings[block_name].mass
+            # b_O / H per head, times the landing's mass (Σ_q w_q: 1 for plain average pools).
+            bias = attn.proj.bias * landings[block_name].mass if attn.proj.bias is not None else None
+            capture.heads = project_heads(per_head, attn.proj.weight, bias)
 
         def keep_mlp(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
             capture.mlp = landings[block_name].pool(output)
@@ -411,13 +413,6 @@ def _partition(partition: PartitionAttentionCl, channels_last: torch.Tensor) -> 
 def _windows_per_image(partition: PartitionAttentionCl, landing: _Landing) -> int:
     height, width = landing.weights.shape[-2:]
     return height * width // (partition.partition_size[0] * partition.partition_size[1])
-
-
-def _head_weights(attn: AttentionCl) -> tuple[torch.Tensor, torch.Tensor]:
-    """proj as per-head maps (C, heads, head_dim) and each head's bias share b_O / H (C,)."""
-    weight = attn.proj.weight.unflatten(1, (attn.num_heads, attn.dim_head))
-    bias = attn.proj.bias if attn.proj.bias is not None else weight.new_zeros(weight.shape[0])
-    return weight, bias / attn.num_heads
 
 
 def _split_by_key(
