@@ -1,0 +1,375 @@
+"""RepDecompose for timm's Swin Transformer (``timm.models.swin_transformer.SwinTransformer``).
+
+z = ``forward_head(forward_features(x), pre_logits=True)``: stages ``layers.{s}`` (a
+PatchMerging ``downsample`` at the start of every stage but the first, then the blocks
+``layers.{s}.blocks.{b}``), a per-token final ``norm``, then the mean over the tokens.
+
+Components: ``init`` (the stream entering the first decomposed block), per decomposed block
+its heads ``layers.{s}.blocks.{b}.attn.h{h}`` (each head's output at every query position,
+with ``proj.bias / H``) and its ``layers.{s}.blocks.{b}.mlp``, and ``bias`` last: the β of
+every PatchMerging norm inside the range (through its reduction and all later maps) and the
+final norm's β.
+
+Default range: the last four blocks of the penultimate stage (all of it when it is shorter)
+and the last stage; for Swin-B (depths 2, 2, 18, 2) that is the paper's ``layers.2.blocks.14``
+onwards.
+
+Why nothing is carried per token. After the decomposed range starts, everything on the way
+to z is linear once each token's normalisation statistics are frozen (σ of each merged token
+in PatchMerging, σ of each token in the final norm), and all of it factors into
+(a) per-token *scalars* 1/σ and the 1/T of the mean, and (b) maps that are the same at every
+token (centring, γ, ``reduction``). Only the 2×2 gather of PatchMerging depends on position:
+which quarter of the merged vector a token lands in. So a stage-s token t reaches z as
+``a_t · L_{slot(t)} x_t``, where ``a_t`` is the product of the 1/σ on its way (and 1/T), and
+``slot(t)`` records the quarter it takes at every later merge (4^(merges) slots; 1 in the
+last stage). Each branch output is therefore pooled over its tokens per slot, with weights
+``a``, straight from the hooked forward pass, and only the pooled (batch, slots, dim)
+vectors go through the slot maps ``L`` — the components are never materialised per token.
+Heads are split after pooling: the input of ``attn.proj`` is the per-head A·V, so one einsum
+with the per-head column blocks of ``proj.weight`` gives every head of a block.
+
+Token split (``split_tokens``): for every decomposed block, ``TokenSplit.contributions``
+(batch, heads, H_s·W_s, dim) holds, at each position t of that stage's grid (row-major,
+no prefix tokens), the part of head h's component read from key token t: the value at t,
+weighted by the attention every query of t's (shifted) window pays to it, each query
+counted with its own readout weight and slot. Summing over t gives the head exactly.
+Memory: the output itself plus an intermediate of (batch, tokens, heads, slots·head_dim),
+which is small in the last two stages and reaches twice the output in stage 0 (64 slots).
+"""
+from __future__ import annotations
+
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from timm.models.swin_transformer import (
+    PatchMerging,
+    SwinTransformer,
+    SwinTransformerBlock,
+    WindowAttention,
+    window_partition,
+    window_reverse,
+)
+from torch import nn
+
+from mapping.decompose.base import (
+    Adapter,
+    Decomposition,
+    TokenSplit,
+    layer_norm_inverse_sigma,
+    register_adapter,
+)
+from mapping.errors import CompsearchError, UnsupportedModelError
+
+DEFAULT_PENULTIMATE_BLOCKS = 4  # Swin-B: blocks 14–17 of stage 2, then stage 3 (the paper's range)
+MEAN_POOLS = ("avg", "fast", "fastavg")  # timm's global-pool names that are a plain token mean
+
+
+@dataclass
+class _BlockCapture:
+    """What the hooks keep from one decomposed block, per token as the forward pass made it."""
+
+    head_inputs: torch.Tensor | None = None  # (batch·windows, window_area, attn_dim): input of attn.proj
+    mlp: torch.Tensor | None = None  # (batch, tokens, dim): the MLP branch
+    attention: torch.Tensor | None = None  # (batch·windows, heads, queries, keys), token split only
+    values: torch.Tensor | None = None  # (batch·windows, keys, heads, head_dim), token split only
+
+
+@dataclass
+class _Readout:
+    """How one stage's stream reaches z: ``z ⊇ Σ_t weights[t, j] · maps[j] @ x_t``."""
+
+    weights: torch.Tensor  # (batch, H, W, slots): a_t on the slot of token t, zero elsewhere
+    maps: torch.Tensor  # (slots, out_dim, stage_dim)
+
+    def apply(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Read a (batch, H, W, dim) or (batch, H·W, dim) per-token tensor out to (batch, out_dim)."""
+        pooled = torch.einsum("btj,btc->bjc", self.weights.flatten(1, 2), tokens.flatten(1, -2))
+        return torch.einsum("bjc,jdc->bd", pooled, self.maps)
+
+    @property
+    def mass(self) -> torch.Tensor:
+        """(batch, slots): Σ_t a_t per slot, what a constant added at every token is read with."""
+        return self.weights.sum((1, 2))
+
+
+@register_adapter
+class SwinAdapter(Adapter):
+    module_classes = (SwinTransformer,)
+
+    def __init__(self, model: nn.Module, model_name: str) -> None:
+        super().__init__(model, model_name)
+        self._check_supported()
+        self._blocks = [
+            (stage, index) for stage, layer in enumerate(model.layers) for index in range(len(layer.blocks))
+        ]
+
+    def _check_supported(self) -> None:
+        model, name = self.model, self.model_name
+
+        def unsupported(what: str) -> UnsupportedModelError:
+            return UnsupportedModelError(
+                f"{name}: {what}, which the Swin decomposition does not handle",
+                "use a timm SwinTransformer (V1) with LayerNorms and 'avg' pooling, e.g. swin_base_patch4_window7_224",
+            )
+
+        pool_type = getattr(getattr(model.head, "global_pool", None), "pool_type", None)
+        if pool_type not in MEAN_POOLS:
+            raise unsupported(f"global_pool={pool_type!r} (not a token mean)")
+        if not isinstance(model.norm, nn.LayerNorm):
+            raise unsupported(f"a {type(model.norm).__name__} final norm")
+        for stage, layer in enumerate(model.layers):
+            merge = layer.downsample
+            if not isinstance(merge, nn.Identity) and not (
+                isinstance(merge, PatchMerging) and isinstance(merge.norm, nn.LayerNorm)
+            ):
+                raise unsupported(f"layers.{stage}.downsample is a {type(merge).__name__}")
+            for index, block in enumerate(layer.blocks):
+                if type(block) is not SwinTransformerBlock or type(block.attn) is not WindowAttention:
+                    raise unsupported(f"layers.{stage}.blocks.{index} is a {type(block).__name__}")
+
+    def block_names(self) -> list[str]:
+        return [f"layers.{stage}.blocks.{index}" for stage, index in self._blocks]
+
+    def default_first_block(self) -> str:
+        stage = max(len(self.model.layers) - 2, 0)
+        depth = len(self.model.layers[stage].blocks)
+        return f"layers.{stage}.blocks.{max(depth - DEFAULT_PENULTIMATE_BLOCKS, 0)}"
+
+    def _forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(self.model.forward_features(images), pre_logits=True)
+
+    def output(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self._forward(images)
+
+    def decompose(
+        self, images: torch.Tensor, first_block: str, split_tokens: bool
+    ) -> Decomposition:
+        if self.model.training:
+            raise CompsearchError(
+                f"{self.model_name} is in training mode (dropout, stochastic depth)",
+                "call model.eval() before decomposing",
+            )
+        first = self.block_names().index(first_block)
+        decomposed = self._blocks[first:]
+        first_stage = decomposed[0][0]
+        captures = {position: _BlockCapture() for position in decomposed}
+        streams: dict[str, torch.Tensor] = {}
+        inverse_sigmas: dict[int, torch.Tensor] = {}  # stage → (batch, H, W); -1: the final norm
+        with torch.inference_mode(), ExitStack() as stack:
+            self._hook_streams(stack, decomposed[0], first_stage, streams, inverse_sigmas)
+            for (stage, index), capture in captures.items():
+                self._hook_block(stack, self.model.layers[stage].blocks[index], capture, split_tokens)
+            z = self._forward(images)
+
+            grids = _stage_grids(streams["init"], first_stage, len(self.model.layers))
+            readouts, bias = self._readouts(first_stage, grids, inverse_sigmas)
+            names, parts = ["init"], [readouts[first_stage].apply(streams["init"])]
+            token_splits = [] if split_tokens else None
+            for (stage, index), capture in captures.items():
+                block_name = f"layers.{stage}.blocks.{index}"
+                block = self.model.layers[stage].blocks[index]
+                heads = self._heads(block, capture, readouts[stage])
+                names += [f"{block_name}.attn.h{head}" for head in range(heads.shape[1])]
+                names.append(f"{block_name}.mlp")
+                parts += [heads, readouts[stage].apply(capture.mlp)]
+                if split_tokens:
+                    token_splits.append(self._token_split(block_name, block, capture, readouts[stage]))
+            names.append("bias")
+            parts.append(bias)
+            contributions = torch.cat([part.view(len(images), -1, z.shape[-1]) for part in parts], dim=1)
+        return Decomposition(self.model_name, names, contributions, z, token_splits)
+
+    def _hook_streams(
+        self,
+        stack: ExitStack,
+        first: tuple[int, int],
+        first_stage: int,
+        streams: dict[str, torch.Tensor],
+        inverse_sigmas: dict[int, torch.Tensor],
+    ) -> None:
+        """Keep the stream entering the range and 1/σ of every norm after it (merges, final norm)."""
+        model = self.model
+
+        def keep_init(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            streams["init"] = args[0]
+
+        def keep_inverse_sigma(key: int, norm: nn.Module) -> None:
+            def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+                inverse_sigmas[key] = layer_norm_inverse_sigma(args[0], norm).squeeze(-1)
+
+            stack.callback(norm.register_forward_pre_hook(hook).remove)
+
+        stage, index = first
+        stack.callback(model.layers[stage].blocks[index].register_forward_pre_hook(keep_init).remove)
+        keep_inverse_sigma(-1, model.norm)
+        for stage in range(first_stage + 1, len(model.layers)):
+            keep_inverse_sigma(stage, model.layers[stage].downsample.norm)
+
+    @staticmethod
+    def _hook_block(stack: ExitStack, block: SwinTransformerBlock, capture: _BlockCapture, split_tokens: bool) -> None:
+        attn = block.attn
+
+        def keep_head_inputs(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            capture.head_inputs = args[0]
+
+        def keep_mlp(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            capture.mlp = output
+
+        stack.callback(attn.proj.register_forward_pre_hook(keep_head_inputs).remove)
+        stack.callback(block.mlp.register_forward_hook(keep_mlp).remove)
+        if not split_tokens:
+            return
+
+        def keep_attention(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            capture.attention = output
+
+        def keep_values(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            capture.values = output.unflatten(-1, (3, attn.num_heads, -1))[:, :, 2]
+
+        # The fused kernel never materialises A; the explicit path passes it through attn.softmax.
+        stack.callback(setattr, attn, "fused_attn", attn.fused_attn)
+        attn.fused_attn = False
+        stack.callback(attn.softmax.register_forward_hook(keep_attention).remove)
+        stack.callback(attn.qkv.register_forward_hook(keep_values).remove)
+
+    def _readouts(
+        self, first_stage: int, grids: list[tuple[int, int]], inverse_sigmas: dict[int, torch.Tensor]
+    ) -> tuple[dict[int, _Readout], torch.Tensor]:
+        """Each decomposed stage's readout, built back from the final norm, and the ``bias`` component.
+
+        Last stage: a_t = (1/σ_t)/T for the final norm and the mean, L = γ·P (P centres).
+        Going back through the merge that starts stage s+1: a child token takes its merged
+        token's a times that token's 1/σ of the merge norm, and the slot map of quarter k is
+        ``L_parent @ M_k`` with M_k the k-th column block of ``reduction · diag(γ) · P``.
+        """
+        model = self.model
+        last = len(model.layers) - 1
+        inverse_sigma = inverse_sigmas[-1]
+        eye = torch.eye(model.num_features, dtype=inverse_sigma.dtype, device=inverse_sigma.device)
+        readout = _Readout(
+            weights=(inverse_sigma / inverse_sigma[0].numel()).unsqueeze(-1),
+            maps=_centred_linear(model.norm, eye).unsqueeze(0),
+        )
+        bias = _beta(model.norm, eye).expand(len(inverse_sigma), -1)
+        readouts = {last: readout}
+        for stage in range(last, first_stage, -1):
+            merge = model.layers[stage].downsample
+            bias = bias + torch.einsum("bj,jdc,c->bd", readout.mass, readout.maps, merge.reduction(_beta(merge.norm, eye)))
+            quarters = _centred_linear(merge.norm, merge.reduction.weight).unflatten(1, (4, -1))  # (out, 4, in)
+            readout = _Readout(
+                weights=_spread_to_quarters(readout.weights * inverse_sigmas[stage].unsqueeze(-1), grids[stage - 1]),
+                maps=torch.einsum("jdc,cke->jkde", readout.maps, quarters).flatten(0, 1),
+            )
+            readouts[stage - 1] = readout
+        return readouts, bias
+
+    @staticmethod
+    def _head_weights(attn: WindowAttention) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-head output maps (heads, head_dim, dim) and each head's share of proj.bias (dim,)."""
+        proj = attn.proj
+        weight = proj.weight.T.unflatten(0, (attn.num_heads, -1))
+        bias = proj.bias / attn.num_heads if proj.bias is not None else weight.new_zeros(proj.out_features)
+        return weight, bias
+
+    def _heads(self, block: SwinTransformerBlock, capture: _BlockCapture, readout: _Readout) -> torch.Tensor:
+        """(batch, heads, out_dim): every head's output at every query, read out to z."""
+        weight, bias = self._head_weights(block.attn)
+        query_weights = _to_windows(block, readout.weights)
+        batch = readout.weights.shape[0]
+        pooled = torch.einsum(
+            "btj,btk->bjk", query_weights.reshape(batch, -1, query_weights.shape[-1]),
+            capture.head_inputs.reshape(batch, -1, capture.head_inputs.shape[-1]),
+        )
+        heads = torch.einsum("bjhk,hkc->bjhc", pooled.unflatten(-1, (weight.shape[0], -1)), weight)
+        heads = heads + readout.mass[..., None, None] * bias
+        return torch.einsum("bjhc,jdc->bhd", heads, readout.maps)
+
+    def _token_split(
+        self, block_name: str, block: SwinTransformerBlock, capture: _BlockCapture, readout: _Readout
+    ) -> TokenSplit:
+        if _padding(block, readout.weights.shape[1:3]) != (0, 0):
+            raise CompsearchError(
+                f"{block_name} of {self.model_name} pads its {tuple(readout.weights.shape[1:3])} grid "
+                f"to whole {block.window_size} windows, and the padding tokens it attends to have no "
+                "place on the image grid",
+                "use an image size whose stage grids are multiples of the window size "
+                "(e.g. 224 for window 7), or decompose without the token split",
+            )
+        weight, bias = self._head_weights(block.attn)
+        grid = readout.weights.shape[1:3]
+        # α[k, h, j]: attention paid to key k by the queries of its window, each weighted by a_q on its slot j.
+        alpha = torch.einsum("wqj,whqk->wkhj", _to_windows(block, readout.weights), capture.attention)
+        alpha = _from_windows(block, alpha.flatten(2), grid).flatten(1, 2).unflatten(-1, (weight.shape[0], -1))
+        values = _from_windows(block, capture.values.flatten(2), grid).flatten(1, 2).unflatten(-1, (weight.shape[0], -1))
+        value_maps = torch.einsum("jdc,hkc->jhdk", readout.maps, weight)  # slot map ∘ head output map
+        bias_maps = readout.maps @ bias  # (slots, out_dim)
+        weighted_values = alpha.unsqueeze(-1) * values.unsqueeze(-2)  # (batch, tokens, heads, slots, head_dim)
+        contributions = torch.einsum("bthjk,jhdk->bhtd", weighted_values, value_maps)
+        contributions = contributions + torch.einsum("bthj,jd->bhtd", alpha, bias_maps)
+        return TokenSplit(
+            block=block_name,
+            component_names=[f"{block_name}.attn.h{head}" for head in range(weight.shape[0])],
+            contributions=contributions,
+            grid=tuple(grid),
+        )
+
+
+def _stage_grids(init: torch.Tensor, first_stage: int, num_stages: int) -> list[tuple[int, int]]:
+    """(H, W) of every stage from the first decomposed one (earlier entries unused): merges halve, rounding up."""
+    grids = [tuple(init.shape[1:3])] * (first_stage + 1)
+    for _ in range(first_stage + 1, num_stages):
+        height, width = grids[-1]
+        grids.append(((height + 1) // 2, (width + 1) // 2))
+    return grids
+
+
+def _centred_linear(norm: nn.LayerNorm, weight: torch.Tensor) -> torch.Tensor:
+    """``weight · diag(γ) · P`` with P the centring over the norm's axis: the norm's linear part, σ aside."""
+    scaled = weight * norm.weight if norm.weight is not None else weight
+    return scaled - scaled.sum(-1, keepdim=True) / weight.shape[-1]
+
+
+def _beta(norm: nn.LayerNorm, like: torch.Tensor) -> torch.Tensor:
+    """The norm's β (zeros when it has none)."""
+    return norm.bias if norm.bias is not None else like.new_zeros(norm.normalized_shape)
+
+
+def _spread_to_quarters(merged: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Merged-token weights (batch, H', W', slots) → their 2×2 children (batch, H, W, 4·slots).
+
+    A child at (2i + dh, 2j + dw) lands in quarter 2·dw + dh of the merged vector (PatchMerging's
+    ``permute(0, 1, 3, 4, 2, 5)``), so its slot is ``4 · parent_slot + 2·dw + dh``. Children in
+    the merge's padding are cut off.
+    """
+    quarter = torch.eye(4, dtype=merged.dtype, device=merged.device).view(2, 2, 4)  # [dw, dh, k]
+    children = torch.einsum("bijs,wvk->bivjwsk", merged, quarter)
+    batch, height, _, width, _, slots, _ = children.shape
+    return children.reshape(batch, 2 * height, 2 * width, 4 * slots)[:, : grid[0], : grid[1]]
+
+
+def _padding(block: SwinTransformerBlock, grid: tuple[int, int]) -> tuple[int, int]:
+    """The zeros the block appends below and right of the grid to fill whole windows."""
+    return tuple((window - size % window) % window for size, window in zip(grid, block.window_size))
+
+
+def _to_windows(block: SwinTransformerBlock, tokens: torch.Tensor) -> torch.Tensor:
+    """(batch, H, W, C) on the grid → (batch·windows, window_area, C), as the block lays out its queries."""
+    if any(block.shift_size):
+        tokens = torch.roll(tokens, shifts=tuple(-shift for shift in block.shift_size), dims=(1, 2))
+    pad_h, pad_w = _padding(block, tokens.shape[1:3])
+    tokens = F.pad(tokens, (0, 0, 0, pad_w, 0, pad_h))
+    return window_partition(tokens, block.window_size).flatten(1, 2)
+
+
+def _from_windows(block: SwinTransformerBlock, windows: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(batch·windows, window_area, C) → (batch, H, W, C): the block's own window_reverse, crop and roll back."""
+    pad_h, pad_w = _padding(block, grid)
+    tokens = window_reverse(
+        windows.unflatten(1, block.window_size), block.window_size, grid[0] + pad_h, grid[1] + pad_w
+    )[:, : grid[0], : grid[1]]
+    if any(block.shift_size):
+        tokens = torch.roll(tokens, shifts=block.shift_size, dims=(1, 2))
+    return tokens
