@@ -2,3 +2,4 @@
 from mapping.decompose.families import vit  # noqa: F401
 from mapping.decompose.families import openclip_vit  # noqa: F401
 from mapping.decompose.families import maxvit  # noqa: F401
+from mapping.decompose.families import swin  # noqa: F401
