@@ -15,6 +15,8 @@ from mapping.errors import CompsearchError
 
 # command name -> "module:attribute" of a click.Command; keep sorted by pipeline stage.
 COMMANDS: dict[str, str] = {
+    "demo": "mapping.commands.demo:demo",
+    "decompose": "mapping.commands.decompose:decompose_command",
     "world": "indexer.commands.world:world",
 }
 
