@@ -58,6 +58,7 @@ from mapping.decompose.base import (
     Decomposition,
     TokenSplit,
     layer_norm_inverse_sigma,
+    project_heads,
     register_adapter,
 )
 from mapping.errors import CompsearchError, UnsupportedModelError
@@ -267,24 +268,20 @@ class SwinAdapter(Adapter):
         return readouts, bias
 
     @staticmethod
-    def _head_weights(attn: WindowAttention) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-head output maps (heads, head_dim, dim) and each head's share of proj.bias (dim,)."""
-        proj = attn.proj
-        weight = proj.weight.T.unflatten(0, (attn.num_heads, -1))
-        bias = proj.bias / attn.num_heads if proj.bias is not None else weight.new_zeros(proj.out_features)
-        return weight, bias
+    def _heads(block: SwinTransformerBlock, capture: _BlockCapture, readout: _Readout) -> torch.Tensor:
+        """(batch, heads, out_dim): every head's output at every query, read out to z.
 
-    def _heads(self, block: SwinTransformerBlock, capture: _BlockCapture, readout: _Readout) -> torch.Tensor:
-        """(batch, heads, out_dim): every head's output at every query, read out to z."""
-        weight, bias = self._head_weights(block.attn)
-        query_weights = _to_windows(block, readout.weights)
-        batch = readout.weights.shape[0]
-        pooled = torch.einsum(
-            "btj,btk->bjk", query_weights.reshape(batch, -1, query_weights.shape[-1]),
-            capture.head_inputs.reshape(batch, -1, capture.head_inputs.shape[-1]),
-        )
-        heads = torch.einsum("bjhk,hkc->bjhc", pooled.unflatten(-1, (weight.shape[0], -1)), weight)
-        heads = heads + readout.mass[..., None, None] * bias
+        Each slot's queries are averaged with weights a / mass, so proj.bias / H enters once
+        per slot (``project_heads``); the mass then scales the slot back.
+        """
+        attn = block.attn
+        batch, slots = readout.mass.shape
+        query_weights = _to_windows(block, readout.weights).reshape(batch, -1, slots)
+        head_inputs = capture.head_inputs.reshape(batch, -1, capture.head_inputs.shape[-1])
+        mass = readout.mass.clamp_min(torch.finfo(readout.mass.dtype).tiny)  # empty slots only past odd edges
+        mixed = torch.einsum("btj,btk->bjk", query_weights, head_inputs) / mass.unsqueeze(-1)
+        heads = project_heads(mixed.flatten(0, 1).unflatten(-1, (attn.num_heads, -1)), attn.proj.weight, attn.proj.bias)
+        heads = heads.unflatten(0, (batch, slots)) * readout.mass[..., None, None]
         return torch.einsum("bjhc,jdc->bhd", heads, readout.maps)
 
     def _token_split(
@@ -298,20 +295,21 @@ class SwinAdapter(Adapter):
                 "use an image size whose stage grids are multiples of the window size "
                 "(e.g. 224 for window 7), or decompose without the token split",
             )
-        weight, bias = self._head_weights(block.attn)
+        proj, num_heads = block.attn.proj, block.attn.num_heads
         grid = readout.weights.shape[1:3]
         # α[k, h, j]: attention paid to key k by the queries of its window, each weighted by a_q on its slot j.
         alpha = torch.einsum("wqj,whqk->wkhj", _to_windows(block, readout.weights), capture.attention)
-        alpha = _from_windows(block, alpha.flatten(2), grid).flatten(1, 2).unflatten(-1, (weight.shape[0], -1))
-        values = _from_windows(block, capture.values.flatten(2), grid).flatten(1, 2).unflatten(-1, (weight.shape[0], -1))
-        value_maps = torch.einsum("jdc,hkc->jhdk", readout.maps, weight)  # slot map ∘ head output map
-        bias_maps = readout.maps @ bias  # (slots, out_dim)
+        alpha = _from_windows(block, alpha.flatten(2), grid).flatten(1, 2).unflatten(-1, (num_heads, -1))
+        values = _from_windows(block, capture.values.flatten(2), grid).flatten(1, 2).unflatten(-1, (num_heads, -1))
+        # Slot map ∘ head h's column block of proj.weight, and slot map of each head's proj.bias / H.
+        value_maps = torch.einsum("jdc,chk->jhdk", readout.maps, proj.weight.unflatten(1, (num_heads, -1)))
+        bias_maps = readout.maps @ (proj.bias / num_heads) if proj.bias is not None else readout.maps.new_zeros(readout.maps.shape[:2])
         weighted_values = alpha.unsqueeze(-1) * values.unsqueeze(-2)  # (batch, tokens, heads, slots, head_dim)
         contributions = torch.einsum("bthjk,jhdk->bhtd", weighted_values, value_maps)
         contributions = contributions + torch.einsum("bthj,jd->bhtd", alpha, bias_maps)
         return TokenSplit(
             block=block_name,
-            component_names=[f"{block_name}.attn.h{head}" for head in range(weight.shape[0])],
+            component_names=[f"{block_name}.attn.h{head}" for head in range(num_heads)],
             contributions=contributions,
             grid=tuple(grid),
         )
