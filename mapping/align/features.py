@@ -1,0 +1,51 @@
+"""Component contributions (and CLIP targets) of image files, batch by batch."""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from mapping.align.cache import Encoder
+from mapping.decompose import Decomposition, adapter_for, decompose
+from mapping.images import preprocess_batch
+from mapping.models import LoadedModel
+
+
+def resolved_first_block(model: LoadedModel, first_block: str | int | None) -> str:
+    """The absolute name of the first decomposed block (None: the family's default)."""
+    return adapter_for(model.model, model.name).resolve_first_block(first_block)
+
+
+def decompose_files(
+    model: LoadedModel, paths: Sequence[Path], first_block: str | int | None = None, batch_size: int = 32,
+    progress: bool = False,
+) -> Iterator[Decomposition]:
+    """Decompositions of ``paths`` in order, ``batch_size`` images at a time."""
+    for start in tqdm(range(0, len(paths), batch_size), desc="decomposing", unit="batch", disable=not progress):
+        batch = preprocess_batch(paths[start:start + batch_size], model).to(model.device)
+        yield decompose(model.model, batch, first_block=first_block, model_name=model.name)
+
+
+def component_contributions(
+    model: LoadedModel, paths: Sequence[Path], first_block: str | int | None = None, batch_size: int = 32,
+    progress: bool = False,
+) -> tuple[list[str], torch.Tensor]:
+    """``(names, contributions (images, components, dim))`` for a probe set held in memory."""
+    parts = list(decompose_files(model, paths, first_block, batch_size, progress))
+    return parts[0].names, torch.cat([part.contributions.float().cpu() for part in parts])
+
+
+def alignment_encoder(model: LoadedModel, clip: LoadedModel, first_block: str | int | None, batch_size: int = 32) -> Encoder:
+    """An :data:`Encoder` for the cache: each image decoded once per model, in one order."""
+
+    def encode(paths: list[Path]) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+        names, contributions = component_contributions(model, paths, first_block, batch_size)
+        targets = torch.cat([
+            clip.encode_images(preprocess_batch(paths[start:start + batch_size], clip)).float().cpu()
+            for start in range(0, len(paths), batch_size)
+        ])
+        return names, contributions, targets
+
+    return encode

@@ -1,0 +1,99 @@
+"""The whole CompAlign stage for one model and one CLIP: cache, train, measure, save."""
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from mapping.align.aligner import Aligner, AlignerMeta
+from mapping.align.cache import build_cache, is_heldout, list_images
+from mapping.align.features import alignment_encoder, component_contributions, resolved_first_block
+from mapping.align.persist import aligner_paths, save_aligner
+from mapping.align.train import TrainSettings, train_aligner
+from mapping.images import preprocess_batch
+from mapping.models import RANDOM_INIT, LoadedModel
+
+IDENTITY_CHECK_IMAGES = 32
+
+
+def is_same_model(model: LoadedModel, clip: LoadedModel) -> bool:
+    """Whether the decomposed model *is* the CLIP image tower (then the aligner is the identity).
+
+    Randomly initialised models share the weights id ``random-init`` without sharing
+    weights, so for them only the very same object counts.
+    """
+    if model is clip:
+        return True
+    return model.name == clip.name and model.weights_id == clip.weights_id != RANDOM_INIT
+
+
+def _meta(model: LoadedModel, clip: LoadedModel, names: list[str], model_dim: int, clip_dim: int,
+          first_block: str) -> AlignerMeta:
+    return AlignerMeta(
+        model_name=model.name, model_weights_id=model.weights_id, clip_name=clip.name,
+        clip_weights_id=clip.weights_id, component_names=names, model_dim=model_dim, clip_dim=clip_dim,
+        first_block=first_block,
+    )
+
+
+def identity_aligner(model: LoadedModel, images_dir: str | Path, first_block: str | int | None = None) -> Aligner:
+    """The identity aligner of a CLIP in its own space, its cosine measured on a few images
+    (Σ_i c_i is the CLIP embedding itself, so it is 1 up to rounding)."""
+    root = Path(images_dir).expanduser()
+    paths = [root / image for image in list_images(root)[:IDENTITY_CHECK_IMAGES]]
+    names, contributions = component_contributions(model, paths, first_block)
+    targets = model.encode_images(preprocess_batch(paths, model)).float().cpu()
+    meta = _meta(model, model, names, contributions.shape[-1], targets.shape[-1],
+                 resolved_first_block(model, first_block))
+    meta.identity = True
+    meta.final_loss = 0.0
+    meta.heldout_cosine = F.cosine_similarity(contributions.double().sum(1), targets.double(), dim=-1).mean().item()
+    meta.heldout_images = len(paths)
+    return Aligner.identity(meta)
+
+
+def align(
+    model: LoadedModel,
+    clip: LoadedModel,
+    images_dir: str | Path,
+    out: str | Path,
+    first_block: str | int | None = None,
+    settings: TrainSettings = TrainSettings(),
+    cache_dir: str | Path | None = None,
+    encode_batch_size: int = 32,
+    progress: bool = True,
+) -> Aligner:
+    """Train (or, for a CLIP in its own space, build) the aligner of ``model`` to ``clip`` on
+    the images under ``images_dir``, and save it at ``out``.
+
+    The features are cached in ``cache_dir`` (default: beside ``out``, ``NAME.cache``), so
+    a rerun (more epochs, other settings, after an interruption) does not rerun the models.
+    """
+    if is_same_model(model, clip):
+        aligner = identity_aligner(model, images_dir, first_block)
+    else:
+        first = resolved_first_block(model, first_block)
+        tensors_path, _ = aligner_paths(out)
+        key = {"model": model.name, "model_weights_id": model.weights_id, "clip": clip.name,
+               "clip_weights_id": clip.weights_id, "first_block": first}
+        cache = build_cache(
+            cache_dir or tensors_path.with_suffix(".cache"), images_dir, list_images(images_dir),
+            alignment_encoder(model, clip, first, encode_batch_size), key,
+            heldout_fraction=settings.heldout_fraction, progress=progress,
+        )
+        model_dim, clip_dim = cache.dims
+        with torch.enable_grad():
+            result = train_aligner(cache, len(cache.component_names), model_dim, clip_dim, settings, progress)
+        heldout = sum(1 for image in cache.images if is_heldout(image, settings.heldout_fraction))
+        meta = _meta(model, clip, cache.component_names, model_dim, clip_dim, first)
+        meta.final_loss = result.final_loss
+        meta.heldout_cosine = result.heldout_cosine
+        meta.train_images = len(cache.images) - heldout
+        meta.heldout_images = heldout
+        meta.settings = {**asdict(settings), "batches": result.batches, "epochs": result.epochs,
+                         "stopped_early": result.stopped_early}
+        aligner = Aligner(meta, result.weight, result.bias)
+    save_aligner(aligner, out)
+    return aligner
