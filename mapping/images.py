@@ -3,13 +3,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import PIL.Image
 import torch
 from PIL import ImageOps, UnidentifiedImageError
 
 from mapping.errors import ImageReadError
-from mapping.models import LoadedModel
+
+if TYPE_CHECKING:  # reading images needs no model library
+    from mapping.models import LoadedModel
 
 
 def read_image(path: str | Path) -> PIL.Image.Image:

@@ -1,0 +1,134 @@
+"""The ``decompose`` and ``demo`` commands end to end on a random DeiT-tiny, and their errors."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import PIL.Image
+import pytest
+
+from search.cli import main
+from tests.mapping.test_models import _no_weights_dir, offline_empty_cache  # noqa: F401  (fixtures)
+
+MODEL = ["--model", "deit_tiny_patch16_224", "--random-init"]
+
+
+def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    """Runs the console script's entry point in-process: (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["compsearch", *args])
+    try:
+        main()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> list[str]:
+    paths = []
+    for colour in ("red", "navy"):
+        path = tmp_path / f"{colour}.png"
+        image = PIL.Image.new("RGB", (96, 64), colour)
+        image.paste("white", (20, 10, 50, 40))
+        image.save(path)
+        paths.append(str(path))
+    return paths
+
+
+def test_decompose_json_is_exact_and_sorted(monkeypatch, capsys, photos) -> None:
+    code, out, _ = run_cli(monkeypatch, capsys, "decompose", *photos, *MODEL,
+                           "--first-block", "all", "--top", "100", "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert report["first_block"] == "blocks.0" and report["weights_id"] == "random-init"
+    assert report["num_components"] == 2 + 12 * (3 + 1)  # init, bias; 3 heads + MLP per block
+    assert [image["image"] for image in report["images"]] == photos
+    for image in report["images"]:
+        assert image["relative_error"] < 1e-5
+        norms = [component["norm"] for component in image["top"]]
+        assert len(norms) == report["num_components"] and norms == sorted(norms, reverse=True)
+        assert sum(component["share"] for component in image["top"]) == pytest.approx(1, abs=1e-6)
+
+
+def test_decompose_table_with_tokens(monkeypatch, capsys, photos) -> None:
+    code, out, _ = run_cli(monkeypatch, capsys, "decompose", photos[0], *MODEL,
+                           "--first-block", "-2", "--tokens", "--top", "3")
+    assert code == 0
+    assert "decomposed from blocks.10 into 10 components" in out
+    assert re.search(r"relative reconstruction error \d\.\d\de-\d\d", out)
+    rows = [line for line in out.splitlines() if re.match(r"  (init|bias|blocks\.)", line)]
+    assert len(rows) == 3
+    for row in rows:  # heads list the tokens they read; other components do not
+        assert (".attn.h" in row) == bool(re.search(r"tokens: (r\d+c\d+|prefix0) -?\d\.\d\d", row))
+    assert "images/s" in out
+
+
+def test_decompose_token_shares_sum_to_one_over_all_tokens(monkeypatch, capsys, photos) -> None:
+    monkeypatch.setattr("mapping.commands.decompose.TOKENS_SHOWN", 10_000)
+    code, out, _ = run_cli(monkeypatch, capsys, "decompose", photos[0], *MODEL, "--tokens", "--json")
+    heads = [c for c in json.loads(out)["images"][0]["top"] if c["tokens"] is not None]
+    assert code == 0 and heads
+    for head in heads:
+        assert len(head["tokens"]) == 197  # CLS + 14×14 patches
+        assert sum(t["share"] for t in head["tokens"]) == pytest.approx(1, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("make_args", "message"),
+    [
+        (lambda tmp, photos: ["decompose", str(tmp / "missing.jpg"), *MODEL], "does not exist"),
+        (lambda tmp, photos: ["decompose", _corrupt(tmp), *MODEL], "truncated or corrupt"),
+        (lambda tmp, photos: ["decompose", photos[0], "--model", "deit_tinyy_patch16_224"], "did you mean"),
+        (lambda tmp, photos: ["decompose", photos[0], *MODEL, "--first-block", "blocks.12"],
+         "not a decomposable block"),
+        (lambda tmp, photos: ["decompose", photos[0], "--model", "deit_tiny_patch16_224"], "--weights PATH"),
+        (lambda tmp, photos: ["demo", "--weights", str(tmp / "none.safetensors")], "does not exist"),
+    ],
+    ids=["missing-image", "corrupt-image", "unknown-model", "bad-block", "missing-weights", "demo-bad-weights"],
+)
+def test_user_errors_are_one_line_and_exit_2(
+    monkeypatch, capsys, tmp_path, photos, offline_empty_cache, make_args, message  # noqa: F811
+) -> None:
+    code, out, err = run_cli(monkeypatch, capsys, *make_args(tmp_path, photos))
+    assert code == 2 and out == ""
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+
+
+def _corrupt(folder: Path) -> str:
+    path = folder / "broken.jpg"
+    PIL.Image.new("RGB", (256, 256), "green").save(folder / "whole.jpg")
+    path.write_bytes((folder / "whole.jpg").read_bytes()[:400])
+    return str(path)
+
+
+def test_demo_falls_back_to_random_weights_offline(monkeypatch, capsys, offline_empty_cache) -> None:  # noqa: F811
+    code, out, _ = run_cli(monkeypatch, capsys, "demo")
+    assert code == 0
+    assert "random initialisation" in out and "weights random-init" in out
+    assert re.search(r"exact: Σ components = z to \d\.\de-0[6-9]", out)
+
+
+def test_demo_with_real_weights_sees_classes(monkeypatch, capsys, deit_tiny_weights, tmp_path) -> None:
+    code, out, _ = run_cli(monkeypatch, capsys, "demo", "--weights", str(deit_tiny_weights),
+                           "--save-image", str(tmp_path / "sample.png"))
+    assert code == 0 and "random" not in out
+    assert "ImageNet classes DeiT-tiny sees:" in out and "exact:" in out
+    assert PIL.Image.open(tmp_path / "sample.png").size == (224, 224)
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch: 10–20 s on a busy 2-core machine
+def test_console_script_reports_errors_in_one_line(tmp_path) -> None:
+    script = Path(sys.executable).with_name("compsearch")
+    if not script.exists():
+        pytest.skip("the compsearch console script is not installed in this environment")
+    result = subprocess.run(
+        [str(script), "decompose", str(tmp_path / "missing.jpg"), "--model", "deit_tiny_patch16_224"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("error: image") and "does not exist" in result.stderr
