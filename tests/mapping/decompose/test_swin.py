@@ -158,11 +158,15 @@ def test_components_match_the_hooked_branches_read_out_per_token(model: SwinTran
     torch.testing.assert_close(split.contributions[:, heads].sum(1), per_token_readout(model, stage, attention, streams), rtol=1e-4, atol=1e-5)
 
 
-def test_key_tokens_of_a_window_carry_what_its_queries_output(model: SwinTransformer) -> None:
-    """Window attention: a key token feeds only the queries of its own window. In the unshifted
-    ``layers.2.blocks.0`` (2×2 windows of 4×4 on the 8×8 grid), the token split summed over one
-    window's keys equals the heads' outputs at that window's queries, read out per token."""
-    block = model.layers[2].blocks[0]
+@pytest.mark.parametrize("index", [0, 1])
+def test_key_tokens_of_a_window_carry_what_its_queries_output(model: SwinTransformer, index: int) -> None:
+    """Window attention: a key token feeds only the queries of its own window. In stage 2
+    (8×8 grid, 4×4 windows; ``blocks.1`` shifted by 2, so its windows wrap around the grid),
+    the token split summed over one window's keys equals the heads' outputs at that window's
+    queries, read out per token."""
+    block_name, block = f"layers.2.blocks.{index}", model.layers[2].blocks[index]
+    shift = block.shift_size[0]
+    assert shift == 2 * index and block.window_size == (4, 4)
     streams: dict[str, torch.Tensor] = {}
     handles = [
         block.attn.proj.register_forward_pre_hook(lambda m, args: streams.__setitem__("mixed", args[0])),
@@ -171,20 +175,22 @@ def test_key_tokens_of_a_window_carry_what_its_queries_output(model: SwinTransfo
     ]
     batch = images()
     with torch.inference_mode():
-        split = decompose(model, batch, "layers.2.blocks.0", split_tokens=True)
+        split = decompose(model, batch, block_name, split_tokens=True)
         model.forward_features(batch)
         heads, proj = block.attn.num_heads, block.attn.proj
         per_head = torch.einsum("wnhk,chk->wnhc", streams["mixed"].unflatten(-1, (heads, -1)), proj.weight.unflatten(1, (heads, -1)))
+        # Back to the grid as the block itself does it: window_reverse, then undo the cyclic shift.
         per_head = window_reverse((per_head + proj.bias / heads).flatten(2).unflatten(1, (4, 4)), (4, 4), 8, 8)
+        per_head = torch.roll(per_head, (shift, shift), (1, 2)).unflatten(-1, (heads, -1)).movedim(3, 1)
     for handle in handles:
         handle.remove()
-    per_head = per_head.unflatten(-1, (heads, -1)).movedim(3, 1)  # (batch, heads, 8, 8, dim)
     keys = split.token_splits[0].contributions.unflatten(2, (8, 8))
-    for rows, columns in [(slice(0, 4), slice(0, 4)), (slice(4, 8), slice(0, 4)), (slice(0, 4), slice(4, 8))]:
-        queries = torch.zeros_like(per_head)
-        queries[:, :, rows, columns] = per_head[:, :, rows, columns]
+    window_of = (torch.arange(8) - shift) % 8 // 4  # window row (or column) of each grid row (or column)
+    for window in [(0, 0), (1, 0), (0, 1)]:
+        inside = (window_of[:, None] == window[0]) & (window_of[None, :] == window[1])  # (8, 8)
+        queries = per_head * inside[:, :, None]
         read_out = per_token_readout(model, 2, queries.flatten(0, 1), {k: v.repeat_interleave(heads, 0) for k, v in streams.items()})
-        torch.testing.assert_close(keys[:, :, rows, columns].sum((2, 3)), read_out.unflatten(0, (-1, heads)), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(keys[:, :, inside].sum(2), read_out.unflatten(0, (-1, heads)), rtol=1e-4, atol=1e-5)
 
 
 def test_odd_grids_and_padded_windows_split_exactly_but_refuse_the_token_split() -> None:
