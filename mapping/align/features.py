@@ -7,10 +7,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from mapping.align.aligner import Aligner
 from mapping.align.cache import Encoder
+from mapping.align.persist import AlignerMismatchError, check_aligner
 from mapping.decompose import Decomposition, adapter_for, decompose
 from mapping.images import preprocess_batch
-from mapping.models import LoadedModel
+from mapping.models import LoadedModel, load_model
 
 
 def resolved_first_block(model: LoadedModel, first_block: str | int | None) -> str:
@@ -49,3 +51,27 @@ def alignment_encoder(model: LoadedModel, clip: LoadedModel, first_block: str | 
         return names, contributions, targets
 
     return encode
+
+
+def aligned_batches(
+    model: LoadedModel, aligner: Aligner, paths: Sequence[Path], batch_size: int = 32, progress: bool = False,
+) -> Iterator[torch.Tensor]:
+    """f_i(c_i(x)) for ``paths``, batch by batch (batch, components, d_clip), decomposed from
+    the aligner's first block and checked against the components it was trained on."""
+    for part in decompose_files(model, paths, aligner.meta.first_block, batch_size, progress):
+        check_aligner(aligner, part.names, part.contributions.shape[-1], model.name)
+        yield aligner.map_components(part.contributions.float().cpu())
+
+
+def clip_for_aligner(aligner: Aligner, model: LoadedModel, weights: str | Path | None = None) -> LoadedModel:
+    """The CLIP whose space ``aligner`` maps into (its text encoder embeds the properties):
+    ``model`` itself for an identity aligner, else loaded by name and checked by weights id."""
+    meta = aligner.meta
+    clip = model if meta.identity else load_model(meta.clip_name, weights=weights)
+    if clip.weights_id != meta.clip_weights_id:
+        raise AlignerMismatchError(
+            f"the aligner maps into {meta.clip_name} with weights {meta.clip_weights_id}, "
+            f"but the weights loaded have id {clip.weights_id}",
+            "pass the CLIP weights the aligner was trained with (--clip-weights)",
+        )
+    return clip

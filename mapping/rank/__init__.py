@@ -1,0 +1,27 @@
+"""Scoring and ranking components per property: pure tensor functions (:mod:`.scores`),
+the ranking file the indexer reads (:mod:`.ranking`), and the stage on image files (:func:`rank`)."""
+from mapping.rank.ranking import PropertyRanking, Ranking, default_k, model_family, property_rankings
+from mapping.rank.run import rank
+from mapping.rank.scores import (
+    contrast_scores,
+    label_variance_share,
+    property_coordinates,
+    property_scores,
+    rank_components,
+    scores_from_coordinates,
+)
+
+__all__ = [
+    "PropertyRanking",
+    "Ranking",
+    "contrast_scores",
+    "default_k",
+    "label_variance_share",
+    "model_family",
+    "property_coordinates",
+    "property_rankings",
+    "property_scores",
+    "rank",
+    "rank_components",
+    "scores_from_coordinates",
+]

@@ -1,0 +1,130 @@
+"""A ranking: per property, the model's components best first and the k to sum (JSON on disk).
+
+This file is what the indexer consumes: ``Ranking.load(path).top("colour")`` names the
+components whose aligned contributions make the colour vector v_colour(x).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from functools import cache
+from pathlib import Path
+
+import torch
+import yaml
+
+from mapping.errors import CompsearchError
+from mapping.rank.scores import contrast_scores, rank_components
+
+FORMAT_VERSION = 1
+TOPK_FILE = Path(__file__).with_name("topk.yaml")
+
+
+@cache
+def _topk_table() -> dict:
+    return yaml.safe_load(TOPK_FILE.read_text())
+
+
+def model_family(model_name: str) -> str | None:
+    """The reference family of ``model_name`` (``dinov2``, ``dino``, ``deit``, ``swin``, ``maxvit``)."""
+    lowered = model_name.lower()
+    for entry in _topk_table()["families"]:
+        if any(pattern in lowered for pattern in entry["match"]):
+            return entry["family"]
+    return None
+
+
+def default_k(model_name: str, property_name: str) -> int:
+    """The reference top-k for ``property_name`` on ``model_name``'s family."""
+    table = _topk_table()
+    family = model_family(model_name)
+    for entry in table["families"]:
+        if entry["family"] == family:
+            return int(entry["k"].get(property_name, entry["k"].get("default", table["default"])))
+    return int(table["default"])
+
+
+@dataclass
+class PropertyRanking:
+    """One property's components, best first, with the score they were ranked by."""
+
+    name: str
+    source: str  # "text" (scored against CLIP text) or "examples" (labelled images)
+    values: list[str]  # the descriptions, or the example folders' value names
+    components: list[str]
+    scores: list[float]  # the ranking score: S_p − max_{q≠p} S_q with several properties
+    own_scores: list[float]  # S_p itself (or the label's variance share)
+    k: int
+
+    @property
+    def top(self) -> list[str]:
+        return self.components[:self.k]
+
+
+def property_rankings(
+    component_names: list[str],
+    own_scores: dict[str, torch.Tensor],
+    source: str,
+    values: dict[str, list[str]],
+    k: dict[str, int],
+) -> list[PropertyRanking]:
+    """Rank components for each property by its contrast with the others (:func:`contrast_scores`).
+
+    Scores of one ``source`` only are contrasted: correlations with text and label variance
+    shares are different quantities.
+    """
+    rankings = []
+    for name, contrasted in contrast_scores(own_scores).items():
+        ranked = rank_components(contrasted, component_names)
+        order = [component_names.index(component) for component, _ in ranked]
+        rankings.append(PropertyRanking(
+            name=name, source=source, values=list(values[name]),
+            components=[component for component, _ in ranked], scores=[score for _, score in ranked],
+            own_scores=[own_scores[name][i].item() for i in order],
+            k=max(1, min(k[name], len(component_names))),
+        ))
+    return rankings
+
+
+@dataclass
+class Ranking:
+    model_name: str
+    model_weights_id: str
+    aligner: str | None  # path of the aligner used, None for example-only rankings in model space
+    clip_name: str | None
+    first_block: str | None
+    probe_images: int
+    properties: list[PropertyRanking] = field(default_factory=list)
+
+    def get(self, name: str) -> PropertyRanking:
+        for prop in self.properties:
+            if prop.name == name:
+                return prop
+        raise CompsearchError(
+            f"the ranking has no property {name!r}",
+            f"it ranks {', '.join(p.name for p in self.properties)}; rerun `compsearch rank --property {name}`",
+        )
+
+    def top(self, name: str) -> list[str]:
+        return self.get(name).top
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"format_version": FORMAT_VERSION, **asdict(self)}, indent=1) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Ranking:
+        path = Path(path).expanduser()
+        try:
+            data = json.loads(path.read_text())
+            data.pop("format_version", None)
+            properties = [PropertyRanking(**entry) for entry in data.pop("properties")]
+            return cls(**data, properties=properties)
+        except OSError as error:
+            raise CompsearchError(f"cannot read ranking {path} ({error})",
+                                  "write one with `compsearch rank … --out ranking.json`") from error
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise CompsearchError(f"{path} is not a compsearch ranking ({error})",
+                                  "write one with `compsearch rank … --out ranking.json`") from error

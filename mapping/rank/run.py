@@ -1,0 +1,109 @@
+"""The ranking stage on image files: decompose a probe set, align, score, rank."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from mapping.align import Aligner
+from mapping.align.cache import list_images
+from mapping.align.features import aligned_batches, component_contributions, resolved_first_block
+from mapping.models import LoadedModel
+from mapping.properties import ExampleProperty, Property, PropertyError, property_basis
+from mapping.properties.text import TextEncoder
+from mapping.rank.ranking import Ranking, default_k, property_rankings
+from mapping.rank.scores import label_variance_share, property_coordinates, scores_from_coordinates
+
+
+def text_property_scores(
+    model: LoadedModel, aligner: Aligner, paths: Sequence[Path], properties: Sequence[Property],
+    encode_text: TextEncoder, batch_size: int = 32, progress: bool = False,
+) -> tuple[list[str], dict[str, torch.Tensor]]:
+    """``(component names, {property: S_p})`` over the probe images ``paths``.
+
+    All properties' bases are stacked so each batch is projected once and only the small
+    coordinates a_i(x) are kept, whatever the size of the probe set.
+    """
+    bases = [property_basis(prop, encode_text) for prop in properties]
+    stacked = torch.cat(bases)
+    coordinates = torch.cat([
+        property_coordinates(mapped, stacked) for mapped in aligned_batches(model, aligner, paths, batch_size, progress)
+    ])
+    per_property = coordinates.split([len(basis) for basis in bases], dim=-1)
+    return aligner.component_names, {
+        prop.name: scores_from_coordinates(part) for prop, part in zip(properties, per_property)
+    }
+
+
+def example_property_scores(
+    model: LoadedModel, aligner: Aligner | None, examples: ExampleProperty, batch_size: int = 32,
+    progress: bool = False,
+) -> tuple[list[str], torch.Tensor]:
+    """``(component names, variance share)`` of the example images' labels, per component,
+    in CLIP space when an aligner is given (like text properties), else in the model's own."""
+    if aligner is not None:
+        mapped = torch.cat(list(aligned_batches(model, aligner, examples.images, batch_size, progress)))
+        names = aligner.component_names
+    else:
+        names, mapped = component_contributions(model, examples.images, None, batch_size, progress)
+    return names, label_variance_share(mapped, torch.tensor(examples.labels))
+
+
+def _chosen_k(model_name: str, names: Sequence[str], k: int | dict[str, int] | None) -> dict[str, int]:
+    if isinstance(k, int):
+        return {name: k for name in names}
+    overrides = k or {}
+    return {name: overrides.get(name, default_k(model_name, name)) for name in names}
+
+
+def rank(
+    model: LoadedModel,
+    aligner: Aligner | None,
+    images_dir: str | Path | None = None,
+    properties: Sequence[Property] = (),
+    examples: Sequence[ExampleProperty] = (),
+    encode_text: TextEncoder | None = None,
+    k: int | dict[str, int] | None = None,
+    aligner_path: str | Path | None = None,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> Ranking:
+    """Rank ``model``'s components for each text property (scored on the probe images in
+    ``images_dir``) and each example property; ``k`` overrides the reference top-k (one
+    number for all, or per property name)."""
+    if properties and (aligner is None or encode_text is None or images_dir is None):
+        raise PropertyError(
+            "properties described in words need an aligner, a CLIP text encoder and probe images",
+            "pass --aligner and --images, or define the properties by --examples folders only",
+        )
+    if not properties and not examples:
+        raise PropertyError("nothing to rank: no property given", "pass --property and/or --examples")
+    names = [prop.name for prop in properties] + [example.name for example in examples]
+    if len(set(names)) != len(names):
+        raise PropertyError(f"property names repeat: {names}", "name each property (and examples folder) once")
+    chosen_k = _chosen_k(model.name, names, k)
+    ranking = Ranking(
+        model_name=model.name, model_weights_id=model.weights_id,
+        aligner=str(aligner_path) if aligner_path else None,
+        clip_name=aligner.meta.clip_name if aligner else None,
+        first_block=aligner.meta.first_block if aligner else resolved_first_block(model, None), probe_images=0,
+    )
+    if properties:
+        root = Path(images_dir).expanduser()
+        paths = [root / image for image in list_images(root)]
+        ranking.probe_images = len(paths)
+        component_names, scores = text_property_scores(
+            model, aligner, paths, properties, encode_text, batch_size, progress
+        )
+        values = {prop.name: list(prop.descriptions) for prop in properties}
+        ranking.properties += property_rankings(component_names, scores, "text", values, chosen_k)
+    if examples:
+        shares, component_names = {}, []
+        for example in examples:
+            component_names, shares[example.name] = example_property_scores(
+                model, aligner, example, batch_size, progress
+            )
+        values = {example.name: list(example.values) for example in examples}
+        ranking.properties += property_rankings(component_names, shares, "examples", values, chosen_k)
+    return ranking

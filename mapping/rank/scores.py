@@ -1,0 +1,68 @@
+"""Scoring components for a property: pure functions on tensors (DESIGN.md §5).
+
+``mapped`` is always (images, components, d_clip): the aligned contributions f_i(c_i(x)) of
+a probe set. Scores are per component, higher meaning "carries more of the property".
+"""
+from __future__ import annotations
+
+import torch
+
+
+def _correlation(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation over dim 0; 0 where either side is constant (no signal to share)."""
+    x = x - x.mean(0)
+    y = y - y.mean(0)
+    denominator = (x.pow(2).sum(0) * y.pow(2).sum(0)).sqrt()
+    correlation = (x * y).sum(0) / denominator
+    return torch.where(denominator > 1e-12 * (1 + denominator.max()), correlation, torch.zeros_like(correlation))
+
+
+def property_coordinates(mapped: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """a_i(x) = B_p f_i(c_i(x)): (images, components, k). Small, so a probe set can be
+    projected batch by batch and only the coordinates kept."""
+    return torch.einsum("ncd,kd->nck", mapped.double(), basis.double())
+
+
+def scores_from_coordinates(coordinates: torch.Tensor) -> torch.Tensor:
+    """S_p(i) = (1/k) Σ_m Corr_x(a_{i,m}(x), a_m(x)) with a = Σ_i a_i: (components,)."""
+    total = coordinates.sum(1, keepdim=True)  # a(x)
+    return _correlation(coordinates, total.expand_as(coordinates)).mean(-1).float()
+
+
+def property_scores(mapped: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """S_p for every component of ``mapped`` (images, components, d_clip) given B_p (k, d_clip)."""
+    return scores_from_coordinates(property_coordinates(mapped, basis))
+
+
+def contrast_scores(scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """S_p(i) − max_{q≠p} S_q(i) for every property; a lone property keeps its own scores."""
+    if len(scores) < 2:
+        return dict(scores)
+    stacked = torch.stack(list(scores.values()))
+    contrasted = {}
+    for position, name in enumerate(scores):
+        others = torch.cat([stacked[:position], stacked[position + 1:]])
+        contrasted[name] = stacked[position] - others.max(0).values
+    return contrasted
+
+
+def label_variance_share(contributions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Share of each component's variance explained by a label (between-class / total variance,
+    summed over dimensions): (images, components, dim), (images,) → (components,) in [0, 1].
+
+    Needs no text encoder, so it scores properties given only by labelled example images.
+    """
+    values = contributions.double()
+    centred = values - values.mean(0)
+    total = centred.pow(2).sum((0, 2))
+    classes, labels = torch.unique(labels, return_inverse=True)
+    counts = torch.bincount(labels, minlength=len(classes)).double()
+    sums = torch.zeros(len(classes), *centred.shape[1:], dtype=torch.float64).index_add_(0, labels, centred)
+    between = (sums.pow(2).sum(-1) / counts[:, None]).sum(0)  # Σ_c n_c ‖μ_c − μ‖²
+    return torch.where(total > 0, between / total.clamp_min(1e-300), torch.zeros_like(total)).float()
+
+
+def rank_components(scores: torch.Tensor, names: list[str]) -> list[tuple[str, float]]:
+    """``(name, score)`` best first; ties keep the decomposition's order."""
+    order = torch.argsort(scores, descending=True, stable=True)
+    return [(names[i], scores[i].item()) for i in order.tolist()]

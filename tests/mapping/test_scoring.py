@@ -1,0 +1,102 @@
+"""Component scores on planted data where the right answer is known by construction."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mapping.rank import (
+    Ranking,
+    contrast_scores,
+    default_k,
+    label_variance_share,
+    model_family,
+    property_rankings,
+    property_scores,
+)
+from mapping.errors import CompsearchError
+
+NAMES = [f"c{i}" for i in range(8)]
+COLOUR_BASIS = torch.eye(16)[0:2]
+SHAPE_BASIS = torch.eye(16)[2:4]
+
+
+def _planted(images: int = 400) -> torch.Tensor:
+    """8 components in a 16-d space: c3 carries colour (dims 0-1), c5 shape (dims 2-3), c6 both,
+    c7 is a constant (a bias), the rest is weak noise everywhere."""
+    mapped = 0.3 * torch.randn(images, 8, 16)
+    colour, shape = torch.randn(images, 2), torch.randn(images, 2)
+    mapped[:, 3, 0:2] += 2 * colour
+    mapped[:, 5, 2:4] += 2 * shape
+    mapped[:, 6, 0:2] += 2 * torch.randn(images, 2)
+    mapped[:, 6, 2:4] += 2 * torch.randn(images, 2)
+    mapped[:, 7] = torch.linspace(-1, 1, 16)
+    return mapped
+
+
+def test_the_carrier_of_a_property_scores_highest() -> None:
+    mapped = _planted()
+    colour, shape = property_scores(mapped, COLOUR_BASIS), property_scores(mapped, SHAPE_BASIS)
+    assert colour.shape == (8,)
+    assert set(colour.topk(2).indices.tolist()) == {3, 6} and set(shape.topk(2).indices.tolist()) == {5, 6}
+    assert colour[[0, 1, 2, 4, 5]].abs().max() < 0.2 < colour[3]
+    assert colour[7] == 0 and shape[7] == 0  # a constant component correlates with nothing
+
+
+def test_contrast_demotes_components_that_carry_every_property() -> None:
+    mapped = _planted()
+    contrasted = contrast_scores({"colour": property_scores(mapped, COLOUR_BASIS),
+                                  "shape": property_scores(mapped, SHAPE_BASIS)})
+    assert contrasted["colour"].argmax().item() == 3 and contrasted["shape"].argmax().item() == 5
+    assert contrasted["colour"][6] < 0.3 * contrasted["colour"][3]
+    lone = {"colour": torch.tensor([0.1, 0.5])}
+    assert torch.equal(contrast_scores(lone)["colour"], lone["colour"])
+
+
+def test_contrast_is_against_the_strongest_other_property() -> None:
+    scores = {"a": torch.tensor([0.9, 0.2]), "b": torch.tensor([0.1, 0.6]), "c": torch.tensor([0.5, 0.0])}
+    contrasted = contrast_scores(scores)
+    assert torch.allclose(contrasted["a"], torch.tensor([0.4, -0.4]))
+    assert torch.allclose(contrasted["b"], torch.tensor([-0.8, 0.4]))
+
+
+def test_label_variance_share_finds_the_component_that_follows_the_label() -> None:
+    labels = torch.arange(300) % 3
+    contributions = torch.randn(300, 5, 8)
+    contributions[:, 2] = 3 * torch.randn(3, 8)[labels] + 0.1 * torch.randn(300, 8)
+    contributions[:, 4] = torch.randn(3, 8)[labels]  # a pure function of the label
+    share = label_variance_share(contributions, labels)
+    assert share[4].item() == pytest.approx(1.0, abs=1e-6)
+    assert share[2] > 0.95 and share[[0, 1, 3]].max() < 0.05
+    assert label_variance_share(torch.ones(6, 1, 2), torch.tensor([0, 1] * 3)).item() == 0.0
+
+
+def test_rankings_choose_k_and_round_trip(tmp_path) -> None:
+    mapped = _planted()
+    scores = {"colour": property_scores(mapped, COLOUR_BASIS), "shape": property_scores(mapped, SHAPE_BASIS)}
+    values = {"colour": ["red", "blue"], "shape": ["round", "square"]}
+    colour, shape = property_rankings(NAMES, scores, "text", values, {"colour": 2, "shape": 50})
+    assert colour.top == ["c3", colour.components[1]] and colour.k == 2 and shape.k == len(NAMES)
+    assert colour.scores == sorted(colour.scores, reverse=True)
+    assert colour.own_scores[0] == pytest.approx(scores["colour"][3].item())
+    ranking = Ranking("deit_tiny_patch16_224", "abc", "a.safetensors", "clip", "blocks.7", 400, [colour, shape])
+    loaded = Ranking.load(ranking.save(tmp_path / "ranking.json"))
+    assert loaded == ranking and loaded.top("shape")[0] == "c5"
+    with pytest.raises(CompsearchError, match="no property 'fabric'"):
+        loaded.top("fabric")
+
+
+def test_reference_top_k_by_family() -> None:
+    assert model_family("vit_small_patch14_dinov2.lvd142m") == "dinov2"
+    assert model_family("vit_base_patch16_224.dino") == "dino"
+    assert default_k("vit_base_patch14_dinov2.lvd142m", "colour") == 1
+    assert default_k("vit_base_patch16_224.dino", "pattern") == 5
+    assert default_k("swin_base_patch4_window7_224", "pattern") == 12
+    assert default_k("maxvit_small_tf_224.in1k", "colour") == 12
+    assert default_k("deit_base_patch16_224", "shape") == 3
+    assert default_k("ViT-B-16:laion2b_s34b_b88k", "animal") == 3  # unknown family: global default
+
+
+def test_a_file_that_is_not_a_ranking_is_refused(tmp_path) -> None:
+    (tmp_path / "x.json").write_text('{"model_name": "m"}')
+    with pytest.raises(CompsearchError, match="not a compsearch ranking"):
+        Ranking.load(tmp_path / "x.json")
