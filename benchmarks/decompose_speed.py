@@ -1,0 +1,174 @@
+"""What RepDecompose costs on top of the model's own forward pass (CPU).
+
+For each model and batch, in one process on the same batch, times three things:
+the plain forward (the model's z), forward + per-head split, and forward + head×token
+split. Modes are interleaved round-robin so a change of load on a shared machine hits all
+three alike; each figure is the median of the repeats after a warm-up. Prints a table and
+writes (or replaces) its own section of benchmarks/RESULTS.md.
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/decompose_speed.py
+
+Targets (DESIGN.md §3): head split ≤ +10 % of the forward for ViT-B at batch 32 and
+≤ +20 % at batch 1; head×token ≤ 2×.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mapping.decompose import adapter_for, decompose
+from mapping.errors import UnsupportedModelError
+from mapping.models import LoadedModel, load_model
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+SECTION_START = "<!-- decompose_speed:start -->"
+SECTION_END = "<!-- decompose_speed:end -->"
+MODES = ("plain", "heads", "heads×tokens")
+
+
+@dataclass(frozen=True)
+class Case:
+    model: str
+    batch: int
+    first_block: str | None = None  # None: the adapter's default range
+
+
+CASES = (
+    Case("deit_tiny_patch16_224", 32),
+    Case("deit_tiny_patch16_224", 1),
+    Case("deit_tiny_patch16_224", 32, "all"),
+    Case("deit_base_patch16_224", 32),
+    Case("deit_base_patch16_224", 1),
+    Case("swin_tiny_patch4_window7_224", 32),
+    Case("swin_tiny_patch4_window7_224", 1),
+)
+
+
+@dataclass
+class Timing:
+    case: Case
+    blocks: str
+    seconds: dict[str, float]  # mode -> median seconds per batch
+
+    def images_per_second(self, mode: str) -> float:
+        return self.case.batch / self.seconds[mode]
+
+    def ratio(self, mode: str) -> float:
+        return self.seconds[mode] / self.seconds["plain"]
+
+
+def run_mode(loaded: LoadedModel, batch: torch.Tensor, mode: str, first_block: str) -> None:
+    with torch.inference_mode():
+        if mode == "plain":
+            loaded.encode_images(batch)
+        else:
+            decompose(loaded.model, batch, first_block, split_tokens=mode == "heads×tokens")
+
+
+def time_case(case: Case, loaded: LoadedModel, repeats: int) -> Timing:
+    first_block = adapter_for(loaded.model, loaded.name).resolve_first_block(case.first_block)
+    size = loaded.model.pretrained_cfg["input_size"]
+    batch = torch.randn(case.batch, *size)
+    for mode in MODES:  # warm-up: allocator, kernels, lazily built buffers
+        run_mode(loaded, batch, mode, first_block)
+    samples: dict[str, list[float]] = {mode: [] for mode in MODES}
+    for _ in range(repeats):
+        for mode in MODES:
+            started = time.perf_counter()
+            run_mode(loaded, batch, mode, first_block)
+            samples[mode].append(time.perf_counter() - started)
+    label = "all" if case.first_block == "all" else f"from {first_block}"
+    return Timing(case, label, {mode: statistics.median(values) for mode, values in samples.items()})
+
+
+def table(timings: list[Timing]) -> str:
+    header = ("| model | batch | decomposed | plain img/s | heads img/s | heads×tokens img/s "
+              "| heads / plain | heads×tokens / plain |")
+    rows = [header, "|---" * (header.count("|") - 1) + "|"]
+    for t in timings:
+        rows.append(
+            f"| {t.case.model} | {t.case.batch} | {t.blocks} | {t.images_per_second('plain'):.1f} "
+            f"| {t.images_per_second('heads'):.1f} | {t.images_per_second('heads×tokens'):.1f} "
+            f"| {t.ratio('heads'):.2f} | {t.ratio('heads×tokens'):.2f} |"
+        )
+    return "\n".join(rows)
+
+
+def machine() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+             if line.startswith("model name")] if cpuinfo.exists() else []
+    cpu = names[0] if names else platform.processor() or platform.machine()
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} "
+            f"threads, Python {platform.python_version()}")
+
+
+def write_section(text: str) -> None:
+    """Replace this script's section of RESULTS.md (others' sections stay as they are)."""
+    content = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    section = f"{SECTION_START}\n{text}\n{SECTION_END}"
+    if SECTION_START in content and SECTION_END in content:
+        before, rest = content.split(SECTION_START, 1)
+        content = before + section + rest.split(SECTION_END, 1)[1]
+    else:
+        content = content.rstrip("\n") + "\n\n" + section + "\n"
+    RESULTS.write_text(content)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per mode (median reported)")
+    parser.add_argument("--models", nargs="*", help="only these model names")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    args = parser.parse_args()
+
+    load_before = os.getloadavg()[0]
+    timings, notes = [], []
+    loaded_models: dict[str, LoadedModel] = {}
+    print("\n".join(table([]).splitlines()[:2]), flush=True)
+    for case in CASES:
+        if args.models and case.model not in args.models:
+            continue
+        if case.model not in loaded_models:
+            loaded_models[case.model] = load_model(case.model, pretrained=False)  # speed needs no weights
+        try:
+            timing = time_case(case, loaded_models[case.model], args.repeats)
+        except UnsupportedModelError as error:
+            notes.append(f"skipped {case.model}: {error.problem}")
+            print(notes[-1], file=sys.stderr)
+            continue
+        timings.append(timing)
+        print(table([timing]).splitlines()[-1], flush=True)
+    load_after = os.getloadavg()[0]
+
+    command = " ".join([f"OMP_NUM_THREADS={torch.get_num_threads()} .venv/bin/python benchmarks/decompose_speed.py",
+                        *sys.argv[1:]]).strip()
+    text = "\n".join([
+        "## Decomposition speed (CPU)",
+        "",
+        f"`{command}` — random weights, {args.repeats} interleaved repeats after a warm-up, "
+        "median seconds per batch, turned into images/s; ratios are time ÷ the plain forward "
+        "(targets: heads ≤ 1.10 for ViT-B at batch 32, ≤ 1.20 at batch 1; heads×tokens ≤ 2).",
+        "",
+        f"Machine: {machine()}. Load average (1 min) {load_before:.1f} before, {load_after:.1f} after "
+        "(a load above the core count means other processes shared the cores).",
+        "",
+        table(timings),
+        *([""] + [f"- {note}" for note in notes] if notes else []),
+    ])
+    print("\n" + text)
+    if not args.no_write:
+        write_section(text)
+        print(f"\nwrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
