@@ -28,3 +28,12 @@ def imagenet_sample() -> Path:
     if not IMAGENET_SAMPLE.is_dir():
         pytest.skip(f"ImageNet sample photos not found at {IMAGENET_SAMPLE} (only beside the project checkout)")
     return IMAGENET_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def fixture_clip() -> Path:
+    """The world-trained reference CLIP, a ``local-dir:`` folder (trained once, then cached;
+    rebuild with ``compsearch world fixture-clip --rebuild``)."""
+    from indexer.world.fixture_clip import fixture_clip_dir
+
+    return fixture_clip_dir()

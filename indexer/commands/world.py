@@ -28,3 +28,17 @@ def render_command(out_dir: Path, split_name: str, count: int, size: int, seed: 
     started = time.perf_counter()
     labels = write_split(out_dir, get_split(split_name, seed), count, size)
     click.echo(f"wrote {labels} ({count} images, {time.perf_counter() - started:.1f}s)")
+
+
+@world.command("fixture-clip")
+@click.option("--rebuild", is_flag=True, help="Retrain even if the cached fixture exists.")
+def fixture_clip_command(rebuild: bool) -> None:
+    """Train (or find in the cache) the small reference CLIP trained on the world; print its folder.
+
+    The folder loads like any open_clip model: load_model('local-dir:<folder>').
+    """
+    from indexer.world.fixture_clip import REPORT_NAME, fixture_clip_dir
+
+    folder = fixture_clip_dir(rebuild=rebuild)
+    click.echo((folder / REPORT_NAME).read_text())
+    click.echo(f"local-dir:{folder}")

@@ -1,0 +1,205 @@
+"""The reference CLIP fixture: a tiny open_clip ViT-CLIP trained from scratch on the world.
+
+The architecture is a JSON config registered with ``open_clip.add_model_config`` (an
+open_clip ``VisionTransformer`` image tower, so the project's open_clip decomposition applies
+to it). Training is contrastive on world renders with full and partial captions. Because a
+partial caption ("a star") truly describes many images in a batch, the loss treats every
+caption that is true of an image as a positive (soft targets over all of them) instead of
+pretending only the diagonal matches: this removes the false negatives that otherwise drown
+the weak shape and pattern signal in the few steps a CPU budget allows (DESIGN §8).
+
+The trained model is saved in open_clip's ``local-dir:`` format (``open_clip_config.json``
++ ``open_clip_model.safetensors``) under ``$COMPSEARCH_CACHE/fixtures/<key>``, where the key
+hashes the model config, the training config and :data:`CODE_VERSION`; it is reloaded with
+``mapping.models.load_model('local-dir:<folder>')`` like any open_clip model.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+from open_clip.push_to_hf_hub import save_config_for_hf
+from tqdm import tqdm
+
+from indexer.world.captions import compose_caption
+from indexer.world.factors import FACTORS
+from indexer.world.render import render_image
+from indexer.world.splits import SPLITS
+from indexer.world.zero_shot import zero_shot_accuracy
+from mapping.errors import CompsearchError
+from mapping.models import LoadedModel, load_model
+
+MODEL_NAME = "compsearch-world-clip"
+MODEL_CONFIG_PATH = Path(__file__).with_name(f"{MODEL_NAME}.json")
+# Bump when rendering, captions or training change what a given config produces.
+CODE_VERSION = "1"
+CACHE_ENV = "COMPSEARCH_CACHE"
+REPORT_NAME = "training_report.json"
+WEIGHTS_NAME = "open_clip_model.safetensors"
+CONFIG_NAME = "open_clip_config.json"
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    steps: int = 600
+    batch_size: int = 128
+    learning_rate: float = 2e-3
+    warmup_steps: int = 40
+    weight_decay: float = 0.05
+    train_images: int = 8000
+    render_size: int = 64  # twice the CLIP's side; its preprocess downsizes these as it does 224-px renders
+    captions_per_image: int = 4
+    full_caption_share: float = 0.4
+    eval_images: int = 300
+    seed: int = 0
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV, "~/.cache/compsearch")).expanduser() / "fixtures"
+
+
+def model_config() -> dict:
+    return json.loads(MODEL_CONFIG_PATH.read_text())
+
+
+def fixture_key(config: TrainingConfig) -> str:
+    blob = json.dumps({"model": model_config(), "training": asdict(config), "code": CODE_VERSION}, sort_keys=True)
+    return f"{MODEL_NAME}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+def build_untrained() -> tuple[torch.nn.Module, object, object]:
+    """(model, eval preprocess, tokenizer) of the registered fixture architecture, randomly initialised."""
+    if MODEL_NAME not in open_clip.list_models():
+        open_clip.add_model_config(MODEL_CONFIG_PATH)
+    model, _, preprocess = open_clip.create_model_and_transforms(MODEL_NAME)
+    return model, preprocess, open_clip.get_tokenizer(MODEL_NAME)
+
+
+def _training_set(config: TrainingConfig, preprocess, tokenizer) -> tuple[torch.Tensor, ...]:
+    """Images (n, 3, s, s) after the model's preprocess, labels (n, factors), and per image
+    ``captions_per_image`` pre-tokenised captions with the mask of factors each names."""
+    rng = np.random.default_rng([config.seed, 1])
+    items = SPLITS["train"].items(config.train_images)
+    images = torch.stack([preprocess(render_image(item, config.render_size))
+                          for item in tqdm(items, desc="render fixture training set", unit="img")])
+    labels = torch.tensor([[values.index(getattr(item, name)) for name, values in FACTORS.items()] for item in items])
+    names = list(FACTORS)
+    masks = rng.random((len(items), config.captions_per_image, len(names))) < 0.5
+    masks[rng.random(masks.shape[:2]) < config.full_caption_share] = True
+    masks |= np.eye(len(names), dtype=bool)[rng.integers(len(names), size=masks.shape[:2])]  # never empty
+    captions = [compose_caption({n: item.factors()[n] for n, keep in zip(names, mask) if keep}, rng)
+                for item, item_masks in zip(items, masks) for mask in item_masks]
+    tokens = tokenizer(captions).view(len(items), config.captions_per_image, -1)
+    return images, labels, tokens, torch.from_numpy(masks)
+
+
+def positive_pairs(image_labels: torch.Tensor, caption_labels: torch.Tensor, named: torch.Tensor) -> torch.Tensor:
+    """(images, captions) bool: caption j is true of image i (agrees on every factor it names)."""
+    agree = image_labels[:, None, :] == caption_labels[None, :, :]  # (images, captions, factors)
+    return (agree | ~named[None, :, :]).all(dim=-1)
+
+
+def multi_positive_loss(logits: torch.Tensor, image_labels: torch.Tensor, caption_labels: torch.Tensor,
+                        named: torch.Tensor) -> torch.Tensor:
+    """Symmetric contrastive loss over (images, captions) logits where caption j is a positive
+    of image i whenever it is true of image i (:func:`positive_pairs`); targets are uniform
+    over an image's positives (and over a caption's)."""
+    positive = positive_pairs(image_labels, caption_labels, named).float()
+    image_to_text = -(positive / positive.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
+    text_to_image = -(positive / positive.sum(0, keepdim=True) * logits.log_softmax(0)).sum(0).mean()
+    return (image_to_text + text_to_image) / 2
+
+
+def _learning_rate(step: int, config: TrainingConfig) -> float:
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train(config: TrainingConfig, out_dir: Path) -> dict:
+    """Train the fixture and save it into ``out_dir`` (local-dir format); returns the training report."""
+    torch.manual_seed(config.seed)
+    model, preprocess, tokenizer = build_untrained()
+    started = time.perf_counter()
+    images, labels, tokens, named = _training_set(config, preprocess, tokenizer)
+    data_seconds = time.perf_counter() - started
+
+    # No decay on gains, biases, embeddings: most vocabulary rows never see a gradient here.
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embedding" in n]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.learning_rate)
+    generator = torch.Generator().manual_seed(config.seed)
+    model.train()
+    losses = []
+    for step in (bar := tqdm(range(config.steps), desc="train fixture CLIP", unit="step")):
+        for group in optimizer.param_groups:
+            group["lr"] = _learning_rate(step, config)
+        # All of an image's captions join the batch: text is cheap next to the image tower,
+        # so this multiplies the contrastive signal per (expensive) image forward.
+        batch = torch.randint(len(images), (config.batch_size,), generator=generator)
+        image_features = F.normalize(model.encode_image(images[batch]), dim=-1)
+        text_features = F.normalize(model.encode_text(tokens[batch].flatten(0, 1)), dim=-1)
+        logits = model.logit_scale.exp() * image_features @ text_features.T
+        caption_labels = labels[batch].repeat_interleave(config.captions_per_image, dim=0)
+        loss = multi_positive_loss(logits, labels[batch], caption_labels, named[batch].flatten(0, 1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+    train_seconds = time.perf_counter() - started - data_seconds
+    model.eval()
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file(model.state_dict(), out_dir / WEIGHTS_NAME)
+    save_config_for_hf(model, out_dir / CONFIG_NAME, model_config=model_config())
+    loaded = LoadedModel(MODEL_NAME, model, preprocess, tokenizer, "training", is_clip=True)
+    report = {
+        "config": asdict(config),
+        "code_version": CODE_VERSION,
+        "steps": config.steps,
+        "data_seconds": round(data_seconds, 1),
+        "train_seconds": round(train_seconds, 1),
+        "final_loss": float(np.mean(losses[-20:])),
+        "test_accuracy": zero_shot_accuracy(loaded, SPLITS["test"].items(config.eval_images)),
+        "torch_threads": torch.get_num_threads(),
+    }
+    (out_dir / REPORT_NAME).write_text(json.dumps(report, indent=2))
+    return report
+
+
+def fixture_clip_dir(config: TrainingConfig = TrainingConfig(), rebuild: bool = False) -> Path:
+    """The cached fixture's folder, training it first if it is missing (or ``rebuild``)."""
+    folder = cache_root() / fixture_key(config)
+    if not rebuild and (folder / REPORT_NAME).is_file():
+        return folder
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        train(config, partial)
+    except OSError as error:
+        raise CompsearchError(f"cannot write the fixture CLIP under {partial}: {error}",
+                              f"set {CACHE_ENV} to a writable folder") from error
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(partial, folder)  # the report is written last, so a folder with it is complete
+    return folder
+
+
+def load_fixture_clip(config: TrainingConfig = TrainingConfig()) -> LoadedModel:
+    """The fixture through the project's one loader, exactly as a real open_clip model loads."""
+    return load_model(f"local-dir:{fixture_clip_dir(config)}")
