@@ -90,7 +90,7 @@ def select_heads(component_names: Sequence[str], patterns: Sequence[str] = ()) -
 def embed_bank(bank: Sequence[str], encode_text: TextEncoder) -> torch.Tensor:
     with torch.no_grad():
         return torch.cat([
-            F.normalize(encode_text(list(bank[start:start + TEXT_BATCH])).float(), dim=-1)
+            F.normalize(encode_text(list(bank[start:start + TEXT_BATCH])).float().cpu(), dim=-1)
             for start in range(0, len(bank), TEXT_BATCH)
         ])
 

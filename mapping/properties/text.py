@@ -15,7 +15,7 @@ def description_embeddings(prop: Property, encode_text: TextEncoder) -> torch.Te
     """t_j = normalise(mean over templates of normalise(E_text(template(s_j)))): (k, d_clip)."""
     prompts = [prompt for description in prop.descriptions for prompt in prop.prompts(description)]
     with torch.no_grad():
-        embedded = F.normalize(encode_text(prompts).float(), dim=-1)
+        embedded = F.normalize(encode_text(prompts).float().cpu(), dim=-1)
     per_description = embedded.view(len(prop.descriptions), len(prop.templates), -1).mean(1)
     return F.normalize(per_description, dim=-1)
 
