@@ -17,6 +17,9 @@ from mapping.errors import CompsearchError
 COMMANDS: dict[str, str] = {
     "demo": "mapping.commands.demo:demo",
     "decompose": "mapping.commands.decompose:decompose_command",
+    "align": "mapping.commands.align:align_command",
+    "rank": "mapping.commands.rank:rank_command",
+    "describe": "mapping.commands.describe:describe_command",
     "world": "indexer.commands.world:world",
 }
 
