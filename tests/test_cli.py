@@ -11,7 +11,11 @@ import PIL.Image
 import pytest
 
 from search.cli import main
-from tests.mapping.test_models import _no_weights_dir, offline_empty_cache  # noqa: F401  (fixtures)
+from tests.mapping.test_models import (  # noqa: F401  (fixtures, and the tiny CLIP writer)
+    _no_weights_dir,
+    _save_tiny_clip_folder,
+    offline_empty_cache,
+)
 
 MODEL = ["--model", "deit_tiny_patch16_224", "--random-init"]
 
@@ -132,3 +136,13 @@ def test_console_script_reports_errors_in_one_line(tmp_path) -> None:
     )
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith("error: image") and "does not exist" in result.stderr
+
+
+def test_decompose_clip_from_a_local_folder(monkeypatch, capsys, tmp_path, photos) -> None:
+    _save_tiny_clip_folder(tmp_path / "clip")
+    code, out, _ = run_cli(monkeypatch, capsys, "decompose", *photos, "--model", f"local-dir:{tmp_path / 'clip'}",
+                           "--first-block", "all", "--tokens", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["first_block"] == "visual.transformer.resblocks.0"
+    for image in report["images"]:
+        assert image["relative_error"] < 1e-5 and image["output_norm"] == pytest.approx(1)  # CLIP's z is unit norm
