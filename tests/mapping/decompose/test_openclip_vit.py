@@ -1,6 +1,7 @@
 """RepDecompose on open_clip CLIP models: exactness of the head and head×token splits."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,13 +19,16 @@ BLOCKS = "visual.transformer.resblocks"
 
 
 def tiny_clip(model_class: type[nn.Module] = CLIP, **vision: Any) -> nn.Module:
-    """A tiny random CLIP whose norms, biases and scales are far from their inits.
+    config = dict(layers=3, width=32, head_width=8, patch_size=8, image_size=IMAGE_SIZE, ls_init_value=0.5)
+    return perturbed(model_class(embed_dim=24, vision_cfg=CLIPVisionCfg(**{**config, **vision}), text_cfg=TINY_TEXT))
+
+
+def perturbed(model: nn.Module) -> nn.Module:
+    """``model`` in eval mode with its image tower's norms, biases and scales far from their inits.
 
     Default inits (γ = 1, β = 0, zero biases, LayerScale constant) would hide a wrongly
     placed or missing term, so every one of them is perturbed.
     """
-    config = dict(layers=3, width=32, head_width=8, patch_size=8, image_size=IMAGE_SIZE, ls_init_value=0.5)
-    model = model_class(embed_dim=24, vision_cfg=CLIPVisionCfg(**{**config, **vision}), text_cfg=TINY_TEXT)
     with torch.no_grad():
         for name, parameter in model.visual.named_parameters():
             if any(key in name for key in ("ln", "bias", "gamma", "scale")):
@@ -176,6 +180,28 @@ def test_unsupported_towers_fail_clearly(variant: dict[str, Any], problem: str) 
     with pytest.raises(UnsupportedModelError) as error:
         decompose(tiny_clip(**variant), images())
     assert problem in error.value.problem and error.value.hint
+
+
+def test_fixture_clip_architecture_is_exact() -> None:
+    """The project's world-trained fixture CLIP (48 px, patch 6, 4 blocks), randomly initialised."""
+    from indexer.world.fixture_clip import build_untrained
+
+    model = perturbed(build_untrained()[0])
+    split = decompose(model, images(size=48), split_tokens=True)
+    assert split.names[1] == f"{BLOCKS}.0.attn.h0"  # fewer than five blocks: all of them
+    assert split.token_splits[0].grid == (8, 8)
+    assert_exact(split)
+    assert_exact(tokens_summed(split))
+
+
+@pytest.mark.slow
+def test_trained_fixture_clip_is_exact(fixture_clip: Path) -> None:
+    from mapping.models import load_model
+
+    model = load_model(f"local-dir:{fixture_clip}").model
+    split = decompose(model, images(8, size=48), split_tokens=True)
+    assert_exact(split)
+    assert_exact(tokens_summed(split))
 
 
 @pytest.mark.slow
