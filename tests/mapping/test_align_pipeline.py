@@ -1,0 +1,95 @@
+"""The align → rank → describe stages on real (tiny, randomly initialised) models and world images."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+from click.testing import CliRunner
+
+from indexer.world.fixture_clip import MODEL_CONFIG_PATH, MODEL_NAME
+from indexer.world.render import render_image
+from indexer.world.splits import get_split
+from mapping.align import AlignerMismatchError, TrainSettings, align, load_aligner
+from mapping.align.features import component_contributions
+from mapping.describe import describe_heads, read_text_bank
+from mapping.models import LoadedModel, load_model
+from mapping.properties import builtin_property, load_examples
+from mapping.rank import Ranking, rank
+from search.cli import cli
+
+FAST = TrainSettings(learning_rate=1e-2, max_epochs=2, batch_size=8, heldout_fraction=0.25)
+
+
+@pytest.fixture(scope="module")
+def world_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("world")
+    for item in get_split("train").items(24):
+        render_image(item, size=48).save(folder / f"{item.index:03d}_{item.colour}.png")
+    return folder
+
+
+def _tiny_clip() -> LoadedModel:
+    """The fixture CLIP's architecture, untrained (the trained one is the slow test's)."""
+    if MODEL_NAME not in open_clip.list_models():
+        open_clip.add_model_config(MODEL_CONFIG_PATH)
+    return load_model(MODEL_NAME, pretrained=False)
+
+
+def test_a_clip_in_its_own_space_gets_an_exact_identity_aligner(tmp_path: Path, world_images: Path) -> None:
+    clip = _tiny_clip()
+    aligner = align(clip, clip, world_images, tmp_path / "identity", progress=False)
+    assert aligner.meta.identity and aligner.weight is None
+    assert aligner.meta.heldout_cosine == pytest.approx(1.0, abs=1e-5)
+    assert not (tmp_path / "identity.cache").exists()  # nothing to train, nothing cached
+    assert load_aligner(tmp_path / "identity").meta == aligner.meta
+
+
+def test_align_trains_caches_and_persists_a_model_to_clip_aligner(tmp_path: Path, world_images: Path) -> None:
+    model, clip = _tiny_clip(), _tiny_clip()  # two random inits: different models
+    aligner = align(model, clip, world_images, tmp_path / "a", first_block="all", settings=FAST, progress=False)
+    names, contributions = component_contributions(model, sorted(world_images.glob("*.png"))[:2], "all")
+    assert aligner.component_names == names and aligner.meta.first_block == "visual.transformer.resblocks.0"
+    assert aligner.weight.shape == (len(names), contributions.shape[-1], 64)
+    assert aligner.meta.train_images + aligner.meta.heldout_images == 24 and aligner.meta.heldout_images > 0
+    assert -1.0 <= aligner.meta.heldout_cosine <= 1.0 and aligner.meta.settings["max_epochs"] == 2
+    assert len(list((tmp_path / "a.cache").glob("shard-*.safetensors"))) == 1
+    reloaded = load_aligner(tmp_path / "a.safetensors")
+    assert torch.equal(reloaded.weight, aligner.weight)
+    reloaded.meta.first_block = "visual.transformer.resblocks.2"  # fewer blocks than it was trained on
+    with pytest.raises(AlignerMismatchError, match="components differ"):
+        rank(model, reloaded, world_images, [builtin_property("colour")], encode_text=clip.encode_text)
+
+
+def test_rank_and_describe_run_on_an_identity_aligner(tmp_path: Path, world_images: Path) -> None:
+    clip = _tiny_clip()
+    aligner = align(clip, clip, world_images, tmp_path / "identity", progress=False)
+    (tmp_path / "examples").mkdir()
+    for value in ("red", "blue"):
+        (tmp_path / "examples" / value).mkdir()
+    for image in world_images.glob("*.png"):
+        (tmp_path / "examples" / ("red" if int(image.stem[:3]) % 2 else "blue") / image.name).symlink_to(image)
+    ranking = rank(clip, aligner, world_images, [builtin_property("colour"), builtin_property("shape")],
+                   [load_examples(tmp_path / "examples")], clip.encode_text, k={"colour": 2},
+                   aligner_path=tmp_path / "identity.safetensors")
+    ranking = Ranking.load(ranking.save(tmp_path / "ranking.json"))
+    assert [p.name for p in ranking.properties] == ["colour", "shape", "examples"]
+    assert ranking.get("colour").k == 2 and ranking.get("shape").k == 3  # override, then the default
+    for prop in ranking.properties:
+        assert sorted(prop.components) == sorted(aligner.component_names)
+    assert ranking.probe_images == 24 and ranking.clip_name == MODEL_NAME
+    described = describe_heads(clip, aligner, sorted(world_images.glob("*.png")), clip.encode_text,
+                               read_text_bank()[:50], ["*.resblocks.3.attn.*"], count=3)
+    assert list(described) == [f"visual.transformer.resblocks.3.attn.h{h}" for h in range(4)]
+    assert all(len(picks) == 3 and 0 <= picks[0][1] <= 1 for picks in described.values())
+
+
+def test_align_command_reports_the_heldout_cosine(tmp_path: Path, world_images: Path) -> None:
+    _tiny_clip()  # registers the fixture architecture with open_clip
+    result = CliRunner().invoke(cli, [
+        "align", "--model", MODEL_NAME, "--random-init", "--clip", MODEL_NAME, "--images", str(world_images),
+        "--out", str(tmp_path / "cli"), "--epochs", "1", "--heldout", "0.25",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "held-out cosine" in result.output and (tmp_path / "cli.json").is_file()
