@@ -29,7 +29,12 @@ def read_image(path: str | Path) -> PIL.Image.Image:
             return ImageOps.exif_transpose(image).convert("RGB")
     except UnidentifiedImageError:
         raise ImageReadError(f"{path} is not an image PIL can read", "check the file type") from None
-    except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as error:
+    except PIL.Image.DecompressionBombError as error:
+        raise ImageReadError(
+            f"{path} is too large to decode safely ({error})",
+            "downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS if the file is trusted",
+        ) from error
+    except (OSError, SyntaxError, ValueError) as error:
         # PIL reports truncated/corrupt data as OSError, and some broken headers as
         # SyntaxError or ValueError.
         raise ImageReadError(

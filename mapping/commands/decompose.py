@@ -163,7 +163,7 @@ def format_report(report: DecomposeReport) -> str:
               help="Use random weights: components mean nothing, but the split is still exact.")
 @click.option("--first-block", default=None, metavar="NAME|INDEX|all",
               help="First decomposed block, e.g. blocks.7, 7, -5 or all. Default: the paper's range "
-                   "(last 5 blocks of a 12-block ViT).")
+                   "(e.g. blocks 7–11 of a 12-block ViT).")
 @click.option("--tokens", "split_tokens", is_flag=True,
               help="Also split each attention head by token and show the tokens it reads most.")
 @click.option("--top", default=10, show_default=True, type=click.IntRange(min=1),

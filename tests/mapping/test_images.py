@@ -54,6 +54,13 @@ def test_truncated_file(tmp_path: Path) -> None:
         read_image(truncated)
 
 
+def test_decompression_bomb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _write(tmp_path / "huge.png", size=(300, 300))
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 100 * 100 // 2)  # 300² > 2 × the limit
+    with pytest.raises(ImageReadError, match="too large"):
+        read_image(path)
+
+
 def test_preprocess_batch_uses_the_models_transform(tmp_path: Path) -> None:
     loaded = load_model("deit_tiny_patch16_224", pretrained=False)
     paths = [_write(tmp_path / "a.png", size=(300, 200)), _write(tmp_path / "b.png", "L", size=(64, 64))]

@@ -82,7 +82,10 @@ def test_weights_dir_env_var_is_searched(monkeypatch: pytest.MonkeyPatch, tmp_pa
 
 
 def test_explicit_folder_wins_and_must_be_unambiguous(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path / "elsewhere"))
+    env_folder = tmp_path / "env"  # would fail differently ("could not load") if it were used
+    env_folder.mkdir()
+    (env_folder / f"{DEIT_TINY}.safetensors").touch()
+    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(env_folder))
     (tmp_path / f"{DEIT_TINY}.a.safetensors").touch()
     (tmp_path / f"{DEIT_TINY}.b.pth").touch()
     with pytest.raises(ModelLoadError, match="several weights files"):
