@@ -65,6 +65,20 @@ def test_real_deit_tiny_classifies_photos(deit_tiny_weights: Path, imagenet_samp
     torch.testing.assert_close(loaded.model.head(z), logits, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
+def test_real_deit_tiny_accuracy_on_whole_sample(deit_tiny_weights: Path, imagenet_sample: Path) -> None:
+    loaded = load_model(DEIT_TINY, weights=deit_tiny_weights)
+    wnids = ImageNetInfo().label_names()
+    photos = sorted(imagenet_sample.glob("*.JPEG"))
+    correct = 0
+    for start in range(0, len(photos), 64):
+        chunk = photos[start:start + 64]
+        with torch.no_grad():
+            predicted = loaded.model(preprocess_batch(chunk, loaded)).argmax(-1).tolist()
+        correct += sum(wnids[p] == photo.name.split("_")[0] for p, photo in zip(predicted, chunk))
+    assert correct / len(photos) >= 0.75  # the shared weights' documented ≈0.80
+
+
 def test_random_init_model_is_named_and_in_eval_mode() -> None:
     loaded = load_model(DEIT_TINY, pretrained=False)
     assert loaded.weights_id == RANDOM_INIT and not loaded.is_clip and loaded.tokenizer is None
