@@ -187,10 +187,11 @@ class MaxVitAdapter(Adapter):
         head = self.model.head
         return head.flatten(head.norm(head.global_pool(features)))
 
+    @torch.inference_mode()
     def output(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return self._z(self.model.forward_features(images))
+        return self._z(self.model.forward_features(images))
 
+    @torch.inference_mode()
     def decompose(
         self, images: torch.Tensor, first_block: str, split_tokens: bool
     ) -> Decomposition:
@@ -204,7 +205,7 @@ class MaxVitAdapter(Adapter):
         captures = [_BlockCapture() for _ in blocks]
         landings: dict[str, _Landing] = {}  # filled by the first block's pre-hook
         streams: dict[str, torch.Tensor] = {}
-        with torch.inference_mode(), ExitStack() as stack:
+        with ExitStack() as stack:
             self._hook_streams(stack, blocks, landings, streams)
             for (block_name, block), capture in zip(blocks, captures):
                 self._hook_block(stack, block_name, block, capture, landings, split_tokens)
