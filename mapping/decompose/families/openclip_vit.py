@@ -13,9 +13,11 @@ statistics, then ``proj`` and the division by the image's (frozen) ‖proj(…)�
 every component, so Σ components == z.
 
 ``nn.MultiheadAttention`` computes its output projection inside a fused kernel, so hooks on
-``out_proj`` never fire: heads are recomputed from the attention input (captured by a
-forward pre-hook) with the module's own ``in_proj`` / ``out_proj`` parameters, and only the
-CLS query is projected, since only the CLS row reaches z. ``CustomResidualAttentionBlock``
+``out_proj`` never fire: heads are recomputed from the attention input u (captured by a
+forward pre-hook) with the module's own ``in_proj`` / ``out_proj`` parameters. Only the CLS
+row reaches z, so only the CLS query is projected, and W_K, W_V are folded onto it rather
+than applied to every token (see :func:`_cls_attention`, :func:`_cls_mixed_values`): the
+head split costs O(batch·heads·tokens·width) per block on top of the forward. ``CustomResidualAttentionBlock``
 (qk_norm, head scales) is handled the same way.
 """
 from __future__ import annotations
@@ -25,7 +27,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from open_clip.model import CLIP, CustomTextCLIP
 from open_clip.transformer import (
     Attention,
@@ -42,6 +43,7 @@ from mapping.decompose.base import (
     TokenSplit,
     head_contributions,
     linearised_layer_norm,
+    project_heads,
     register_adapter,
 )
 from mapping.errors import UnsupportedModelError
@@ -58,7 +60,7 @@ class _BlockCapture:
     heads: torch.Tensor | None = None  # (batch, heads, width), LayerScale applied
     mlp: torch.Tensor | None = None  # (batch, width), LayerScale applied
     attention: torch.Tensor | None = None  # (batch, heads, tokens), only for the token split
-    values: torch.Tensor | None = None  # (batch, tokens, heads, head_dim), idem
+    attention_input: torch.Tensor | None = None  # (batch, tokens, width), idem
 
 
 @dataclass
@@ -162,8 +164,9 @@ class OpenClipViTAdapter(Adapter):
         stream: torch.Tensor,
         norm: torch.Tensor,
     ) -> TokenSplit:
+        values = _values(block.attn, capture.attention_input)
         _, per_token = head_contributions(
-            capture.attention, capture.values, block.attn.out_proj.weight, block.attn.out_proj.bias, True
+            capture.attention, values, block.attn.out_proj.weight, block.attn.out_proj.bias, True
         )
         # A (batch, 1, width) stream broadcasts ln_post's σ over the (heads, tokens) axes.
         normalised, _ = linearised_layer_norm(
@@ -230,11 +233,12 @@ def _block_hooks(
     """Hooks that fill ``capture`` with the block's heads and MLP at the CLS position."""
 
     def capture_heads(module: nn.Module, args: tuple) -> None:
-        attention, values = _cls_attention(module, _tokens_first(args[0], batch_first))
-        heads, _ = head_contributions(attention, values, module.out_proj.weight, module.out_proj.bias)
-        capture.heads = block.ls_1(heads)
+        attention_input = _tokens_first(args[0], batch_first)
+        attention = _cls_attention(module, attention_input)
+        mixed = _cls_mixed_values(module, attention, attention_input)
+        capture.heads = block.ls_1(project_heads(mixed, module.out_proj.weight, module.out_proj.bias))
         if split_tokens:
-            capture.attention, capture.values = attention, values
+            capture.attention, capture.attention_input = attention, attention_input
 
     def capture_mlp(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         # ls_2's output is exactly the MLP branch that is added to the stream.
@@ -246,27 +250,54 @@ def _block_hooks(
     ]
 
 
-def _cls_attention(
-    attn: nn.Module, attention_input: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The CLS query's attention weights (batch, heads, tokens) and the values
-    (batch, tokens, heads, head_dim), recomputed from ``attention_input`` (batch, tokens,
-    width) with the module's own parameters; only the CLS row of q is projected.
-    """
-    width = attention_input.shape[-1]
-    num_heads = attn.num_heads
-    split = [width, 2 * width]
-    weight_q, weight_kv = attn.in_proj_weight.split(split)
-    bias_q, bias_kv = attn.in_proj_bias.split(split) if attn.in_proj_bias is not None else (None, None)
-    query = F.linear(attention_input[:, CLS], weight_q, bias_q).unflatten(-1, (num_heads, -1))
-    key_value = F.linear(attention_input, weight_kv, bias_kv).unflatten(-1, (2, num_heads, -1))
-    key, values = key_value.unbind(-3)
-    if isinstance(attn, Attention):  # open_clip's own attention: qk_norm, head scales
-        query, key = attn.ln_q(query), attn.ln_k(key)
-        if attn.head_scale is not None:
-            values = values * attn.head_scale.view(num_heads, 1)
-    logits = torch.einsum("bhd,bthd->bht", query, key) * query.shape[-1] ** -0.5
-    return logits.softmax(-1), values
+def _cls_attention(attn: nn.Module, attention_input: torch.Tensor) -> torch.Tensor:
+    """The CLS query's attention weights (batch, heads, tokens), recomputed from the
+    attention input (batch, tokens, width) with the module's own parameters."""
+    weight, bias = _per_head_in_proj(attn)
+    query = torch.einsum("bD,hdD->bhd", attention_input[:, CLS], weight[0]) + bias[0]
+    if isinstance(attn, Attention) and not isinstance(attn.ln_k, nn.Identity):
+        # qk_norm normalises every key, so the keys themselves are needed.
+        key = attn.ln_k(torch.einsum("btD,hdD->bthd", attention_input, weight[1]) + bias[1])
+        logits = torch.einsum("bhd,bthd->bht", attn.ln_q(query), key)
+    else:
+        # q·(W_k u_t + b_k) = (W_kᵀ q)·u_t + q·b_k, and softmax drops q·b_k, the same for every
+        # token: projecting the one CLS query replaces projecting every token's key.
+        query_in_input = torch.einsum("bhd,hdD->bhD", query, weight[1])
+        logits = torch.einsum("bhD,btD->bht", query_in_input, attention_input)
+    return (logits * query.shape[-1] ** -0.5).softmax(-1)
+
+
+def _cls_mixed_values(
+    attn: nn.Module, attention: torch.Tensor, attention_input: torch.Tensor
+) -> torch.Tensor:
+    """Σ_t A_t v_t per head (batch, heads, head_dim), as W_V^h (Σ_t A_t u_t) + b_V^h (the
+    weights sum to one): no token's value is projected."""
+    weight, bias = _per_head_in_proj(attn)
+    mixed_input = torch.einsum("bht,btD->bhD", attention, attention_input)
+    mixed = torch.einsum("bhD,hdD->bhd", mixed_input, weight[2]) + bias[2]
+    return mixed * _head_scale(attn)
+
+
+def _values(attn: nn.Module, attention_input: torch.Tensor) -> torch.Tensor:
+    """Every token's values (batch, tokens, heads, head_dim), for the token split."""
+    weight, bias = _per_head_in_proj(attn)
+    values = torch.einsum("btD,hdD->bthd", attention_input, weight[2]) + bias[2]
+    return values * _head_scale(attn)
+
+
+def _per_head_in_proj(attn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """``in_proj`` as weights (q/k/v, heads, head_dim, width) and biases (q/k/v, heads, head_dim)."""
+    weight = attn.in_proj_weight.unflatten(0, (3, attn.num_heads, -1))
+    bias = attn.in_proj_bias
+    if bias is None:
+        bias = weight.new_zeros(weight.shape[:-1].numel())
+    return weight, bias.unflatten(0, weight.shape[:-1])
+
+
+def _head_scale(attn: nn.Module) -> torch.Tensor | float:
+    """open_clip's per-head output scale (scale_heads), as a (heads, 1) factor."""
+    head_scale = getattr(attn, "head_scale", None)
+    return 1.0 if head_scale is None else head_scale.view(-1, 1)
 
 
 def _tokens_first(x: torch.Tensor, batch_first: bool) -> torch.Tensor:
