@@ -95,7 +95,7 @@ class ModelSpec:
     @property
     def local_dir(self) -> Path | None:
         if self.architecture.startswith(LOCAL_DIR_PREFIX):
-            return Path(self.architecture[len(LOCAL_DIR_PREFIX):]).expanduser()
+            return Path(self.architecture[len(LOCAL_DIR_PREFIX):])
         return None
 
     def file_stems(self) -> list[str]:
@@ -128,7 +128,7 @@ def parse_model_name(name: str) -> ModelSpec:
                 f"{folder} is not an open_clip model folder (no open_clip_config.json)",
                 "local-dir: needs a folder written by open_clip (config + weights)",
             )
-        return ModelSpec(name, True, name)
+        return ModelSpec(name, True, f"{LOCAL_DIR_PREFIX}{folder}")  # open_clip does not expand ~
     if ":" in name:
         architecture, tag = name.split(":", 1)
         if architecture not in open_clip.list_models():
@@ -314,6 +314,11 @@ def _load_open_clip(spec: ModelSpec, weights: str | Path | None, pretrained: boo
     options: dict = {"load_weights": pretrained}
     local_dir = spec.local_dir
     if local_dir is not None:
+        if weights is not None:
+            raise ModelLoadError(
+                f"{spec.name} takes its weights from its folder, not from --weights",
+                "drop --weights, or replace the weights file inside the folder",
+            )
         weights_files = sorted(p for p in local_dir.iterdir() if p.suffix in WEIGHT_SUFFIXES)
         if pretrained and not weights_files:
             raise ModelLoadError(f"no weights files in {local_dir}", "save the model there with its weights")

@@ -163,6 +163,8 @@ def test_local_dir_clip_loads_with_its_weights_and_tokenizer(tmp_path: Path) -> 
     assert images.shape == (1, 32) and texts.shape == (2, 32)
     torch.testing.assert_close(texts.norm(dim=-1), torch.ones(2))
     torch.testing.assert_close(images.norm(dim=-1), torch.ones(1))
+    with pytest.raises(ModelLoadError, match="takes its weights from its folder"):
+        load_model(f"local-dir:{tmp_path / 'clip'}", weights=tmp_path)
 
 
 def test_open_clip_name_with_local_checkpoint(tmp_path: Path) -> None:
