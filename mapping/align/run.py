@@ -84,7 +84,7 @@ def align(
             heldout_fraction=settings.heldout_fraction, progress=progress,
         )
         model_dim, clip_dim = cache.dims
-        with torch.enable_grad():
+        with torch.enable_grad():  # a caller's no_grad / inference context must not freeze training
             result = train_aligner(cache, len(cache.component_names), model_dim, clip_dim, settings, progress)
         heldout = sum(1 for image in cache.images if is_heldout(image, settings.heldout_fraction))
         meta = _meta(model, clip, cache.component_names, model_dim, clip_dim, first)
