@@ -17,8 +17,8 @@ every component, so Σ components == z.
 forward pre-hook) with the module's own ``in_proj`` / ``out_proj`` parameters. Only the CLS
 row reaches z, so only the CLS query is projected, and W_K, W_V are folded onto it rather
 than applied to every token (see :func:`_cls_attention`, :func:`_cls_mixed_values`): the
-head split costs O(batch·heads·tokens·width) per block on top of the forward. ``CustomResidualAttentionBlock``
-(qk_norm, head scales) is handled the same way.
+head split costs O(batch·heads·tokens·width) per block on top of the forward.
+``CustomResidualAttentionBlock`` (qk_norm, head scales) is handled the same way.
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ from mapping.decompose.base import (
     project_heads,
     register_adapter,
 )
-from mapping.errors import UnsupportedModelError
+from mapping.errors import CompsearchError, UnsupportedModelError
 
 BLOCKS = "visual.transformer.resblocks"
 DEFAULT_DECOMPOSED_BLOCKS = 5  # the paper's range for 12-block ViTs: blocks 7–11
@@ -95,6 +95,11 @@ class OpenClipViTAdapter(Adapter):
     def decompose(
         self, images: torch.Tensor, first_block: str, split_tokens: bool
     ) -> Decomposition:
+        if self.visual.training and not isinstance(self.visual.patch_dropout, nn.Identity):
+            raise CompsearchError(
+                f"{self.model_name} is in training mode, where patch dropout drops random tokens",
+                "call model.eval() before decomposing",
+            )
         first = self.block_names().index(first_block)
         resblocks = self.visual.transformer.resblocks
         blocks = {i: block for i, block in enumerate(resblocks) if i >= first}

@@ -10,7 +10,7 @@ from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg, CustomTextCLIP
 from torch import nn
 
 from mapping.decompose import Decomposition, adapter_for, decompose
-from mapping.errors import UnsupportedModelError
+from mapping.errors import CompsearchError, UnsupportedModelError
 
 TOLERANCE = 1e-5
 IMAGE_SIZE = 32
@@ -165,6 +165,13 @@ def test_hooks_are_removed() -> None:
     model = tiny_clip()
     decompose(model, images(), "all", split_tokens=True)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_patch_dropout_in_training_mode_is_refused() -> None:
+    model = tiny_clip(patch_dropout=0.5).train()
+    with pytest.raises(CompsearchError, match="patch dropout"):
+        decompose(model, images())
+    assert_exact(decompose(model.eval(), images()))
 
 
 @pytest.mark.parametrize(
