@@ -1,14 +1,24 @@
 """The align → rank → describe stages on real (tiny, randomly initialised) models and world images."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import open_clip
 import pytest
+import safetensors.torch
 import torch
 from click.testing import CliRunner
+from open_clip.push_to_hf_hub import save_config_for_hf
 
-from indexer.world.fixture_clip import MODEL_CONFIG_PATH, MODEL_NAME
+from indexer.world.fixture_clip import (
+    CONFIG_NAME,
+    MODEL_CONFIG_PATH,
+    MODEL_NAME,
+    WEIGHTS_NAME,
+    build_untrained,
+    model_config,
+)
 from indexer.world.render import render_image
 from indexer.world.splits import get_split
 from mapping.align import AlignerMismatchError, TrainSettings, align, load_aligner
@@ -93,3 +103,28 @@ def test_align_command_reports_the_heldout_cosine(tmp_path: Path, world_images: 
     ])
     assert result.exit_code == 0, result.output
     assert "held-out cosine" in result.output and (tmp_path / "cli.json").is_file()
+
+
+def test_align_rank_describe_commands_on_a_local_clip(tmp_path: Path, world_images: Path) -> None:
+    model, _, _ = build_untrained()
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    safetensors.torch.save_file(model.state_dict(), folder / WEIGHTS_NAME)
+    save_config_for_hf(model, folder / CONFIG_NAME, model_config=model_config())
+    name, runner = f"local-dir:{folder}", CliRunner()
+    aligned = runner.invoke(cli, ["align", "--model", name, "--clip", name, "--images", str(world_images),
+                                  "--out", str(tmp_path / "identity")])
+    assert aligned.exit_code == 0 and "identity" in aligned.output, aligned.output
+    ranked = runner.invoke(cli, ["rank", "--model", name, "--aligner", str(tmp_path / "identity"), "--images",
+                                 str(world_images), "--property", "colour", "--property", "size=tiny,huge",
+                                 "--k", "colour=2", "--out", str(tmp_path / "ranking.json")])
+    assert ranked.exit_code == 0, ranked.output
+    ranking = Ranking.load(tmp_path / "ranking.json")
+    assert [(p.name, p.k) for p in ranking.properties] == [("colour", 2), ("size", 3)]
+    assert f"* {ranking.top('colour')[0]}" in ranked.output
+    described = runner.invoke(cli, ["describe", "--model", name, "--aligner", str(tmp_path / "identity"),
+                                    "--images", str(world_images), "--heads", "*.resblocks.2.attn.h1",
+                                    "--count", "2", "--json"])
+    assert described.exit_code == 0, described.output
+    picks = json.loads(described.output)["visual.transformer.resblocks.2.attn.h1"]
+    assert len(picks) == 2 and set(picks[0]) == {"text", "share"}
