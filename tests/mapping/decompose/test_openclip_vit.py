@@ -177,6 +177,7 @@ def test_patch_dropout_in_training_mode_is_refused() -> None:
 @pytest.mark.parametrize(
     ("variant", "problem"),
     [
+        (dict(layers=(1, 1, 1, 1), width=8), "not an open_clip VisionTransformer"),
         (dict(attentional_pool=True), "attentional pooler"),
         (dict(pool_type="avg"), "pool_type='avg'"),
         (dict(scale_attn=True), "cannot split per head"),
