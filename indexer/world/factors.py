@@ -54,9 +54,9 @@ HELDOUT_PAIRS: dict[tuple[str, str], frozenset[tuple[str, str]]] = {
 }
 
 # Jitter ranges, as fractions of the image side (radius, centre offset) and degrees.
-RADIUS_RANGE = (0.28, 0.38)
-CENTRE_OFFSET = 0.12
-ROTATION_DEGREES = 30.0
+RADIUS_RANGE = (0.30, 0.38)
+CENTRE_OFFSET = 0.07
+ROTATION_DEGREES = 20.0
 
 
 class Holdout(str, Enum):

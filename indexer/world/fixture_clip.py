@@ -60,7 +60,14 @@ class TrainingConfig:
     train_images: int = 8000
     render_size: int = 64  # twice the CLIP's side; its preprocess downsizes these as it does 224-px renders
     captions_per_image: int = 4
-    full_caption_share: float = 0.4
+    full_caption_share: float = 0.2
+    # Chance that a partial caption names each factor (FACTORS order: shape, colour, pattern,
+    # scene). Colour and scene alone tell most of a batch apart, so captions that name them
+    # less often leave shape and pattern as what has to be learnt.
+    naming_odds: tuple[float, ...] = (0.8, 0.4, 0.8, 0.4)
+    # A batch is made of groups of this many images sharing colour and scene, so that within
+    # a group only shape and pattern tell captions apart (hard negatives); 1 = uniform.
+    group_size: int = 8
     eval_images: int = 300
     seed: int = 0
 
@@ -95,7 +102,7 @@ def _training_set(config: TrainingConfig, preprocess, tokenizer) -> tuple[torch.
                           for item in tqdm(items, desc="render fixture training set", unit="img")])
     labels = torch.tensor([[values.index(getattr(item, name)) for name, values in FACTORS.items()] for item in items])
     names = list(FACTORS)
-    masks = rng.random((len(items), config.captions_per_image, len(names))) < 0.5
+    masks = rng.random((len(items), config.captions_per_image, len(names))) < np.array(config.naming_odds)
     masks[rng.random(masks.shape[:2]) < config.full_caption_share] = True
     masks |= np.eye(len(names), dtype=bool)[rng.integers(len(names), size=masks.shape[:2])]  # never empty
     captions = [compose_caption({n: item.factors()[n] for n, keep in zip(names, mask) if keep}, rng)
@@ -121,6 +128,25 @@ def multi_positive_loss(logits: torch.Tensor, image_labels: torch.Tensor, captio
     return (image_to_text + text_to_image) / 2
 
 
+def _batch_sampler(labels: torch.Tensor, config: TrainingConfig, generator: torch.Generator):
+    """Returns a function drawing one batch of image indices, in groups of ``group_size``
+    images that share colour and scene."""
+    names = list(FACTORS)
+    keys = labels[:, names.index("colour")] * len(FACTORS["scene"]) + labels[:, names.index("scene")]
+    members_of = {int(key): torch.nonzero(keys == key).flatten() for key in keys.unique()}
+    anchors_per_batch = max(1, config.batch_size // config.group_size)
+
+    def sample() -> torch.Tensor:
+        anchors = torch.randint(len(labels), (anchors_per_batch,), generator=generator)
+        chosen = []
+        for anchor in anchors.tolist():
+            members = members_of[int(keys[anchor])]
+            chosen.append(members[torch.randint(len(members), (config.group_size,), generator=generator)])
+        return torch.cat(chosen)
+
+    return sample
+
+
 def _learning_rate(step: int, config: TrainingConfig) -> float:
     if step < config.warmup_steps:
         return config.learning_rate * (step + 1) / config.warmup_steps
@@ -142,6 +168,7 @@ def train(config: TrainingConfig, out_dir: Path) -> dict:
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=config.learning_rate)
     generator = torch.Generator().manual_seed(config.seed)
+    sample_batch = _batch_sampler(labels, config, generator)
     model.train()
     losses = []
     for step in (bar := tqdm(range(config.steps), desc="train fixture CLIP", unit="step")):
@@ -149,7 +176,7 @@ def train(config: TrainingConfig, out_dir: Path) -> dict:
             group["lr"] = _learning_rate(step, config)
         # All of an image's captions join the batch: text is cheap next to the image tower,
         # so this multiplies the contrastive signal per (expensive) image forward.
-        batch = torch.randint(len(images), (config.batch_size,), generator=generator)
+        batch = sample_batch()
         image_features = F.normalize(model.encode_image(images[batch]), dim=-1)
         text_features = F.normalize(model.encode_text(tokens[batch].flatten(0, 1)), dim=-1)
         logits = model.logit_scale.exp() * image_features @ text_features.T

@@ -11,14 +11,14 @@ from open_clip.transformer import VisionTransformer
 
 from indexer.world import FACTORS, SPLITS
 from indexer.world.fixture_clip import (
-    CACHE_ENV, MODEL_NAME, REPORT_NAME, TrainingConfig, _learning_rate, build_untrained, fixture_clip_dir,
+    CACHE_ENV, MODEL_NAME, REPORT_NAME, TrainingConfig, _batch_sampler, _learning_rate, build_untrained, fixture_clip_dir,
     fixture_key, multi_positive_loss, positive_pairs,
 )
 from indexer.world.zero_shot import encode_items, zero_shot_accuracy
 from mapping.models import RANDOM_INIT, load_model
 from search.cli import cli
 
-TINY = TrainingConfig(steps=2, batch_size=8, warmup_steps=1, train_images=16, captions_per_image=2, eval_images=4)
+TINY = TrainingConfig(steps=2, batch_size=8, group_size=2, warmup_steps=1, train_images=16, captions_per_image=2, eval_images=4)
 
 
 def test_a_caption_is_positive_for_every_image_it_is_true_of() -> None:
@@ -37,6 +37,16 @@ def test_loss_prefers_logits_that_rank_true_captions_first() -> None:
     named = torch.tensor([[True, False, False, False], [True, True, True, True], [False, True, False, True]])
     truth = positive_pairs(labels, labels, named).float()
     assert multi_positive_loss(10 * truth, labels, labels, named) < multi_positive_loss(10 * (1 - truth), labels, labels, named)
+
+
+def test_batches_are_groups_sharing_colour_and_scene() -> None:
+    labels = torch.randint(0, 5, (400, len(FACTORS)), generator=torch.Generator().manual_seed(0))
+    config = TrainingConfig(batch_size=32, group_size=4)
+    batch = _batch_sampler(labels, config, torch.Generator().manual_seed(0))()
+    assert batch.shape == (32,)
+    colour_and_scene = labels[batch][:, [1, 3]].view(8, 4, 2)
+    assert (colour_and_scene == colour_and_scene[:, :1]).all()
+    assert len({tuple(group[0].tolist()) for group in colour_and_scene}) > 1
 
 
 def test_learning_rate_warms_up_then_decays_to_zero() -> None:
