@@ -24,7 +24,8 @@ which quarter of the merged vector a token lands in. So a stage-s token t reache
 ``slot(t)`` records the quarter it takes at every later merge (4^(merges) slots; 1 in the
 last stage). Each branch output is therefore pooled over its tokens per slot, with weights
 ``a``, straight from the hooked forward pass, and only the pooled (batch, slots, dim)
-vectors go through the slot maps ``L`` — the components are never materialised per token.
+vectors go through the slot maps ``L`` — the components are never materialised per token:
+memory is the hooked branch outputs, O(batch × decomposed blocks × tokens × dim).
 Heads are split after pooling: the input of ``attn.proj`` is the per-head A·V, so one einsum
 with the per-head column blocks of ``proj.weight`` gives every head of a block.
 
@@ -303,7 +304,8 @@ class SwinAdapter(Adapter):
         values = _from_windows(block, capture.values.flatten(2), grid).flatten(1, 2).unflatten(-1, (num_heads, -1))
         # Slot map ∘ head h's column block of proj.weight, and slot map of each head's proj.bias / H.
         value_maps = torch.einsum("jdc,chk->jhdk", readout.maps, proj.weight.unflatten(1, (num_heads, -1)))
-        bias_maps = readout.maps @ (proj.bias / num_heads) if proj.bias is not None else readout.maps.new_zeros(readout.maps.shape[:2])
+        head_bias = proj.bias / num_heads if proj.bias is not None else proj.weight.new_zeros(proj.out_features)
+        bias_maps = readout.maps @ head_bias  # (slots, out_dim)
         weighted_values = alpha.unsqueeze(-1) * values.unsqueeze(-2)  # (batch, tokens, heads, slots, head_dim)
         contributions = torch.einsum("bthjk,jhdk->bhtd", weighted_values, value_maps)
         contributions = contributions + torch.einsum("bthj,jd->bhtd", alpha, bias_maps)
