@@ -25,6 +25,10 @@ on each other factor (the excess over chance of results sharing the query's valu
 queries, of results sharing a value with each other; see :mod:`mapping.rank.retrieval`).
 Image queries are also run in the model's own space (raw contributions, before alignment).
 Prints the tables and rewrites its section of ``benchmarks/RESULTS.md``.
+
+The CLIP is the cached fixture (:func:`indexer.world.fixture_clip.fixture_clip_dir`, trained
+once if missing); ``--fixture-steps/--fixture-batch/--fixture-images`` pick (and train once) a
+cheaper variant of it where the default one is not cached and CPU time is short.
 """
 from __future__ import annotations
 
@@ -33,14 +37,14 @@ import os
 import platform
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import click
 import torch
 
 from indexer.world import FACTORS, SPLITS, WorldItem, render_image
-from indexer.world.fixture_clip import REPORT_NAME, fixture_clip_dir
+from indexer.world.fixture_clip import REPORT_NAME, TrainingConfig, fixture_clip_dir
 from indexer.world.zero_shot import class_embeddings
 from mapping.align import Aligner, AlignerMeta, TensorSource, TrainSettings, train_aligner
 from mapping.decompose import decompose
@@ -225,8 +229,9 @@ def fixture_line(fixture: Path | None, clip_name: str | None) -> str:
         return f"CLIP: `{clip_name}`."
     report = json.loads((fixture / REPORT_NAME).read_text())
     accuracy = ", ".join(f"{factor} {value:.2f}" for factor, value in report["test_accuracy"].items())
-    return (f"CLIP: the cached fixture `{fixture.name}` ({report['steps']} training steps); its zero-shot accuracy "
-            f"on the test split: {accuracy}.")
+    config = report["config"]
+    return (f"CLIP: the cached fixture `{fixture.name}` ({report['steps']} steps of {config['batch_size']} on "
+            f"{config['train_images']} renders); its zero-shot accuracy on the test split: {accuracy}.")
 
 
 def write_section(text: str) -> None:
@@ -251,11 +256,18 @@ def write_section(text: str) -> None:
               show_default=True, help="Real DeiT-tiny weights; the DeiT half is skipped without them.")
 @click.option("--clip", "clip_name", default=None,
               help="Another CLIP to use instead of the cached fixture (a model name, e.g. local-dir:PATH).")
+@click.option("--fixture-steps", type=int, default=None,
+              help="Use (training once, then cached) a fixture with this many steps instead of the default one.")
+@click.option("--fixture-batch", type=int, default=None, help="With --fixture-steps: its batch size.")
+@click.option("--fixture-images", type=int, default=None, help="With --fixture-steps: its training renders.")
 @click.option("--write/--no-write", default=True, show_default=True, help="Rewrite the RESULTS.md section.")
 def main(train_images: int, eval_images: int, k: int, draws: int, epochs: int, deit_weights: Path,
-         clip_name: str | None, write: bool) -> None:
+         clip_name: str | None, fixture_steps: int | None, fixture_batch: int | None, fixture_images: int | None,
+         write: bool) -> None:
     started = time.perf_counter()
-    fixture = None if clip_name else fixture_clip_dir()
+    changes = {key: value for key, value in (("steps", fixture_steps), ("batch_size", fixture_batch),
+                                             ("train_images", fixture_images)) if value is not None}
+    fixture = None if clip_name else fixture_clip_dir(replace(TrainingConfig(), **changes))
     clip = load_model(clip_name or f"local-dir:{fixture}")
     models = {"fixture": clip}
     if deit_weights.is_file():
@@ -288,10 +300,14 @@ def main(train_images: int, eval_images: int, k: int, draws: int, epochs: int, d
         sections += format_model(title, table, rankings, labels, aligner.weight is None) + [""]
     seconds = time.perf_counter() - started
 
-    command = "OMP_NUM_THREADS=2 .venv/bin/python benchmarks/property_retrieval.py"
-    defaults = (train_images, eval_images, k, draws) == (600, 400, 3, 5)
-    if not defaults:
-        command += f" --train-images {train_images} --eval-images {eval_images} --k {k} --draws {draws}"
+    threads = os.environ.get("OMP_NUM_THREADS")
+    command = (f"OMP_NUM_THREADS={threads} " if threads else "") + ".venv/bin/python benchmarks/property_retrieval.py"
+    if (train_images, eval_images, k, draws, epochs) != (600, 400, 3, 5, 30):
+        command += (f" --train-images {train_images} --eval-images {eval_images} --k {k} --draws {draws}"
+                    f" --epochs {epochs}")
+    command += "".join(f" --{flag} {value}" for flag, value in (
+        ("fixture-steps", fixture_steps), ("fixture-batch", fixture_batch), ("fixture-images", fixture_images),
+        ("clip", clip_name)) if value is not None)
     lines = [
         "## Property retrieval on the world: precision@10 and leakage", "",
         f"`{command}` ({platform.processor() or platform.machine()}, {os.cpu_count()} cores shared, "
