@@ -205,6 +205,21 @@ def format_model(title: str, table: dict, rankings: dict[str, PropertyRanking], 
                 f"{aligned['image P@10']:.3f} | {mean_leak(aligned, 'image'):+.3f} | {own_cells} |"
             )
         lines.append(f"| {factor} | *chance* | {1 / len(FACTORS[factor]):.3f} | 0 | {chance:.3f} | 0 | | |")
+    # Means over the factors, P@10 as its excess over chance so factors with different chance rates average.
+    def mean(figure) -> float:
+        return sum(figure(factor) for factor in factors) / len(factors)
+
+    for index in INDEXES:
+        aligned = {factor: table[factor, index, "aligned"] for factor in factors}
+        raw = {factor: table[factor, index, "own"] for factor in factors}
+        own_cells = "″ | ″" if identity else (
+            f"{mean(lambda f: raw[f][f'image excess {f}']):+.3f} | {mean(lambda f: mean_leak(raw[f], 'image')):+.3f}")
+        lines.append(
+            f"| **mean, P@10 − chance** | {index}"
+            f" | {mean(lambda f: aligned[f]['text P@10'] - 1 / len(FACTORS[f])):+.3f}"
+            f" | {mean(lambda f: mean_leak(aligned[f], 'text')):+.3f}"
+            f" | {mean(lambda f: aligned[f][f'image excess {f}']):+.3f}"
+            f" | {mean(lambda f: mean_leak(aligned[f], 'image')):+.3f} | {own_cells} |")
     if own:
         lines.append(f"\nOwn space {own}.")
     lines += [
