@@ -25,7 +25,7 @@ from mapping.align import AlignerMismatchError, TrainSettings, align, load_align
 from mapping.align.features import component_contributions
 from mapping.describe import describe_heads, read_text_bank
 from mapping.models import LoadedModel, load_model
-from mapping.properties import builtin_property, load_examples
+from mapping.properties import PropertyError, builtin_property, load_examples
 from mapping.rank import Ranking, rank
 from search.cli import cli
 
@@ -61,7 +61,7 @@ def test_align_trains_caches_and_persists_a_model_to_clip_aligner(tmp_path: Path
     aligner = align(model, clip, world_images, tmp_path / "a", first_block="all", settings=FAST, progress=False)
     names, contributions = component_contributions(model, sorted(world_images.glob("*.png"))[:2], "all")
     assert aligner.component_names == names and aligner.meta.first_block == "visual.transformer.resblocks.0"
-    assert aligner.weight.shape == (len(names), contributions.shape[-1], 64)
+    assert aligner.weight.shape == (len(names), contributions.shape[-1], model_config()["embed_dim"])
     assert aligner.meta.train_images + aligner.meta.heldout_images == 24 and aligner.meta.heldout_images > 0
     assert -1.0 <= aligner.meta.heldout_cosine <= 1.0 and aligner.meta.settings["max_epochs"] == 2
     assert len(list((tmp_path / "a.cache").glob("shard-*.safetensors"))) == 1
@@ -91,7 +91,8 @@ def test_rank_and_describe_run_on_an_identity_aligner(tmp_path: Path, world_imag
     assert ranking.probe_images == 24 and ranking.clip_name == MODEL_NAME
     described = describe_heads(clip, aligner, sorted(world_images.glob("*.png")), clip.encode_text,
                                read_text_bank()[:50], ["*.resblocks.3.attn.*"], count=3)
-    assert list(described) == [f"visual.transformer.resblocks.3.attn.h{h}" for h in range(4)]
+    heads = [name for name in aligner.component_names if name.startswith("visual.transformer.resblocks.3.attn.h")]
+    assert list(described) == heads and len(heads) > 1
     assert all(len(picks) == 3 and 0 <= picks[0][1] <= 1 for picks in described.values())
 
 
@@ -128,3 +129,18 @@ def test_align_rank_describe_commands_on_a_local_clip(tmp_path: Path, world_imag
     assert described.exit_code == 0, described.output
     picks = json.loads(described.output)["visual.transformer.resblocks.2.attn.h1"]
     assert len(picks) == 2 and set(picks[0]) == {"text", "share"}
+
+
+def test_example_properties_need_no_aligner(tmp_path: Path, world_images: Path) -> None:
+    clip = _tiny_clip()
+    for image in world_images.glob("*.png"):
+        value = "odd" if int(image.stem[:3]) % 2 else "even"
+        (tmp_path / "parity" / value).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "parity" / value / image.name).symlink_to(image)
+    ranking = rank(clip, None, examples=[load_examples(tmp_path / "parity")])
+    [prop] = ranking.properties
+    assert ranking.aligner is None and prop.source == "examples" and prop.values == ["even", "odd"]
+    names, _ = component_contributions(clip, sorted(world_images.glob("*.png"))[:1])
+    assert all(0.0 <= share <= 1.0 for share in prop.own_scores) and sorted(prop.components) == sorted(names)
+    with pytest.raises(PropertyError, match="need an aligner"):
+        rank(clip, None, world_images, [builtin_property("colour")])
