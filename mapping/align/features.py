@@ -59,7 +59,7 @@ def aligned_batches(
     """f_i(c_i(x)) for ``paths``, batch by batch (batch, components, d_clip), decomposed from
     the aligner's first block and checked against the components it was trained on."""
     for part in decompose_files(model, paths, aligner.meta.first_block, batch_size, progress):
-        check_aligner(aligner, part.names, part.contributions.shape[-1], model.name)
+        check_aligner(aligner, part.names, part.contributions.shape[-1], model.name, model.weights_id)
         yield aligner.map_components(part.contributions.float().cpu())
 
 

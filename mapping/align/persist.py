@@ -82,13 +82,21 @@ def check_aligner(
     component_names: list[str],
     model_dim: int,
     model_name: str | None = None,
+    model_weights_id: str | None = None,
 ) -> None:
-    """Raise :class:`AlignerMismatchError` unless ``aligner`` maps exactly these components."""
+    """Raise :class:`AlignerMismatchError` unless ``aligner`` maps exactly these components
+    (of this model, with these weights, when they are given)."""
     meta = aligner.meta
     if model_name is not None and model_name != meta.model_name:
         raise AlignerMismatchError(
             f"the aligner was trained for {meta.model_name}, not {model_name}",
             f"use --model {meta.model_name} or train an aligner for {model_name}",
+        )
+    if model_weights_id is not None and model_weights_id != meta.model_weights_id:
+        raise AlignerMismatchError(
+            f"the aligner was trained on {meta.model_name} weights {meta.model_weights_id}, "
+            f"not {model_weights_id}",
+            "pass the weights it was trained with (--weights), or retrain it",
         )
     if model_dim != meta.model_dim:
         raise AlignerMismatchError(

@@ -1,6 +1,7 @@
 """The whole CompAlign stage for one model and one CLIP: cache, train, measure, save."""
 from __future__ import annotations
 
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 
@@ -78,6 +79,8 @@ def align(
         tensors_path, _ = aligner_paths(out)
         key = {"model": model.name, "model_weights_id": model.weights_id, "clip": clip.name,
                "clip_weights_id": clip.weights_id, "first_block": first}
+        if RANDOM_INIT in (model.weights_id, clip.weights_id):
+            key["run"] = uuid.uuid4().hex  # random weights differ per load: never reuse their features
         cache = build_cache(
             cache_dir or tensors_path.with_suffix(".cache"), images_dir, list_images(images_dir),
             alignment_encoder(model, clip, first, encode_batch_size), key,

@@ -131,6 +131,8 @@ def test_check_aligner_names_the_mismatch() -> None:
         check_aligner(aligner, ["init", "blocks.7.mlp"], 8)
     with pytest.raises(AlignerMismatchError, match="not vit_small"):
         check_aligner(aligner, ["init", "blocks.7.mlp"], 4, "vit_small")
+    with pytest.raises(AlignerMismatchError, match="weights abc, not 0123"):
+        check_aligner(aligner, ["init", "blocks.7.mlp"], 4, "deit_tiny_patch16_224", "0123")
 
 
 def test_aligner_paths_accept_either_form(tmp_path) -> None:
