@@ -202,7 +202,7 @@ def test_odd_grids_and_padded_windows_split_exactly_but_refuse_the_token_split()
         decompose(model, batch, "all", split_tokens=True)
 
 
-def test_training_mode_is_refused(model: SwinTransformer) -> None:
+def test_training_mode_is_refused() -> None:
     with pytest.raises(CompsearchError, match="model.eval"):
         decompose(tiny_swin().train(), images())
 
