@@ -85,7 +85,7 @@ def rank(
     chosen_k = _chosen_k(model.name, names, k)
     ranking = Ranking(
         model_name=model.name, model_weights_id=model.weights_id,
-        aligner=str(aligner_path) if aligner_path else None,
+        aligner=str(Path(aligner_path).expanduser().resolve()) if aligner_path else None,  # usable from any cwd
         clip_name=aligner.meta.clip_name if aligner else None,
         first_block=aligner.meta.first_block if aligner else resolved_first_block(model, None), probe_images=0,
     )
