@@ -27,10 +27,8 @@ import torch
 from mapping.decompose import adapter_for, decompose
 from mapping.errors import UnsupportedModelError
 from mapping.models import LoadedModel, load_model
+from results_section import RESULTS, write_section
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
-SECTION_START = "<!-- decompose_speed:start -->"
-SECTION_END = "<!-- decompose_speed:end -->"
 MODES = ("plain", "heads", "heads×tokens")
 
 
@@ -111,16 +109,6 @@ def machine() -> str:
             f"threads, Python {platform.python_version()}")
 
 
-def write_section(text: str) -> None:
-    """Replace this script's section of RESULTS.md (others' sections stay as they are)."""
-    content = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    section = f"{SECTION_START}\n{text}\n{SECTION_END}"
-    if SECTION_START in content and SECTION_END in content:
-        before, rest = content.split(SECTION_START, 1)
-        content = before + section + rest.split(SECTION_END, 1)[1]
-    else:
-        content = content.rstrip("\n") + "\n\n" + section + "\n"
-    RESULTS.write_text(content)
 
 
 def main() -> None:
@@ -166,7 +154,7 @@ def main() -> None:
     ])
     print("\n" + text)
     if not args.no_write:
-        write_section(text)
+        write_section("decompose-speed", text)
         print(f"\nwrote {RESULTS}")
 
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import platform
-import re
 import time
-from pathlib import Path
 
 import click
 import torch
@@ -22,9 +20,8 @@ from indexer.world import FACTORS, SPLITS, render
 from indexer.world.fixture_clip import REPORT_NAME, fixture_clip_dir
 from indexer.world.zero_shot import zero_shot_accuracy
 from mapping.models import load_model
+from results_section import write_section
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
-BEGIN, END = "<!-- fixture-clip-quality:begin -->", "<!-- fixture-clip-quality:end -->"
 
 
 def renders_per_second(size: int, count: int = 200) -> float:
@@ -35,14 +32,6 @@ def renders_per_second(size: int, count: int = 200) -> float:
     return count / (time.perf_counter() - started)
 
 
-def write_section(text: str) -> None:
-    section = f"{BEGIN}\n{text}\n{END}"
-    current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if BEGIN in current:
-        updated = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: section, current, flags=re.S)
-    else:
-        updated = current.rstrip("\n") + "\n\n" + section + "\n"
-    RESULTS.write_text(updated)
 
 
 @click.command()
@@ -76,7 +65,7 @@ def main(images: int) -> None:
     ]
     text = "\n".join(lines)
     click.echo(text)
-    write_section(text)
+    write_section("fixture-clip-quality", text)
 
 
 if __name__ == "__main__":

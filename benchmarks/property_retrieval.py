@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import re
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -59,9 +58,8 @@ from mapping.rank.retrieval import (
     match_rate,
     sum_components,
 )
+from results_section import write_section
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
-BEGIN, END = "<!-- property-retrieval:begin -->", "<!-- property-retrieval:end -->"
 DEIT_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "models" / "deit_tiny_patch16_224.in1k.safetensors"
 RENDER_SIZE = 224
 TOP = 10  # results per query
@@ -249,14 +247,6 @@ def fixture_line(fixture: Path | None, clip_name: str | None) -> str:
             f"{config['train_images']} renders); its zero-shot accuracy on the test split: {accuracy}.")
 
 
-def write_section(text: str) -> None:
-    section = f"{BEGIN}\n{text}\n{END}"
-    current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if BEGIN in current:
-        updated = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: section, current, flags=re.S)
-    else:
-        updated = current.rstrip("\n") + "\n\n" + section + "\n"
-    RESULTS.write_text(updated)
 
 
 @click.command()
@@ -343,7 +333,7 @@ def main(train_images: int, eval_images: int, k: int, draws: int, epochs: int, d
     text = "\n".join(lines).rstrip() + "\n"
     click.echo(text)
     if write:
-        write_section(text.rstrip())
+        write_section("property-retrieval", text)
 
 
 if __name__ == "__main__":

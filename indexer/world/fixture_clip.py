@@ -43,7 +43,7 @@ from mapping.models import LoadedModel, load_model
 MODEL_NAME = "compsearch-world-clip"
 MODEL_CONFIG_PATH = Path(__file__).with_name(f"{MODEL_NAME}.json")
 # Bump when rendering, captions or training change what a given config produces.
-CODE_VERSION = "1"
+CODE_VERSION = "2"
 CACHE_ENV = "COMPSEARCH_CACHE"
 REPORT_NAME = "training_report.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
@@ -52,12 +52,12 @@ CONFIG_NAME = "open_clip_config.json"
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    steps: int = 600
+    steps: int = 2400
     batch_size: int = 128
     learning_rate: float = 2e-3
     warmup_steps: int = 40
     weight_decay: float = 0.05
-    train_images: int = 8000
+    train_images: int = 24000
     render_size: int = 64  # twice the CLIP's side; its preprocess downsizes these as it does 224-px renders
     captions_per_image: int = 4
     full_caption_share: float = 0.2
@@ -65,9 +65,10 @@ class TrainingConfig:
     # scene). Colour and scene alone tell most of a batch apart, so captions that name them
     # less often leave shape and pattern as what has to be learnt.
     naming_odds: tuple[float, ...] = (0.8, 0.4, 0.8, 0.4)
-    # A batch is made of groups of this many images sharing colour and scene, so that within
-    # a group only shape and pattern tell captions apart (hard negatives); 1 = uniform.
+    # A batch is made of groups of this many images sharing the ``group_by`` factors, so that
+    # within a group only the other factors tell captions apart (hard negatives); 1 = uniform.
     group_size: int = 8
+    group_by: tuple[str, ...] = ("colour", "scene")
     eval_images: int = 300
     seed: int = 0
 
@@ -130,9 +131,11 @@ def multi_positive_loss(logits: torch.Tensor, image_labels: torch.Tensor, captio
 
 def _batch_sampler(labels: torch.Tensor, config: TrainingConfig, generator: torch.Generator):
     """Returns a function drawing one batch of image indices, in groups of ``group_size``
-    images that share colour and scene."""
+    images that share the ``group_by`` factors."""
     names = list(FACTORS)
-    keys = labels[:, names.index("colour")] * len(FACTORS["scene"]) + labels[:, names.index("scene")]
+    keys = torch.zeros(len(labels), dtype=torch.long)
+    for factor in config.group_by:
+        keys = keys * len(FACTORS[factor]) + labels[:, names.index(factor)]
     members_of = {int(key): torch.nonzero(keys == key).flatten() for key in keys.unique()}
     anchors_per_batch = max(1, config.batch_size // config.group_size)
 
@@ -162,9 +165,13 @@ def train(config: TrainingConfig, out_dir: Path) -> dict:
     images, labels, tokens, named = _training_set(config, preprocess, tokenizer)
     data_seconds = time.perf_counter() - started
 
-    # No decay on gains, biases, embeddings: most vocabulary rows never see a gradient here.
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embedding" in n]
+    # The 49k-row token table stays at its random init: the world's captions use a few hundred
+    # tokens, and updating (and Adam-stepping) the whole table cost most of each step's time.
+    model.token_embedding.requires_grad_(False)
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    # No decay on gains, biases, positional embeddings.
+    decay = [p for n, p in trainable if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in trainable if p.ndim < 2 or "embedding" in n]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=config.learning_rate)
     generator = torch.Generator().manual_seed(config.seed)

@@ -191,13 +191,15 @@ def test_unsupported_towers_fail_clearly(variant: dict[str, Any], problem: str) 
 
 
 def test_fixture_clip_architecture_is_exact() -> None:
-    """The project's world-trained fixture CLIP (48 px, patch 6, 4 blocks), randomly initialised."""
-    from indexer.world.fixture_clip import build_untrained
+    """The project's world-trained fixture CLIP architecture, randomly initialised."""
+    from indexer.world.fixture_clip import build_untrained, model_config
 
+    vision = model_config()["vision_cfg"]
+    side = vision["image_size"] // vision["patch_size"]
     model = perturbed(build_untrained()[0])
-    split = decompose(model, images(size=48), split_tokens=True)
+    split = decompose(model, images(size=vision["image_size"]), split_tokens=True)
     assert split.names[1] == f"{BLOCKS}.0.attn.h0"  # fewer than five blocks: all of them
-    assert split.token_splits[0].grid == (8, 8)
+    assert split.token_splits[0].grid == (side, side)
     assert_exact(split)
     assert_exact(tokens_summed(split))
 
@@ -206,8 +208,8 @@ def test_fixture_clip_architecture_is_exact() -> None:
 def test_trained_fixture_clip_is_exact(fixture_clip: Path) -> None:
     from mapping.models import load_model
 
-    model = load_model(f"local-dir:{fixture_clip}").model
-    split = decompose(model, images(8, size=48), split_tokens=True)
+    loaded = load_model(f"local-dir:{fixture_clip}")
+    split = decompose(loaded.model, images(8, size=loaded.model.visual.image_size[0]), split_tokens=True)
     assert_exact(split)
     assert_exact(tokens_summed(split))
 
