@@ -12,7 +12,6 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 import safetensors.torch
-import torch
 from safetensors import SafetensorError
 
 from mapping.align.aligner import Aligner, AlignerMeta

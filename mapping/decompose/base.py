@@ -113,6 +113,12 @@ class Adapter:
     ) -> Decomposition:
         raise NotImplementedError
 
+    def require_eval_mode(self, why: str) -> None:
+        """Refuse a model in training mode, where ``why`` (dropout, …) makes its forward random."""
+        if self.model.training:
+            raise CompsearchError(f"{self.model_name} is in training mode ({why})",
+                                  "call model.eval() before decomposing")
+
     def resolve_first_block(self, first_block: str | int | None) -> str:
         """Accepts a block name, an index into :meth:`block_names`, ``"all"`` or None."""
         names = self.block_names()
@@ -135,6 +141,17 @@ class Adapter:
                 f"use one of {names[0]!r} … {names[-1]!r}, an index, or 'all'",
             )
         return first_block
+
+
+class TimmPreLogitsAdapter(Adapter):
+    """A timm model whose z is its pre-logits vector: ``forward_head(forward_features(x), pre_logits=True)``."""
+
+    def _forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(self.model.forward_features(images), pre_logits=True)
+
+    def output(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self._forward(images)
 
 
 _ADAPTERS: list[type[Adapter]] = []

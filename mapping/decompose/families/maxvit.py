@@ -72,7 +72,7 @@ from mapping.decompose.base import (
     project_heads,
     register_adapter,
 )
-from mapping.errors import CompsearchError, UnsupportedModelError
+from mapping.errors import UnsupportedModelError
 
 PARTITIONS = ("attn_block", "attn_grid")
 
@@ -195,11 +195,7 @@ class MaxVitAdapter(Adapter):
     def decompose(
         self, images: torch.Tensor, first_block: str, split_tokens: bool
     ) -> Decomposition:
-        if self.model.training:
-            raise CompsearchError(
-                f"{self.model_name} is in training mode (BatchNorm batch statistics, dropout)",
-                "call model.eval() before decomposing",
-            )
+        self.require_eval_mode("BatchNorm batch statistics, dropout")
         first = self.block_names().index(first_block)
         blocks = self._blocks()[first:]
         captures = [_BlockCapture() for _ in blocks]

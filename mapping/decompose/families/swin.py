@@ -55,8 +55,8 @@ from timm.models.swin_transformer import (
 from torch import nn
 
 from mapping.decompose.base import (
-    Adapter,
     Decomposition,
+    TimmPreLogitsAdapter,
     TokenSplit,
     layer_norm_inverse_sigma,
     project_heads,
@@ -97,7 +97,7 @@ class _Readout:
 
 
 @register_adapter
-class SwinAdapter(Adapter):
+class SwinAdapter(TimmPreLogitsAdapter):
     module_classes = (SwinTransformer,)
 
     def __init__(self, model: nn.Module, model_name: str) -> None:
@@ -139,21 +139,10 @@ class SwinAdapter(Adapter):
         depth = len(self.model.layers[stage].blocks)
         return f"layers.{stage}.blocks.{max(depth - DEFAULT_PENULTIMATE_BLOCKS, 0)}"
 
-    def _forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_head(self.model.forward_features(images), pre_logits=True)
-
-    def output(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return self._forward(images)
-
     def decompose(
         self, images: torch.Tensor, first_block: str, split_tokens: bool
     ) -> Decomposition:
-        if self.model.training:
-            raise CompsearchError(
-                f"{self.model_name} is in training mode (dropout, stochastic depth)",
-                "call model.eval() before decomposing",
-            )
+        self.require_eval_mode("dropout, stochastic depth")
         first = self.block_names().index(first_block)
         decomposed = self._blocks[first:]
         first_stage = decomposed[0][0]

@@ -23,15 +23,15 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from mapping.decompose.base import (
-    Adapter,
     Decomposition,
+    TimmPreLogitsAdapter,
     TokenSplit,
     head_contributions,
     linearised_layer_norm,
     project_heads,
     register_adapter,
 )
-from mapping.errors import CompsearchError, UnsupportedModelError
+from mapping.errors import UnsupportedModelError
 
 # Last five blocks: the paper's default range for its 12-block ViTs (blocks 7–11).
 DEFAULT_DECOMPOSED_BLOCKS = 5
@@ -48,7 +48,7 @@ class _BlockCapture:
 
 
 @register_adapter
-class VitAdapter(Adapter):
+class VitAdapter(TimmPreLogitsAdapter):
     module_classes = (VisionTransformer,)
 
     def __init__(self, model: nn.Module, model_name: str) -> None:
@@ -106,21 +106,10 @@ class VitAdapter(Adapter):
         """The model's pooling over the sequence axis (dim 1), kept linear."""
         return tokens[:, self._pool_start:self._pool_stop].mean(1)
 
-    def _forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_head(self.model.forward_features(images), pre_logits=True)
-
-    def output(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return self._forward(images)
-
     def decompose(
         self, images: torch.Tensor, first_block: str, split_tokens: bool
     ) -> Decomposition:
-        if self.model.training:
-            raise CompsearchError(
-                f"{self.model_name} is in training mode (dropout, stochastic depth)",
-                "call model.eval() before decomposing",
-            )
+        self.require_eval_mode("dropout, stochastic depth")
         first = self.block_names().index(first_block)
         blocks = list(self.model.blocks)[first:]
         captures = [_BlockCapture() for _ in blocks]
