@@ -145,9 +145,9 @@ def test_components_match_hooked_branches(tf_model: MaxxVit, images: torch.Tenso
     })
     expand = tf_model.stages[3].blocks[0].conv.shortcut.expand.weight.flatten(1)
     pooled = {
-        f"stages.2.blocks.4.conv": kept["conv"].mean((2, 3)) @ expand.T,
-        f"stages.3.blocks.1.attn_grid.mlp": kept["mlp"].mean((1, 2)),
-        f"stages.3.blocks.1.attn_block.attn": kept["attention"].mean((1, 2)),
+        "stages.2.blocks.4.conv": kept["conv"].mean((2, 3)) @ expand.T,
+        "stages.3.blocks.1.attn_grid.mlp": kept["mlp"].mean((1, 2)),
+        "stages.3.blocks.1.attn_block.attn": kept["attention"].mean((1, 2)),
     }
     expected, _ = linearised_layer_norm(
         torch.stack(list(pooled.values()), 1), kept["pooled"].flatten(1), tf_model.head.norm
