@@ -109,8 +109,6 @@ def machine() -> str:
             f"threads, Python {platform.python_version()}")
 
 
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per mode (median reported)")

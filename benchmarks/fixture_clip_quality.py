@@ -23,15 +23,12 @@ from mapping.models import load_model
 from results_section import write_section
 
 
-
 def renders_per_second(size: int, count: int = 200) -> float:
     items = SPLITS["test"].items(count)
     started = time.perf_counter()
     for item in items:
         render(item, size)
     return count / (time.perf_counter() - started)
-
-
 
 
 @click.command()

@@ -247,8 +247,6 @@ def fixture_line(fixture: Path | None, clip_name: str | None) -> str:
             f"{config['train_images']} renders); its zero-shot accuracy on the test split: {accuracy}.")
 
 
-
-
 @click.command()
 @click.option("--train-images", type=int, default=600, show_default=True,
               help="Renders of the world's train split: CompAlign training and the S_p probe set.")
