@@ -26,10 +26,10 @@ import torch
 from tqdm import tqdm
 
 from mapping.errors import CompsearchError
+from mapping.images.sources import IMAGE_SUFFIXES
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
 # images -> (component names, contributions (rows, C, d_model), targets (rows, d_clip))
 Encoder = Callable[[list[Path]], tuple[list[str], torch.Tensor, torch.Tensor]]
