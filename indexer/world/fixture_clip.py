@@ -21,7 +21,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -232,6 +232,28 @@ def fixture_clip_dir(config: TrainingConfig = TrainingConfig(), rebuild: bool = 
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(partial, folder)  # the report is written last, so a folder with it is complete
     return folder
+
+
+@dataclass
+class FixtureReport:
+    """A trained fixture: the name it loads by and its training report (``training_report.json``)."""
+
+    model: str  # local-dir:<folder>
+    steps: int
+    final_loss: float
+    test_accuracy: dict[str, float]  # zero-shot, per factor, on the world's test split
+    data_seconds: float
+    train_seconds: float
+    torch_threads: int
+    code_version: str
+    config: dict
+
+
+def training_report(folder: Path) -> FixtureReport:
+    """The report of the fixture trained into ``folder``."""
+    data = json.loads((folder / REPORT_NAME).read_text())
+    known = {field.name for field in fields(FixtureReport)}
+    return FixtureReport(model=f"local-dir:{folder}", **{key: value for key, value in data.items() if key in known})
 
 
 def load_fixture_clip(config: TrainingConfig = TrainingConfig()) -> LoadedModel:

@@ -11,12 +11,15 @@ import torch.nn.functional as F
 from mapping.align.aligner import Aligner, AlignerMeta
 from mapping.align.cache import build_cache, is_heldout, list_images
 from mapping.align.features import alignment_encoder, component_contributions, resolved_first_block
-from mapping.align.persist import aligner_paths, save_aligner
+from mapping.align.files import aligner_paths
+from mapping.align.persist import save_aligner
 from mapping.align.train import TrainSettings, train_aligner
+from mapping.errors import warn_if_few_images
 from mapping.images import preprocess_batch
 from mapping.models import RANDOM_INIT, LoadedModel
 
 IDENTITY_CHECK_IMAGES = 32
+HELDOUT_ENOUGH = 20  # held-out images below which the cosine says little
 
 
 def is_same_model(model: LoadedModel, clip: LoadedModel) -> bool:
@@ -95,6 +98,9 @@ def align(
         meta.heldout_cosine = result.heldout_cosine
         meta.train_images = len(cache.images) - heldout
         meta.heldout_images = heldout
+        meta.train_images_dir = str(Path(images_dir).expanduser().resolve())
+        warn_if_few_images(heldout, "the held-out cosine is measured", "--images, or hold out more with --heldout",
+                           enough=HELDOUT_ENOUGH)
         meta.settings = {**asdict(settings), "batches": result.batches, "epochs": result.epochs,
                          "stopped_early": result.stopped_early}
         aligner = Aligner(meta, result.weight, result.bias)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mapping.align.aligner import alignment_loss, mapped_sum
+from mapping.align.settings import TrainSettings
 from mapping.errors import CompsearchError
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # contributions (rows, C, d_model), targets (rows, d_clip)
@@ -37,21 +38,6 @@ class TensorSource:
         for start in range(0, len(rows), batch_size):
             chosen = rows[start:start + batch_size]
             yield self.contributions[chosen].float(), self.targets[chosen].float()
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """The reference settings (DESIGN.md §4); ``patience`` counts batches, not epochs."""
-
-    learning_rate: float = 3e-4
-    weight_decay: float = 1e-6
-    batch_size: int = 32
-    regularisation: float = 1.0
-    init_std: float = 0.02
-    patience: int = 50
-    max_epochs: int = 20
-    heldout_fraction: float = 0.1
-    seed: int = 0
 
 
 @dataclass

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from mapping.errors import CompsearchError
+from mapping.errors import CompsearchError, warn
 from mapping.rank.scores import constant_components, contrast_scores, rank_components
 
 FORMAT_VERSION = 2  # 2: per property, the ``constant`` components left out (absent in 1: loads as [])
@@ -90,6 +90,9 @@ def property_rankings(
                 "score it on at least two different images",
             )
         kept = [i for i, is_constant in enumerate(constant.tolist()) if not is_constant]
+        if k[name] > len(kept):
+            warn(f"k={k[name]} for {name!r} exceeds the {len(kept)} components that vary; all {len(kept)} are "
+                 "summed, which is the full representation, not a property", "choose a smaller --k")
         kept_names = [component_names[i] for i in kept]
         ranked = rank_components(contrasted[kept], kept_names)
         order = [component_names.index(component) for component, _ in ranked]
@@ -145,3 +148,18 @@ class Ranking:
         except (json.JSONDecodeError, KeyError, TypeError) as error:
             raise CompsearchError(f"{path} is not a compsearch ranking ({error})",
                                   "write one with `compsearch rank … --out ranking.json`") from error
+
+
+def format_ranking(ranking: Ranking, shown: int = 5) -> str:
+    """The table people read: per property, at least ``shown`` components (the top k starred)."""
+    lines = [f"{ranking.model_name}: {ranking.probe_images} probe images, aligner {ranking.aligner or 'none'}"]
+    for prop in ranking.properties:
+        lines.append(f"\n{prop.name} ({prop.source}, k={prop.k})   score   own")
+        for position, (name, score, own) in enumerate(zip(prop.components, prop.scores, prop.own_scores)):
+            if position == max(shown, prop.k):
+                break
+            marker = "*" if position < prop.k else " "
+            lines.append(f" {marker} {name:<28} {score:+.3f}  {own:+.3f}")
+        if prop.constant:
+            lines.append(f"   constant, not ranked: {', '.join(prop.constant)}")
+    return "\n".join(lines)

@@ -9,6 +9,7 @@ import torch
 from mapping.align import Aligner
 from mapping.align.cache import list_images
 from mapping.align.features import aligned_batches, component_contributions, resolved_first_block
+from mapping.errors import warn, warn_if_few_images
 from mapping.models import LoadedModel
 from mapping.properties import ExampleProperty, Property, PropertyError, property_basis
 from mapping.properties.text import TextEncoder
@@ -64,7 +65,29 @@ def _chosen_k(model_name: str, names: Sequence[str], k: int | dict[str, int] | N
     if isinstance(k, int):
         return {name: k for name in names}
     overrides = k or {}
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        warn(f"--k names {', '.join(unknown)}, which {'is' if len(unknown) == 1 else 'are'} not being ranked "
+             f"(ranking: {', '.join(names)})", "fix the name, or add the property with --property/--examples")
     return {name: overrides.get(name, default_k(model_name, name)) for name in names}
+
+
+def check_rank_inputs(
+    properties: Sequence[Property], examples: Sequence[ExampleProperty], aligner: Aligner | None,
+    images_dir: str | Path | None,
+) -> None:
+    """Refuse what :func:`rank` cannot do, before any model runs (the CLI calls it before it
+    even loads the model)."""
+    if properties and (aligner is None or images_dir is None):
+        raise PropertyError(
+            "properties described in words need an aligner and probe images",
+            "pass --aligner and --images, or define the properties by --examples only",
+        )
+    if not properties and not examples:
+        raise PropertyError("nothing to rank: no property given", "pass --property and/or --examples")
+    names = [prop.name for prop in properties] + [example.name for example in examples]
+    if len(set(names)) != len(names):
+        raise PropertyError(f"property names repeat: {names}", "name each property (and examples folder) once")
 
 
 def rank(
@@ -82,16 +105,15 @@ def rank(
     """Rank ``model``'s components for each text property (scored on the probe images in
     ``images_dir``) and each example property; ``k`` overrides the reference top-k (one
     number for all, or per property name)."""
-    if properties and (aligner is None or encode_text is None or images_dir is None):
-        raise PropertyError(
-            "properties described in words need an aligner, a CLIP text encoder and probe images",
-            "pass --aligner and --images, or define the properties by --examples folders only",
-        )
-    if not properties and not examples:
-        raise PropertyError("nothing to rank: no property given", "pass --property and/or --examples")
+    check_rank_inputs(properties, examples, aligner, images_dir)
+    if properties and encode_text is None:
+        raise PropertyError("properties described in words need a CLIP text encoder",
+                            "pass the aligner's CLIP's encode_text, or define the properties by examples")
+    for prop in properties:
+        if len(prop.descriptions) == 1:
+            warn(f"property {prop.name!r} has a single description, so S_p scores one text direction, not a "
+                 "property's values", f"give it contrasting values, e.g. {prop.name}=striped,plain,dotted")
     names = [prop.name for prop in properties] + [example.name for example in examples]
-    if len(set(names)) != len(names):
-        raise PropertyError(f"property names repeat: {names}", "name each property (and examples folder) once")
     chosen_k = _chosen_k(model.name, names, k)
     ranking = Ranking(
         model_name=model.name, model_weights_id=model.weights_id,
@@ -103,6 +125,7 @@ def rank(
         root = Path(images_dir).expanduser()
         paths = [root / image for image in list_images(root)]
         ranking.probe_images = len(paths)
+        warn_if_few_images(len(paths), "text properties are scored", "--images")
         component_names, scores, variances = text_property_scores(
             model, aligner, paths, properties, encode_text, batch_size, progress
         )
@@ -113,6 +136,7 @@ def rank(
     if examples:
         shares, example_variances, component_names = {}, {}, []
         for example in examples:
+            warn_if_few_images(len(example.images), f"property {example.name!r} is scored", "--examples")
             component_names, shares[example.name], example_variances[example.name] = example_property_scores(
                 model, aligner, example, batch_size, progress
             )

@@ -18,7 +18,7 @@ from mapping.rank import (
     property_rankings,
     property_scores,
 )
-from mapping.errors import CompsearchError
+from mapping.errors import CompsearchError, CompsearchWarning
 
 NAMES = [f"c{i}" for i in range(8)]
 COLOUR_BASIS = torch.eye(16)[0:2]
@@ -80,7 +80,8 @@ def test_rankings_choose_k_and_round_trip(tmp_path) -> None:
     scores = {"colour": property_scores(mapped, COLOUR_BASIS), "shape": property_scores(mapped, SHAPE_BASIS)}
     values = {"colour": ["red", "blue"], "shape": ["round", "square"]}
     variances = {"colour": component_variances(mapped), "shape": component_variances(mapped)}
-    colour, shape = property_rankings(NAMES, scores, "text", values, {"colour": 2, "shape": 50}, variances)
+    with pytest.warns(CompsearchWarning, match="k=50 for 'shape' exceeds the 7 components that vary"):
+        colour, shape = property_rankings(NAMES, scores, "text", values, {"colour": 2, "shape": 50}, variances)
     assert colour.top == ["c3", colour.components[1]] and colour.k == 2 and shape.k == len(NAMES) - 1
     assert colour.constant == ["c7"] and "c7" not in colour.components + shape.components
     assert colour.scores == sorted(colour.scores, reverse=True)
