@@ -112,7 +112,7 @@ def rank(
     for prop in properties:
         if len(prop.descriptions) == 1:
             warn(f"property {prop.name!r} has a single description, so S_p scores one text direction, not a "
-                 "property's values", f"give it contrasting values, e.g. {prop.name}=striped,plain,dotted")
+                 "property's values", f"list the values it contrasts: --property {prop.name}=VALUE1,VALUE2,… or a YAML list")
     names = [prop.name for prop in properties] + [example.name for example in examples]
     chosen_k = _chosen_k(model.name, names, k)
     ranking = Ranking(
