@@ -22,15 +22,10 @@ from tests.mapping.test_models import (  # noqa: F401  (fixtures, and the tiny C
 
 MODEL = ["--model", "deit_tiny_patch16_224", "--random-init"]
 ROOT = Path(__file__).resolve().parents[1]
-# The console script's entry point in a fresh interpreter, reporting whether torch was imported.
-FRESH = """import sys
-sys.argv = ["compsearch", *sys.argv[1:]]
-from search.cli import main
-try:
-    main()
-finally:
-    print("torch imported:", "torch" in sys.modules, file=sys.stderr)
-"""
+# The console script's entry point in a fresh interpreter, saying at exit whether torch was imported.
+FRESH = ("import atexit, sys; sys.argv[0] = 'compsearch'; "
+         "atexit.register(lambda: print('torch imported:', 'torch' in sys.modules, file=sys.stderr)); "
+         "from search.cli import main; main()")
 
 
 def run_fresh(*args: str) -> subprocess.CompletedProcess:
