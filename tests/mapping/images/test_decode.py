@@ -74,6 +74,7 @@ def test_exif_orientation_is_applied(corpus) -> None:
     assert pixels[:, -1, 0].min() > 200 and pixels[:, 0, 0].max() < 50
 
 
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")
 def test_broken_exif_keeps_the_pixels() -> None:
     buffer = io.BytesIO()
     PIL.Image.new("RGB", (8, 6), (0, 128, 0)).save(buffer, "JPEG", exif=b"Exif\x00\x00MM\x00*garbage")
@@ -114,6 +115,7 @@ def test_pixel_limit_is_checked_before_decoding() -> None:
         decode_image(bomb_png(), "bomb", max_pixels=10**11)
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_pils_global_limit_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
     buffer = io.BytesIO()
     PIL.Image.new("RGB", (100, 100)).save(buffer, "PNG")
