@@ -238,3 +238,20 @@ def test_killed_run_resumes_with_every_image_exactly_once(world, tmp_path) -> No
     ids = ds.dataset(out / "shards").to_table().column("id").to_pylist()
     assert sorted(ids) == list(range(60))
     assert faiss.read_index(str(out / "full.faiss")).ntotal == 60
+
+
+@pytest.mark.slow
+def test_imagenet_sample_indexes_with_real_weights(deit_tiny_weights, imagenet_sample, tmp_path) -> None:
+    """The 800 sample photos through the CLI with real DeiT-tiny: all in, each its own nearest neighbour."""
+    out = tmp_path / "index"
+    finished = subprocess.run(_cli("index", str(imagenet_sample), "--out", str(out), "--model", MODEL,
+                                   "--weights", str(deit_tiny_weights), "--workers", "2", "--json"),
+                              capture_output=True, text=True, timeout=1800)
+    assert finished.returncode == 0, finished.stderr
+    store = IndexStore(out)
+    assert store.read_manifest()["counts"] == {"images": 800, "skipped": 0, "duplicates": 0}
+    index = faiss.read_index(str(out / "full.faiss"))
+    ids = np.arange(0, 800, 37)
+    queries = np.stack([index.reconstruct(int(i)) for i in ids])
+    _, found = index.search(queries, 1)
+    assert (found[:, 0] == ids).all()
