@@ -13,41 +13,51 @@ from mapping.models import LoadedModel
 from mapping.properties import ExampleProperty, Property, PropertyError, property_basis
 from mapping.properties.text import TextEncoder
 from mapping.rank.ranking import Ranking, default_k, property_rankings
-from mapping.rank.scores import label_variance_share, property_coordinates, scores_from_coordinates
+from mapping.rank.scores import (
+    ComponentVariance,
+    component_variances,
+    label_variance_share,
+    property_coordinates,
+    scores_from_coordinates,
+)
 
 
 def text_property_scores(
     model: LoadedModel, aligner: Aligner, paths: Sequence[Path], properties: Sequence[Property],
     encode_text: TextEncoder, batch_size: int = 32, progress: bool = False,
-) -> tuple[list[str], dict[str, torch.Tensor]]:
-    """``(component names, {property: S_p})`` over the probe images ``paths``.
+) -> tuple[list[str], dict[str, torch.Tensor], torch.Tensor]:
+    """``(component names, {property: S_p}, variances)`` over the probe images ``paths``,
+    with each component's variance over them (:class:`ComponentVariance`).
 
     All properties' bases are stacked so each batch is projected once and only the small
     coordinates a_i(x) are kept, whatever the size of the probe set.
     """
     bases = [property_basis(prop, encode_text) for prop in properties]
     stacked = torch.cat(bases)
-    coordinates = torch.cat([
-        property_coordinates(mapped, stacked) for mapped in aligned_batches(model, aligner, paths, batch_size, progress)
-    ])
-    per_property = coordinates.split([len(basis) for basis in bases], dim=-1)
+    variance = ComponentVariance()
+    coordinates = []
+    for mapped in aligned_batches(model, aligner, paths, batch_size, progress):
+        variance.update(mapped)
+        coordinates.append(property_coordinates(mapped, stacked))
+    per_property = torch.cat(coordinates).split([len(basis) for basis in bases], dim=-1)
     return aligner.component_names, {
         prop.name: scores_from_coordinates(part) for prop, part in zip(properties, per_property)
-    }
+    }, variance.variances
 
 
 def example_property_scores(
     model: LoadedModel, aligner: Aligner | None, examples: ExampleProperty, batch_size: int = 32,
     progress: bool = False,
-) -> tuple[list[str], torch.Tensor]:
-    """``(component names, variance share)`` of the example images' labels, per component,
-    in CLIP space when an aligner is given (like text properties), else in the model's own."""
+) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """``(component names, variance share, variances)``: the share of each component's
+    variance the example images' labels explain, and the variance itself, in CLIP space
+    when an aligner is given (like text properties), else in the model's own."""
     if aligner is not None:
         mapped = torch.cat(list(aligned_batches(model, aligner, examples.images, batch_size, progress)))
         names = aligner.component_names
     else:
         names, mapped = component_contributions(model, examples.images, None, batch_size, progress)
-    return names, label_variance_share(mapped, torch.tensor(examples.labels))
+    return names, label_variance_share(mapped, torch.tensor(examples.labels)), component_variances(mapped)
 
 
 def _chosen_k(model_name: str, names: Sequence[str], k: int | dict[str, int] | None) -> dict[str, int]:
@@ -93,17 +103,20 @@ def rank(
         root = Path(images_dir).expanduser()
         paths = [root / image for image in list_images(root)]
         ranking.probe_images = len(paths)
-        component_names, scores = text_property_scores(
+        component_names, scores, variances = text_property_scores(
             model, aligner, paths, properties, encode_text, batch_size, progress
         )
         values = {prop.name: list(prop.descriptions) for prop in properties}
-        ranking.properties += property_rankings(component_names, scores, "text", values, chosen_k)
+        ranking.properties += property_rankings(
+            component_names, scores, "text", values, chosen_k, {name: variances for name in scores}
+        )
     if examples:
-        shares, component_names = {}, []
+        shares, example_variances, component_names = {}, {}, []
         for example in examples:
-            component_names, shares[example.name] = example_property_scores(
+            component_names, shares[example.name], example_variances[example.name] = example_property_scores(
                 model, aligner, example, batch_size, progress
             )
         values = {example.name: list(example.values) for example in examples}
-        ranking.properties += property_rankings(component_names, shares, "examples", values, chosen_k)
+        ranking.properties += property_rankings(component_names, shares, "examples", values, chosen_k,
+                                                example_variances)
     return ranking
