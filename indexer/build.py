@@ -14,6 +14,7 @@ up exactly once. Byte-identical files (sha256) are indexed once; the others are 
 """
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -98,8 +99,14 @@ class _ChunkBuffer:
         return self.id_offset + record.position
 
 
+def listed_path(record: ImageRecord) -> str | None:
+    """The absolute path as listed, symlinks kept: a link is its own entry (a duplicate of
+    its target), and the server decides what a link may point to."""
+    return os.path.abspath(record.path) if record.path else None
+
+
 def _row(record: ImageRecord, image_id: int, size: tuple[int, int], sha256: str) -> dict[str, Any]:
-    row = {"id": image_id, "key": record.key, "path": str(record.path.resolve()) if record.path else None,
+    row = {"id": image_id, "key": record.key, "path": listed_path(record),
            "sha256": sha256, "width": size[0], "height": size[1]}
     for name, value in record.metadata.items():  # carried columns never shadow ours
         row[f"metadata.{name}" if name in RESERVED_COLUMNS else name] = value
@@ -240,7 +247,7 @@ class Indexer:
         counts["skipped"] += len(batch.skipped)
         fresh = []
         for position, (record, sha256) in enumerate(zip(batch.records, batch.sha256)):
-            path = str(record.path.resolve()) if record.path else None
+            path = listed_path(record)
             if sha256 in known:
                 first_id, first_path = known[sha256]
                 if first_path == path and first_id != buffer.image_id(record):

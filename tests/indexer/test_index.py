@@ -255,3 +255,24 @@ def test_imagenet_sample_indexes_with_real_weights(deit_tiny_weights, imagenet_s
     queries = np.stack([index.reconstruct(int(i)) for i in ids])
     _, found = index.search(queries, 1)
     assert (found[:, 0] == ids).all()
+
+
+@pytest.mark.timeout(300)
+def test_awkward_corpus_every_good_file_in_every_bad_one_skipped_with_its_reason(model, tmp_path) -> None:
+    from tests.corpus import write_awkward_corpus
+
+    good, bad = write_awkward_corpus(tmp_path / "corpus")
+    out = tmp_path / "index"
+    settings = IndexSettings(batch_size=8, workers=2, chunk_size=8, progress=False)
+    _index(model, tmp_path / "corpus", out, settings=settings)
+    store = IndexStore(out)
+    rows = store.read_table().to_pylist()
+    duplicates = store.read_table("duplicates").to_pylist()
+    indexed = {row["key"]: (row["width"], row["height"]) for row in rows}
+    assert set(indexed) | {row["key"] for row in duplicates} == set(good)
+    assert all(indexed[key] == size for key, size in good.items() if key in indexed)
+    skipped = {row["key"]: row["reason"] for row in store.read_table("skipped").to_pylist()}
+    assert set(skipped) == set(bad)
+    for key, reason in bad.items():
+        assert reason in skipped[key], (key, skipped[key])
+    assert len({row["id"] for row in rows}) == len(rows) == faiss.read_index(str(out / "full.faiss")).ntotal
