@@ -10,6 +10,8 @@ from mapping.images.sources import (
     ImageSource,
     ListFileSource,
     MemorySource,
+    PathListSource,
+    SourceSpec,
     TableSource,
     open_source,
 )
@@ -23,6 +25,8 @@ __all__ = [
     "ImageSource",
     "ListFileSource",
     "MemorySource",
+    "PathListSource",
+    "SourceSpec",
     "TableSource",
     "decode_image",
     "iter_batches",
