@@ -27,6 +27,7 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
+from indexer.ranking_on_the_fly import ARTIFACTS
 from indexer.faiss_choice import AUTO, build_index as build_faiss_index
 from indexer.store import (
     DUPLICATES,
@@ -153,7 +154,7 @@ class Indexer:
             self._clear()
         if folder.exists() and not folder.is_dir():
             raise CompsearchError(f"--out {folder} is a file", "pass a folder for the index")
-        if not self.store.exists() and folder.is_dir() and any(folder.iterdir()):
+        if not self.store.exists() and folder.is_dir() and any(p.name != ARTIFACTS for p in folder.iterdir()):
             raise CompsearchError(f"--out {folder} exists and is not an index",
                                   "pass a new or empty folder, so no other files get mixed with the index")
         run_entry = {"source": source.description, "chunk_size": self.settings.chunk_size}

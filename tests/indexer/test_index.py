@@ -276,3 +276,24 @@ def test_awkward_corpus_every_good_file_in_every_bad_one_skipped_with_its_reason
     for key, reason in bad.items():
         assert reason in skipped[key], (key, skipped[key])
     assert len({row["id"] for row in rows}) == len(rows) == faiss.read_index(str(out / "full.faiss")).ntotal
+
+
+def test_properties_ranked_on_the_fly_with_the_model_as_its_own_clip(fixture_clip, world, tmp_path) -> None:
+    from indexer.api import build_index
+
+    clip = f"local-dir:{fixture_clip}"
+    out = tmp_path / "index"
+    summary = build_index(world / "train", out, clip, properties=["colour=red,green,blue", "shape=circle,star"],
+                          clip=clip, settings=SETTINGS, sample=12)
+    manifest = IndexStore(out).read_manifest()
+    assert summary.images == 20 and set(manifest["indexes"]) == {"full", "colour", "shape"}
+    assert manifest["properties"]["colour"]["components"] and "bias" not in manifest["properties"]["colour"]["components"]
+    assert (out / "artifacts" / "ranking.json").is_file() and manifest["aligner"]["relative_path"].startswith("artifacts")
+
+
+def test_properties_without_ranking_or_clip_are_refused(model, world, tmp_path) -> None:
+    from indexer.api import build_index
+
+    with pytest.raises(CompsearchError, match="--clip"):
+        build_index(world / "train", tmp_path / "index", MODEL, pretrained=False, properties=["colour"],
+                    settings=SETTINGS)
