@@ -51,7 +51,7 @@ from mapping.decompose import decompose
 from mapping.images import ImageRecord, iter_batches
 from mapping.models import LoadedModel, load_model
 from mapping.properties import orthonormal_basis
-from mapping.rank import PropertyRanking, property_rankings, property_scores
+from mapping.rank import PropertyRanking, component_variances, property_rankings, property_scores
 from mapping.rank.retrieval import (
     agreement_excess,
     chance_match_rate,
@@ -147,7 +147,9 @@ def rank_factors(aligner: Aligner, probe: Features, bases: dict[str, torch.Tenso
     mapped = aligner.map_components(probe.contributions)
     scores = {factor: property_scores(mapped, basis) for factor, basis in bases.items()}
     values = {factor: list(FACTORS[factor]) for factor in bases}
-    rankings = property_rankings(probe.names, scores, "text", values, {factor: k for factor in bases})
+    variances = component_variances(mapped)
+    rankings = property_rankings(probe.names, scores, "text", values, {factor: k for factor in bases},
+                                 {factor: variances for factor in bases})
     return {ranking.name: ranking for ranking in rankings}
 
 
@@ -245,6 +247,8 @@ def format_model(title: str, table: dict, rankings: dict[str, PropertyRanking], 
         f"{factor}: " + ", ".join(f"{name} ({score:+.2f})" for name, score in
                                   zip(ranking.top, ranking.scores[:ranking.k]))
         for factor, ranking in rankings.items())]
+    constant = sorted({name for ranking in rankings.values() for name in ranking.constant})
+    lines += ["", f"Constant over the probe renders, not ranked: {', '.join(constant) or 'none'}."]
     return lines
 
 

@@ -21,6 +21,9 @@ COMMANDS: dict[str, str] = {
     "rank": "mapping.commands.rank:rank_command",
     "describe": "mapping.commands.describe:describe_command",
     "world": "indexer.commands.world:world",
+    "index": "indexer.commands.index:index_command",
+    "info": "indexer.commands.info:info_command",
+    "search": "search.commands.search:search_command",
 }
 
 

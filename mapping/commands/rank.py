@@ -35,6 +35,8 @@ def format_ranking(ranking: Ranking) -> str:
                 break
             marker = "*" if position < prop.k else " "
             lines.append(f" {marker} {name:<28} {score:+.3f}  {own:+.3f}")
+        if prop.constant:
+            lines.append(f"   constant, not ranked: {', '.join(prop.constant)}")
     return "\n".join(lines)
 
 

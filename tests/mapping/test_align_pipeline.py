@@ -87,8 +87,8 @@ def test_rank_and_describe_run_on_an_identity_aligner(tmp_path: Path, world_imag
     ranking = Ranking.load(ranking.save(tmp_path / "ranking.json"))
     assert [p.name for p in ranking.properties] == ["colour", "shape", "examples"]
     assert ranking.get("colour").k == 2 and ranking.get("shape").k == 3  # override, then the default
-    for prop in ranking.properties:
-        assert sorted(prop.components) == sorted(aligner.component_names)
+    for prop in ranking.properties:  # the untrained CLIP's bias is 0 for every image: constant, not ranked
+        assert prop.constant == ["bias"] and sorted(prop.components + ["bias"]) == sorted(aligner.component_names)
     assert ranking.probe_images == 24 and ranking.clip_name == MODEL_NAME
     described = describe_heads(clip, aligner, sorted(world_images.glob("*.png")), clip.encode_text,
                                read_text_bank()[:50], ["*.resblocks.3.attn.*"], count=3)
@@ -123,7 +123,7 @@ def test_align_rank_describe_commands_on_a_local_clip(tmp_path: Path, world_imag
     assert ranked.exit_code == 0, ranked.output
     ranking = Ranking.load(tmp_path / "ranking.json")
     assert [(p.name, p.k) for p in ranking.properties] == [("colour", 2), ("size", 3)]
-    assert f"* {ranking.top('colour')[0]}" in ranked.output
+    assert f"* {ranking.top('colour')[0]}" in ranked.output and "constant, not ranked: bias" in ranked.output
     described = runner.invoke(cli, ["describe", "--model", name, "--aligner", str(tmp_path / "identity"),
                                     "--images", str(world_images), "--heads", "*.resblocks.2.attn.h1",
                                     "--count", "2", "--json"])
@@ -142,7 +142,8 @@ def test_example_properties_need_no_aligner(tmp_path: Path, world_images: Path) 
     [prop] = ranking.properties
     assert ranking.aligner is None and prop.source == "examples" and prop.values == ["even", "odd"]
     names, _ = component_contributions(clip, sorted(world_images.glob("*.png"))[:1])
-    assert all(0.0 <= share <= 1.0 for share in prop.own_scores) and sorted(prop.components) == sorted(names)
+    assert all(0.0 <= share <= 1.0 for share in prop.own_scores)
+    assert sorted(prop.components + prop.constant) == sorted(names) and prop.constant == ["bias"]
     with pytest.raises(PropertyError, match="need an aligner"):
         rank(clip, None, world_images, [builtin_property("colour")])
 
