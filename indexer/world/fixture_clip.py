@@ -257,6 +257,7 @@ def _publish(folder: Path, fill: Callable[[Path], object], replace: bool) -> Pat
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f"{folder.name}.", suffix=".partial", dir=folder.parent))
+        staging.chmod(0o755)  # mkdtemp's private 0700 would outlive the rename
         try:
             fill(staging)
             if replace or not (folder / REPORT_NAME).is_file():
@@ -293,7 +294,6 @@ def export_fixture(folder: Path, weights: Path = SHIPPED_WEIGHTS, report: Path =
     try:
         trained = json.loads((folder / REPORT_NAME).read_text())
         open_clip_config = (folder / CONFIG_NAME).read_text()
-        state = safetensors.torch.load_file(folder / WEIGHTS_NAME)
     except OSError as error:
         raise CompsearchError(f"{folder} is not a fixture CLIP folder ({error})",
                               "pass the folder `compsearch world fixture-clip --rebuild` prints") from error
@@ -303,6 +303,7 @@ def export_fixture(folder: Path, weights: Path = SHIPPED_WEIGHTS, report: Path =
         raise CompsearchError(f"{folder} was not trained with the default config, architecture and code version "
                               f"{CODE_VERSION}", "retrain it with `compsearch world fixture-clip --rebuild`")
     trained.pop(MATERIALISED_FROM, None)
+    state = safetensors.torch.load_file(folder / WEIGHTS_NAME)
     pack(state, weights, {"fixture_key": fixture_key(TrainingConfig()), "open_clip_config": open_clip_config})
     report.write_text(json.dumps(trained, indent=2) + "\n")
 
