@@ -11,6 +11,7 @@ from mapping.images.sources import (
     ListFileSource,
     MemorySource,
     TableSource,
+    collection_root,
     open_source,
 )
 
@@ -24,6 +25,7 @@ __all__ = [
     "ListFileSource",
     "MemorySource",
     "TableSource",
+    "collection_root",
     "decode_image",
     "iter_batches",
     "open_source",

@@ -25,10 +25,17 @@ def read_image_bytes(path: str | Path) -> bytes:
     return path.read_bytes()
 
 
-def decode_image(data: bytes, name: str = "image") -> PIL.Image.Image:
-    """``data`` decoded as RGB, fully, upright as its EXIF orientation says."""
+def decode_image(data: bytes, name: str = "image", max_pixels: int | None = None) -> PIL.Image.Image:
+    """``data`` decoded as RGB, fully, upright as its EXIF orientation says.
+
+    ``max_pixels`` refuses larger images from their header, before any pixel is decoded
+    (untrusted uploads); PIL's own decompression-bomb limit applies either way.
+    """
     try:
         with PIL.Image.open(io.BytesIO(data)) as image:
+            if max_pixels is not None and image.width * image.height > max_pixels:
+                raise ImageReadError(f"{name} has {image.width}×{image.height} pixels, more than the {max_pixels} allowed",
+                                     "downscale it and try again")
             image.load()  # decode now: truncation only shows when the pixels are read
             return ImageOps.exif_transpose(image).convert("RGB")
     except UnidentifiedImageError:

@@ -1,0 +1,148 @@
+"""The image files an index records, read by id only and only from inside the collection.
+
+Nothing here takes a path from a request: an id is looked up in the index's shards, and the
+file recorded for it is served only when
+
+- its real path (every symlink resolved, now, not at indexing time) lies under a collection
+  root, so a symlink in the collection pointing elsewhere is never followed out of it;
+- it opens as a regular file without following a symlink in its last component;
+- its bytes still hash to the sha256 recorded at indexing time, so what is served is exactly
+  what was indexed, whatever was renamed or swapped on disk since (and a race between the
+  checks above and the read gains nothing).
+
+The collection roots are, unless given explicitly, one per indexing run: the folder a
+folder source was, or the folder holding a list or table file (its ``source`` in the
+manifest, see :func:`mapping.images.collection_root`). Files a list names outside that
+folder are served only when ``roots`` names a folder above them (``compsearch serve --root``).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pyarrow as pa
+
+from indexer.store import SHARDS, IndexStore
+from mapping.errors import CompsearchError
+from mapping.images import collection_root
+
+ID_PATTERN = re.compile(r"[0-9]{1,18}")  # what an id in a URL may look like (int64, no sign)
+
+
+class ImageNotServedError(CompsearchError):
+    """An id with no file this server will send (unknown, or a file it refuses). The message
+    never names the file: a client learns nothing about the disk from it."""
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    id: int
+    sha256: str  # as recorded when indexed: the file's identity (ETag, cache key)
+    data: bytes
+    media_type: str
+
+
+def collection_roots(store: IndexStore) -> list[Path]:
+    """The real paths of the runs' collection roots (see the module docstring)."""
+    roots, relative = [], []
+    for run in store.read_manifest()["runs"]:
+        root = collection_root(run["source"])
+        if root is not None:
+            roots.append(root)
+        elif not run["source"].startswith("images in memory"):
+            relative.append(run["source"])
+    if relative:
+        raise CompsearchError(
+            f"the index does not record where its collection is ({relative[0]!r} is a relative path)",
+            "pass the collection's folder with --root DIR",
+        )
+    return sorted({Path(os.path.realpath(root)) for root in roots})
+
+
+def _is_within(path: str, root: Path) -> bool:
+    return os.path.commonpath([path, str(root)]) == str(root)
+
+
+class CollectionFiles:
+    """id → the indexed file's bytes, under the checks of the module docstring."""
+
+    def __init__(self, index_dir: str | Path, roots: list[str | Path] | None = None) -> None:
+        store = IndexStore(index_dir)
+        store.read_manifest()  # refuses what is not an index
+        self.roots = (sorted({Path(os.path.realpath(Path(root).expanduser())) for root in roots})
+                      if roots else collection_roots(store))
+        table = store.read_table(SHARDS, columns=["id", "path", "sha256"])
+        if table.num_rows == 0:
+            self._ids = np.zeros(0, dtype=np.int64)
+            self._paths = self._hashes = pa.array([], pa.string())
+            return
+        order = np.argsort(table.column("id").to_numpy())
+        self._ids = table.column("id").to_numpy()[order]
+        self._paths = table.column("path").combine_chunks().take(order)
+        self._hashes = table.column("sha256").combine_chunks().take(order)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def _position(self, image_id: int) -> int:
+        position = int(np.searchsorted(self._ids, image_id))
+        if position >= len(self._ids) or self._ids[position] != image_id:
+            raise ImageNotServedError(f"no image with id {image_id} in this index", "use an id from a search result")
+        return position
+
+    def sha256(self, image_id: int) -> str:
+        return self._hashes[self._position(image_id)].as_py()
+
+    def outside_roots(self) -> int:
+        """How many recorded files lie outside every root (refused; said once at start-up)."""
+        return sum(1 for path in self._paths.to_pylist() if path is None or not self._allowed(os.path.realpath(path)))
+
+    def _allowed(self, real_path: str) -> bool:
+        return any(_is_within(real_path, root) for root in self.roots)
+
+    def read(self, image_id: int) -> ImageFile:
+        """The file of ``image_id``, checked; ImageNotServedError (→ 404) for anything else."""
+        position = self._position(image_id)
+        path, sha256 = self._paths[position].as_py(), self._hashes[position].as_py()
+        refused = ImageNotServedError(f"image {image_id} has no file this server may send",
+                                      "its file is missing, changed since indexing, or outside the collection")
+        if path is None:
+            raise refused
+        real_path = os.path.realpath(path)
+        if not self._allowed(real_path):
+            raise refused
+        try:
+            descriptor = os.open(real_path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            raise refused from None
+        with os.fdopen(descriptor, "rb") as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                raise refused
+            data = file.read()
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise refused
+        return ImageFile(image_id, sha256, data, _media_type(data))
+
+
+def _media_type(data: bytes) -> str:
+    """From the bytes (what the indexer decoded), not the file name: a listed file may be
+    named anything."""
+    try:
+        with PIL.Image.open(io.BytesIO(data)) as image:
+            return PIL.Image.MIME.get(image.format or "", "application/octet-stream")
+    except (OSError, ValueError, PIL.Image.DecompressionBombError):
+        return "application/octet-stream"
+
+
+def parse_id(text: str) -> int:
+    """An id from a URL segment; anything but plain digits (``..``, ``%2F``, paths) → 404."""
+    if not ID_PATTERN.fullmatch(text):
+        raise ImageNotServedError(f"no image with id {text[:40]!r}", "ids are the integers search results give")
+    return int(text)
