@@ -22,7 +22,7 @@ import search
 from indexer.build import compsearch_version
 from mapping.errors import CompsearchError, ImageReadError
 from search.errors import UnknownImageError
-from search.server.files import CollectionFiles, ImageNotServedError
+from search.server.files import CollectionFiles, ImageNotServedError, collection_roots, count_outside
 from search.server.guards import (
     LOOPBACK_NAMES,
     BodyLimit,
@@ -101,12 +101,13 @@ def create_app(
     addressed to (None: any, for a server bound to a public address).
     """
     index = search.open_index(index_dir, device=device)
-    index.load_models()
-    files = CollectionFiles(index_dir, list(roots) if roots else None)
-    refused = files.outside_roots()
+    index.warm()
+    served_roots = collection_roots(index_dir, roots)
+    refused = count_outside(index_dir, served_roots)
     if refused:
         log.warning("%d indexed file(s) lie outside the collection root(s) %s and will not be served "
-                    "(pass --root to serve them)", refused, ", ".join(map(str, files.roots)))
+                    "(pass --root to serve them)", refused, ", ".join(map(str, served_roots)))
+    files = CollectionFiles(index.record, served_roots)
     app = FastAPI(title="compsearch", version=compsearch_version(), docs_url=None, redoc_url=None,
                   openapi_url="/api/openapi.json")  # no /docs: the Swagger page loads from a CDN
     app.state.compsearch = ServerState(index, files, ThumbnailCache(cache_dir, thumbnail_size), index.info(),

@@ -22,12 +22,12 @@ import io
 import os
 import re
 import stat
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import PIL.Image
-import pyarrow as pa
 
 from indexer.store import SHARDS, IndexStore
 from mapping.errors import CompsearchError
@@ -37,8 +37,8 @@ ID_PATTERN = re.compile(r"[0-9]{1,18}")  # what an id in a URL may look like (in
 
 
 class ImageNotServedError(CompsearchError):
-    """An id with no file this server will send (unknown, or a file it refuses). The message
-    never names the file: a client learns nothing about the disk from it."""
+    """An id whose file this server will not send (see the module docstring), or no id at all.
+    The message never names the file: a client learns nothing about the disk from it."""
 
 
 @dataclass(frozen=True)
@@ -49,13 +49,16 @@ class ImageFile:
     media_type: str
 
 
-def collection_roots(store: IndexStore) -> list[Path]:
-    """The real paths of the runs' collection roots (see the module docstring)."""
-    roots, relative = [], []
-    for run in store.read_manifest()["runs"]:
+def collection_roots(index_dir: str | Path, roots: Sequence[str | Path] | None = None) -> list[Path]:
+    """The real paths of ``roots``, or else of the runs' collection roots (see the module
+    docstring)."""
+    if roots:
+        return sorted({Path(os.path.realpath(Path(root).expanduser())) for root in roots})
+    recorded, relative = [], []
+    for run in IndexStore(index_dir).read_manifest()["runs"]:
         root = collection_root(run["source"])
         if root is not None:
-            roots.append(root)
+            recorded.append(root)
         elif not run["source"].startswith("images in memory"):
             relative.append(run["source"])
     if relative:
@@ -63,60 +66,41 @@ def collection_roots(store: IndexStore) -> list[Path]:
             f"the index does not record where its collection is ({relative[0]!r} is a relative path)",
             "pass the collection's folder with --root DIR",
         )
-    return sorted({Path(os.path.realpath(root)) for root in roots})
+    return sorted({Path(os.path.realpath(root)) for root in recorded})
 
 
-def _is_within(path: str, root: Path) -> bool:
-    return os.path.commonpath([path, str(root)]) == str(root)
+def _is_within(path: str, roots: Sequence[Path]) -> bool:
+    return any(os.path.commonpath([path, str(root)]) == str(root) for root in roots)
+
+
+def count_outside(index_dir: str | Path, roots: Sequence[Path]) -> int:
+    """How many recorded files lie outside every root now (refused; said once at start-up)."""
+    paths = IndexStore(index_dir).read_table(SHARDS, columns=["path"])
+    return sum(1 for path in (paths.column("path").to_pylist() if paths.num_rows else [])
+               if path is None or not _is_within(os.path.realpath(path), roots))
 
 
 class CollectionFiles:
-    """id → the indexed file's bytes, under the checks of the module docstring."""
+    """id → the indexed file's bytes, under the checks of the module docstring. ``record``
+    gives an id's stored row (:meth:`search.SearchIndex.record`: path, sha256)."""
 
-    def __init__(self, index_dir: str | Path, roots: list[str | Path] | None = None) -> None:
-        store = IndexStore(index_dir)
-        store.read_manifest()  # refuses what is not an index
-        self.roots = (sorted({Path(os.path.realpath(Path(root).expanduser())) for root in roots})
-                      if roots else collection_roots(store))
-        table = store.read_table(SHARDS, columns=["id", "path", "sha256"])
-        if table.num_rows == 0:
-            self._ids = np.zeros(0, dtype=np.int64)
-            self._paths = self._hashes = pa.array([], pa.string())
-            return
-        order = np.argsort(table.column("id").to_numpy())
-        self._ids = table.column("id").to_numpy()[order]
-        self._paths = table.column("path").combine_chunks().take(order)
-        self._hashes = table.column("sha256").combine_chunks().take(order)
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def _position(self, image_id: int) -> int:
-        position = int(np.searchsorted(self._ids, image_id))
-        if position >= len(self._ids) or self._ids[position] != image_id:
-            raise ImageNotServedError(f"no image with id {image_id} in this index", "use an id from a search result")
-        return position
+    def __init__(self, record: Callable[[int], dict[str, Any]], roots: Sequence[Path]) -> None:
+        self.record = record
+        self.roots = list(roots)
 
     def sha256(self, image_id: int) -> str:
-        return self._hashes[self._position(image_id)].as_py()
-
-    def outside_roots(self) -> int:
-        """How many recorded files lie outside every root (refused; said once at start-up)."""
-        return sum(1 for path in self._paths.to_pylist() if path is None or not self._allowed(os.path.realpath(path)))
-
-    def _allowed(self, real_path: str) -> bool:
-        return any(_is_within(real_path, root) for root in self.roots)
+        return self.record(image_id)["sha256"]
 
     def read(self, image_id: int) -> ImageFile:
         """The file of ``image_id``, checked; ImageNotServedError (→ 404) for anything else."""
-        position = self._position(image_id)
-        path, sha256 = self._paths[position].as_py(), self._hashes[position].as_py()
+        row = self.record(image_id)
+        path, sha256 = row["path"], row["sha256"]
         refused = ImageNotServedError(f"image {image_id} has no file this server may send",
                                       "its file is missing, changed since indexing, or outside the collection")
         if path is None:
             raise refused
         real_path = os.path.realpath(path)
-        if not self._allowed(real_path):
+        if not _is_within(real_path, self.roots):
             raise refused
         try:
             descriptor = os.open(real_path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))

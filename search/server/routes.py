@@ -84,7 +84,7 @@ SEARCH_REQUEST_BODY = {
 
 @router.get("/api/health")
 def health(server: ServerState = Depends(state)) -> dict[str, Any]:
-    return {"status": "ok", "images": len(server.files), "properties": server.index.properties,
+    return {"status": "ok", "images": server.info["images"], "properties": server.index.properties,
             "text_queries": server.index.has_text, "max_upload_bytes": server.max_upload_bytes,
             "max_pixels": server.max_pixels}
 

@@ -8,7 +8,16 @@ import pytest
 import torch
 
 from mapping.errors import ImageReadError
-from mapping.images import preprocess_batch, read_image
+from mapping.images import (
+    FolderSource,
+    ListFileSource,
+    MemorySource,
+    TableSource,
+    collection_root,
+    decode_image,
+    preprocess_batch,
+    read_image,
+)
 from mapping.models import load_model
 
 
@@ -59,6 +68,27 @@ def test_decompression_bomb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 100 * 100 // 2)  # 300² > 2 × the limit
     with pytest.raises(ImageReadError, match="too large"):
         read_image(path)
+
+
+def test_max_pixels_refuses_from_the_header(tmp_path: Path) -> None:
+    data = _write(tmp_path / "wide.png", size=(300, 200)).read_bytes()
+    assert decode_image(data, max_pixels=300 * 200).size == (300, 200)
+    with pytest.raises(ImageReadError, match="300×200 pixels, more than the 59999 allowed"):
+        decode_image(data, "upload", max_pixels=300 * 200 - 1)
+
+
+def test_collection_root_of_each_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "photos").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert collection_root(FolderSource("photos").description) == tmp_path / "photos"  # recorded absolute
+    listing, table = tmp_path / "list.txt", tmp_path / "rows.csv"
+    listing.write_text("photos/a.jpg\n")
+    table.write_text("path,label\nphotos/a.jpg,x\n")
+    for source, root in ((FolderSource(tmp_path / "photos"), tmp_path / "photos"), (ListFileSource(listing), tmp_path),
+                         (TableSource(table), tmp_path)):
+        assert collection_root(source.description) == root
+    assert collection_root(MemorySource([]).description) is None
+    assert collection_root("folder photos") is None  # relative: where it was is unknown
 
 
 def test_preprocess_batch_uses_the_models_transform(tmp_path: Path) -> None:
