@@ -69,6 +69,11 @@ def collection_roots(index_dir: str | Path, roots: Sequence[str | Path] | None =
     return sorted({Path(os.path.realpath(root)) for root in recorded})
 
 
+def _refused(image_id: int) -> ImageNotServedError:
+    return ImageNotServedError(f"image {image_id} has no file this server may send",
+                               "its file is missing, changed since indexing, or outside the collection")
+
+
 def _is_within(path: str, roots: Sequence[Path]) -> bool:
     return any(os.path.commonpath([path, str(root)]) == str(root) for root in roots)
 
@@ -88,30 +93,35 @@ class CollectionFiles:
         self.record = record
         self.roots = list(roots)
 
+    def _real_path(self, image_id: int, row: dict[str, Any]) -> str:
+        """The real path of ``row``'s file if it lies inside the collection now."""
+        real_path = None if row["path"] is None else os.path.realpath(row["path"])
+        if real_path is None or not _is_within(real_path, self.roots):
+            raise _refused(image_id)
+        return real_path
+
     def sha256(self, image_id: int) -> str:
-        return self.record(image_id)["sha256"]
+        """The recorded sha256 of ``image_id``'s file (ImageNotServedError when it is not
+        inside the collection: no URL, no thumbnail for it)."""
+        row = self.record(image_id)
+        self._real_path(image_id, row)
+        return row["sha256"]
 
     def read(self, image_id: int) -> ImageFile:
         """The file of ``image_id``, checked; ImageNotServedError (→ 404) for anything else."""
         row = self.record(image_id)
-        path, sha256 = row["path"], row["sha256"]
-        refused = ImageNotServedError(f"image {image_id} has no file this server may send",
-                                      "its file is missing, changed since indexing, or outside the collection")
-        if path is None:
-            raise refused
-        real_path = os.path.realpath(path)
-        if not _is_within(real_path, self.roots):
-            raise refused
+        real_path, sha256 = self._real_path(image_id, row), row["sha256"]
         try:
-            descriptor = os.open(real_path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            # No symlink as the last step; a FIFO swapped in must not block the read.
+            descriptor = os.open(real_path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
         except OSError:
-            raise refused from None
+            raise _refused(image_id) from None
         with os.fdopen(descriptor, "rb") as file:
             if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
-                raise refused
+                raise _refused(image_id)
             data = file.read()
         if hashlib.sha256(data).hexdigest() != sha256:
-            raise refused
+            raise _refused(image_id)
         return ImageFile(image_id, sha256, data, _media_type(data))
 
 

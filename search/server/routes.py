@@ -18,7 +18,7 @@ from starlette.datastructures import UploadFile
 from mapping.errors import CompsearchError
 from mapping.images import decode_image
 from search import SearchIndex, Term
-from search.server.files import CollectionFiles, parse_id
+from search.server.files import CollectionFiles, ImageNotServedError, parse_id
 from search.server.thumbnails import ThumbnailCache
 
 MAX_TEXT_CHARS = 1000  # CLIP reads 77 tokens; longer texts are a mistake or an attack
@@ -119,8 +119,13 @@ def _search(server: ServerState, query: SearchBody, upload: bytes | None) -> dic
                                threshold=query.threshold, terms=terms).to_json()
 
 
-def file_urls(request: Request, server: ServerState, image_id: int) -> dict[str, str]:
-    version = server.files.sha256(image_id)[:VERSION_CHARS]
+def file_urls(request: Request, server: ServerState, image_id: int) -> dict[str, str | None]:
+    """The result's image and thumbnail URLs; None for a file the server will not send (one
+    outside the collection), which the page shows as such."""
+    try:
+        version = server.files.sha256(image_id)[:VERSION_CHARS]
+    except ImageNotServedError:
+        return {"image_url": None, "thumbnail_url": None}
     root = request.scope.get("root_path", "")
     return {"image_url": f"{root}/api/images/{image_id}?v={version}",
             "thumbnail_url": f"{root}/api/thumbnails/{image_id}?v={version}"}

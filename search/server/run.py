@@ -30,4 +30,7 @@ def url(sock: socket.socket) -> str:
 
 def serve(app: FastAPI, sock: socket.socket, log_level: str = "info") -> None:
     """Serve ``app`` on ``sock`` until Ctrl-C (or SIGTERM)."""
-    uvicorn.Server(uvicorn.Config(app, log_level=log_level)).run(sockets=[sock])
+    try:
+        uvicorn.Server(uvicorn.Config(app, log_level=log_level)).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn shuts down cleanly, then re-raises Ctrl-C: that is the way out
+        pass

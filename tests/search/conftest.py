@@ -13,7 +13,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 import uvicorn
 from fastapi import FastAPI
@@ -37,13 +36,12 @@ class ServedIndex:
     folder: Path  # the index directory
     collection: Path  # the folder that was indexed
     outside: Path  # an image outside the collection, which the escape symlink points at
-    labels: dict[str, dict]  # key → the world factors of its render (shape, colour, …)
 
 
 @pytest.fixture(scope="session")
 def served_index(fixture_clip: Path, tmp_path_factory: pytest.TempPathFactory) -> ServedIndex:
     root = tmp_path_factory.mktemp("served")
-    labels = pq.read_table(write_split(root / "world", get_split("train"), IMAGES, size=64, progress=False))
+    write_split(root / "world", get_split("train"), IMAGES, size=64, progress=False)
     collection = root / "world" / "train"
     outside = root / "private" / "secret.png"
     outside.parent.mkdir()
@@ -57,8 +55,7 @@ def served_index(fixture_clip: Path, tmp_path_factory: pytest.TempPathFactory) -
     built = encoder_for_build(clip, folder, root / "identity.safetensors", ranking.save(root / "ranking.json"))
     Indexer(folder, built.encoder, IndexSettings(batch_size=16, workers=0, chunk_size=16, progress=False),
             built.provenance).run(collection)
-    by_key = {Path(row.pop("file")).name: row for row in labels.to_pylist()}
-    return ServedIndex(folder, collection, outside, by_key)
+    return ServedIndex(folder, collection, outside)
 
 
 @contextmanager

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -94,6 +95,12 @@ def png_header(width: int, height: int) -> bytes:
             + chunk(b"IEND", b""))
 
 
+def truncated_png() -> bytes:
+    encoded = io.BytesIO()
+    PIL.Image.effect_noise((64, 64), 60).save(encoded, "PNG")
+    return encoded.getvalue()[: len(encoded.getvalue()) // 2]
+
+
 # -- what the API answers ----------------------------------------------------------------------
 
 def test_health_and_info(client: httpx.Client, served_index: ServedIndex) -> None:
@@ -105,8 +112,7 @@ def test_health_and_info(client: httpx.Client, served_index: ServedIndex) -> Non
         == {"application/json", "multipart/form-data"}
 
 
-def test_text_search_is_the_libraries_answer_with_file_urls(client: httpx.Client, library: search.SearchIndex,
-                                                           served_index: ServedIndex) -> None:
+def test_text_search_is_the_libraries_answer_with_file_urls(client: httpx.Client, library: search.SearchIndex) -> None:
     payload = client.post("/api/search", json={"text": "red", "property": "colour", "k": 8}).json()
     expected = library.search(text="red", property="colour", k=8).to_json()
     assert [r["id"] for r in payload["results"]] == [r["id"] for r in expected["results"]]
@@ -117,10 +123,6 @@ def test_text_search_is_the_libraries_answer_with_file_urls(client: httpx.Client
     for result in payload["results"]:
         assert result["image_url"].startswith(f"/api/images/{result['id']}?v=")
         assert result["thumbnail_url"].startswith(f"/api/thumbnails/{result['id']}?v=")
-    # The fixture CLIP reads colour well: red renders fill the top far above their share.
-    colours = [served_index.labels[r["key"]]["colour"] for r in payload["results"] if r["key"] != ESCAPE_KEY]
-    reds = sum(1 for label in served_index.labels.values() if label["colour"] == "red")
-    assert colours[:3].count("red") >= min(2, reds)
 
 
 def test_search_by_uploaded_image_finds_that_image_first(client: httpx.Client, served_index: ServedIndex,
@@ -211,6 +213,8 @@ def test_symlink_out_of_the_collection_is_not_served(client: httpx.Client, rows:
     for kind in ("images", "thumbnails"):
         response = client.get(f"/api/{kind}/{escape['id']}")
         assert response.status_code == 404 and "private" not in response.text and "secret" not in response.text
+    [found] = client.post("/api/search", json={"id": escape["id"], "k": 1}).json()["results"]
+    assert found["id"] == escape["id"] and found["image_url"] is None and found["thumbnail_url"] is None
     still_serving(client)
 
 
@@ -284,13 +288,14 @@ BAD_SEARCHES = [
     ("plain text body", {"content": b"red", "headers": {"content-type": "text/plain"}}, 415),
     ("form without an image", {"data": {"property": "colour"}, "files": {"other": ("a.txt", b"x")}}, 400),
     ("upload that is not an image", {"files": {"image": ("a.png", b"not an image at all", "image/png")}}, 422),
-    ("truncated upload", {"files": {"image": ("a.png", png_header(64, 64)[:60], "image/png")}}, 422),
+    ("truncated upload", {"files": {"image": ("a.png", truncated_png(), "image/png")}}, 422),
     ("too many pixels", {"files": {"image": ("bomb.png", png_header(10_000, 10_000), "image/png")}}, 422),
     ("decompression bomb", {"files": {"image": ("bomb.png", png_header(60_000, 60_000), "image/png")}}, 422),
     ("upload over 20 MB", {"files": {"image": ("big.png", b"\0" * (21 << 20), "image/png")}}, 413),
 ]
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 @pytest.mark.parametrize("case, request_arguments, status", BAD_SEARCHES, ids=[case[0] for case in BAD_SEARCHES])
 def test_bad_searches_are_4xx_with_a_json_error(client: httpx.Client, case: str, request_arguments: dict,
                                                 status: int) -> None:
@@ -357,9 +362,9 @@ def test_serve_command_listens_on_loopback_and_asks_for_the_token(served_index: 
         response = httpx.get(f"{base}api/health", headers={"authorization": f"Bearer {TOKEN}"}, timeout=30)
         assert response.status_code == 200 and response.json()["images"] == IMAGES + 1
     finally:
-        process.terminate()
-        process.wait(timeout=30)
-    assert process.returncode == 0
+        process.send_signal(signal.SIGINT)  # Ctrl-C
+        output, errors = process.communicate(timeout=30)
+    assert process.returncode == 0 and "Traceback" not in errors, errors
 
 
 def test_serve_command_warns_when_listening_beyond_loopback(served_index: ServedIndex, tmp_path: Path,

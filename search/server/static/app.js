@@ -30,10 +30,17 @@ function show(payload, label) {
   for (const result of payload.results) {
     const card = template.content.firstElementChild.cloneNode(true);
     card.dataset.id = result.id;
-    card.querySelector(".open").href = result.image_url;
-    const thumb = card.querySelector(".thumb");
-    thumb.src = result.thumbnail_url;
-    thumb.alt = result.key;
+    const link = card.querySelector(".open");
+    if (result.thumbnail_url) {
+      link.href = result.image_url;
+      link.querySelector(".thumb").src = result.thumbnail_url;
+      link.querySelector(".thumb").alt = result.key;
+    } else {  // a file the server does not send (outside the collection)
+      const missing = document.createElement("div");
+      missing.className = "thumb missing";
+      missing.textContent = "file not served";
+      link.replaceWith(missing);
+    }
     card.querySelector(".score").textContent = result.score.toFixed(3);
     card.querySelector(".key").textContent = result.key;
     card.title = Object.entries(result.scores || {}).map(([name, value]) => `${name}: ${value.toFixed(3)}`).join("\n");
