@@ -8,7 +8,7 @@ that moves together with its aligner still finds it.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +16,14 @@ from mapping.align import Aligner, load_aligner
 from mapping.align.persist import AlignerMismatchError, aligner_paths
 from mapping.encoder import PropertyEncoder
 from mapping.errors import CompsearchError
-from mapping.models import LoadedModel, weights_id
+from mapping.models import RANDOM_INIT, LoadedModel, weights_id
 from mapping.properties import PropertyError, builtin_property
 from mapping.properties.vocabulary import default_templates
 from mapping.rank import Ranking
+
+
+class IndexMismatchError(CompsearchError):
+    """A model, aligner or CLIP that is not the one an index was built with."""
 
 
 @dataclass
@@ -103,3 +107,51 @@ def locate_artifact(entry: dict[str, str], index_dir: Path, what: str) -> Path:
         f"the index's {what} is neither at {index_dir / entry['relative_path']} nor at {entry['path']}",
         f"put the {what} file back there (the index was built with it, id {entry['id']})",
     )
+
+
+def identity_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``key: index has …, now …`` for each encoder identity field that differs."""
+    return [f"{key}: index has {recorded.get(key)!r}, now {current.get(key)!r}"
+            for key in sorted(set(recorded) | set(current)) if recorded.get(key) != current.get(key)]
+
+
+def _check_model(recorded: dict[str, Any], model: LoadedModel, index_dir: Path) -> None:
+    name, weights = recorded["model_name"], recorded["model_weights_id"]
+    if model.name != name:
+        raise IndexMismatchError(f"{index_dir} was built with {name}, not {model.name}", f"load {name}")
+    if model.weights_id != weights:
+        raise IndexMismatchError(
+            f"{index_dir} was built with {name} weights {weights}, the weights loaded are {model.weights_id}",
+            "pass the weights file the index was built with (--weights)" if weights != RANDOM_INIT
+            else "an index of a randomly initialised model can be queried only by text or by id",
+        )
+
+
+def encoder_for_manifest(manifest: dict[str, Any], index_dir: str | Path, model: LoadedModel,
+                         clip: LoadedModel | None = None) -> PropertyEncoder:
+    """The encoder an index was built with, rebuilt from its manifest around ``model`` (and
+    ``clip``, the text side, for text queries): the same weights, first block, aligner (found
+    where the manifest says, its content unchanged) and components per property — any
+    difference is refused, since the queries would land in another space than the index."""
+    index_dir = Path(index_dir).expanduser()
+    recorded = manifest["encoder"]
+    _check_model(recorded, model, index_dir)
+    aligner, content_id = None, None
+    if manifest.get("aligner"):
+        entry = manifest["aligner"]
+        path = locate_artifact(entry, index_dir, "aligner")
+        content_id = aligner_id(path)
+        if content_id != entry["id"]:
+            raise IndexMismatchError(
+                f"the aligner {path} has changed since {index_dir} was built (id {content_id}, the index "
+                f"recorded {entry['id']})",
+                "put back the aligner the index was built with, or rebuild the index (`compsearch index … --overwrite`)",
+            )
+        aligner = load_aligner(path)
+    properties = {name: entry["components"] for name, entry in (manifest.get("properties") or {}).items()}
+    encoder = PropertyEncoder(model, aligner, properties, recorded["first_block"], aligner_id=content_id, clip=clip)
+    differing = identity_differences(recorded, asdict(encoder.identity()))
+    if differing:
+        raise IndexMismatchError(f"the encoder rebuilt for {index_dir} differs from the one it was built with "
+                                 f"({'; '.join(differing[:3])})", "rebuild the index (`compsearch index … --overwrite`)")
+    return encoder

@@ -85,7 +85,7 @@ def _new_index(factory: str, dim: int):
         ) from error
 
 
-def _normalised(vectors: np.ndarray) -> np.ndarray:
+def normalised(vectors: np.ndarray) -> np.ndarray:
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors / np.maximum(norms, 1e-12)
@@ -96,7 +96,7 @@ def _training_sample(stream: VectorStream, count: int, size: int, seed: int) -> 
     rng = np.random.default_rng(seed)
     keep = min(1.0, size / max(count, 1))
     picked = [vectors[rng.random(len(vectors)) < keep] for _, vectors in stream()]
-    return _normalised(np.concatenate(picked)) if picked else np.zeros((0, 0), np.float32)
+    return normalised(np.concatenate(picked)) if picked else np.zeros((0, 0), np.float32)
 
 
 def _train(index, sample: np.ndarray):
@@ -131,7 +131,7 @@ def build_index(factory: str, dim: int, count: int, stream: VectorStream, memory
         index = _train(index, sample)
     trained = time.perf_counter()
     for ids, vectors in stream():
-        index.add_with_ids(_normalised(vectors), ids.astype(np.int64))
+        index.add_with_ids(normalised(vectors), ids.astype(np.int64))
     parameters: dict[str, int] = {}
     if chosen.startswith("IVF"):
         ivf = faiss.extract_index_ivf(index)

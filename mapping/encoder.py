@@ -9,8 +9,9 @@ range once and maps every batch to:
 - ``p`` for each property: v_p = Σ_{i∈top-k(p)} f_i(c_i), or Σ_{i∈top-k(p)} c_i in model space.
 
 Only the components some property needs are mapped one by one; ``full`` is one matmul.
-Text queries embed in the same space: the CLIP's text embedding with the property's prompt
-templates (model-space encoders have no text side).
+Text queries embed in the same space (:meth:`PropertyEncoder.encode_text`): the text
+embedding of the very CLIP the aligner maps into, averaged over a property's prompt
+templates as DESIGN.md §5 defines t_j. Model-space encoders have no text side.
 """
 from __future__ import annotations
 
@@ -22,10 +23,11 @@ import torch
 import torch.nn.functional as F
 
 from mapping.align.aligner import Aligner
-from mapping.align.persist import check_aligner
+from mapping.align.persist import AlignerMismatchError, check_aligner
 from mapping.decompose import adapter_for, decompose
 from mapping.errors import CompsearchError
 from mapping.models import LoadedModel
+from mapping.properties import Property, description_embeddings
 
 FULL = "full"
 
@@ -56,11 +58,15 @@ class PropertyEncoder:
         first_block: str | int | None = None,
         aligner_id: str | None = None,
         autocast: bool = False,
+        clip: LoadedModel | None = None,
     ) -> None:
         self.model = model
         self.aligner = aligner
         self.aligner_id = aligner_id
         self.autocast = autocast
+        if clip is not None:
+            _check_text_side(clip, aligner)
+        self.clip = clip  # the text side, for text queries
         adapter = adapter_for(model.model, model.name)
         if aligner is not None:
             if first_block is not None and adapter.resolve_first_block(first_block) != aligner.meta.first_block:
@@ -141,6 +147,17 @@ class PropertyEncoder:
                     vectors[prop] = torch.einsum("bcd,cdk->bk", selected, aligner.weight[positions]) + share * len(positions)
         return {name: vector.float().cpu() for name, vector in vectors.items()}
 
+    @torch.inference_mode()
+    def encode_text(self, texts: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+        """``(len(texts), d_clip)`` normalised: per text, the normalised mean of its prompts'
+        normalised CLIP embeddings (each template filled with the text) — the t_j of rankings."""
+        if self.clip is None:
+            raise CompsearchError(
+                f"this encoder has no text side ({self.space} space, no CLIP loaded)",
+                "text queries need an index built with an aligner into a CLIP (`compsearch index --aligner`)",
+            )
+        return description_embeddings(Property("query", tuple(texts), tuple(templates)), self.clip.encode_text)
+
     def _aligner_on(self, device: torch.device) -> Aligner:
         if self.aligner.bias.device != device:
             self.aligner = Aligner(
@@ -148,6 +165,23 @@ class PropertyEncoder:
                 self.aligner.bias.to(device),
             )
         return self.aligner
+
+
+def _check_text_side(clip: LoadedModel, aligner: Aligner | None) -> None:
+    """``clip`` must be the CLIP the aligner maps into (name and weights), or texts and images
+    would land in different spaces."""
+    if aligner is None:
+        raise CompsearchError(
+            "a model-space encoder (no aligner) cannot embed text",
+            "build the index with an aligner into a CLIP (`compsearch index --aligner`) for text queries",
+        )
+    meta = aligner.meta
+    if not clip.is_clip or clip.name != meta.clip_name or clip.weights_id != meta.clip_weights_id:
+        raise AlignerMismatchError(
+            f"the text encoder {clip.name} (weights {clip.weights_id}) is not the CLIP the aligner maps into "
+            f"({meta.clip_name}, weights {meta.clip_weights_id})",
+            f"load {meta.clip_name} with the weights it was aligned to (--clip-weights)",
+        )
 
 
 def normalise(vectors: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "world": "indexer.commands.world:world",
     "index": "indexer.commands.index:index_command",
     "info": "indexer.commands.info:info_command",
+    "search": "search.commands.search:search_command",
     "serve": "search.commands.serve:serve_command",
 }
 

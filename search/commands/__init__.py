@@ -1,4 +1,1 @@
-"""Click commands of the query side (``compsearch serve``).
-
-Each module is thin: parse, call one library function, print.
-"""
+"""Thin click commands of the query side; each parses, calls one library function, prints."""
