@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "index": "indexer.commands.index:index_command",
     "info": "indexer.commands.info:info_command",
     "search": "search.commands.search:search_command",
+    "serve": "search.commands.serve:serve_command",
 }
 
 

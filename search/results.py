@@ -27,13 +27,19 @@ class SearchResults:
         return {"query": self.query, "results": [asdict(result) for result in self.results], "seconds": self.seconds}
 
 
+def _signed(weight: float, label: str, first: bool) -> str:
+    """``label``, ``+ 2×label``, ``− label``, ``− 0.5×label``: a term as it reads in a sum."""
+    size = "" if abs(weight) == 1 else f"{abs(weight):g}×"
+    sign = ("− " if first else " − ") if weight < 0 else ("" if first else " + ")
+    return f"{sign}{size}{label}"
+
+
 def format_results(results: SearchResults) -> str:
     """The readable table ``compsearch search`` prints: rank, score (and per-term scores when
     several terms are combined), path."""
     terms = results.query["terms"]
     labels = [term["label"] for term in terms]
-    query = " + ".join(f"{term['weight']:g}×{term['label']}" if term["weight"] != 1 else term["label"]
-                       for term in terms)
+    query = "".join(_signed(term["weight"], term["label"], first=i == 0) for i, term in enumerate(terms))
     seconds = results.seconds
     lines = [f"{len(results.results)} results for {query} "
              f"(encode {seconds['encode'] * 1e3:.1f} ms, search {seconds['search'] * 1e3:.1f} ms)"]

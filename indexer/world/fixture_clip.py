@@ -53,6 +53,7 @@ from indexer.world.fixture_pack import pack, read_metadata, unpack
 from indexer.world.render import render_image
 from indexer.world.splits import SPLITS
 from indexer.world.zero_shot import zero_shot_accuracy
+from mapping.cache import CACHE_ENV, cache_dir
 from mapping.errors import CompsearchError
 from mapping.models import LoadedModel, load_model
 
@@ -60,7 +61,6 @@ MODEL_NAME = "compsearch-world-clip"
 MODEL_CONFIG_PATH = Path(__file__).with_name(f"{MODEL_NAME}.json")
 # Bump when rendering, captions or training change what a given config produces.
 CODE_VERSION = "2"
-CACHE_ENV = "COMPSEARCH_CACHE"
 REPORT_NAME = "training_report.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
 CONFIG_NAME = "open_clip_config.json"
@@ -94,7 +94,7 @@ class TrainingConfig:
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get(CACHE_ENV, "~/.cache/compsearch")).expanduser() / "fixtures"
+    return cache_dir("fixtures")
 
 
 def model_config() -> dict:

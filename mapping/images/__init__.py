@@ -13,6 +13,7 @@ from mapping.images.sources import (
     PathListSource,
     SourceSpec,
     TableSource,
+    collection_root,
     open_source,
 )
 
@@ -28,6 +29,7 @@ __all__ = [
     "PathListSource",
     "SourceSpec",
     "TableSource",
+    "collection_root",
     "decode_image",
     "iter_batches",
     "open_source",

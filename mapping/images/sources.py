@@ -62,7 +62,7 @@ class FolderSource:
     """
 
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root).expanduser()
+        self.root = Path(root).expanduser().absolute()  # absolute: the description names the root
         if not self.root.is_dir():
             raise CompsearchError(f"image folder {self.root} does not exist", "pass a folder of image files")
         self.description = f"folder {self.root}"
@@ -91,7 +91,7 @@ class ListFileSource:
     """Paths listed one per line in a text file (relative ones are relative to the file)."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path).expanduser()
+        self.path = Path(path).expanduser().absolute()
         self.root = self.path.parent
         self.description = f"list {self.path}"
 
@@ -109,7 +109,7 @@ class TableSource:
     """Rows of a Parquet or CSV file: a path column, other columns carried as metadata."""
 
     def __init__(self, path: str | Path, path_column: str | None = None) -> None:
-        self.path = Path(path).expanduser()
+        self.path = Path(path).expanduser().absolute()
         self.root = self.path.parent
         columns = self._column_names()
         candidates = (path_column,) if path_column else PATH_COLUMNS
@@ -182,6 +182,23 @@ class MemorySource:
     def records(self) -> Iterator[ImageRecord]:
         for position, (key, image) in enumerate(self.images):
             yield ImageRecord(position, key, None, image=image)
+
+
+def collection_root(description: str) -> Path | None:
+    """The folder a source's files are listed relative to, from its ``description`` (as an
+    index manifest records it): a folder source's folder, a list or table file's folder;
+    None for in-memory images (or a description with a relative path, from before
+    descriptions were absolute)."""
+    kind, _, rest = description.partition(" ")
+    if kind == "folder":
+        root = Path(rest)
+    elif kind == "list":
+        root = Path(rest).parent
+    elif kind == "table":
+        root = Path(rest.rpartition(" (column ")[0] or rest).parent
+    else:
+        return None
+    return root if root.is_absolute() else None
 
 
 # What names a source: a folder, a list or Parquet/CSV file, a list of image paths, or a source.
