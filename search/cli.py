@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "align": "mapping.commands.align:align_command",
     "rank": "mapping.commands.rank:rank_command",
     "describe": "mapping.commands.describe:describe_command",
+    "explain": "mapping.commands.explain:explain_command",
     "world": "indexer.commands.world:world",
 }
 
