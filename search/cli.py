@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "rank": "mapping.commands.rank:rank_command",
     "describe": "mapping.commands.describe:describe_command",
     "explain": "mapping.commands.explain:explain_command",
+    "debias": "mapping.commands.debias:debias_command",
     "world": "indexer.commands.world:world",
 }
 
