@@ -18,6 +18,7 @@ import yaml
 from mapping.align import Aligner
 from mapping.align.features import aligned_batches
 from mapping.errors import CompsearchError, warn_if_few_images
+from mapping.images import SourceSpec
 from mapping.models import LoadedModel
 from mapping.properties.text import TextEncoder
 
@@ -134,21 +135,25 @@ class HeadDescriptions:
 def describe_heads(
     model: LoadedModel,
     aligner: Aligner,
-    paths: Sequence[Path],
+    images: SourceSpec,
     encode_text: TextEncoder,
     bank: Sequence[str],
     heads: Sequence[str] = (),
     count: int = 5,
     batch_size: int = 32,
     progress: bool = False,
+    workers: int = 0,
 ) -> HeadDescriptions:
-    """Each chosen head's TextSpan picks from ``bank`` over the images ``paths``."""
+    """Each chosen head's TextSpan picks from ``bank`` over the probe set ``images`` (a
+    folder, a list or Parquet file, …; unreadable images skipped with a warning)."""
     chosen = select_heads(aligner.component_names, heads)
-    warn_if_few_images(len(paths), "head variances are measured", "--images")
     positions = [aligner.component_names.index(name) for name in chosen]
-    outputs = torch.cat([mapped[:, positions] for mapped in aligned_batches(model, aligner, paths, batch_size, progress)])
+    outputs = torch.cat([
+        mapped[:, positions] for _, mapped in aligned_batches(model, aligner, images, batch_size, workers, progress)
+    ])
+    warn_if_few_images(len(outputs), "head variances are measured", "--images")
     embedded = embed_bank(bank, encode_text)
-    return HeadDescriptions(model.name, aligner.meta.clip_name, len(paths), [
+    return HeadDescriptions(model.name, aligner.meta.clip_name, len(outputs), [
         HeadDescription(head, [TextShare(bank[pick.index], pick.share)
                                for pick in text_span(outputs[:, column], embedded, count)])
         for column, head in enumerate(chosen)

@@ -31,6 +31,11 @@ class ImageReadError(CompsearchError):
     """An image file that is missing, truncated or not an image."""
 
 
+class Interrupted(CompsearchError):
+    """A run stopped by the user (Ctrl-C) after keeping its completed work: ``problem`` says
+    what was kept, ``hint`` how to resume."""
+
+
 class CompsearchWarning(UserWarning):
     """Input that is accepted but probably not what the user meant: like an error, ``problem``
     and ``hint`` say what and what to do. The CLI prints it as one ``warning:`` line."""

@@ -37,6 +37,16 @@ COMMANDS: dict[str, Entry] = {
                   "Rank components per property; write the ranking JSON."),
     "describe": Entry("mapping.commands.describe:describe_command",
                       "Describe attention heads in words (TextSpan)."),
+    "explain": Entry("mapping.commands.explain:explain_command",
+                     "Token heatmaps of chosen components over images."),
+    "debias": Entry("mapping.commands.debias:debias_command",
+                    "Mean-ablate the components that carry a spurious attribute."),
+    "index": Entry("indexer.commands.index:index_command",
+                   "Index an image collection: one FAISS index per property."),
+    "info": Entry("indexer.commands.info:info_command", "Describe an index directory."),
+    "search": Entry("search.commands.search:search_command",
+                    "Search an index by text or image, one property at a time."),
+    "serve": Entry("search.commands.serve:serve_command", "Serve an index: HTTP API and web page."),
 }
 
 
@@ -72,8 +82,10 @@ def cli(ctx: click.Context) -> None:
     without any data; offline, `world fixture-clip` prints a small CLIP to align to
     (--clip local-dir:<folder>); `decompose` looks at a model's components on your
     images; `align` maps each component into the CLIP's space (writes an aligner),
-    `rank` picks the components of each property (writes ranking.json) and `describe`
-    names what each head encodes. Each command explains itself: compsearch COMMAND --help.
+    `rank` picks the components of each property (writes ranking.json), `describe`,
+    `explain` and `debias` look into components; `index` builds an index directory from a
+    collection and a ranking, `info` describes it, `search` and `serve` query it. Each
+    command explains itself: compsearch COMMAND --help.
     """
     ctx.with_resource(_one_line_warnings())
 

@@ -10,11 +10,9 @@ reads the training defaults and checks aligner paths without importing torch.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from mapping.align.files import aligner_paths
 from mapping.align.settings import TrainSettings
+from mapping.lazy import lazy_attributes
 
 _LAZY = {  # exported name -> submodule defining it
     "Aligner": "aligner",
@@ -35,11 +33,6 @@ _LAZY = {  # exported name -> submodule defining it
     "train_aligner": "train",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 __all__ = ["TrainSettings", "aligner_paths", *_LAZY]

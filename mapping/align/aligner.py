@@ -66,7 +66,7 @@ class AlignerMeta:
     train_images: int = 0
     heldout_images: int = 0
     settings: dict | None = None
-    train_images_dir: str | None = None  # what it was trained on (absent in older sidecars)
+    trained_on: str | None = None  # the images' source, e.g. 'folder /data/renders' (absent in older sidecars)
 
 
 @dataclass

@@ -5,39 +5,37 @@ sum to the CLIP's own embedding on a sample of the images, against the aligner's
 cosine on its training images."""
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
-
 import torch.nn.functional as F
 
 from mapping.align.aligner import Aligner
-from mapping.align.features import alignment_encoder
+from mapping.align.features import AlignmentEncoder
 from mapping.errors import warn
+from mapping.images import SourceSpec
+from mapping.images.probe import probe_batches
 from mapping.models import LoadedModel
 
 FIT_SAMPLE = 32  # images: enough for a mean cosine to ±0.02, cheap next to a probe set
 FIT_MARGIN = 0.1  # how far below its held-out cosine an aligner may fall before we warn
 
 
-def probe_cosine(model: LoadedModel, aligner: Aligner, clip: LoadedModel, paths: Sequence[Path],
-                 batch_size: int = 32) -> float:
+def probe_cosine(model: LoadedModel, aligner: Aligner, clip: LoadedModel, images: SourceSpec) -> float:
     """Mean cosine of Σ_i f_i(c_i(x)) to the CLIP embedding of x over the first
-    :data:`FIT_SAMPLE` of ``paths``."""
-    encode = alignment_encoder(model, clip, aligner.meta.first_block, batch_size)
-    _, contributions, targets = encode(list(paths[:FIT_SAMPLE]))
+    :data:`FIT_SAMPLE` readable images of the probe set ``images``."""
+    encode = AlignmentEncoder(model, clip, aligner.meta.first_block)
+    batch = next(batch for batch in probe_batches(images, encode.transforms, FIT_SAMPLE) if len(batch))
+    _, contributions, targets = encode(batch.pixels)
     return F.cosine_similarity(aligner.map_sum(contributions), targets.to(aligner.bias.dtype), dim=-1).mean().item()
 
 
-def check_aligner_fit(model: LoadedModel, aligner: Aligner, clip: LoadedModel, paths: Sequence[Path],
-                      batch_size: int = 32) -> float | None:
-    """Warn when ``aligner`` maps ``paths`` clearly worse than its own held-out images; the
-    cosine measured (None for an identity aligner or one without a held-out cosine)."""
+def check_aligner_fit(model: LoadedModel, aligner: Aligner, clip: LoadedModel, images: SourceSpec) -> float | None:
+    """Warn when ``aligner`` maps the probe set ``images`` clearly worse than its own held-out
+    images; the cosine measured (None for an identity aligner or one without a held-out cosine)."""
     meta = aligner.meta
-    if meta.identity or meta.heldout_cosine is None or not paths:
+    if meta.identity or meta.heldout_cosine is None:
         return None
-    cosine = probe_cosine(model, aligner, clip, paths, batch_size)
+    cosine = probe_cosine(model, aligner, clip, images)
     if cosine < meta.heldout_cosine - FIT_MARGIN:
-        trained_on = f" ({meta.train_images_dir})" if meta.train_images_dir else ""
+        trained_on = f" ({meta.trained_on})" if meta.trained_on else ""
         warn(f"the aligner maps these images to cosine {cosine:.2f} with the CLIP, against {meta.heldout_cosine:.2f} "
              f"on the images it was trained on{trained_on}: it was trained on another kind of image",
              "train an aligner on images like these (`compsearch align --images …`)")

@@ -12,7 +12,7 @@ from mapping.commands.options import (
     clip_weights_option,
     emit,
     first_block_option,
-    images_dir_option,
+    images_option,
     json_option,
     load_clip,
     load_model_from_options,
@@ -31,7 +31,7 @@ DEFAULTS = TrainSettings()
               help="open_clip model whose image space is the target: NAME:PRETRAINED or local-dir:/folder "
                    "(offline: the fixture CLIP, `compsearch world fixture-clip` prints it).")
 @clip_weights_option
-@images_dir_option("Folder of training images (searched recursively).", required=True)
+@images_option("Training images", required=True)
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Aligner path: writes OUT.safetensors and OUT.json.")
 @first_block_option
@@ -50,7 +50,7 @@ DEFAULTS = TrainSettings()
 @json_option
 def align_command(
     model_name: str, weights: Path | None, random_init: bool, device: str, batch_size: int, clip_name: str,
-    clip_weights: Path | None, images_dir: Path, out: Path, first_block: str | None, cache_dir: Path | None,
+    clip_weights: Path | None, images: Path, out: Path, first_block: str | None, cache_dir: Path | None,
     epochs: int, learning_rate: float, train_batch_size: int, patience: int, heldout_fraction: float,
     as_json: bool,
 ) -> None:
@@ -61,7 +61,7 @@ def align_command(
     clip = load_clip(clip_name, clip_weights, random_init, device)
     settings = TrainSettings(learning_rate=learning_rate, batch_size=train_batch_size, patience=patience,
                              max_epochs=epochs, heldout_fraction=heldout_fraction)
-    aligner = align(model, clip, images_dir, out, first_block, settings, cache_dir, batch_size)
+    aligner = align(model, clip, images, out, first_block, settings, cache_dir, batch_size)
     emit(aligner.meta, as_json, lambda meta: format_alignment(meta, out))
 
 

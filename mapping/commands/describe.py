@@ -9,7 +9,7 @@ from mapping.commands.options import (
     aligner_option,
     clip_weights_option,
     emit,
-    images_dir_option,
+    images_option,
     json_option,
     load_clip_for_aligner,
     load_model_from_options,
@@ -21,8 +21,7 @@ from mapping.commands.options import (
 @model_options
 @aligner_option(required=True)
 @clip_weights_option
-@images_dir_option("Images over which the heads' variation is measured (a folder, searched recursively).",
-                   required=True)
+@images_option("Images over which the heads' variation is measured", required=True)
 @click.option("--bank", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Text bank: one description a line, or a YAML list (default: the shipped bank).")
 @click.option("--heads", "head_patterns", multiple=True, metavar="NAME|GLOB",
@@ -31,7 +30,7 @@ from mapping.commands.options import (
 @json_option
 def describe_command(
     model_name: str, weights: Path | None, random_init: bool, device: str, batch_size: int, aligner_path: Path,
-    clip_weights: Path | None, images_dir: Path, bank: Path | None, head_patterns: tuple[str, ...], count: int,
+    clip_weights: Path | None, images: Path, bank: Path | None, head_patterns: tuple[str, ...], count: int,
     as_json: bool,
 ) -> None:
     """For each head, the bank texts along which its aligned outputs vary most (TextSpan).
@@ -41,7 +40,6 @@ def describe_command(
     together (at most 100 %). Only attention heads are described.
     """
     from mapping.align import check_aligner_fit, load_aligner
-    from mapping.align.cache import list_images
     from mapping.describe import describe_heads, format_descriptions, read_text_bank, select_heads
 
     aligner = load_aligner(aligner_path)
@@ -49,8 +47,7 @@ def describe_command(
     select_heads(aligner.component_names, head_patterns)  # a pattern matching nothing fails before the model loads
     model = load_model_from_options(model_name, weights, random_init, device)
     clip = load_clip_for_aligner(aligner, model, clip_weights)
-    paths = [images_dir / image for image in list_images(images_dir)]
-    check_aligner_fit(model, aligner, clip, paths, batch_size)
-    report = describe_heads(model, aligner, paths, clip.encode_text, texts, head_patterns, count, batch_size,
+    check_aligner_fit(model, aligner, clip, images)
+    report = describe_heads(model, aligner, images, clip.encode_text, texts, head_patterns, count, batch_size,
                             progress=True)
     emit(report, as_json, format_descriptions)

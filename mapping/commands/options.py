@@ -30,10 +30,6 @@ if TYPE_CHECKING:
 Result = TypeVar("Result")
 Decorator = Callable[[Callable], Callable]
 
-MODEL_HELP = ("timm name (deit_base_patch16_224, vit_base_patch16_224.dino, …), open_clip NAME:PRETRAINED "
-              "(ViT-B-16:laion2b_s34b_b88k) or local-dir:/folder (an open_clip model folder).")
-
-
 def options(*decorators: Decorator) -> Decorator:
     """Several click options as one decorator, listed in ``--help`` in the order given."""
 
@@ -56,11 +52,14 @@ def _existing_aligner(ctx: click.Context, param: click.Parameter, value: Path | 
 
 
 model_options = options(
-    click.option("--model", "model_name", required=True, metavar="NAME", help=MODEL_HELP),
+    click.option("--model", "model_name", required=True, metavar="NAME",
+                 help="timm name (deit_base_patch16_224, vit_base_patch16_224.dino, …), open_clip NAME:PRETRAINED "
+                      "(ViT-B-16:laion2b_s34b_b88k) or local-dir:/folder (an open_clip model folder)."),
     click.option("--weights", type=click.Path(exists=True, path_type=Path),
                  help="Weights file or folder of --model (otherwise $COMPSEARCH_WEIGHTS_DIR, then the hub cache)."),
     click.option("--random-init", is_flag=True,
-                 help="Random weights (of the CLIP too): try commands without weight files; components mean nothing."),
+                 help="Random weights (in align, the CLIP's too): try commands without weight files; the "
+                      "components then mean nothing."),
     click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cuda."),
     click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
                  help="Images per forward pass."),
@@ -77,10 +76,11 @@ def aligner_option(required: bool = False, purpose: str = "") -> Decorator:
                         help=f"Aligner written by `compsearch align --out NAME` (NAME or NAME.safetensors){purpose}.")
 
 
-def images_dir_option(help: str, required: bool = False) -> Decorator:
-    """``--images FOLDER``, checked to exist when the command line is parsed."""
-    return click.option("--images", "images_dir", required=required,
-                        type=click.Path(exists=True, file_okay=False, path_type=Path), help=help)
+def images_option(purpose: str, required: bool = False) -> Decorator:
+    """``--images``: a probe set, checked to exist when the command line is parsed."""
+    return click.option("--images", required=required, type=click.Path(exists=True, path_type=Path),
+                        help=f"{purpose}: a folder (searched recursively), a list file or a Parquet/CSV file "
+                             "with a `path` column.")
 
 
 first_block_option = click.option(

@@ -9,7 +9,7 @@ from mapping.commands.options import (
     aligner_option,
     clip_weights_option,
     emit,
-    images_dir_option,
+    images_option,
     json_option,
     load_clip_for_aligner,
     load_model_from_options,
@@ -34,7 +34,7 @@ def parse_k(ctx: click.Context, param: click.Parameter, options: tuple[str, ...]
 @model_options
 @aligner_option(purpose="; needed for properties in words")
 @clip_weights_option
-@images_dir_option("Probe images the text properties are scored on (a folder, searched recursively).")
+@images_option("Probe images the text properties are scored on")
 @click.option("--property", "property_options", multiple=True, metavar="NAME|NAME=D1,D2|FILE",
               help="A built-in property, one defined inline, or a YAML/JSON file (repeatable; "
                    "default: all built-ins unless --examples is given).")
@@ -48,7 +48,7 @@ def parse_k(ctx: click.Context, param: click.Parameter, options: tuple[str, ...]
 @json_option
 def rank_command(
     model_name: str, weights: Path | None, random_init: bool, device: str, batch_size: int,
-    aligner_path: Path | None, clip_weights: Path | None, images_dir: Path | None,
+    aligner_path: Path | None, clip_weights: Path | None, images: Path | None,
     property_options: tuple[str, ...], example_specs: tuple[str, ...], k: int | dict[str, int] | None, out: Path,
     as_json: bool,
 ) -> None:
@@ -59,7 +59,6 @@ def rank_command(
     Components that do not vary over the images (`bias`) are listed apart, never ranked.
     """
     from mapping.align import check_aligner_fit, load_aligner
-    from mapping.align.cache import list_images
     from mapping.properties import load_examples, resolve_properties
     from mapping.rank import check_rank_inputs, format_ranking, rank
 
@@ -67,14 +66,14 @@ def rank_command(
     properties = resolve_properties(list(property_options)) if property_options or not example_specs else []
     examples = [load_examples(spec) for spec in example_specs]
     aligner = load_aligner(aligner_path) if aligner_path else None
-    check_rank_inputs(properties, examples, aligner, images_dir)
+    check_rank_inputs(properties, examples, aligner, images)
     model = load_model_from_options(model_name, weights, random_init, device)
     encode_text = None
     if aligner and properties:
         clip = load_clip_for_aligner(aligner, model, clip_weights)
-        check_aligner_fit(model, aligner, clip, [images_dir / image for image in list_images(images_dir)], batch_size)
+        check_aligner_fit(model, aligner, clip, images)
         encode_text = clip.encode_text
-    ranking = rank(model, aligner, images_dir, properties, examples, encode_text, k, aligner_path, batch_size,
+    ranking = rank(model, aligner, images, properties, examples, encode_text, k, aligner_path, batch_size,
                    progress=True)
     ranking.save(out)
     emit(ranking, as_json, lambda result: f"{format_ranking(result)}\n\nwrote {out}")

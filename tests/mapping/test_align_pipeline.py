@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -119,7 +120,7 @@ def test_align_command_reports_the_heldout_cosine(tmp_path: Path, world_images: 
     assert "held-out cosine" in result.output and (tmp_path / "cli.json").is_file()
     assert f"wrote {tmp_path / 'cli.safetensors'} and {tmp_path / 'cli.json'}" in result.output
     assert "warning: the held-out cosine is measured on only 6 images" in result.stderr
-    assert load_aligner(tmp_path / "cli").meta.train_images_dir == str(world_images.resolve())
+    assert load_aligner(tmp_path / "cli").meta.trained_on == f"folder {world_images.absolute()}"
 
 
 def test_align_rank_describe_commands_on_a_local_clip(tmp_path: Path, world_images: Path) -> None:
@@ -164,6 +165,54 @@ def test_example_properties_need_no_aligner(tmp_path: Path, world_images: Path) 
         rank(clip, None, world_images, [builtin_property("colour")])
 
 
+def test_probe_sets_skip_an_unreadable_image_with_a_warning(
+    tmp_path: Path, world_images: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    for image in world_images.glob("*.png"):
+        (probe / image.name).symlink_to(image)
+    first = sorted(world_images.glob("*.png"))[0]
+    (probe / "zz_truncated.png").write_bytes(first.read_bytes()[:100])
+    model, clip = _tiny_clip(), _tiny_clip()
+    aligner = align(model, clip, probe, tmp_path / "a", first_block="all", settings=FAST, progress=False)
+    assert aligner.meta.train_images + aligner.meta.heldout_images == 24
+    assert "skipped 1 of 25 images" in caplog.text and "zz_truncated.png is truncated" in caplog.text
+    caplog.clear()
+    identity = align(clip, clip, probe, tmp_path / "identity", progress=False)
+    ranking = rank(clip, identity, probe, [builtin_property("colour")], encode_text=clip.encode_text)
+    assert ranking.probe_images == 24 and "skipped 1 of 25 images" in caplog.text
+    described = describe_heads(clip, identity, probe, clip.encode_text, read_text_bank()[:20], ["*.resblocks.3.attn.h0"])
+    assert len(described.heads) == 1
+
+
+def test_a_broken_example_is_dropped_with_its_label(tmp_path: Path, world_images: Path) -> None:
+    clip = _tiny_clip()
+    for image in world_images.glob("*.png"):
+        value = "odd" if int(image.stem[:3]) % 2 else "even"
+        (tmp_path / "parity" / value).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "parity" / value / image.name).symlink_to(image)
+    clean = rank(clip, None, examples=[load_examples(tmp_path / "parity")]).properties[0]
+    (tmp_path / "parity" / "even" / "000_broken.png").write_text("not pixels")  # listed first among evens
+    with_broken = rank(clip, None, examples=[load_examples(tmp_path / "parity")]).properties[0]
+    # The same images with the same labels: had the labels shifted past the broken file, the shares would move.
+    assert with_broken.components == clean.components
+    assert with_broken.own_scores == pytest.approx(clean.own_scores, abs=1e-6)
+
+
+def test_a_parquet_probe_set_reads_like_its_folder(tmp_path: Path, world_images: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    clip = _tiny_clip()
+    # Paths relative to the table's own folder, as the world splits write them.
+    paths = [os.path.relpath(image, tmp_path) for image in sorted(world_images.glob("*.png"))]
+    pq.write_table(pa.table({"path": paths, "note": ["x"] * len(paths)}), tmp_path / "probe.parquet")
+    from_folder = component_contributions(clip, world_images)[1]
+    from_table = component_contributions(clip, tmp_path / "probe.parquet")[1]
+    torch.testing.assert_close(from_table, from_folder)
+
+
 def test_rank_warns_about_what_it_would_silently_accept(tmp_path: Path, world_images: Path) -> None:
     clip = _tiny_clip()
     aligner = align(clip, clip, world_images, tmp_path / "identity", progress=False)
@@ -184,13 +233,13 @@ def test_an_aligner_is_checked_against_the_images_it_is_used_on(world_images: Pa
     dim = contributions.shape[-1]
     meta = AlignerMeta(model_name=clip.name, model_weights_id=clip.weights_id, clip_name=clip.name,
                        clip_weights_id=clip.weights_id, component_names=names, model_dim=dim, clip_dim=dim,
-                       first_block=None, heldout_cosine=0.95, train_images_dir="/renders")
+                       first_block=None, heldout_cosine=0.95, trained_on="folder /renders")
     aligner = Aligner(meta, torch.eye(dim).repeat(len(names), 1, 1), torch.zeros(dim))
     paths = sorted(world_images.glob("*.png"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # fits as well as on its own images: no warning
         assert check_aligner_fit(clip, aligner, clip, paths) == pytest.approx(1.0, abs=1e-5)
     meta.heldout_cosine = 1.2  # a fit no other images reach
-    with pytest.warns(CompsearchWarning, match=r"cosine 1.00 .* against 1.20 .* \(/renders\)"):
+    with pytest.warns(CompsearchWarning, match=r"cosine 1.00 .* against 1.20 .* \(folder /renders\)"):
         check_aligner_fit(clip, aligner, clip, paths)
     assert check_aligner_fit(clip, Aligner.identity(replace(meta, identity=True)), clip, paths) is None
