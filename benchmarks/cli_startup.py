@@ -93,6 +93,7 @@ def extract(revision: str, into: Path) -> Path:
 @click.option("--runs", type=click.IntRange(min=1), default=5, show_default=True, help="Runs per command (median).")
 @click.option("--write/--no-write", default=True, show_default=True, help="Rewrite the RESULTS.md section.")
 def main(baseline: str | None, runs: int, write: bool) -> None:
+    load = os.getloadavg()[0]  # the machine is shared: say how busy it was
     with tempfile.TemporaryDirectory() as scratch:
         trees = {"now": ROOT}
         if baseline:
@@ -120,8 +121,8 @@ def main(baseline: str | None, runs: int, write: bool) -> None:
     text = "\n".join([
         "## Command-line start-up", "",
         f"`.venv/bin/python benchmarks/cli_startup.py{f' --baseline {baseline}' if baseline else ''} --runs {runs}` "
-        f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores shared; Python "
-        f"{platform.python_version()})", "",
+        f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores shared, load average {load:.1f} at the "
+        f"start; Python {platform.python_version()})", "",
         f"Wall time of a fresh interpreter running the console script's entry point, median of {runs} runs"
         + (f", interleaved with the same commands on `{baseline}`" if baseline else "")
         + "; `torch`: whether the process imported torch. Target: every `--help` ≤ 1 s; the last row is a "
