@@ -5,6 +5,11 @@ re-implementation): it hooks the forward pass, and returns the model's own outpu
 together with its exact split into named component contributions (DESIGN.md §3).
 
 Conventions shared by every adapter:
+- z, what the components sum to, is the representation the adapter's ``output()`` defines,
+  the one definition (``LoadedModel.encode_images`` delegates to it): timm pre-logits
+  (``forward_head(x, pre_logits=True)``); for MaxViT-tf the input of the head's Linear + tanh
+  pre-logits layer (a tanh of a sum is no sum of components); for open_clip the normalised
+  image embedding;
 - component names use absolute module paths: ``init``, ``blocks.9.attn.h7``,
   ``blocks.9.mlp``, ``layers.2.blocks.14.attn.h3``, ``bias``;
 - ``init`` is the residual stream entering the first decomposed block;
@@ -106,11 +111,11 @@ class HookScope(ExitStack):
         """Call ``action`` with ``module``'s output."""
         self.callback(module.register_forward_hook(lambda _module, _args, output: action(output)).remove)
 
-    def keep_input(self, module: nn.Module, into: object, key: str, transform: Transform | None = None) -> None:
+    def keep_input(self, module: nn.Module, into: object, key: str | int, transform: Transform | None = None) -> None:
         """Store ``module``'s first input (through ``transform``) as ``into.key`` (or ``into[key]``)."""
         self.on_input(module, lambda tensor: _store(into, key, transform(tensor) if transform else tensor))
 
-    def keep_output(self, module: nn.Module, into: object, key: str, transform: Transform | None = None) -> None:
+    def keep_output(self, module: nn.Module, into: object, key: str | int, transform: Transform | None = None) -> None:
         """Store ``module``'s output (through ``transform``) as ``into.key`` (or ``into[key]``)."""
         self.on_output(module, lambda tensor: _store(into, key, transform(tensor) if transform else tensor))
 
@@ -121,7 +126,7 @@ class HookScope(ExitStack):
         attention.fused_attn = False
 
 
-def _store(into: object, key: str, value: torch.Tensor) -> None:
+def _store(into: object, key: str | int, value: torch.Tensor) -> None:
     if isinstance(into, dict):
         into[key] = value
     else:
@@ -267,7 +272,7 @@ def adapter_for(model: nn.Module, model_name: str) -> Adapter:
     """The adapter whose ``module_classes`` match ``model`` (most specific class first),
     after checking that it can split this model's configuration.
 
-    The check runs on every call (microseconds): a model changed in place, e.g. by timm's
+    The check runs on every call (tens of microseconds): a model changed in place, e.g. by timm's
     ``reset_classifier(global_pool=...)``, must not be split on its old assumptions.
     """
     adapter = cached_adapter(model, model_name)

@@ -26,6 +26,9 @@ last stage). Each branch output is therefore pooled over its tokens per slot, wi
 ``a``, straight from the hooked forward pass, and only the pooled (batch, slots, dim)
 vectors go through the slot maps ``L`` — the components are never materialised per token:
 memory is the hooked branch outputs, O(batch × decomposed blocks × tokens × dim).
+The slot maps depend on the weights only: they are built once per model (products of the
+merges' weights, about half a forward pass at batch 1) and kept until a parameter they read
+changes; for Swin-B from stage 0 they hold about 60 MB.
 Heads are split after pooling: the input of ``attn.proj`` is the per-head A·V, so one einsum
 with the per-head column blocks of ``proj.weight`` gives every head of a block.
 

@@ -14,7 +14,7 @@ from mapping.decompose import Decomposition, adapter_for, decompose, registered_
 from mapping.decompose.families.openclip_vit import OpenClipViTAdapter
 from mapping.errors import CompsearchError
 from mapping.models import RANDOM_INIT, LoadedModel
-from tests.mapping.decompose.exactness import TOLERANCE, assert_exact
+from tests.mapping.decompose.exactness import TOLERANCE, assert_exact, relative_error
 from tests.mapping.decompose.tiny_models import CASES, TinyCase
 
 FIRST_BLOCKS = [None, "all"]  # the family's default range, and every block
@@ -137,8 +137,7 @@ def test_encode_images_is_the_sum_of_the_components(case: TinyCase, model: nn.Mo
     decomposition = decompose(model, images)
     assert not z.is_inference()  # usable as a training target
     torch.testing.assert_close(z, decomposition.output, rtol=0, atol=0)
-    error = (decomposition.reconstruction - z.double()).norm(dim=-1) / z.double().norm(dim=-1)
-    assert error.max().item() <= TOLERANCE
+    assert relative_error(decomposition.reconstruction, z).max().item() <= TOLERANCE
 
 
 def test_a_copied_model_is_split_on_its_own_weights(case: TinyCase, model: nn.Module) -> None:

@@ -106,6 +106,15 @@ def test_other_architectures_are_refused_clearly(overrides: dict) -> None:
     assert error.value.hint
 
 
+def test_a_model_changed_in_place_is_checked_again() -> None:
+    """The adapter kept on the model re-checks it: timm's reset_classifier can switch the pooling."""
+    model, images = tiny_vit(), torch.randn(1, 3, 32, 32)
+    decompose(model, images)
+    model.reset_classifier(0, global_pool="max")
+    with pytest.raises(UnsupportedModelError, match="global_pool='max'"):
+        decompose(model, images)
+
+
 def test_distilled_deit_is_refused() -> None:
     model = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, **VIT).eval()
     with pytest.raises(UnsupportedModelError, match="VisionTransformerDistilled"):
