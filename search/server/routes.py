@@ -70,9 +70,13 @@ class SearchBody(BaseModel):
 
 router = APIRouter()
 
+_SEARCH_SCHEMA = SearchBody.model_json_schema(ref_template="#/components/schemas/{model}")
+# For the OpenAPI document's components (the search endpoint reads its body itself, so
+# FastAPI does not collect these on its own).
+SCHEMAS = {**_SEARCH_SCHEMA.pop("$defs", {}), "SearchBody": _SEARCH_SCHEMA}
 SEARCH_REQUEST_BODY = {
     "content": {
-        "application/json": {"schema": SearchBody.model_json_schema(ref_template="#/components/schemas/{model}")},
+        "application/json": {"schema": {"$ref": "#/components/schemas/SearchBody"}},
         "multipart/form-data": {"schema": {
             "type": "object", "required": ["image"],
             "properties": {"image": {"type": "string", "format": "binary"}, "property": {"type": "string"},

@@ -1,6 +1,7 @@
 """read_image / preprocess_batch: RGB out, one ImageReadError per kind of bad file."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import PIL.Image
@@ -75,6 +76,14 @@ def test_max_pixels_refuses_from_the_header(tmp_path: Path) -> None:
     assert decode_image(data, max_pixels=300 * 200).size == (300, 200)
     with pytest.raises(ImageReadError, match="300×200 pixels, more than the 59999 allowed"):
         decode_image(data, "upload", max_pixels=300 * 200 - 1)
+
+
+def test_a_jpeg_may_decode_at_a_reduced_scale(tmp_path: Path) -> None:
+    encoded = io.BytesIO()
+    PIL.Image.effect_noise((1024, 768), 40).convert("RGB").save(encoded, "JPEG")
+    assert decode_image(encoded.getvalue()).size == (1024, 768)
+    reduced = decode_image(encoded.getvalue(), at_least=(200, 200))
+    assert reduced.mode == "RGB" and reduced.size == (512, 384)  # 1/2: 1/4 would leave 192 < 200 rows
 
 
 def test_collection_root_of_each_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
