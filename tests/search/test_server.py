@@ -6,6 +6,7 @@ import http.client
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import struct
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -22,6 +24,7 @@ import pytest
 from click.testing import CliRunner
 
 import search
+import search.index
 from indexer.info import index_info
 from indexer.store import IndexStore
 from mapping.errors import CompsearchError
@@ -108,8 +111,11 @@ def test_health_and_info(client: httpx.Client, served_index: ServedIndex) -> Non
     assert health["status"] == "ok" and health["images"] == IMAGES + 1  # the renders + the escape symlink
     assert health["properties"] == ["full", "colour", "shape"] and health["text_queries"] is True
     assert client.get("/api/info").json() == json.loads(json.dumps(index_info(served_index.folder)))
-    assert client.get("/api/openapi.json").json()["paths"]["/api/search"]["post"]["requestBody"]["content"].keys() \
+    document = client.get("/api/openapi.json").json()
+    assert document["paths"]["/api/search"]["post"]["requestBody"]["content"].keys() \
         == {"application/json", "multipart/form-data"}
+    references = re.findall(r'"\$ref": "#/components/schemas/(\w+)"', json.dumps(document))
+    assert "SearchBody" in references and set(references) <= set(document["components"]["schemas"])
 
 
 def test_text_search_is_the_libraries_answer_with_file_urls(client: httpx.Client, library: search.SearchIndex) -> None:
@@ -343,8 +349,23 @@ def test_token_is_required_on_every_api_call_and_the_page(served_index: ServedIn
         assert client.get(f"/api/images/{image_id}").status_code == 200  # what an <img> does
 
 
+def test_models_load_once_at_start_up_not_per_request(served_index: ServedIndex, cache_dir: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    loads = []
+    load_model = search.index.load_model
+    monkeypatch.setattr(search.index, "load_model", lambda *args, **kwargs: loads.append(args) or load_model(*args, **kwargs))
+    app = create_app(served_index.folder, cache_dir=cache_dir)
+    at_start = len(loads)
+    assert at_start >= 1
+    with running(app) as url, ThreadPoolExecutor(8) as pool:
+        bodies = [{"text": "red"}, {"id": 3, "property": "shape"}] * 8
+        statuses = list(pool.map(lambda body: httpx.post(f"{url}api/search", json=body, timeout=60).status_code, bodies))
+    assert statuses == [200] * len(bodies) and len(loads) == at_start
+
+
 # -- the command -------------------------------------------------------------------------------
 
+@pytest.mark.slow  # a fresh process imports torch and loads the models: ~20 s on two cores
 def test_serve_command_listens_on_loopback_and_asks_for_the_token(served_index: ServedIndex, tmp_path: Path) -> None:
     environment = {**os.environ, "COMPSEARCH_TOKEN": TOKEN, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     process = subprocess.Popen(
