@@ -18,12 +18,15 @@ def _default_workdir() -> Path:
 @click.option("--weights", type=click.Path(path_type=Path, exists=True),
               help="Real DeiT-tiny weights (file or folder): decompose DeiT-tiny aligned to the fixture CLIP. "
                    "Found by itself in $COMPSEARCH_WEIGHTS_DIR or ../shared beside a checkout.")
+@click.option("--model", "model_choice", type=click.Choice(["auto", "deit", "fixture"]), default="auto",
+              show_default=True, help="deit: real DeiT-tiny aligned to the fixture CLIP; fixture: the fixture "
+                                      "CLIP decomposes itself; auto: deit when its weights are found.")
 @click.option("--images", "count", default=1000, show_default=True, type=click.IntRange(min=50),
               help="World images to index.")
 @click.option("--workdir", type=click.Path(path_type=Path, file_okay=False),
               help="Where renders, aligner, ranking and index are kept (default: $COMPSEARCH_CACHE/demo).")
 @click.option("--json", "as_json", is_flag=True, help="Print the measured figures as one JSON object.")
-def demo_command(weights: Path | None, count: int, workdir: Path | None, as_json: bool) -> None:
+def demo_command(weights: Path | None, model_choice: str, count: int, workdir: Path | None, as_json: bool) -> None:
     """Index a labelled synthetic world and search it by property — no network, no data needed.
 
     \b
@@ -42,5 +45,6 @@ def demo_command(weights: Path | None, count: int, workdir: Path | None, as_json
         if not as_json:
             click.echo(line, err=True)
 
-    report = run_demo(workdir or _default_workdir(), count, weights, progress=not as_json, say=say)
+    report = run_demo(workdir or _default_workdir(), count, weights, progress=not as_json, say=say,
+                      model_choice=model_choice)
     click.echo(json.dumps(asdict(report), indent=2) if as_json else format_demo(report))
