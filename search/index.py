@@ -27,7 +27,7 @@ from indexer.artifacts import IndexMismatchError, encoder_for_manifest, template
 from indexer.info import index_info
 from indexer.store import IndexDirectoryError, IndexStore
 from mapping.encoder import FULL, PropertyEncoder
-from mapping.images import decode_image, read_image
+from mapping.images import decode_image, read_image, to_rgb
 from mapping.models import RANDOM_INIT, LoadedModel, load_model
 from search.combine import Ranked, WeightedVector, combined_top_k
 from search.errors import NoTextEncoderError, QueryError, UnknownPropertyError
@@ -59,7 +59,7 @@ def read_faiss_index(path: Path, search_parameters: dict[str, Any]) -> faiss.Ind
 def _image(image: ImageInput) -> PIL.Image.Image:
     """A reference image as RGB, read by the indexer's own decoder."""
     if isinstance(image, PIL.Image.Image):
-        return image if image.mode == "RGB" else image.convert("RGB")
+        return to_rgb(image)  # 16-bit, alpha, palette: converted as the indexer converts files
     if isinstance(image, (bytes, bytearray)):
         return decode_image(bytes(image), "the uploaded image")
     if isinstance(image, (str, Path)):
