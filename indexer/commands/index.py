@@ -1,11 +1,15 @@
 """``compsearch index``: one pass over an image collection into per-property FAISS indexes."""
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+from mapping.commands.options import emit, json_option
+
+if TYPE_CHECKING:
+    from indexer.build import IndexSummary
 
 
 @click.command("index")
@@ -40,7 +44,7 @@ import click
 @click.option("--device", default="auto", show_default=True, help="auto (cuda when available), cpu, cuda, cuda:1 …")
 @click.option("--append", "mode", flag_value="append", help="Add the files not indexed yet to an existing index.")
 @click.option("--overwrite", "mode", flag_value="overwrite", help="Delete the index in --out and rebuild it.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@json_option
 def index_command(images: Path, out_dir: Path, model_name: str, weights: Path | None, random_init: bool,
                   aligner_path: Path | None, ranking_path: Path | None, property_names: tuple[str, ...],
                   clip_name: str | None, clip_weights: Path | None, sample: int,
@@ -72,14 +76,14 @@ def index_command(images: Path, out_dir: Path, model_name: str, weights: Path | 
                           aligner=aligner_path, ranking=ranking_path, properties=list(property_names) or None,
                           settings=settings, mode=mode or "resume", device=device, clip=clip_name,
                           clip_weights=clip_weights, sample=sample)
-    if as_json:
-        click.echo(json.dumps(asdict(summary), indent=2))
-        return
-    click.echo(
+    emit(summary, as_json, format_summary)
+
+
+def format_summary(summary: IndexSummary) -> str:
+    return "\n".join([
         f"{summary.folder}: {summary.images} images indexed ({summary.added} added by this run, "
         f"{summary.skipped} skipped, {summary.duplicates} duplicates, {summary.already_indexed} already there) "
-        f"in {summary.seconds:.1f} s ({summary.images_per_second:.1f} images/s)"
-    )
-    for name, factory in summary.indexes.items():
-        click.echo(f"  {name}.faiss  {factory}")
-    click.echo(f"Next: compsearch info {summary.folder}")
+        f"in {summary.seconds:.1f} s ({summary.images_per_second:.1f} images/s)",
+        *(f"  {name}.faiss  {factory}" for name, factory in summary.indexes.items()),
+        f"Next: compsearch info {summary.folder}",
+    ])

@@ -124,8 +124,14 @@ def _naming_clip_weights() -> Iterator[None]:
 
 
 def to_json(result: Any) -> str:
-    """The ``--json`` document of a result dataclass: its fields, recursively; paths as strings."""
-    return json.dumps(dataclasses.asdict(result), indent=2, default=str)
+    """The ``--json`` document of a result: a dataclass's fields, recursively, or what its own
+    ``to_json()`` gives where they are not plain JSON (tuple keys, tensors); a dict or list as
+    it is. Paths become strings."""
+    if hasattr(result, "to_json"):
+        result = result.to_json()
+    elif dataclasses.is_dataclass(result):
+        result = dataclasses.asdict(result)
+    return json.dumps(result, indent=2, default=str)
 
 
 def emit(result: Result, as_json: bool, text: Callable[[Result], str]) -> None:
