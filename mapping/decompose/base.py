@@ -162,11 +162,12 @@ class Adapter(Generic[CaptureT]):
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict:
-        # Adapters are cached on their model, which deepcopy (EMA copies) and pickle copy.
-        return {key: value for key, value in self.__dict__.items() if key != "_lock"}
+        # Adapters are cached on their model, which deepcopy (EMA copies) and pickle copy:
+        # the copy starts afresh (a lock cannot be copied, caches belong to the original).
+        return {"model": self.model, "model_name": self.model_name}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state, _lock=threading.Lock())
+        self.__init__(state["model"], state["model_name"])
 
     def block_names(self) -> list[str]:
         raise NotImplementedError

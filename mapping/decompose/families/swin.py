@@ -317,13 +317,15 @@ def _build_slot_maps(model: SwinTransformer, first_stage: int, key: tuple) -> _S
     last = len(model.layers) - 1
     like = next(model.parameters())
     eye = torch.eye(model.num_features, dtype=like.dtype, device=like.device)
-    maps = {last: _centred_linear(model.norm, eye).unsqueeze(0)}
-    merge_biases = {}
-    for stage in range(last, first_stage, -1):
-        merge = model.layers[stage].downsample
-        merge_biases[stage] = maps[stage] @ merge.reduction(_beta(merge.norm, eye))
-        quarters = _centred_linear(merge.norm, merge.reduction.weight).unflatten(1, (4, -1))  # (out, 4, in)
-        maps[stage - 1] = torch.einsum("jdc,cke->jkde", maps[stage], quarters).flatten(0, 1)
+    # In the parameters' own precision, whatever autocast the first call runs under: the maps outlive it.
+    with torch.autocast(like.device.type, enabled=False):
+        maps = {last: _centred_linear(model.norm, eye).unsqueeze(0)}
+        merge_biases = {}
+        for stage in range(last, first_stage, -1):
+            merge = model.layers[stage].downsample
+            merge_biases[stage] = maps[stage] @ merge.reduction(_beta(merge.norm, eye))
+            quarters = _centred_linear(merge.norm, merge.reduction.weight).unflatten(1, (4, -1))  # (out, 4, in)
+            maps[stage - 1] = torch.einsum("jdc,cke->jkde", maps[stage], quarters).flatten(0, 1)
     return _SlotMaps(key, maps, merge_biases, _beta(model.norm, eye))
 
 

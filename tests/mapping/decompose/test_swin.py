@@ -208,6 +208,14 @@ def test_new_weights_or_dtype_rebuild_the_slot_maps(slot_map_builds: list[int], 
     assert slot_map_builds == [0, 0]
 
 
+def test_slot_maps_built_under_autocast_serve_a_full_precision_call(slot_map_builds: list[int]) -> None:
+    model, batch = tiny_swin(), images()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        decompose(model, batch)
+    assert_exact(decompose(model, batch))
+    assert slot_map_builds == [2]
+
+
 def test_non_mean_pooling_is_refused() -> None:
     with pytest.raises(UnsupportedModelError, match="global_pool='max'"):
         decompose(tiny_swin(global_pool="max"), images())
