@@ -20,6 +20,8 @@ COMMANDS: dict[str, str] = {
     "align": "mapping.commands.align:align_command",
     "rank": "mapping.commands.rank:rank_command",
     "describe": "mapping.commands.describe:describe_command",
+    "explain": "mapping.commands.explain:explain_command",
+    "debias": "mapping.commands.debias:debias_command",
     "world": "indexer.commands.world:world",
     "index": "indexer.commands.index:index_command",
     "info": "indexer.commands.info:info_command",

@@ -10,6 +10,7 @@ Kinds (``open_source`` picks one from a path):
 - a Parquet or CSV file with a ``path`` column (or ``file``, as the world splits write),
   every other column carried along as metadata; relative paths are relative to the file;
 - any other file: a list of paths, one per line (``#`` comments and blank lines ignored);
+- a list or tuple of paths (:class:`PathListSource`: probe sets chosen by code);
 - :class:`MemorySource`: images already in memory (renders, uploads), keyed by name.
 """
 from __future__ import annotations
@@ -159,6 +160,18 @@ class TableSource:
                 position += 1
 
 
+class PathListSource:
+    """Paths given in a list (probe sets chosen by code), keyed by the path as given."""
+
+    def __init__(self, paths: Sequence[str | Path], description: str | None = None) -> None:
+        self.paths = [Path(path).expanduser() for path in paths]
+        self.description = description or f"{len(self.paths)} listed images"
+
+    def records(self) -> Iterator[ImageRecord]:
+        for position, path in enumerate(self.paths):
+            yield ImageRecord(position, str(path), path)
+
+
 class MemorySource:
     """Images already decoded, keyed by name (renders, uploads, tests)."""
 
@@ -188,8 +201,15 @@ def collection_root(description: str) -> Path | None:
     return root if root.is_absolute() else None
 
 
-def open_source(spec: str | Path | ImageSource, path_column: str | None = None) -> ImageSource:
-    """The source a path names: a folder, a Parquet/CSV table, or a list file."""
+# What names a source: a folder, a list or Parquet/CSV file, a list of image paths, or a source.
+SourceSpec = str | Path | Sequence[str | Path] | ImageSource
+
+
+def open_source(spec: SourceSpec, path_column: str | None = None) -> ImageSource:
+    """The source a path names (a folder, a Parquet/CSV table, or a list file), a list of
+    image paths, or ``spec`` itself when it already is a source."""
+    if isinstance(spec, (list, tuple)):
+        return PathListSource(spec)
     if not isinstance(spec, (str, Path)):
         return spec
     path = Path(spec).expanduser()
