@@ -118,8 +118,9 @@ def create_app(
     served_roots = collection_roots(index_dir, roots)
     refused = count_outside(index_dir, served_roots)
     if refused:
-        log.warning("%d indexed file(s) lie outside the collection root(s) %s and will not be served "
-                    "(pass --root to serve them)", refused, ", ".join(map(str, served_roots)))
+        log.warning("%d indexed file(s) lie outside the collection folder(s) (%s) and will not be served; "
+                    "pass their folder with --root to serve them", refused,
+                    ", ".join(map(str, served_roots)) or "the index records none")
     files = CollectionFiles(index.record, served_roots)
     app = FastAPI(title="compsearch", version=compsearch_version(), docs_url=None, redoc_url=None,
                   openapi_url="/api/openapi.json")  # no /docs: the Swagger page loads from a CDN

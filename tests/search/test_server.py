@@ -27,10 +27,9 @@ import search
 import search.index
 from indexer.info import index_info
 from indexer.store import IndexStore
-from mapping.errors import CompsearchError
 from search.cli import cli
 from search.server.app import create_app
-from search.server.files import CollectionFiles, ImageNotServedError, collection_roots
+from search.server.files import CollectionFiles, ImageNotServedError, collection_roots, count_outside
 from search.server.guards import is_loopback
 from tests.search.conftest import ESCAPE_KEY, IMAGES, ServedIndex, running
 
@@ -215,7 +214,7 @@ def test_path_traversal_in_any_form_is_404(base_url: str, client: httpx.Client, 
 def test_symlink_out_of_the_collection_is_not_served(client: httpx.Client, rows: dict[str, dict],
                                                      served_index: ServedIndex) -> None:
     escape = rows[ESCAPE_KEY]
-    assert Path(escape["path"]) == served_index.outside.resolve()  # it was indexed, through the link
+    assert Path(escape["path"]).resolve() == served_index.outside.resolve()  # indexed, through the link
     for kind in ("images", "thumbnails"):
         response = client.get(f"/api/{kind}/{escape['id']}")
         assert response.status_code == 404 and "private" not in response.text and "secret" not in response.text
@@ -261,16 +260,17 @@ def test_only_the_collection_roots_are_served(served_index: ServedIndex, rows: d
         == served_index.outside.read_bytes()
 
 
-def test_a_relative_collection_path_needs_an_explicit_root(served_index: ServedIndex, tmp_path: Path) -> None:
+def test_without_a_recorded_root_nothing_is_served_until_one_is_given(served_index: ServedIndex,
+                                                                      tmp_path: Path) -> None:
     copy = tmp_path / "index"
     shutil.copytree(served_index.folder, copy)
     store = IndexStore(copy)
     manifest = store.read_manifest()
     manifest["runs"][0]["source"] = "folder photos"  # as indexes built before sources were absolute
     store.write_manifest(manifest)
-    with pytest.raises(CompsearchError, match="--root"):
-        collection_roots(copy)
+    assert collection_roots(copy) == [] and count_outside(copy, []) == IMAGES + 1
     assert collection_roots(copy, [served_index.collection]) == [served_index.collection.resolve()]
+    assert count_outside(copy, [served_index.collection.resolve()]) == 1  # the escape symlink
 
 
 # -- safety: requests --------------------------------------------------------------------------
