@@ -18,6 +18,7 @@ import yaml
 from mapping.align import Aligner
 from mapping.align.features import aligned_batches
 from mapping.errors import CompsearchError
+from mapping.images import SourceSpec
 from mapping.models import LoadedModel
 from mapping.properties.text import TextEncoder
 
@@ -98,18 +99,22 @@ def embed_bank(bank: Sequence[str], encode_text: TextEncoder) -> torch.Tensor:
 def describe_heads(
     model: LoadedModel,
     aligner: Aligner,
-    paths: Sequence[Path],
+    images: SourceSpec,
     encode_text: TextEncoder,
     bank: Sequence[str],
     heads: Sequence[str] = (),
     count: int = 5,
     batch_size: int = 32,
     progress: bool = False,
+    workers: int = 0,
 ) -> dict[str, list[tuple[str, float]]]:
-    """``{head: [(description, share of the head's variance), …]}`` over the images ``paths``."""
+    """``{head: [(description, share of the head's variance), …]}`` over the probe set
+    ``images`` (a folder, a list or Parquet file, …; unreadable images skipped with a warning)."""
     chosen = select_heads(aligner.component_names, heads)
     positions = [aligner.component_names.index(name) for name in chosen]
-    outputs = torch.cat([mapped[:, positions] for mapped in aligned_batches(model, aligner, paths, batch_size, progress)])
+    outputs = torch.cat([
+        mapped[:, positions] for _, mapped in aligned_batches(model, aligner, images, batch_size, workers, progress)
+    ])
     embedded = embed_bank(bank, encode_text)
     return {
         head: [(bank[pick.index], pick.share) for pick in text_span(outputs[:, column], embedded, count)]

@@ -26,3 +26,8 @@ class UnsupportedModelError(CompsearchError):
 
 class ImageReadError(CompsearchError):
     """An image file that is missing, truncated or not an image."""
+
+
+class Interrupted(CompsearchError):
+    """A run stopped by the user (Ctrl-C) after keeping its completed work: ``problem`` says
+    what was kept, ``hint`` how to resume."""

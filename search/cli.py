@@ -23,6 +23,10 @@ COMMANDS: dict[str, str] = {
     "explain": "mapping.commands.explain:explain_command",
     "debias": "mapping.commands.debias:debias_command",
     "world": "indexer.commands.world:world",
+    "index": "indexer.commands.index:index_command",
+    "info": "indexer.commands.info:info_command",
+    "search": "search.commands.search:search_command",
+    "serve": "search.commands.serve:serve_command",
 }
 
 

@@ -86,7 +86,7 @@ def test_decompose_token_shares_sum_to_one_over_all_tokens(monkeypatch, capsys, 
     ("make_args", "message"),
     [
         (lambda tmp, photos: ["decompose", str(tmp / "missing.jpg"), *MODEL], "does not exist"),
-        (lambda tmp, photos: ["decompose", _corrupt(tmp), *MODEL], "truncated or corrupt"),
+        (lambda tmp, photos: ["decompose", _corrupt(tmp), *MODEL], "broken.jpg is truncated"),
         (lambda tmp, photos: ["decompose", photos[0], "--model", "deit_tinyy_patch16_224"], "did you mean"),
         (lambda tmp, photos: ["decompose", photos[0], *MODEL, "--first-block", "blocks.12"],
          "not a decomposable block"),

@@ -21,6 +21,10 @@ class FeatureSource(Protocol):
     def batches(self, batch_size: int, heldout: bool, generator: torch.Generator | None = None) -> Iterator[Batch]:
         ...
 
+    def count(self, heldout: bool) -> int:
+        """How many training (``heldout=False``) or held-out rows :meth:`batches` yields."""
+        ...
+
 
 @dataclass
 class TensorSource:
@@ -29,6 +33,9 @@ class TensorSource:
     contributions: torch.Tensor
     targets: torch.Tensor
     heldout_mask: torch.Tensor  # (rows,) bool
+
+    def count(self, heldout: bool) -> int:
+        return int((self.heldout_mask == heldout).sum())
 
     def batches(self, batch_size: int, heldout: bool, generator: torch.Generator | None = None) -> Iterator[Batch]:
         rows = (self.heldout_mask == heldout).nonzero().squeeze(1)
@@ -91,7 +98,9 @@ def train_aligner(
     optimiser = torch.optim.Adam([weight, bias], lr=settings.learning_rate, weight_decay=settings.weight_decay)
     best, since_best, batches, recent = float("inf"), 0, 0, []
     stopped_early = False
-    bar = tqdm(desc="aligning", unit="batch", disable=not progress)
+    # Per training image, over every epoch allowed: an early stop ends the bar short of its total.
+    bar = tqdm(desc="aligning", unit="img", total=settings.max_epochs * source.count(heldout=False),
+               disable=not progress)
     epoch = 0
     for epoch in range(1, settings.max_epochs + 1):
         for contributions, targets in source.batches(settings.batch_size, heldout=False, generator=generator):
@@ -102,7 +111,7 @@ def train_aligner(
             value = loss.item()
             batches += 1
             recent = (recent + [value])[-settings.patience:]
-            bar.update()
+            bar.update(len(targets))
             bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", epoch=epoch)
             if value < best:
                 best, since_best = value, 0

@@ -36,8 +36,9 @@ def load_from_options(model_name: str, weights: Path | None, random_init: bool, 
 @model_options
 @click.option("--clip", "clip_name", required=True, help="open_clip model whose image space is the target.")
 @click.option("--clip-weights", type=click.Path(path_type=Path), help="Local weights of the CLIP.")
-@click.option("--images", "images_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
-              help="Folder of training images (searched recursively).")
+@click.option("--images", "images_dir", required=True, type=click.Path(path_type=Path),
+              help="Training images: a folder (searched recursively), a list file or a Parquet/CSV file "
+                   "with a `path` column.")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Aligner path: writes OUT.safetensors and OUT.json.")
 @click.option("--first-block", default=None, metavar="NAME|INDEX|all", help="First decomposed block.")

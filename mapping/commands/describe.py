@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from mapping.align import load_aligner
-from mapping.align.cache import list_images
 from mapping.align.features import clip_for_aligner
 from mapping.commands.align import load_from_options, model_options
 from mapping.describe import describe_heads, read_text_bank
@@ -18,8 +17,9 @@ from mapping.describe import describe_heads, read_text_bank
 @click.option("--aligner", "aligner_path", required=True, type=click.Path(path_type=Path),
               help="Aligner from `compsearch align`.")
 @click.option("--clip-weights", type=click.Path(path_type=Path), help="Local weights of the aligner's CLIP.")
-@click.option("--images", "images_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
-              help="Images over which the heads' variation is measured.")
+@click.option("--images", "images_dir", required=True, type=click.Path(path_type=Path),
+              help="Images over which the heads' variation is measured: a folder, a list file or a "
+                   "Parquet/CSV file with a `path` column.")
 @click.option("--bank", type=click.Path(path_type=Path, dir_okay=False),
               help="Text bank: one description a line, or a YAML list (default: the shipped bank).")
 @click.option("--heads", "head_patterns", multiple=True, metavar="NAME|GLOB",
@@ -35,8 +35,7 @@ def describe_command(
     model = load_from_options(model_name, weights, random_init, device)
     aligner = load_aligner(aligner_path)
     clip = clip_for_aligner(aligner, model, clip_weights)
-    paths = [images_dir / image for image in list_images(images_dir)]
-    descriptions = describe_heads(model, aligner, paths, clip.encode_text, read_text_bank(bank), head_patterns,
+    descriptions = describe_heads(model, aligner, images_dir, clip.encode_text, read_text_bank(bank), head_patterns,
                                   count, batch_size, progress=not as_json)
     if as_json:
         click.echo(json.dumps({head: [{"text": text, "share": share} for text, share in picks]

@@ -35,6 +35,8 @@ def format_ranking(ranking: Ranking) -> str:
                 break
             marker = "*" if position < prop.k else " "
             lines.append(f" {marker} {name:<28} {score:+.3f}  {own:+.3f}")
+        if prop.constant:
+            lines.append(f"   constant, not ranked: {', '.join(prop.constant)}")
     return "\n".join(lines)
 
 
@@ -43,8 +45,9 @@ def format_ranking(ranking: Ranking) -> str:
 @click.option("--aligner", "aligner_path", type=click.Path(path_type=Path),
               help="Aligner from `compsearch align` (needed for properties given in words).")
 @click.option("--clip-weights", type=click.Path(path_type=Path), help="Local weights of the aligner's CLIP.")
-@click.option("--images", "images_dir", type=click.Path(path_type=Path, file_okay=False),
-              help="Probe images the text properties are scored on.")
+@click.option("--images", "images_dir", type=click.Path(path_type=Path),
+              help="Probe images the text properties are scored on: a folder, a list file or a "
+                   "Parquet/CSV file with a `path` column.")
 @click.option("--property", "property_options", multiple=True, metavar="NAME|NAME=D1,D2|FILE",
               help="A built-in property, one defined inline, or a YAML/JSON file (repeatable; "
                    "default: all built-ins unless --examples is given).")

@@ -10,7 +10,10 @@ from mapping.images.sources import (
     ImageSource,
     ListFileSource,
     MemorySource,
+    PathListSource,
+    SourceSpec,
     TableSource,
+    collection_root,
     open_source,
 )
 
@@ -23,7 +26,10 @@ __all__ = [
     "ImageSource",
     "ListFileSource",
     "MemorySource",
+    "PathListSource",
+    "SourceSpec",
     "TableSource",
+    "collection_root",
     "decode_image",
     "iter_batches",
     "open_source",

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from mapping.align.cache import list_images
+from mapping.images import IMAGE_SUFFIXES, FolderSource
 from mapping.properties.vocabulary import PropertyError
 
 
@@ -32,7 +32,10 @@ def load_examples(folder: str | Path, name: str | None = None) -> ExamplePropert
     images: list[Path] = []
     labels: list[int] = []
     for label, value in enumerate(values):
-        found = list_images(folder / value)
-        images += [folder / value / image for image in found]
+        found = [record.path for record in FolderSource(folder / value).records()]
+        if not found:
+            raise PropertyError(f"no images in {folder / value}",
+                                f"put files with one of {', '.join(sorted(IMAGE_SUFFIXES))} there")
+        images += found
         labels += [label] * len(found)
     return ExampleProperty(name or folder.name, tuple(values), tuple(images), tuple(labels))

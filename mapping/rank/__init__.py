@@ -3,6 +3,9 @@ the ranking file the indexer reads (:mod:`.ranking`), and the stage on image fil
 from mapping.rank.ranking import PropertyRanking, Ranking, default_k, model_family, property_rankings
 from mapping.rank.run import rank
 from mapping.rank.scores import (
+    ComponentVariance,
+    component_variances,
+    constant_components,
     contrast_scores,
     label_variance_share,
     property_coordinates,
@@ -12,8 +15,11 @@ from mapping.rank.scores import (
 )
 
 __all__ = [
+    "ComponentVariance",
     "PropertyRanking",
     "Ranking",
+    "component_variances",
+    "constant_components",
     "contrast_scores",
     "default_k",
     "label_variance_share",

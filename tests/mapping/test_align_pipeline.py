@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import open_clip
@@ -86,8 +87,8 @@ def test_rank_and_describe_run_on_an_identity_aligner(tmp_path: Path, world_imag
     ranking = Ranking.load(ranking.save(tmp_path / "ranking.json"))
     assert [p.name for p in ranking.properties] == ["colour", "shape", "examples"]
     assert ranking.get("colour").k == 2 and ranking.get("shape").k == 3  # override, then the default
-    for prop in ranking.properties:
-        assert sorted(prop.components) == sorted(aligner.component_names)
+    for prop in ranking.properties:  # the untrained CLIP's bias is 0 for every image: constant, not ranked
+        assert prop.constant == ["bias"] and sorted(prop.components + ["bias"]) == sorted(aligner.component_names)
     assert ranking.probe_images == 24 and ranking.clip_name == MODEL_NAME
     described = describe_heads(clip, aligner, sorted(world_images.glob("*.png")), clip.encode_text,
                                read_text_bank()[:50], ["*.resblocks.3.attn.*"], count=3)
@@ -122,7 +123,7 @@ def test_align_rank_describe_commands_on_a_local_clip(tmp_path: Path, world_imag
     assert ranked.exit_code == 0, ranked.output
     ranking = Ranking.load(tmp_path / "ranking.json")
     assert [(p.name, p.k) for p in ranking.properties] == [("colour", 2), ("size", 3)]
-    assert f"* {ranking.top('colour')[0]}" in ranked.output
+    assert f"* {ranking.top('colour')[0]}" in ranked.output and "constant, not ranked: bias" in ranked.output
     described = runner.invoke(cli, ["describe", "--model", name, "--aligner", str(tmp_path / "identity"),
                                     "--images", str(world_images), "--heads", "*.resblocks.2.attn.h1",
                                     "--count", "2", "--json"])
@@ -141,6 +142,55 @@ def test_example_properties_need_no_aligner(tmp_path: Path, world_images: Path) 
     [prop] = ranking.properties
     assert ranking.aligner is None and prop.source == "examples" and prop.values == ["even", "odd"]
     names, _ = component_contributions(clip, sorted(world_images.glob("*.png"))[:1])
-    assert all(0.0 <= share <= 1.0 for share in prop.own_scores) and sorted(prop.components) == sorted(names)
+    assert all(0.0 <= share <= 1.0 for share in prop.own_scores)
+    assert sorted(prop.components + prop.constant) == sorted(names) and prop.constant == ["bias"]
     with pytest.raises(PropertyError, match="need an aligner"):
         rank(clip, None, world_images, [builtin_property("colour")])
+
+
+def test_probe_sets_skip_an_unreadable_image_with_a_warning(
+    tmp_path: Path, world_images: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    for image in world_images.glob("*.png"):
+        (probe / image.name).symlink_to(image)
+    first = sorted(world_images.glob("*.png"))[0]
+    (probe / "zz_truncated.png").write_bytes(first.read_bytes()[:100])
+    model, clip = _tiny_clip(), _tiny_clip()
+    aligner = align(model, clip, probe, tmp_path / "a", first_block="all", settings=FAST, progress=False)
+    assert aligner.meta.train_images + aligner.meta.heldout_images == 24
+    assert "skipped 1 of 25 images" in caplog.text and "zz_truncated.png is truncated" in caplog.text
+    caplog.clear()
+    identity = align(clip, clip, probe, tmp_path / "identity", progress=False)
+    ranking = rank(clip, identity, probe, [builtin_property("colour")], encode_text=clip.encode_text)
+    assert ranking.probe_images == 24 and "skipped 1 of 25 images" in caplog.text
+    described = describe_heads(clip, identity, probe, clip.encode_text, read_text_bank()[:20], ["*.resblocks.3.attn.h0"])
+    assert len(described) == 1
+
+
+def test_a_broken_example_is_dropped_with_its_label(tmp_path: Path, world_images: Path) -> None:
+    clip = _tiny_clip()
+    for image in world_images.glob("*.png"):
+        value = "odd" if int(image.stem[:3]) % 2 else "even"
+        (tmp_path / "parity" / value).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "parity" / value / image.name).symlink_to(image)
+    clean = rank(clip, None, examples=[load_examples(tmp_path / "parity")]).properties[0]
+    (tmp_path / "parity" / "even" / "000_broken.png").write_text("not pixels")  # listed first among evens
+    with_broken = rank(clip, None, examples=[load_examples(tmp_path / "parity")]).properties[0]
+    # The same images with the same labels: had the labels shifted past the broken file, the shares would move.
+    assert with_broken.components == clean.components
+    assert with_broken.own_scores == pytest.approx(clean.own_scores, abs=1e-6)
+
+
+def test_a_parquet_probe_set_reads_like_its_folder(tmp_path: Path, world_images: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    clip = _tiny_clip()
+    # Paths relative to the table's own folder, as the world splits write them.
+    paths = [os.path.relpath(image, tmp_path) for image in sorted(world_images.glob("*.png"))]
+    pq.write_table(pa.table({"path": paths, "note": ["x"] * len(paths)}), tmp_path / "probe.parquet")
+    from_folder = component_contributions(clip, world_images)[1]
+    from_table = component_contributions(clip, tmp_path / "probe.parquet")[1]
+    torch.testing.assert_close(from_table, from_folder)
