@@ -200,6 +200,7 @@ def test_export_refuses_a_fixture_of_another_config(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # about 7 minutes alone on two cores; far more beside other jobs
 def test_retraining_the_default_fixture_reaches_the_shipped_accuracy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Training is reproducible up to float reduction order (threads, torch version): every
     factor within 0.05 of the shipped accuracy, about two standard errors on 300 test renders."""
