@@ -26,9 +26,8 @@ class Entry(NamedTuple):
 
 # Sorted by the order the commands are used in (the group's help says so).
 COMMANDS: dict[str, Entry] = {
-    "demo": Entry("search.commands.demo:demo_command",
-                  "The whole product offline: index a synthetic world, search it by property."),
-    "sample": Entry("mapping.commands.demo:demo", "Decompose a drawn sample image with DeiT-tiny (no data needed)."),
+    "demo": Entry("search.commands.demo:demo_command", "Try it all offline: index a world, search by property."),
+    "sample": Entry("mapping.commands.demo:demo", "Decompose one drawn image with DeiT-tiny (no data needed)."),
     "world": Entry("indexer.commands.world:world",
                    "The synthetic world and its fixture CLIP (offline)."),
     "decompose": Entry("mapping.commands.decompose:decompose_command",
