@@ -16,6 +16,7 @@ import argparse
 import os
 import platform
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -114,6 +115,8 @@ def main() -> None:
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
         base = server.stdout.readline().split(" at ")[1].strip()
+        # uvicorn writes its access log to stdout: keep reading it, or a full pipe stops the server.
+        threading.Thread(target=server.stdout.read, daemon=True).start()
         health = httpx.get(f"{base}api/health", timeout=60).json()
         factory = httpx.get(f"{base}api/info", timeout=60).json()["indexes"]["full"]["factory"]
         ids = list(range(health["images"]))
@@ -132,7 +135,7 @@ def main() -> None:
         rss_after, rss_peak = rss_mib(server.pid)
         load_after = os.getloadavg()[0]
     finally:
-        server.terminate()
+        server.send_signal(signal.SIGINT)
         server.wait(timeout=60)
     every = tally.latencies["text"] + tally.latencies["id"]
     rows = [("all", every), ("text", tally.latencies["text"]), ("id", tally.latencies["id"])]
@@ -147,7 +150,7 @@ def main() -> None:
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}. Load average (1 min) {load_before:.1f} before, {load_after:.1f} after "
-        "(clients and server share the cores).",
+        "(the clients share the cores with the server; a load above the core count means other processes did too).",
         "",
         "| queries | requests | requests/s | p50 ms | p95 ms | p99 ms |",
         "|---|---|---|---|---|---|",

@@ -38,6 +38,7 @@ from timm.data import create_transform, resolve_data_config
 from timm.models._hub import download_cached_file  # timm's torch-hub cache for URL weights
 from torch import nn
 
+from mapping.decompose import model_output
 from mapping.errors import ModelLoadError
 
 WEIGHTS_DIR_ENV = "COMPSEARCH_WEIGHTS_DIR"
@@ -64,14 +65,10 @@ class LoadedModel:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    @torch.no_grad()
     def encode_images(self, batch: torch.Tensor) -> torch.Tensor:
-        """The representation z that RepDecompose splits: timm pre-logits, or CLIP's
-        normalised image embedding."""
-        batch = batch.to(self.device)
-        if self.is_clip:
-            return self.model.encode_image(batch, normalize=True)
-        return self.model.forward_head(self.model.forward_features(batch), pre_logits=True)
+        """The representation z that RepDecompose splits, as the model's adapter defines it
+        (:func:`mapping.decompose.model_output`: the one definition)."""
+        return model_output(self.model, batch.to(self.device), self.name)
 
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> torch.Tensor:

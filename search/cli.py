@@ -26,7 +26,8 @@ class Entry(NamedTuple):
 
 # Sorted by the order the commands are used in (the group's help says so).
 COMMANDS: dict[str, Entry] = {
-    "demo": Entry("mapping.commands.demo:demo", "Decompose a drawn sample image with DeiT-tiny (no data needed)."),
+    "demo": Entry("search.commands.demo:demo_command", "Try it all offline: index a world, search by property."),
+    "sample": Entry("mapping.commands.demo:demo", "Decompose one drawn image with DeiT-tiny (no data needed)."),
     "world": Entry("indexer.commands.world:world",
                    "The synthetic world and its fixture CLIP (offline)."),
     "decompose": Entry("mapping.commands.decompose:decompose_command",
@@ -78,8 +79,9 @@ def cli(ctx: click.Context) -> None:
     to CLIP space, rank them per property (colour, texture, shape, …), and search an
     image collection by one property at a time.
 
-    The commands are listed in the order they are used: `demo` shows a decomposition
-    without any data; offline, `world fixture-clip` prints a small CLIP to align to
+    The commands are listed in the order they are used: `demo` runs the whole product
+    offline on a synthetic world; `sample` shows one decomposition without any data;
+    offline, `world fixture-clip` prints a small CLIP to align to
     (--clip local-dir:<folder>); `decompose` looks at a model's components on your
     images; `align` maps each component into the CLIP's space (writes an aligner),
     `rank` picks the components of each property (writes ranking.json), `describe`,

@@ -100,13 +100,18 @@ def _leakage(results: dict[str, list[list[str]]], query_labels: dict[str, list[s
 
 def _measure(index, factor: str, kind: str, queries: list[Any], query_labels: dict[str, list[str]],
              labels_by_id: Callable[[int], dict[str, str]]) -> QueryFigures:
+    """The queries through ``factor``'s index and through ``full``, in one batch (each
+    reference image is decomposed once for both)."""
     from search.query import Query
 
+    names = (factor, "full")
+    batch = [Query(text=q, property=name) if kind == "text" else Query(image=q, property=name)
+             for name in names for q in queries]
+    answered = index.search_batch(batch, k=TOP)
     figures = {}
-    for name in (factor, "full"):
-        batch = [Query(text=q, property=name) if kind == "text" else Query(image=q, property=name) for q in queries]
-        answered = index.search_batch(batch, k=TOP)
-        by_factor = {other: [[labels_by_id(r.id)[other] for r in answer.results] for answer in answered]
+    for position, name in enumerate(names):
+        answers = answered[position * len(queries):(position + 1) * len(queries)]
+        by_factor = {other: [[labels_by_id(r.id)[other] for r in answer.results] for answer in answers]
                      for other in FACTORS}
         figures[name] = (_agreement(by_factor[factor], query_labels[factor]),
                          _leakage(by_factor, query_labels, factor) if kind == "image" else None)
@@ -115,8 +120,10 @@ def _measure(index, factor: str, kind: str, queries: list[Any], query_labels: di
 
 
 def run_demo(workdir: Path, count: int = 1000, weights: Path | None = None, progress: bool = True,
-             say: Callable[[str], None] = print) -> DemoReport:
-    """Build (or reuse) the demo index in ``workdir`` and measure its queries."""
+             say: Callable[[str], None] = print, model_choice: str = "auto") -> DemoReport:
+    """Build (or reuse) the demo index in ``workdir`` and measure its queries. ``model_choice``:
+    ``deit`` (real weights required), ``fixture`` (the fixture CLIP decomposes itself), or
+    ``auto`` (DeiT-tiny when its weights are at hand)."""
     import time
 
     from indexer.build import IndexSettings, Indexer
@@ -132,7 +139,11 @@ def run_demo(workdir: Path, count: int = 1000, weights: Path | None = None, prog
     workdir = Path(workdir).expanduser()
     seconds: dict[str, float] = {}
     started = time.perf_counter()
-    deit_weights = _deit_weights(weights)
+    deit_weights = None if model_choice == "fixture" else _deit_weights(weights)
+    if model_choice == "deit" and deit_weights is None:
+        from mapping.errors import ModelLoadError
+
+        raise ModelLoadError(f"no {DEIT} weights found", "pass --weights FILE, or --model fixture")
     size = 224 if deit_weights else 64
     world = workdir / f"world-{size}"
     say(f"1/5 rendering the world: {count} images to index, {count // 2} probe images, 40 query images ({world})")

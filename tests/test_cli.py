@@ -1,5 +1,5 @@
 """The console script: start-up (every --help, fast and without torch), the ``decompose``,
-``demo`` and ``world fixture-clip`` commands end to end, and their errors."""
+``sample`` and ``world fixture-clip`` commands end to end, and their errors."""
 from __future__ import annotations
 
 import json
@@ -139,9 +139,9 @@ def test_decompose_token_shares_sum_to_one_over_all_tokens(monkeypatch, capsys, 
         (lambda tmp, photos: ["decompose", photos[0], *MODEL, "--first-block", "blocks.12"],
          "not a decomposable block"),
         (lambda tmp, photos: ["decompose", photos[0], "--model", "deit_tiny_patch16_224"], "--weights PATH"),
-        (lambda tmp, photos: ["demo", "--weights", str(tmp / "none.safetensors")], "does not exist"),
+        (lambda tmp, photos: ["sample", "--weights", str(tmp / "none.safetensors")], "does not exist"),
     ],
-    ids=["missing-image", "corrupt-image", "unknown-model", "bad-block", "missing-weights", "demo-bad-weights"],
+    ids=["missing-image", "corrupt-image", "unknown-model", "bad-block", "missing-weights", "sample-bad-weights"],
 )
 def test_user_errors_are_one_line_and_exit_2(
     monkeypatch, capsys, tmp_path, photos, offline_empty_cache, make_args, message  # noqa: F811
@@ -159,7 +159,7 @@ def _corrupt(folder: Path) -> str:
 
 
 def test_demo_falls_back_to_random_weights_offline(monkeypatch, capsys, offline_empty_cache) -> None:  # noqa: F811
-    code, out, _ = run_cli(monkeypatch, capsys, "demo")
+    code, out, _ = run_cli(monkeypatch, capsys, "sample")
     assert code == 0
     assert "random initialisation" in out and "weights random-init" in out
     assert "Next: compsearch decompose YOUR.jpg --model deit_tiny_patch16_224 --random-init --tokens" in out
@@ -167,7 +167,7 @@ def test_demo_falls_back_to_random_weights_offline(monkeypatch, capsys, offline_
 
 
 def test_demo_with_real_weights_sees_classes(monkeypatch, capsys, deit_tiny_weights, tmp_path) -> None:
-    code, out, _ = run_cli(monkeypatch, capsys, "demo", "--weights", str(deit_tiny_weights),
+    code, out, _ = run_cli(monkeypatch, capsys, "sample", "--weights", str(deit_tiny_weights),
                            "--save-image", str(tmp_path / "sample.png"))
     assert code == 0 and "random" not in out
     assert "ImageNet classes DeiT-tiny sees:" in out and "exact:" in out

@@ -1,4 +1,4 @@
-"""``compsearch demo``: decompose a drawn sample image with DeiT-tiny, offline.
+"""``compsearch sample``: decompose a drawn sample image with DeiT-tiny, offline.
 
 Works on a fresh machine: weights come from ``--weights``, ``$COMPSEARCH_WEIGHTS_DIR`` or
 the hub cache when present; otherwise the demo says so and uses random initialisation, for
@@ -69,7 +69,7 @@ def top_classes(loaded: LoadedModel, image: PIL.Image.Image, count: int = 3) -> 
     return [(info.index_to_description(i), p) for i, p in zip(indices.tolist(), values.tolist())]
 
 
-@click.command("demo")
+@click.command("sample")
 @click.option("--weights", type=click.Path(exists=True, path_type=Path),
               help="DeiT-tiny weights file or folder (otherwise $COMPSEARCH_WEIGHTS_DIR, then the hub cache; "
                    "without any, random weights).")

@@ -114,8 +114,8 @@ def token_heat(
         factor = (rows // split.grid[0], cols // split.grid[1])
         grid += _spread(spatial, factor) / (factor[0] * factor[1])
         located += [split.component_names[head] for head in heads]
-    unlocated_names = [name for name in components if name not in set(located)]
     unlocated = decomposition.contributions.new_zeros(batch) + torch.as_tensor(constant, dtype=grid.dtype)
-    for name in unlocated_names:
+    located_names = set(located)
+    for name in (name for name in components if name not in located_names):  # in order: a reproducible sum
         unlocated += (decomposition.component(name) * directions[:, column[name]]).sum(-1)
     return Heatmap(list(components), located, grid, prefix, unlocated)

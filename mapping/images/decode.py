@@ -126,8 +126,12 @@ def _unidentified(data: bytes, name: str) -> ImageReadError:
     return ImageReadError(f"{name} is not an image (no image format PIL reads)", "check the file type")
 
 
-def decode_image(data: bytes, name: str = "image", max_pixels: int | None = None) -> PIL.Image.Image:
+def decode_image(data: bytes, name: str = "image", max_pixels: int | None = None,
+                 at_least: tuple[int, int] | None = None) -> PIL.Image.Image:
     """``data`` decoded fully as RGB (see the module docstring), ``name`` used in errors.
+
+    ``at_least``: a JPEG may be decoded at a reduced scale (1/2 … 1/8) that still keeps this
+    size, several times faster (thumbnails); other formats decode in full.
 
     ``max_pixels`` (default: ``PIL.Image.MAX_IMAGE_PIXELS``, about 89 million; lower it for
     uploads) is checked on the header before any pixel is decoded. PIL itself refuses
@@ -143,6 +147,8 @@ def decode_image(data: bytes, name: str = "image", max_pixels: int | None = None
                     f"{name} is too large to decode safely ({width}×{height} = {width * height:,} pixels, "
                     f"limit {limit:,})", too_large,
                 )
+            if at_least is not None:
+                image.draft("RGB", at_least)
             image.load()  # decode now: truncation only shows when the pixels are read
             ImageOps.exif_transpose(image, in_place=True)  # PIL ignores a broken EXIF block
             try:

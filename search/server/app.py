@@ -13,6 +13,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
@@ -32,7 +33,7 @@ from search.server.guards import (
     UploadTooLargeError,
     error_response,
 )
-from search.server.routes import ServerState, UnsupportedContentError, router
+from search.server.routes import SCHEMAS, ServerState, UnsupportedContentError, router
 from search.server.thumbnails import DEFAULT_SIZE, ThumbnailCache
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 << 20
@@ -81,6 +82,18 @@ def _add_error_handlers(app: FastAPI) -> None:
         return error_response(500, "internal error", "the server's log has the details")
 
 
+def _with_search_schemas(app: FastAPI) -> None:
+    """The OpenAPI document, with the schemas the search endpoint's body refers to."""
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            document = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            document.setdefault("components", {}).setdefault("schemas", {}).update(SCHEMAS)
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+
 def create_app(
     index_dir: str | Path,
     token: str | None = None,
@@ -105,14 +118,16 @@ def create_app(
     served_roots = collection_roots(index_dir, roots)
     refused = count_outside(index_dir, served_roots)
     if refused:
-        log.warning("%d indexed file(s) lie outside the collection root(s) %s and will not be served "
-                    "(pass --root to serve them)", refused, ", ".join(map(str, served_roots)))
+        log.warning("%d indexed file(s) lie outside the collection folder(s) (%s) and will not be served; "
+                    "pass their folder with --root to serve them", refused,
+                    ", ".join(map(str, served_roots)) or "the index records none")
     files = CollectionFiles(index.record, served_roots)
     app = FastAPI(title="compsearch", version=compsearch_version(), docs_url=None, redoc_url=None,
                   openapi_url="/api/openapi.json")  # no /docs: the Swagger page loads from a CDN
     app.state.compsearch = ServerState(index, files, ThumbnailCache(cache_dir, thumbnail_size), index.info(),
                                        max_upload_bytes, max_pixels)
     app.include_router(router)
+    _with_search_schemas(app)
     _add_error_handlers(app)
 
     @app.get("/", include_in_schema=False)

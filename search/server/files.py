@@ -50,23 +50,14 @@ class ImageFile:
 
 
 def collection_roots(index_dir: str | Path, roots: Sequence[str | Path] | None = None) -> list[Path]:
-    """The real paths of ``roots``, or else of the runs' collection roots (see the module
-    docstring)."""
+    """The real paths of ``roots``, or else of the collection roots the index's runs record
+    (see the module docstring; a run that records none — a list of paths given in code, an
+    index built before sources recorded absolute paths — adds none: its files are refused
+    until ``roots`` names their folder)."""
     if roots:
         return sorted({Path(os.path.realpath(Path(root).expanduser())) for root in roots})
-    recorded, relative = [], []
-    for run in IndexStore(index_dir).read_manifest()["runs"]:
-        root = collection_root(run["source"])
-        if root is not None:
-            recorded.append(root)
-        elif not run["source"].startswith("images in memory"):
-            relative.append(run["source"])
-    if relative:
-        raise CompsearchError(
-            f"the index does not record where its collection is ({relative[0]!r} is a relative path)",
-            "pass the collection's folder with --root DIR",
-        )
-    return sorted({Path(os.path.realpath(root)) for root in recorded})
+    recorded = (collection_root(run["source"]) for run in IndexStore(index_dir).read_manifest()["runs"])
+    return sorted({Path(os.path.realpath(root)) for root in recorded if root is not None})
 
 
 def _refused(image_id: int) -> ImageNotServedError:

@@ -6,6 +6,7 @@ files come from :class:`~search.server.files.CollectionFiles`, thumbnails from
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,9 +71,13 @@ class SearchBody(BaseModel):
 
 router = APIRouter()
 
+_SEARCH_SCHEMA = SearchBody.model_json_schema(ref_template="#/components/schemas/{model}")
+# For the OpenAPI document's components (the search endpoint reads its body itself, so
+# FastAPI does not collect these on its own).
+SCHEMAS = {**_SEARCH_SCHEMA.pop("$defs", {}), "SearchBody": _SEARCH_SCHEMA}
 SEARCH_REQUEST_BODY = {
     "content": {
-        "application/json": {"schema": SearchBody.model_json_schema(ref_template="#/components/schemas/{model}")},
+        "application/json": {"schema": {"$ref": "#/components/schemas/SearchBody"}},
         "multipart/form-data": {"schema": {
             "type": "object", "required": ["image"],
             "properties": {"image": {"type": "string", "format": "binary"}, "property": {"type": "string"},
@@ -94,7 +99,7 @@ def info(server: ServerState = Depends(state)) -> dict[str, Any]:
     return server.info
 
 
-async def _query(request: Request, server: ServerState) -> tuple[SearchBody, bytes | None]:
+async def _query(request: Request) -> tuple[SearchBody, bytes | None]:
     """The query of a JSON body, or of a multipart form with an ``image`` file field."""
     content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if content_type == "application/json":
@@ -134,7 +139,7 @@ def file_urls(request: Request, server: ServerState, image_id: int) -> dict[str,
 @router.post("/api/search", openapi_extra={"requestBody": SEARCH_REQUEST_BODY})
 async def search(request: Request, server: ServerState = Depends(state)) -> dict[str, Any]:
     """Results as :meth:`SearchResults.to_json` gives them, each with its image's URLs."""
-    query, upload = await _query(request, server)
+    query, upload = await _query(request)
     payload = await run_in_threadpool(_search, server, query, upload)
     for result in payload["results"]:
         result.update(file_urls(request, server, result["id"]))
@@ -146,7 +151,7 @@ def _etag_matches(request: Request, etag: str) -> bool:
     return any(tag in (etag, "*") for tag in candidates)
 
 
-def _cached(request: Request, sha256: str, etag: str, make: Any) -> Response:
+def _cached(request: Request, sha256: str, etag: str, make: Callable[[], Response]) -> Response:
     """304 when the client holds ``etag``, else ``make()``; cached for good when the URL
     names the content (``?v=``), else revalidated each time."""
     versioned = request.query_params.get("v") == sha256[:VERSION_CHARS]

@@ -41,7 +41,7 @@ class ThumbnailCache:
         path = self.path(sha256)
         if path.is_file():
             return path
-        image = decode_image(original(), "the indexed image")
+        image = decode_image(original(), "the indexed image", at_least=(self.size, self.size))
         image.thumbnail((self.size, self.size))
         encoded = io.BytesIO()
         image.save(encoded, "JPEG", quality=QUALITY, optimize=True)

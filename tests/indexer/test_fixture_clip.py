@@ -29,6 +29,7 @@ from indexer.world.zero_shot import encode_items, zero_shot_accuracy
 from mapping.errors import CompsearchError
 from mapping.models import RANDOM_INIT, load_model
 from search.cli import cli
+from search.demo import world_properties
 
 TINY = TrainingConfig(steps=2, batch_size=8, group_size=2, warmup_steps=1, train_images=16, captions_per_image=2, eval_images=4)
 
@@ -126,8 +127,10 @@ def test_a_captions_tokens_are_its_pieces_tokens() -> None:
 
 
 def test_the_shipped_token_rows_cover_the_project_texts() -> None:
-    shipped = safetensors.torch.load_file(SHIPPED_WEIGHTS)[SHIPPED_IDS]
-    assert set(used_token_ids().tolist()) <= set(shipped.tolist()), "re-export: `python -m indexer.world.fixture_clip --export`"
+    shipped = set(safetensors.torch.load_file(SHIPPED_WEIGHTS)[SHIPPED_IDS].tolist())
+    assert set(used_token_ids().tolist()) <= shipped, "re-export: `python -m indexer.world.fixture_clip --export`"
+    demo = [prompt for prop in world_properties() for text in prop.descriptions for prompt in prop.prompts(text)]
+    assert set(open_clip.tokenize(demo).unique().tolist()) <= shipped, "add the demo's prompts to project_texts()"
 
 
 def test_default_fixture_is_written_from_the_package_and_scores_its_training_report(empty_cache: Path) -> None:
@@ -197,6 +200,7 @@ def test_export_refuses_a_fixture_of_another_config(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # about 7 minutes alone on two cores; far more beside other jobs
 def test_retraining_the_default_fixture_reaches_the_shipped_accuracy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Training is reproducible up to float reduction order (threads, torch version): every
     factor within 0.05 of the shipped accuracy, about two standard errors on 300 test renders."""

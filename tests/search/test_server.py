@@ -6,6 +6,7 @@ import http.client
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import struct
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -22,12 +24,12 @@ import pytest
 from click.testing import CliRunner
 
 import search
+import search.index
 from indexer.info import index_info
 from indexer.store import IndexStore
-from mapping.errors import CompsearchError
 from search.cli import cli
 from search.server.app import create_app
-from search.server.files import CollectionFiles, ImageNotServedError, collection_roots
+from search.server.files import CollectionFiles, ImageNotServedError, collection_roots, count_outside
 from search.server.guards import is_loopback
 from tests.search.conftest import ESCAPE_KEY, IMAGES, ServedIndex, running
 
@@ -108,8 +110,11 @@ def test_health_and_info(client: httpx.Client, served_index: ServedIndex) -> Non
     assert health["status"] == "ok" and health["images"] == IMAGES + 1  # the renders + the escape symlink
     assert health["properties"] == ["full", "colour", "shape"] and health["text_queries"] is True
     assert client.get("/api/info").json() == json.loads(json.dumps(index_info(served_index.folder)))
-    assert client.get("/api/openapi.json").json()["paths"]["/api/search"]["post"]["requestBody"]["content"].keys() \
+    document = client.get("/api/openapi.json").json()
+    assert document["paths"]["/api/search"]["post"]["requestBody"]["content"].keys() \
         == {"application/json", "multipart/form-data"}
+    references = re.findall(r'"\$ref": "#/components/schemas/(\w+)"', json.dumps(document))
+    assert "SearchBody" in references and set(references) <= set(document["components"]["schemas"])
 
 
 def test_text_search_is_the_libraries_answer_with_file_urls(client: httpx.Client, library: search.SearchIndex) -> None:
@@ -209,7 +214,7 @@ def test_path_traversal_in_any_form_is_404(base_url: str, client: httpx.Client, 
 def test_symlink_out_of_the_collection_is_not_served(client: httpx.Client, rows: dict[str, dict],
                                                      served_index: ServedIndex) -> None:
     escape = rows[ESCAPE_KEY]
-    assert Path(escape["path"]) == served_index.outside.resolve()  # it was indexed, through the link
+    assert Path(escape["path"]).resolve() == served_index.outside.resolve()  # indexed, through the link
     for kind in ("images", "thumbnails"):
         response = client.get(f"/api/{kind}/{escape['id']}")
         assert response.status_code == 404 and "private" not in response.text and "secret" not in response.text
@@ -255,16 +260,17 @@ def test_only_the_collection_roots_are_served(served_index: ServedIndex, rows: d
         == served_index.outside.read_bytes()
 
 
-def test_a_relative_collection_path_needs_an_explicit_root(served_index: ServedIndex, tmp_path: Path) -> None:
+def test_without_a_recorded_root_nothing_is_served_until_one_is_given(served_index: ServedIndex,
+                                                                      tmp_path: Path) -> None:
     copy = tmp_path / "index"
     shutil.copytree(served_index.folder, copy)
     store = IndexStore(copy)
     manifest = store.read_manifest()
     manifest["runs"][0]["source"] = "folder photos"  # as indexes built before sources were absolute
     store.write_manifest(manifest)
-    with pytest.raises(CompsearchError, match="--root"):
-        collection_roots(copy)
+    assert collection_roots(copy) == [] and count_outside(copy, []) == IMAGES + 1
     assert collection_roots(copy, [served_index.collection]) == [served_index.collection.resolve()]
+    assert count_outside(copy, [served_index.collection.resolve()]) == 1  # the escape symlink
 
 
 # -- safety: requests --------------------------------------------------------------------------
@@ -343,8 +349,23 @@ def test_token_is_required_on_every_api_call_and_the_page(served_index: ServedIn
         assert client.get(f"/api/images/{image_id}").status_code == 200  # what an <img> does
 
 
+def test_models_load_once_at_start_up_not_per_request(served_index: ServedIndex, cache_dir: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    loads = []
+    load_model = search.index.load_model
+    monkeypatch.setattr(search.index, "load_model", lambda *args, **kwargs: loads.append(args) or load_model(*args, **kwargs))
+    app = create_app(served_index.folder, cache_dir=cache_dir)
+    at_start = len(loads)
+    assert at_start >= 1
+    with running(app) as url, ThreadPoolExecutor(8) as pool:
+        bodies = [{"text": "red"}, {"id": 3, "property": "shape"}] * 8
+        statuses = list(pool.map(lambda body: httpx.post(f"{url}api/search", json=body, timeout=60).status_code, bodies))
+    assert statuses == [200] * len(bodies) and len(loads) == at_start
+
+
 # -- the command -------------------------------------------------------------------------------
 
+@pytest.mark.slow  # a fresh process imports torch and loads the models: ~20 s on two cores
 def test_serve_command_listens_on_loopback_and_asks_for_the_token(served_index: ServedIndex, tmp_path: Path) -> None:
     environment = {**os.environ, "COMPSEARCH_TOKEN": TOKEN, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     process = subprocess.Popen(

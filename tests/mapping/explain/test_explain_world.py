@@ -10,9 +10,11 @@ import pytest
 from click.testing import CliRunner
 
 from indexer.world import SPLITS, render_image, render_mask
+from mapping.align import align
 from mapping.explain import Query, explain_images, split_transform
 from mapping.models import LoadedModel, load_model
 from mapping.properties import builtin_property
+from mapping.rank import rank
 from search.cli import cli
 
 ITEMS = SPLITS["test"].items(60)
@@ -95,3 +97,25 @@ def test_cli_refuses_unclear_queries_in_one_line(tmp_path: Path, extra: list[str
     result = CliRunner().invoke(cli, ["explain", str(image), "--model", "deit_tiny_patch16_224", "--random-init",
                                       "--out", str(tmp_path / "heat.png"), *extra])
     assert result.exit_code != 0 and message in str(result.exception or result.output)
+
+
+def test_cli_explains_a_rankings_property_through_its_aligner(tmp_path: Path, fixture_clip: Path) -> None:
+    model = load_model(f"local-dir:{fixture_clip}")
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    for item in SPLITS["train"].items(40):
+        render_image(item, 64).save(probe / f"{item.index:03d}.png")
+    aligner = align(model, model, probe, tmp_path / "identity", first_block="all", progress=False)
+    properties = [builtin_property("colour"), builtin_property("shape")]
+    ranking = rank(model, aligner, probe, properties, encode_text=model.encode_text, k=3,
+                   aligner_path=tmp_path / "identity")
+    ranking.save(tmp_path / "ranking.json")
+    image = tmp_path / "item.png"
+    render_image(ITEMS[0]).save(image)
+    result = CliRunner().invoke(cli, ["explain", str(image), "--model", f"local-dir:{fixture_clip}",
+                                      "--ranking", str(tmp_path / "ranking.json"), "--property", "colour",
+                                      "--out", str(tmp_path / "heat.png"), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["components"] == ranking.top("colour") and report["target"] == "property colour"
+    assert report["grid_shape"] == [4, 4] and report["total"] > 0  # ‖B v‖: the size of v's part in the subspace

@@ -9,9 +9,12 @@ import torch
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from timm.models.maxxvit import MaxxVit, model_cfgs
 
+from mapping.align import Aligner, AlignerMeta
 from mapping.decompose import Decomposition, TokenSplit, decompose
 from mapping.errors import CompsearchError
-from mapping.explain import class_directions, class_readout, grid_to_pixels, token_heat
+from mapping.explain import (
+    aligned_directions, class_directions, class_readout, grid_to_pixels, mapped_components, property_directions, token_heat,
+)
 
 
 def _tiny_maxvit() -> MaxxVit:
@@ -144,3 +147,33 @@ def test_heatmaps_need_the_token_split() -> None:
     parts = decompose(model, torch.randn(1, 3, 32, 32))
     with pytest.raises(CompsearchError, match="split_tokens=True"):
         token_heat(parts, parts.names, torch.randn(1, 32))
+
+
+def _random_aligner(parts: Decomposition, clip_dim: int = 6) -> Aligner:
+    meta = AlignerMeta(model_name="tiny", model_weights_id="random-init", clip_name="clip", clip_weights_id="x",
+                       component_names=parts.names, model_dim=parts.contributions.shape[-1], clip_dim=clip_dim,
+                       first_block=None)
+    return Aligner(meta, torch.randn(len(parts.names), meta.model_dim, clip_dim), torch.randn(clip_dim))
+
+
+def test_text_heat_through_an_aligner_sums_to_the_mapped_components_projection() -> None:
+    model = FAMILIES["deit"][0]().eval()
+    parts = decompose(model, torch.randn(2, 3, 32, 32), split_tokens=True)
+    aligner = _random_aligner(parts)
+    components = _chosen(parts)
+    text = torch.nn.functional.normalize(torch.randn(1, 6), dim=-1).expand(2, -1)
+    directions, constant = aligned_directions(aligner, components, text)
+    heat = token_heat(parts, components, directions, constant)
+    expected = (mapped_components(aligner, parts, components).sum(1) * text).sum(-1)
+    assert torch.allclose(heat.total, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_property_heat_sums_to_the_size_of_the_part_in_the_subspace() -> None:
+    model = FAMILIES["deit"][0]().eval()
+    parts = decompose(model, torch.randn(2, 3, 32, 32), split_tokens=True)
+    aligner = _random_aligner(parts)
+    basis = torch.linalg.qr(torch.randn(6, 2))[0].T  # an orthonormal 2-d subspace of the 6-d space
+    represented = mapped_components(aligner, parts, parts.names).sum(1)
+    directions, constant = aligned_directions(aligner, parts.names, property_directions(basis, represented))
+    heat = token_heat(parts, parts.names, directions, constant)
+    assert torch.allclose(heat.total, (represented @ basis.T).norm(dim=-1), rtol=1e-4, atol=1e-5)
