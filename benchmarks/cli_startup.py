@@ -97,7 +97,9 @@ def main(baseline: str | None, runs: int, write: bool) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         trees = {"now": ROOT}
         if baseline:
-            trees = {baseline: extract(baseline, Path(scratch)), **trees}
+            commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", baseline], capture_output=True,
+                                    text=True, check=True).stdout.strip()
+            trees = {f"{baseline} {commit}": extract(baseline, Path(scratch)), **trees}
         lines = command_lines(ROOT)
         seconds: dict[tuple[str, int], list[float]] = {}
         torch_loaded: dict[tuple[str, int], bool] = {}
