@@ -53,6 +53,7 @@ class IndexSettings:
     workers: int = 2
     chunk_size: int = DEFAULT_CHUNK_SIZE
     memory_budget: int | None = None  # bytes for the FAISS indexes; None: half the machine's memory
+    jpeg_on_device: bool = True  # a CUDA model's JPEGs are decoded on its GPU (nvjpeg), not by PIL
     progress: bool = True
 
 
@@ -216,7 +217,8 @@ class Indexer:
                    smoothing=0.05)
         try:
             for batch in iter_batches(source, [self.encoder.model.preprocess], self.settings.batch_size,
-                                      self.settings.workers, "skip", chunk_size, skip_chunks=done):
+                                      self.settings.workers, "skip", chunk_size, skip_chunks=done,
+                                      jpeg_device=self._jpeg_device()):
                 self._take(batch, buffer, known, counts)
                 bar.update(len(batch) + len(batch.skipped))
                 bar.set_postfix(skipped=counts["skipped"], duplicates=counts["duplicates"], refresh=False)
@@ -238,6 +240,10 @@ class Indexer:
             images_per_second=counts["added"] / seconds if seconds > 0 else 0.0,
             indexes={name: entry["factory"] for name, entry in manifest["indexes"].items()}, **counts,
         )
+
+    def _jpeg_device(self) -> str | None:
+        device = self.encoder.model.device
+        return str(device) if device.type == "cuda" and self.settings.jpeg_on_device else None
 
     def _take(self, batch: Batch, buffer: _ChunkBuffer, known: dict[str, tuple[int, str | None]],
               counts: dict[str, int]) -> None:

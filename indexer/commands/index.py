@@ -41,6 +41,8 @@ if TYPE_CHECKING:
               help="Decoding processes beside the model (0: decode in the main process).")
 @click.option("--chunk-size", default=1024, show_default=True, type=click.IntRange(min=1),
               help="Images per shard: the most an interruption can lose.")
+@click.option("--gpu-jpeg/--pil-jpeg", "jpeg_on_device", default=True, show_default=True,
+              help="On a GPU, decode JPEGs there (nvjpeg) instead of with PIL in the workers.")
 @click.option("--device", default="auto", show_default=True, help="auto (cuda when available), cpu, cuda, cuda:1 …")
 @click.option("--append", "mode", flag_value="append", help="Add the files not indexed yet to an existing index.")
 @click.option("--overwrite", "mode", flag_value="overwrite", help="Delete the index in --out and rebuild it.")
@@ -49,7 +51,7 @@ def index_command(images: Path, out_dir: Path, model_name: str, weights: Path | 
                   aligner_path: Path | None, ranking_path: Path | None, property_names: tuple[str, ...],
                   clip_name: str | None, clip_weights: Path | None, sample: int,
                   index_type: str, memory_gb: float | None, batch_size: int, workers: int, chunk_size: int,
-                  device: str, mode: str | None, as_json: bool) -> None:
+                  jpeg_on_device: bool, device: str, mode: str | None, as_json: bool) -> None:
     """Index the images in IMAGES (a folder, a text file of paths, or a Parquet/CSV file with a
     `path` column whose other columns are kept as metadata) into the directory --out.
 
@@ -71,6 +73,7 @@ def index_command(images: Path, out_dir: Path, model_name: str, weights: Path | 
     settings = IndexSettings(
         index=index_type, batch_size=batch_size, workers=workers, chunk_size=chunk_size,
         memory_budget=int(memory_gb * (1 << 30)) if memory_gb else None, progress=not as_json,
+        jpeg_on_device=jpeg_on_device,
     )
     summary = build_index(images, out_dir, model_name, weights=weights, pretrained=not random_init,
                           aligner=aligner_path, ranking=ranking_path, properties=list(property_names) or None,

@@ -13,8 +13,9 @@ Bad files never stop a collection: each is reported in ``Batch.skipped`` with it
 from __future__ import annotations
 
 import hashlib
+import io
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -25,6 +26,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mapping.errors import ImageReadError
 from mapping.images.decode import decode_image, read_image, read_image_bytes, to_rgb
+from mapping.images.device_decode import TensorTransform, decode_jpegs, is_jpeg, tensor_transform
 from mapping.images.sources import ImageRecord, ImageSource, open_source
 
 if TYPE_CHECKING:  # reading images needs no model library
@@ -45,6 +47,7 @@ class Batch:
     sha256: list[str]  # of the file's bytes
     skipped: list[tuple[ImageRecord, str]]  # files of this span that could not be read, and why
     chunk_done: bool  # this is the last batch of its chunk
+    pending: list[_Decoded] | None = field(default=None, repr=False)  # JPEGs left to the device decoder
 
     def __len__(self) -> int:
         return len(self.records)
@@ -53,20 +56,62 @@ class Batch:
 @dataclass
 class _Decoded:
     record: ImageRecord
-    pixels: list[torch.Tensor]
-    size: tuple[int, int]
+    pixels: list[torch.Tensor] | None  # None: a JPEG whose bytes the device decodes (``jpeg``)
+    size: tuple[int, int] | None
     sha256: str
+    jpeg: bytes | None = None
 
 
-def _decode(record: ImageRecord, transforms: Sequence[Transform]) -> _Decoded:
+def _check_header(data: bytes, name: str) -> None:
+    """What the device decoder would not check: a readable header within the pixel limit."""
+    try:
+        with PIL.Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except Exception:  # noqa: BLE001 - any unreadable header: let the full decoder say why
+        decode_image(data, name)
+        raise
+    if PIL.Image.MAX_IMAGE_PIXELS and width * height > PIL.Image.MAX_IMAGE_PIXELS:
+        decode_image(data, name)  # raises the decoder's own "too large" error
+
+
+def _decode(record: ImageRecord, transforms: Sequence[Transform], defer_jpeg: bool = False) -> _Decoded:
     if record.image is not None:
         image = to_rgb(record.image)
         digest = hashlib.sha256(image.tobytes()).hexdigest()
     else:
         data = read_image_bytes(record.path)
         digest = hashlib.sha256(data).hexdigest()
+        if defer_jpeg and is_jpeg(data):
+            _check_header(data, record.key)
+            return _Decoded(record, None, None, digest, data)
         image = decode_image(data, record.key)
     return _Decoded(record, [transform(image) for transform in transforms], image.size, digest)
+
+
+def _finish_on_device(batch: Batch, transforms: Sequence[Transform], pipelines: Sequence[TensorTransform],
+                      device: str) -> Batch:
+    """Decode a batch's pending JPEGs on ``device`` and stack every image's pixels there; a
+    JPEG the device refuses goes through PIL instead, and one PIL refuses too is skipped."""
+    items = batch.pending
+    jpegs = [item for item in items if item.pixels is None]
+    on_device = dict(zip(map(id, jpegs), decode_jpegs([item.jpeg for item in jpegs], device)))
+    decoded, skipped = [], list(batch.skipped)
+    for item in items:
+        if item.pixels is not None:
+            decoded.append(_Decoded(item.record, [p.to(device) for p in item.pixels], item.size, item.sha256))
+            continue
+        tensor = on_device[id(item)]
+        try:
+            if tensor is None:
+                image = decode_image(item.jpeg, item.record.key)
+                pixels, size = [transform(image).to(device) for transform in transforms], image.size
+            else:
+                pixels, size = [pipeline(tensor) for pipeline in pipelines], (tensor.shape[2], tensor.shape[1])
+        except Exception as error:  # noqa: BLE001 - a collection goes on past any bad file
+            skipped.append((item.record, _reason(item.record, error)))
+            continue
+        decoded.append(_Decoded(item.record, pixels, size, item.sha256))
+    return _batch(batch.chunk, decoded, skipped, batch.chunk_done, len(transforms))
 
 
 def _reason(record: ImageRecord, error: Exception) -> str:
@@ -85,7 +130,8 @@ def _batch(chunk: int, decoded: list[_Decoded], skipped: list[tuple[ImageRecord,
 
 class _ChunkedImages(IterableDataset):
     def __init__(self, source: ImageSource, transforms: Sequence[Transform], batch_size: int, chunk_size: int,
-                 skip_chunks: frozenset[int], partition: tuple[int, int]) -> None:
+                 skip_chunks: frozenset[int], partition: tuple[int, int], defer_jpeg: bool = False) -> None:
+        self.defer_jpeg = defer_jpeg
         self.source = source
         self.transforms = list(transforms)
         self.batch_size = batch_size
@@ -110,10 +156,14 @@ class _ChunkedImages(IterableDataset):
             decoded, skipped = [], []
             for record in records[start:start + self.batch_size]:
                 try:
-                    decoded.append(_decode(record, self.transforms))
+                    decoded.append(_decode(record, self.transforms, self.defer_jpeg))
                 except Exception as error:  # a collection goes on past any bad file; the reason is kept
                     skipped.append((record, _reason(record, error)))
-            yield _batch(chunk, decoded, skipped, start + self.batch_size >= len(records), len(self.transforms))
+            done = start + self.batch_size >= len(records)
+            if self.defer_jpeg:  # stacked in the main process, once the device has decoded the JPEGs
+                yield Batch(chunk, [], [], [], [], skipped, done, pending=decoded)
+            else:
+                yield _batch(chunk, decoded, skipped, done, len(self.transforms))
 
 
 def _one_thread_per_worker(_: int) -> None:
@@ -129,12 +179,20 @@ def iter_batches(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     skip_chunks: Iterable[int] = (),
     partition: tuple[int, int] = (0, 1),
+    jpeg_device: str | None = None,
 ) -> Iterator[Batch]:
-    """Batches of ``source``'s images through ``transforms`` (see the module docstring)."""
+    """Batches of ``source``'s images through ``transforms`` (see the module docstring).
+
+    ``jpeg_device`` (e.g. ``"cuda"``): JPEGs are decoded there in batches and preprocessed as
+    tensors (:mod:`mapping.images.device_decode`), the pixels returned on that device — when
+    every transform has a tensor equivalent; otherwise everything takes the PIL path.
+    """
     if not 0 <= partition[0] < partition[1]:
         raise ValueError(f"partition {partition} is not (index, count) with 0 <= index < count")
+    pipelines = [tensor_transform(transform) for transform in transforms] if jpeg_device else []
+    defer_jpeg = bool(pipelines) and all(pipeline is not None for pipeline in pipelines)
     dataset = _ChunkedImages(open_source(source), transforms, batch_size, chunk_size, frozenset(skip_chunks),
-                             partition)
+                             partition, defer_jpeg)
     if workers > 0:
         batches: Iterable[Batch] = DataLoader(
             dataset, batch_size=None, num_workers=workers, worker_init_fn=_one_thread_per_worker,
@@ -143,6 +201,8 @@ def iter_batches(
     else:
         batches = dataset
     for batch in batches:
+        if batch.pending is not None:
+            batch = _finish_on_device(batch, transforms, pipelines, jpeg_device)
         if on_error == "raise" and batch.skipped:
             record, reason = batch.skipped[0]
             raise ImageReadError(reason, "fix or remove that file")
