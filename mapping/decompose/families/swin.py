@@ -83,15 +83,18 @@ class _BlockCapture:
 
 @dataclass
 class _Readout:
-    """How one stage's stream reaches z: ``z ⊇ Σ_t weights[t, j] · maps[j] @ x_t``."""
+    """How one stage's stream reaches z: ``z ⊇ Σ_t weights[t, j] · x_t @ maps[j]``."""
 
     weights: torch.Tensor  # (batch, H, W, slots): a_t on the slot of token t, zero elsewhere
-    maps: torch.Tensor  # (slots, out_dim, stage_dim)
+    maps: torch.Tensor  # (slots, stage_dim, out_dim), contiguous: slots × stage_dim flatten to one matmul
 
-    def apply(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Read a (batch, H, W, dim) or (batch, H·W, dim) per-token tensor out to (batch, out_dim)."""
-        pooled = torch.einsum("btj,btc->bjc", self.weights.flatten(1, 2), tokens.flatten(1, -2))
-        return torch.einsum("bjc,jdc->bd", pooled, self.maps)
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Pool a (batch, H, W, dim) or (batch, H·W, dim) per-token tensor per slot: (batch, slots·dim)."""
+        return torch.einsum("btj,btc->bjc", self.weights.flatten(1, 2), tokens.flatten(1, -2)).flatten(1)
+
+    def read_out(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(…, slots·dim) pooled per slot → (…, out_dim); one matmul that reads the maps once."""
+        return pooled @ self.maps.flatten(0, 1)
 
     @property
     def mass(self) -> torch.Tensor:
@@ -117,7 +120,7 @@ class _SlotMaps:
     """The image-independent part of the readouts, from stage ``min(maps)`` on (see ``_readouts``)."""
 
     key: tuple  # the parameters it was built from: identity, storage, version, device, dtype
-    maps: dict[int, torch.Tensor]  # stage → (slots, out_dim, stage_dim)
+    maps: dict[int, torch.Tensor]  # stage → (slots, stage_dim, out_dim)
     merge_biases: dict[int, torch.Tensor]  # stage → (slots, out_dim): β of the merge that starts it, read out
     final_beta: torch.Tensor  # (out_dim,): the final norm's β
 
@@ -193,21 +196,22 @@ class SwinAdapter(TimmPreLogitsAdapter[_Captured]):
         first_stage = captured.first_stage
         grids = _stage_grids(captured.init, first_stage, len(self.model.layers))
         readouts, bias = self._readouts(first_stage, grids, captured.inverse_sigmas)
-        names, parts = ["init"], [readouts[first_stage].apply(captured.init)]
+        # Per stage, the components pooled per slot (batch, components, slots·dim), in forward order.
+        pooled = {first_stage: [readouts[first_stage].pool(captured.init).unsqueeze(1)]}
+        names = ["init"]
         token_splits = [] if split_tokens else None
         for (stage, index), capture in captured.blocks.items():
             block_name = f"layers.{stage}.blocks.{index}"
             block = self.model.layers[stage].blocks[index]
-            heads = self._heads(block, capture, readouts[stage])
+            heads = self._pooled_heads(block, capture, readouts[stage])
             names += [f"{block_name}.attn.h{head}" for head in range(heads.shape[1])]
             names.append(f"{block_name}.mlp")
-            parts += [heads, readouts[stage].apply(capture.mlp)]
+            pooled.setdefault(stage, []).extend([heads, readouts[stage].pool(capture.mlp).unsqueeze(1)])
             if split_tokens:
                 token_splits.append(self._token_split(block_name, block, capture, readouts[stage]))
-        names.append("bias")
-        parts.append(bias)
-        contributions = torch.cat([part.view(len(images), -1, z.shape[-1]) for part in parts], dim=1)
-        return names, contributions, token_splits
+        parts = [readouts[stage].read_out(torch.cat(stage_parts, dim=1)) for stage, stage_parts in pooled.items()]
+        contributions = torch.cat([*parts, bias.unsqueeze(1)], dim=1)
+        return [*names, "bias"], contributions, token_splits
 
     def _readouts(
         self, first_stage: int, grids: list[tuple[int, int]], inverse_sigmas: dict[int, torch.Tensor]
@@ -250,8 +254,8 @@ class SwinAdapter(TimmPreLogitsAdapter[_Captured]):
         return cached
 
     @staticmethod
-    def _heads(block: SwinTransformerBlock, capture: _BlockCapture, readout: _Readout) -> torch.Tensor:
-        """(batch, heads, out_dim): every head's output at every query, read out to z.
+    def _pooled_heads(block: SwinTransformerBlock, capture: _BlockCapture, readout: _Readout) -> torch.Tensor:
+        """(batch, heads, slots·dim): every head's output at every query, pooled per slot.
 
         Each slot's queries are averaged with weights a / mass, so proj.bias / H enters once
         per slot (``project_heads``); the mass then scales the slot back.
@@ -264,7 +268,7 @@ class SwinAdapter(TimmPreLogitsAdapter[_Captured]):
         mixed = torch.einsum("btj,btk->bjk", query_weights, head_inputs) / mass.unsqueeze(-1)
         heads = project_heads(mixed.flatten(0, 1).unflatten(-1, (attn.num_heads, -1)), attn.proj.weight, attn.proj.bias)
         heads = heads.unflatten(0, (batch, slots)) * readout.mass[..., None, None]
-        return torch.einsum("bjhc,jdc->bhd", heads, readout.maps)
+        return heads.transpose(1, 2).flatten(2)
 
     def _token_split(
         self, block_name: str, block: SwinTransformerBlock, capture: _BlockCapture, readout: _Readout
@@ -284,9 +288,9 @@ class SwinAdapter(TimmPreLogitsAdapter[_Captured]):
         alpha = _from_windows(block, alpha.flatten(2), grid).flatten(1, 2).unflatten(-1, (num_heads, -1))
         values = _from_windows(block, capture.values.flatten(2), grid).flatten(1, 2).unflatten(-1, (num_heads, -1))
         # Slot map ∘ head h's column block of proj.weight, and slot map of each head's proj.bias / H.
-        value_maps = torch.einsum("jdc,chk->jhdk", readout.maps, proj.weight.unflatten(1, (num_heads, -1)))
+        value_maps = torch.einsum("jcd,chk->jhdk", readout.maps, proj.weight.unflatten(1, (num_heads, -1)))
         head_bias = proj.bias / num_heads if proj.bias is not None else proj.weight.new_zeros(proj.out_features)
-        bias_maps = readout.maps @ head_bias  # (slots, out_dim)
+        bias_maps = torch.einsum("jcd,c->jd", readout.maps, head_bias)  # (slots, out_dim)
         weighted_values = alpha.unsqueeze(-1) * values.unsqueeze(-2)  # (batch, tokens, heads, slots, head_dim)
         contributions = torch.einsum("bthjk,jhdk->bhtd", weighted_values, value_maps)
         contributions = contributions + torch.einsum("bthj,jd->bhtd", alpha, bias_maps)
@@ -319,13 +323,13 @@ def _build_slot_maps(model: SwinTransformer, first_stage: int, key: tuple) -> _S
     eye = torch.eye(model.num_features, dtype=like.dtype, device=like.device)
     # In the parameters' own precision, whatever autocast the first call runs under: the maps outlive it.
     with torch.autocast(like.device.type, enabled=False):
-        maps = {last: _centred_linear(model.norm, eye).unsqueeze(0)}
+        maps = {last: _centred_linear(model.norm, eye).T.contiguous().unsqueeze(0)}
         merge_biases = {}
         for stage in range(last, first_stage, -1):
             merge = model.layers[stage].downsample
-            merge_biases[stage] = maps[stage] @ merge.reduction(_beta(merge.norm, eye))
+            merge_biases[stage] = torch.einsum("jcd,c->jd", maps[stage], merge.reduction(_beta(merge.norm, eye)))
             quarters = _centred_linear(merge.norm, merge.reduction.weight).unflatten(1, (4, -1))  # (out, 4, in)
-            maps[stage - 1] = torch.einsum("jdc,cke->jkde", maps[stage], quarters).flatten(0, 1)
+            maps[stage - 1] = torch.einsum("jcd,cke->jked", maps[stage], quarters).flatten(0, 1).contiguous()
     return _SlotMaps(key, maps, merge_biases, _beta(model.norm, eye))
 
 
