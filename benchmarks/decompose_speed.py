@@ -8,6 +8,8 @@ writes (or replaces) its own section of benchmarks/RESULTS.md.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/decompose_speed.py
 
+``--models`` / ``--batches`` rerun only those cases; the section keeps the other rows.
+
 Targets (DESIGN.md §3): head split ≤ +10 % of the forward for ViT-B at batch 32 and
 ≤ +20 % at batch 1; head×token ≤ 2×.
 """
@@ -27,9 +29,10 @@ import torch
 from mapping.decompose import adapter_for, decompose
 from mapping.errors import UnsupportedModelError
 from mapping.models import LoadedModel, load_model
-from results_section import RESULTS, write_section
+from results_section import RESULTS, read_section, write_section
 
 MODES = ("plain", "heads", "heads×tokens")
+SECTION = "decompose-speed"
 
 
 @dataclass(frozen=True)
@@ -87,17 +90,31 @@ def time_case(case: Case, loaded: LoadedModel, repeats: int) -> Timing:
     return Timing(case, label, {mode: statistics.median(values) for mode, values in samples.items()})
 
 
-def table(timings: list[Timing]) -> str:
+def row(t: Timing) -> str:
+    return (f"| {t.case.model} | {t.case.batch} | {t.blocks} | {t.images_per_second('plain'):.1f} "
+            f"| {t.images_per_second('heads'):.1f} | {t.images_per_second('heads×tokens'):.1f} "
+            f"| {t.ratio('heads'):.2f} | {t.ratio('heads×tokens'):.2f} |")
+
+
+def table(rows: list[str]) -> str:
     header = ("| model | batch | decomposed | plain img/s | heads img/s | heads×tokens img/s "
               "| heads / plain | heads×tokens / plain |")
-    rows = [header, "|---" * (header.count("|") - 1) + "|"]
-    for t in timings:
-        rows.append(
-            f"| {t.case.model} | {t.case.batch} | {t.blocks} | {t.images_per_second('plain'):.1f} "
-            f"| {t.images_per_second('heads'):.1f} | {t.images_per_second('heads×tokens'):.1f} "
-            f"| {t.ratio('heads'):.2f} | {t.ratio('heads×tokens'):.2f} |"
-        )
-    return "\n".join(rows)
+    return "\n".join([header, "|---" * (header.count("|") - 1) + "|", *rows])
+
+
+def with_rows_not_rerun(rows: list[str]) -> tuple[list[str], list[str]]:
+    """``rows`` and the rows of the cases not rerun, from this benchmark's RESULTS.md section
+    (so a run restricted with ``--models`` / ``--batches`` replaces only its own rows), in the
+    order of :data:`CASES`; and the carried rows' models."""
+    def case_of(line: str) -> tuple[str, ...]:  # model, batch, decomposed range
+        return tuple(cell.strip() for cell in line.split("|")[1:4])
+
+    rerun = {case_of(line) for line in rows}
+    earlier = [line for line in read_section(SECTION).splitlines() if line.startswith("| ") and not line.startswith("| model")]
+    carried = [line for line in earlier if case_of(line) not in rerun]
+    order = [(case.model, str(case.batch), case.first_block == "all") for case in CASES]
+    merged = sorted([*rows, *carried], key=lambda line: order.index((*case_of(line)[:2], case_of(line)[2] == "all")))
+    return merged, sorted({case_of(line)[0] for line in carried})
 
 
 def machine() -> str:
@@ -113,15 +130,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per mode (median reported)")
     parser.add_argument("--models", nargs="*", help="only these model names")
+    parser.add_argument("--batches", nargs="*", type=int, help="only these batch sizes")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
 
     load_before = os.getloadavg()[0]
-    timings, notes = [], []
+    rows, notes = [], []
     loaded_models: dict[str, LoadedModel] = {}
-    print("\n".join(table([]).splitlines()[:2]), flush=True)
+    print(table([]), flush=True)
     for case in CASES:
-        if args.models and case.model not in args.models:
+        if (args.models and case.model not in args.models) or (args.batches and case.batch not in args.batches):
             continue
         if case.model not in loaded_models:
             loaded_models[case.model] = load_model(case.model, pretrained=False)  # speed needs no weights
@@ -131,10 +149,14 @@ def main() -> None:
             notes.append(f"skipped {case.model}: {error.problem}")
             print(notes[-1], file=sys.stderr)
             continue
-        timings.append(timing)
-        print(table([timing]).splitlines()[-1], flush=True)
+        rows.append(row(timing))
+        print(rows[-1], flush=True)
     load_after = os.getloadavg()[0]
 
+    rows, carried_models = with_rows_not_rerun(rows)
+    if carried_models:
+        notes.append(f"rows of cases not rerun here ({', '.join(carried_models)}) are carried over from the "
+                     "previous run of this section, whose machine and load they had")
     command = " ".join([f"OMP_NUM_THREADS={torch.get_num_threads()} .venv/bin/python benchmarks/decompose_speed.py",
                         *sys.argv[1:]]).strip()
     text = "\n".join([
@@ -147,12 +169,12 @@ def main() -> None:
         f"Machine: {machine()}. Load average (1 min) {load_before:.1f} before, {load_after:.1f} after "
         "(a load above the core count means other processes shared the cores).",
         "",
-        table(timings),
+        table(rows),
         *([""] + [f"- {note}" for note in notes] if notes else []),
     ])
     print("\n" + text)
     if not args.no_write:
-        write_section("decompose-speed", text)
+        write_section(SECTION, text)
         print(f"\nwrote {RESULTS}")
 
 

@@ -7,9 +7,21 @@ from pathlib import Path
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
+def _markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+
+
+def read_section(name: str) -> str:
+    """The text of section ``name`` as written last ("" if absent)."""
+    begin, end = _markers(name)
+    current = RESULTS.read_text() if RESULTS.exists() else ""
+    found = re.search(re.escape(begin) + "\n(.*?)\n" + re.escape(end), current, flags=re.S)
+    return found.group(1) if found else ""
+
+
 def write_section(name: str, text: str) -> None:
     """Replace the section between ``<!-- name:begin -->`` and ``<!-- name:end -->`` (appended if absent)."""
-    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    begin, end = _markers(name)
     section = f"{begin}\n{text.rstrip()}\n{end}"
     current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
     if begin in current and end in current:

@@ -14,6 +14,7 @@ up exactly once. Byte-identical files (sha256) are indexed once; the others are 
 """
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,6 +27,7 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
+from indexer.ranking_on_the_fly import ARTIFACTS
 from indexer.faiss_choice import AUTO, build_index as build_faiss_index
 from indexer.store import (
     DUPLICATES,
@@ -98,8 +100,14 @@ class _ChunkBuffer:
         return self.id_offset + record.position
 
 
+def listed_path(record: ImageRecord) -> str | None:
+    """The absolute path as listed, symlinks kept: a link is its own entry (a duplicate of
+    its target), and the server decides what a link may point to."""
+    return os.path.abspath(record.path) if record.path else None
+
+
 def _row(record: ImageRecord, image_id: int, size: tuple[int, int], sha256: str) -> dict[str, Any]:
-    row = {"id": image_id, "key": record.key, "path": str(record.path.resolve()) if record.path else None,
+    row = {"id": image_id, "key": record.key, "path": listed_path(record),
            "sha256": sha256, "width": size[0], "height": size[1]}
     for name, value in record.metadata.items():  # carried columns never shadow ours
         row[f"metadata.{name}" if name in RESERVED_COLUMNS else name] = value
@@ -146,7 +154,7 @@ class Indexer:
             self._clear()
         if folder.exists() and not folder.is_dir():
             raise CompsearchError(f"--out {folder} is a file", "pass a folder for the index")
-        if not self.store.exists() and folder.is_dir() and any(folder.iterdir()):
+        if not self.store.exists() and folder.is_dir() and any(p.name != ARTIFACTS for p in folder.iterdir()):
             raise CompsearchError(f"--out {folder} exists and is not an index",
                                   "pass a new or empty folder, so no other files get mixed with the index")
         run_entry = {"source": source.description, "chunk_size": self.settings.chunk_size}
@@ -240,7 +248,7 @@ class Indexer:
         counts["skipped"] += len(batch.skipped)
         fresh = []
         for position, (record, sha256) in enumerate(zip(batch.records, batch.sha256)):
-            path = str(record.path.resolve()) if record.path else None
+            path = listed_path(record)
             if sha256 in known:
                 first_id, first_path = known[sha256]
                 if first_path == path and first_id != buffer.image_id(record):

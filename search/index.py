@@ -27,7 +27,7 @@ from indexer.artifacts import IndexMismatchError, encoder_for_manifest, template
 from indexer.info import index_info
 from indexer.store import IndexDirectoryError, IndexStore
 from mapping.encoder import FULL, PropertyEncoder
-from mapping.images import decode_image, read_image
+from mapping.images import decode_image, read_image, to_rgb
 from mapping.models import RANDOM_INIT, LoadedModel, load_model
 from search.combine import Ranked, WeightedVector, combined_top_k
 from search.errors import NoTextEncoderError, QueryError, UnknownPropertyError
@@ -59,7 +59,7 @@ def read_faiss_index(path: Path, search_parameters: dict[str, Any]) -> faiss.Ind
 def _image(image: ImageInput) -> PIL.Image.Image:
     """A reference image as RGB, read by the indexer's own decoder."""
     if isinstance(image, PIL.Image.Image):
-        return image if image.mode == "RGB" else image.convert("RGB")
+        return to_rgb(image)  # 16-bit, alpha, palette: converted as the indexer converts files
     if isinstance(image, (bytes, bytearray)):
         return decode_image(bytes(image), "the uploaded image")
     if isinstance(image, (str, Path)):
@@ -262,14 +262,22 @@ class SearchIndex:
             embedded = self.encoder.encode_text([terms[i].text for i in members], self._templates(name))
             for i, vector in zip(members, embedded.numpy()):
                 vectors[i] = vector
-        for start in range(0, len(images), IMAGE_BATCH):
-            members = images[start:start + IMAGE_BATCH]
-            pictures = [_image(terms[i].image) for i in members]  # all readable before the model runs
+        # One decomposition per distinct image gives every property's vector: terms naming the
+        # same image (a path, or the very same object) share it.
+        distinct: dict[object, list[int]] = {}
+        for i in images:
+            image = terms[i].image
+            distinct.setdefault(str(image) if isinstance(image, (str, Path)) else id(image), []).append(i)
+        groups = list(distinct.values())
+        for start in range(0, len(groups), IMAGE_BATCH):
+            members = groups[start:start + IMAGE_BATCH]
+            pictures = [_image(terms[group[0]].image) for group in members]  # all readable before the model runs
             encoder = self.encoder
             pixels = torch.stack([encoder.model.preprocess(picture) for picture in pictures])
             encoded = encoder.encode(pixels)
-            for row, i in enumerate(members):
-                vectors[i] = torch.nn.functional.normalize(encoded[terms[i].property_name][row], dim=0).numpy()
+            for row, group in enumerate(members):
+                for i in group:
+                    vectors[i] = torch.nn.functional.normalize(encoded[terms[i].property_name][row], dim=0).numpy()
         return [np.ascontiguousarray(vector, dtype=np.float32) for vector in vectors]
 
     def _templates(self, name: str) -> list[str]:

@@ -1,11 +1,15 @@
 """``compsearch index``: one pass over an image collection into per-property FAISS indexes."""
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+from mapping.commands.options import emit, json_option
+
+if TYPE_CHECKING:
+    from indexer.build import IndexSummary
 
 
 @click.command("index")
@@ -20,8 +24,14 @@ import click
                    "Without one, vectors stay in the model's own space.")
 @click.option("--ranking", "ranking_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Ranking from `compsearch rank`: one index per property (its top-k components summed).")
-@click.option("--property", "property_names", multiple=True, metavar="NAME",
-              help="Index only these properties of the ranking (default: all it ranks).")
+@click.option("--property", "property_names", multiple=True, metavar="NAME|NAME=desc1,desc2|FILE",
+              help="With --ranking: index only these of its properties (default: all). Without: rank these "
+                   "properties on the fly on --sample images of the collection (needs --clip, and --aligner "
+                   "unless --model is that CLIP).")
+@click.option("--clip", "clip_name", help="open_clip model whose text encoder scores --property (on-the-fly ranking).")
+@click.option("--clip-weights", type=click.Path(path_type=Path), help="Local weights of --clip.")
+@click.option("--sample", default=1000, show_default=True, type=click.IntRange(min=2),
+              help="Images of the collection the on-the-fly ranking is scored on.")
 @click.option("--index", "index_type", default="auto", show_default=True,
               help="faiss index_factory string (Flat, HNSW32, IVF4096,Flat, IVF4096,PQ64) or auto "
                    "(from the collection's size and --memory).")
@@ -34,9 +44,10 @@ import click
 @click.option("--device", default="auto", show_default=True, help="auto (cuda when available), cpu, cuda, cuda:1 …")
 @click.option("--append", "mode", flag_value="append", help="Add the files not indexed yet to an existing index.")
 @click.option("--overwrite", "mode", flag_value="overwrite", help="Delete the index in --out and rebuild it.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@json_option
 def index_command(images: Path, out_dir: Path, model_name: str, weights: Path | None, random_init: bool,
                   aligner_path: Path | None, ranking_path: Path | None, property_names: tuple[str, ...],
+                  clip_name: str | None, clip_weights: Path | None, sample: int,
                   index_type: str, memory_gb: float | None, batch_size: int, workers: int, chunk_size: int,
                   device: str, mode: str | None, as_json: bool) -> None:
     """Index the images in IMAGES (a folder, a text file of paths, or a Parquet/CSV file with a
@@ -63,15 +74,16 @@ def index_command(images: Path, out_dir: Path, model_name: str, weights: Path | 
     )
     summary = build_index(images, out_dir, model_name, weights=weights, pretrained=not random_init,
                           aligner=aligner_path, ranking=ranking_path, properties=list(property_names) or None,
-                          settings=settings, mode=mode or "resume", device=device)
-    if as_json:
-        click.echo(json.dumps(asdict(summary), indent=2))
-        return
-    click.echo(
+                          settings=settings, mode=mode or "resume", device=device, clip=clip_name,
+                          clip_weights=clip_weights, sample=sample)
+    emit(summary, as_json, format_summary)
+
+
+def format_summary(summary: IndexSummary) -> str:
+    return "\n".join([
         f"{summary.folder}: {summary.images} images indexed ({summary.added} added by this run, "
         f"{summary.skipped} skipped, {summary.duplicates} duplicates, {summary.already_indexed} already there) "
-        f"in {summary.seconds:.1f} s ({summary.images_per_second:.1f} images/s)"
-    )
-    for name, factory in summary.indexes.items():
-        click.echo(f"  {name}.faiss  {factory}")
-    click.echo(f"Next: compsearch info {summary.folder}")
+        f"in {summary.seconds:.1f} s ({summary.images_per_second:.1f} images/s)",
+        *(f"  {name}.faiss  {factory}" for name, factory in summary.indexes.items()),
+        f"Next: compsearch info {summary.folder}",
+    ])

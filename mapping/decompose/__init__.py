@@ -11,10 +11,13 @@ from torch import nn
 from mapping.decompose.base import (
     Adapter,
     Decomposition,
+    HookScope,
     TokenSplit,
     adapter_for,
+    cached_adapter,
     linearised_layer_norm,
     register_adapter,
+    registered_adapters,
 )
 
 # Importing the family modules registers their adapters.
@@ -32,19 +35,35 @@ def decompose(
 
     ``first_block``: name or index of the first decomposed block, ``"all"``, or None for
     the paper's default range. ``split_tokens`` also splits every head by token.
+    Cheap to call per batch or per query: the model's adapter is built once and kept on
+    the model; calls on one model run one at a time (its hooks live on the model).
     """
-    name = model_name or getattr(model, "compsearch_name", None) or type(model).__name__
-    adapter = adapter_for(model, name)
-    with torch.inference_mode():
-        return adapter.decompose(images, adapter.resolve_first_block(first_block), split_tokens)
+    adapter = adapter_for(model, model_name or model_display_name(model))
+    return adapter.decompose(images, adapter.resolve_first_block(first_block), split_tokens)
+
+
+def model_output(model: nn.Module, images: torch.Tensor, model_name: str | None = None) -> torch.Tensor:
+    """The representation z of ``images`` that :func:`decompose` splits: one definition per
+    family (timm: pre-logits; MaxViT-tf: before the head's tanh layer; CLIP: the normalised
+    image embedding), also for models of a family whose configuration cannot be split."""
+    return cached_adapter(model, model_name or model_display_name(model)).output(images)
+
+
+def model_display_name(model: nn.Module) -> str:
+    """The name results report ``model`` by: what ``load_model`` was asked for, else its class."""
+    return getattr(model, "compsearch_name", None) or type(model).__name__
 
 
 __all__ = [
     "Adapter",
     "Decomposition",
+    "HookScope",
     "TokenSplit",
     "adapter_for",
+    "cached_adapter",
     "decompose",
     "linearised_layer_norm",
+    "model_output",
     "register_adapter",
+    "registered_adapters",
 ]

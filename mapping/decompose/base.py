@@ -5,6 +5,11 @@ re-implementation): it hooks the forward pass, and returns the model's own outpu
 together with its exact split into named component contributions (DESIGN.md §3).
 
 Conventions shared by every adapter:
+- z, what the components sum to, is the representation the adapter's ``output()`` defines,
+  the one definition (``LoadedModel.encode_images`` delegates to it): timm pre-logits
+  (``forward_head(x, pre_logits=True)``); for MaxViT-tf the input of the head's Linear + tanh
+  pre-logits layer (a tanh of a sum is no sum of components); for open_clip the normalised
+  image embedding;
 - component names use absolute module paths: ``init``, ``blocks.9.attn.h7``,
   ``blocks.9.mlp``, ``layers.2.blocks.14.attn.h3``, ``bias``;
 - ``init`` is the residual stream entering the first decomposed block;
@@ -20,8 +25,11 @@ Conventions shared by every adapter:
 """
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Generic, TypeVar
 
 import torch
 from torch import nn
@@ -85,18 +93,81 @@ class Decomposition:
         return self.contributions[:, self.index(name)]
 
 
-class Adapter:
+CaptureT = TypeVar("CaptureT")
+# What a family's ``_split`` returns: names, contributions (batch, components, dim), token splits.
+Split = tuple[list[str], torch.Tensor, list[TokenSplit] | None]
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+class HookScope(ExitStack):
+    """Forward hooks and module switches that last one ``with`` block: every hook is removed
+    and every switch restored on exit, also when the forward pass raises."""
+
+    def on_input(self, module: nn.Module, action: Callable[[torch.Tensor], None]) -> None:
+        """Call ``action`` with ``module``'s first positional input, before the module runs."""
+        self.callback(module.register_forward_pre_hook(lambda _module, args: action(args[0])).remove)
+
+    def on_output(self, module: nn.Module, action: Callable[[torch.Tensor], None]) -> None:
+        """Call ``action`` with ``module``'s output."""
+        self.callback(module.register_forward_hook(lambda _module, _args, output: action(output)).remove)
+
+    def keep_input(self, module: nn.Module, into: object, key: str | int, transform: Transform | None = None) -> None:
+        """Store ``module``'s first input (through ``transform``) as ``into.key`` (or ``into[key]``)."""
+        self.on_input(module, lambda tensor: _store(into, key, transform(tensor) if transform else tensor))
+
+    def keep_output(self, module: nn.Module, into: object, key: str | int, transform: Transform | None = None) -> None:
+        """Store ``module``'s output (through ``transform``) as ``into.key`` (or ``into[key]``)."""
+        self.on_output(module, lambda tensor: _store(into, key, transform(tensor) if transform else tensor))
+
+    def materialise_attention(self, attention: nn.Module) -> None:
+        """Switch off ``attention``'s fused kernel, which never materialises the attention
+        weights: the explicit path computes them as a tensor that hooks can read."""
+        self.callback(setattr, attention, "fused_attn", attention.fused_attn)
+        attention.fused_attn = False
+
+
+def _store(into: object, key: str | int, value: torch.Tensor) -> None:
+    if isinstance(into, dict):
+        into[key] = value
+    else:
+        setattr(into, key, value)
+
+
+class Adapter(Generic[CaptureT]):
     """Decomposes one architecture family. Subclasses register with :func:`register_adapter`.
 
-    ``block_names`` lists the decomposable blocks in forward order (absolute names);
-    ``default_first_block`` is the paper's default start of the decomposed range.
+    The generic part lives here: the training-mode refusal, hooks scoped to one forward pass,
+    inference mode, and one pass at a time per model. A family says only what differs:
+
+    - ``module_classes``, ``family`` and ``supported_hint`` (for its refusals), and
+      ``training_randomness`` (what makes its forward random in training mode);
+    - :meth:`block_names` and :meth:`default_first_block`;
+    - :meth:`_forward`: z from the model's own modules (the one definition of z, also behind
+      ``LoadedModel.encode_images``);
+    - :meth:`_check_supported`: raises :meth:`unsupported` for configurations it cannot split;
+    - :meth:`_hook`: installs the hooks of one pass and returns what they will fill;
+    - :meth:`_split`: turns that and z into named components.
     """
 
     module_classes: ClassVar[tuple[type[nn.Module], ...]] = ()
+    family: ClassVar[str] = ""
+    supported_hint: ClassVar[str] = ""
+    training_randomness: ClassVar[str] = "dropout, stochastic depth"
 
     def __init__(self, model: nn.Module, model_name: str) -> None:
         self.model = model
         self.model_name = model_name
+        # Hooks live on the shared model: a second pass running meanwhile (another thread
+        # decomposing or encoding with the same model) would fire them with its own images.
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        # Adapters are cached on their model, which deepcopy (EMA copies) and pickle copy:
+        # the copy starts afresh (a lock cannot be copied, caches belong to the original).
+        return {"model": self.model, "model_name": self.model_name}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["model"], state["model_name"])
 
     def block_names(self) -> list[str]:
         raise NotImplementedError
@@ -104,19 +175,50 @@ class Adapter:
     def default_first_block(self) -> str:
         raise NotImplementedError
 
-    def output(self, images: torch.Tensor) -> torch.Tensor:
-        """The model's own representation z (used as the reference for exactness)."""
+    def _forward(self, images: torch.Tensor) -> torch.Tensor:
+        """z, computed by the model's own modules (so the decomposition's hooks fire)."""
         raise NotImplementedError
+
+    def _check_supported(self) -> None:
+        """Raise :meth:`unsupported` for a configuration this family cannot split exactly."""
+
+    def _hook(self, hooks: HookScope, first: int, split_tokens: bool) -> CaptureT:
+        """Install, on ``hooks``, what one forward pass must keep from ``block_names()[first:]``."""
+        raise NotImplementedError
+
+    def _split(self, captured: CaptureT, images: torch.Tensor, z: torch.Tensor, split_tokens: bool) -> Split:
+        """The named components (and token splits) from what the hooks kept, in inference mode."""
+        raise NotImplementedError
+
+    def output(self, images: torch.Tensor) -> torch.Tensor:
+        """The model's representation z: what the components of an image sum to."""
+        with self._lock, torch.no_grad():
+            return self._forward(images)
 
     def decompose(
         self, images: torch.Tensor, first_block: str, split_tokens: bool
     ) -> Decomposition:
-        raise NotImplementedError
+        """Split z of ``images`` from the block named ``first_block`` on (see :meth:`resolve_first_block`)."""
+        self.require_eval_mode()
+        first = self.block_names().index(first_block)
+        with self._lock, torch.inference_mode():
+            with HookScope() as hooks:
+                captured = self._hook(hooks, first, split_tokens)
+                z = self._forward(images)
+            names, contributions, token_splits = self._split(captured, images, z, split_tokens)
+        return Decomposition(self.model_name, names, contributions, z, token_splits)
 
-    def require_eval_mode(self, why: str) -> None:
-        """Refuse a model in training mode, where ``why`` (dropout, …) makes its forward random."""
-        if self.model.training:
-            raise CompsearchError(f"{self.model_name} is in training mode ({why})",
+    def unsupported(self, what: str, hint: str | None = None) -> UnsupportedModelError:
+        """The refusal of a model configuration: ``what`` it has, and what to use instead."""
+        return UnsupportedModelError(
+            f"{self.model_name}: {what}, which the {self.family} decomposition does not handle",
+            hint or self.supported_hint,
+        )
+
+    def require_eval_mode(self) -> None:
+        """Refuse a model with any module in training mode, where its forward is random."""
+        if any(module.training for module in self.model.modules()):
+            raise CompsearchError(f"{self.model_name} is in training mode ({self.training_randomness})",
                                   "call model.eval() before decomposing")
 
     def resolve_first_block(self, first_block: str | int | None) -> str:
@@ -143,18 +245,17 @@ class Adapter:
         return first_block
 
 
-class TimmPreLogitsAdapter(Adapter):
+class TimmPreLogitsAdapter(Adapter[CaptureT]):
     """A timm model whose z is its pre-logits vector: ``forward_head(forward_features(x), pre_logits=True)``."""
 
     def _forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.forward_head(self.model.forward_features(images), pre_logits=True)
 
-    def output(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return self._forward(images)
-
 
 _ADAPTERS: list[type[Adapter]] = []
+# The adapter of a model is built once and kept on the model itself (the indexer decomposes
+# per batch, the search server per query); it dies with the model.
+_CACHED_ADAPTER = "_compsearch_adapter"
 
 
 def register_adapter(adapter: type[Adapter]) -> type[Adapter]:
@@ -163,12 +264,39 @@ def register_adapter(adapter: type[Adapter]) -> type[Adapter]:
     return adapter
 
 
+def registered_adapters() -> tuple[type[Adapter], ...]:
+    """Every registered adapter class, in registration order."""
+    return tuple(_ADAPTERS)
+
+
 def adapter_for(model: nn.Module, model_name: str) -> Adapter:
-    """The adapter whose ``module_classes`` match ``model`` (most specific class first)."""
+    """The adapter whose ``module_classes`` match ``model`` (most specific class first),
+    after checking that it can split this model's configuration.
+
+    The check runs on every call (tens of microseconds): a model changed in place, e.g. by timm's
+    ``reset_classifier(global_pool=...)``, must not be split on its old assumptions.
+    """
+    adapter = cached_adapter(model, model_name)
+    adapter._check_supported()
+    return adapter
+
+
+def cached_adapter(model: nn.Module, model_name: str) -> Adapter:
+    """``model``'s adapter, built on first use and kept on the model, without the support check:
+    z (:meth:`Adapter.output`) is defined for every model of the family, split or not."""
+    adapter = getattr(model, _CACHED_ADAPTER, None)
+    if adapter is None:
+        adapter = _adapter_class(model, model_name)(model, model_name)
+        setattr(model, _CACHED_ADAPTER, adapter)
+    adapter.model_name = model_name  # only names the model in messages and results
+    return adapter
+
+
+def _adapter_class(model: nn.Module, model_name: str) -> type[Adapter]:
     for cls in type(model).__mro__:
         for adapter in _ADAPTERS:
             if cls in adapter.module_classes:
-                return adapter(model, model_name)
+                return adapter
     supported = sorted({c.__name__ for a in _ADAPTERS for c in a.module_classes})
     raise UnsupportedModelError(
         f"{model_name} is a {type(model).__name__}, which compsearch cannot decompose",

@@ -1,10 +1,11 @@
 """``compsearch search``: query an index by text, reference image or indexed image, per property."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
+
+from mapping.commands.options import emit, json_option
 
 
 @click.command("search")
@@ -22,7 +23,7 @@ import click
 @click.option("--weights", type=click.Path(path_type=Path), help="The model's weights file, if not found where it was when indexing.")
 @click.option("--clip-weights", type=click.Path(path_type=Path), help="The CLIP's weights file (for --text), likewise.")
 @click.option("--device", default="cpu", show_default=True, help="Where reference images are decomposed: cpu, cuda, auto.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: query, results (id, path, score, scores, metadata), seconds.")
+@json_option
 def search_command(index_dir: Path, text: str | None, image: str | None, image_id: int | None,
                    property_name: str | None, weight: float, and_terms: tuple[str, ...], not_terms: tuple[str, ...],
                    k: int, threshold: float | None, weights: Path | None, clip_weights: Path | None, device: str,
@@ -51,4 +52,4 @@ def search_command(index_dir: Path, text: str | None, image: str | None, image_i
     query = Query(text=text, image=image, id=image_id, property=property_name, weight=weight, terms=terms)
     index = open_index(index_dir, device=device, weights=weights, clip_weights=clip_weights)
     results = index.search_batch([query], k=k, threshold=threshold)[0]
-    click.echo(json.dumps(results.to_json(), indent=2) if as_json else format_results(results))
+    emit(results, as_json, format_results)  # JSON: query, results (id, path, score, scores, metadata), seconds

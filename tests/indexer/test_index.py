@@ -238,3 +238,62 @@ def test_killed_run_resumes_with_every_image_exactly_once(world, tmp_path) -> No
     ids = ds.dataset(out / "shards").to_table().column("id").to_pylist()
     assert sorted(ids) == list(range(60))
     assert faiss.read_index(str(out / "full.faiss")).ntotal == 60
+
+
+@pytest.mark.slow
+def test_imagenet_sample_indexes_with_real_weights(deit_tiny_weights, imagenet_sample, tmp_path) -> None:
+    """The 800 sample photos through the CLI with real DeiT-tiny: all in, each its own nearest neighbour."""
+    out = tmp_path / "index"
+    finished = subprocess.run(_cli("index", str(imagenet_sample), "--out", str(out), "--model", MODEL,
+                                   "--weights", str(deit_tiny_weights), "--workers", "2", "--json"),
+                              capture_output=True, text=True, timeout=1800)
+    assert finished.returncode == 0, finished.stderr
+    store = IndexStore(out)
+    assert store.read_manifest()["counts"] == {"images": 800, "skipped": 0, "duplicates": 0}
+    index = faiss.read_index(str(out / "full.faiss"))
+    ids = np.arange(0, 800, 37)
+    queries = np.stack([index.reconstruct(int(i)) for i in ids])
+    _, found = index.search(queries, 1)
+    assert (found[:, 0] == ids).all()
+
+
+@pytest.mark.timeout(300)
+def test_awkward_corpus_every_good_file_in_every_bad_one_skipped_with_its_reason(model, tmp_path) -> None:
+    from tests.corpus import write_awkward_corpus
+
+    good, bad = write_awkward_corpus(tmp_path / "corpus")
+    out = tmp_path / "index"
+    settings = IndexSettings(batch_size=8, workers=2, chunk_size=8, progress=False)
+    _index(model, tmp_path / "corpus", out, settings=settings)
+    store = IndexStore(out)
+    rows = store.read_table().to_pylist()
+    duplicates = store.read_table("duplicates").to_pylist()
+    indexed = {row["key"]: (row["width"], row["height"]) for row in rows}
+    assert set(indexed) | {row["key"] for row in duplicates} == set(good)
+    assert all(indexed[key] == size for key, size in good.items() if key in indexed)
+    skipped = {row["key"]: row["reason"] for row in store.read_table("skipped").to_pylist()}
+    assert set(skipped) == set(bad)
+    for key, reason in bad.items():
+        assert reason in skipped[key], (key, skipped[key])
+    assert len({row["id"] for row in rows}) == len(rows) == faiss.read_index(str(out / "full.faiss")).ntotal
+
+
+def test_properties_ranked_on_the_fly_with_the_model_as_its_own_clip(fixture_clip, world, tmp_path) -> None:
+    from indexer.api import build_index
+
+    clip = f"local-dir:{fixture_clip}"
+    out = tmp_path / "index"
+    summary = build_index(world / "train", out, clip, properties=["colour=red,green,blue", "shape=circle,star"],
+                          clip=clip, settings=SETTINGS, sample=12)
+    manifest = IndexStore(out).read_manifest()
+    assert summary.images == 20 and set(manifest["indexes"]) == {"full", "colour", "shape"}
+    assert manifest["properties"]["colour"]["components"] and "bias" not in manifest["properties"]["colour"]["components"]
+    assert (out / "artifacts" / "ranking.json").is_file() and manifest["aligner"]["relative_path"].startswith("artifacts")
+
+
+def test_properties_without_ranking_or_clip_are_refused(model, world, tmp_path) -> None:
+    from indexer.api import build_index
+
+    with pytest.raises(CompsearchError, match="--clip"):
+        build_index(world / "train", tmp_path / "index", MODEL, pretrained=False, properties=["colour"],
+                    settings=SETTINGS)

@@ -43,7 +43,6 @@ sharing the query's offset modulo ``H / partition_size`` (a dilated lattice over
 """
 from __future__ import annotations
 
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import torch
@@ -65,14 +64,14 @@ from torch import nn
 
 from mapping.decompose.base import (
     Adapter,
-    Decomposition,
+    HookScope,
+    Split,
     TokenSplit,
     head_contributions,
     linearised_layer_norm,
     project_heads,
     register_adapter,
 )
-from mapping.errors import UnsupportedModelError
 
 PARTITIONS = ("attn_block", "attn_grid")
 
@@ -115,13 +114,26 @@ class _BlockCapture:
     partitions: dict[str, _PartitionCapture] = field(default_factory=dict)
 
 
-@register_adapter
-class MaxVitAdapter(Adapter):
-    module_classes = (MaxxVit,)
+@dataclass
+class _Captured:
+    """What one hooked forward pass keeps."""
 
-    def __init__(self, model: nn.Module, model_name: str) -> None:
-        super().__init__(model, model_name)
-        self._check_supported()
+    blocks: list[tuple[str, MaxxVitBlock]]  # the decomposed blocks, in forward order
+    captures: list[_BlockCapture]
+    landings: dict[str, _Landing] = field(default_factory=dict)  # planned when the stream enters the range
+    init: torch.Tensor | None = None  # (B, C_final): the stream entering the range, pooled
+    pooled: torch.Tensor | None = None  # (B, C_final): the head's pooled stream, the norm's input
+
+
+@register_adapter
+class MaxVitAdapter(Adapter[_Captured]):
+    module_classes = (MaxxVit,)
+    family = "MaxViT"
+    supported_hint = (
+        "use a MaxViT-tf model (maxvit_{tiny,small,base,large}_tf_*): 'M' blocks with "
+        "channels-last attention, average-pool downsampling and a pool-then-norm head"
+    )
+    training_randomness = "BatchNorm batch statistics, dropout"
 
     def _blocks(self) -> list[tuple[str, MaxxVitBlock]]:
         return [
@@ -131,15 +143,7 @@ class MaxVitAdapter(Adapter):
         ]
 
     def _check_supported(self) -> None:
-        model, name = self.model, self.model_name
-
-        def unsupported(what: str) -> UnsupportedModelError:
-            return UnsupportedModelError(
-                f"{name}: {what}, which the MaxViT decomposition does not handle",
-                "use a MaxViT-tf model (maxvit_{tiny,small,base,large}_tf_*): 'M' blocks with "
-                "channels-last attention, average-pool downsampling and a pool-then-norm head",
-            )
-
+        model, unsupported = self.model, self.unsupported
         head = model.head
         if not isinstance(head, NormMlpClassifierHead) or not isinstance(model.norm, nn.Identity):
             raise unsupported("a LayerNorm on every position before pooling")
@@ -182,33 +186,38 @@ class MaxVitAdapter(Adapter):
         penultimate = len(stages) - 2
         return f"stages.{penultimate}.blocks.{max(0, len(stages[penultimate].blocks) - 2)}"
 
-    def _z(self, features: torch.Tensor) -> torch.Tensor:
-        """The head's linear part: pooled, normalised vector (the input of ``pre_logits``)."""
+    def _forward(self, images: torch.Tensor) -> torch.Tensor:
+        """The head's linear part: the pooled, normalised vector, the input of ``head.pre_logits``
+        (the tf variants' Linear + tanh layer, which is left out of z)."""
         head = self.model.head
-        return head.flatten(head.norm(head.global_pool(features)))
+        return head.flatten(head.norm(head.global_pool(self.model.forward_features(images))))
 
-    @torch.inference_mode()
-    def output(self, images: torch.Tensor) -> torch.Tensor:
-        return self._z(self.model.forward_features(images))
-
-    @torch.inference_mode()
-    def decompose(
-        self, images: torch.Tensor, first_block: str, split_tokens: bool
-    ) -> Decomposition:
-        self.require_eval_mode("BatchNorm batch statistics, dropout")
-        first = self.block_names().index(first_block)
+    def _hook(self, hooks: HookScope, first: int, split_tokens: bool) -> _Captured:
+        """Plan the landings when the stream enters the range; keep init, every block's pooled
+        branches and the pooled stream."""
         blocks = self._blocks()[first:]
-        captures = [_BlockCapture() for _ in blocks]
-        landings: dict[str, _Landing] = {}  # filled by the first block's pre-hook
-        streams: dict[str, torch.Tensor] = {}
-        with ExitStack() as stack:
-            self._hook_streams(stack, blocks, landings, streams)
-            for (block_name, block), capture in zip(blocks, captures):
-                self._hook_block(stack, block_name, block, capture, landings, split_tokens)
-            z = self._z(self.model.forward_features(images))
+        captured = _Captured(blocks, [_BlockCapture() for _ in blocks])
 
-        names, parts = ["init"], [streams["init"].unsqueeze(1)]
-        for (block_name, block), capture in zip(blocks, captures):
+        def plan_landings(stream: torch.Tensor) -> None:
+            captured.landings.update(self._plan_landings(blocks, stream))
+            captured.init = captured.landings["init"].pool(stream.permute(0, 2, 3, 1))
+
+        hooks.on_input(blocks[0][1], plan_landings)
+        hooks.keep_output(self.model.head.global_pool, captured, "pooled", lambda pooled: pooled.flatten(1))
+        for (block_name, block), capture in zip(blocks, captured.captures):
+            landings = captured.landings
+            # drop_path (an identity in eval) outputs exactly the branch added to the shortcut.
+            hooks.keep_output(block.conv.drop_path, capture, "conv",
+                              lambda out, name=block_name: landings[name].pool(out.permute(0, 2, 3, 1)))
+            for partition_name, partition in self._partitions(block):
+                partition_capture = capture.partitions.setdefault(partition_name, _PartitionCapture())
+                self._hook_partition(hooks, block_name, partition, partition_capture, landings, split_tokens)
+        return captured
+
+    def _split(self, captured: _Captured, images: torch.Tensor, z: torch.Tensor, split_tokens: bool) -> Split:
+        blocks, landings = captured.blocks, captured.landings
+        names, parts = ["init"], [captured.init.unsqueeze(1)]
+        for (block_name, block), capture in zip(blocks, captured.captures):
             landing = landings[block_name]
             names.append(f"{block_name}.conv")
             parts.append(capture.conv.unsqueeze(1))
@@ -220,9 +229,7 @@ class MaxVitAdapter(Adapter):
                 parts += [heads, partition_capture.mlp.unsqueeze(1)]
         # The downsampling biases join the stream (and its norm) as one more summand.
         parts.append(self._shortcut_biases(blocks, landings, images.shape[0]).unsqueeze(1))
-        head_norm = self.model.head.norm
-        pooled_stream = streams["pooled"]
-        normalised, beta = linearised_layer_norm(torch.cat(parts, dim=1), pooled_stream, head_norm)
+        normalised, beta = linearised_layer_norm(torch.cat(parts, dim=1), captured.pooled, self.model.head.norm)
         contributions = torch.cat([normalised[:, :-1], (normalised[:, -1] + beta).unsqueeze(1)], dim=1)
         names.append("bias")
 
@@ -230,31 +237,11 @@ class MaxVitAdapter(Adapter):
         if split_tokens:
             token_splits = [
                 self._token_split(f"{block_name}.{partition_name}", partition, capture.partitions[partition_name],
-                                  landings[block_name], pooled_stream)
-                for (block_name, block), capture in zip(blocks, captures)
+                                  landings[block_name], captured.pooled)
+                for (block_name, block), capture in zip(blocks, captured.captures)
                 for partition_name, partition in self._partitions(block)
             ]
-        return Decomposition(self.model_name, names, contributions, z, token_splits)
-
-    def _hook_streams(
-        self,
-        stack: ExitStack,
-        blocks: list[tuple[str, MaxxVitBlock]],
-        landings: dict[str, _Landing],
-        streams: dict[str, torch.Tensor],
-    ) -> None:
-        """Plan the landings when the stream enters the range; keep init and the pooled stream."""
-
-        def keep_init(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            stream = args[0]
-            landings.update(self._plan_landings(blocks, stream))
-            streams["init"] = landings["init"].pool(stream.permute(0, 2, 3, 1))
-
-        def keep_pooled(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            streams["pooled"] = output.flatten(1)
-
-        stack.callback(blocks[0][1].register_forward_pre_hook(keep_init).remove)
-        stack.callback(self.model.head.global_pool.register_forward_hook(keep_pooled).remove)
+        return names, contributions, token_splits
 
     @staticmethod
     def _plan_landings(blocks: list[tuple[str, MaxxVitBlock]], stream: torch.Tensor) -> dict[str, _Landing]:
@@ -293,27 +280,9 @@ class MaxVitAdapter(Adapter):
                 total = total + landing.to_final(expand.bias * landing.mass)
         return total.expand(batch, -1)
 
-    def _hook_block(
-        self,
-        stack: ExitStack,
-        block_name: str,
-        block: MaxxVitBlock,
-        capture: _BlockCapture,
-        landings: dict[str, _Landing],
-        split_tokens: bool,
-    ) -> None:
-        def keep_conv(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            capture.conv = landings[block_name].pool(output.permute(0, 2, 3, 1))
-
-        # drop_path (an identity in eval) outputs exactly the branch added to the shortcut.
-        stack.callback(block.conv.drop_path.register_forward_hook(keep_conv).remove)
-        for partition_name, partition in self._partitions(block):
-            partition_capture = capture.partitions.setdefault(partition_name, _PartitionCapture())
-            self._hook_partition(stack, block_name, partition, partition_capture, landings, split_tokens)
-
     def _hook_partition(
         self,
-        stack: ExitStack,
+        hooks: HookScope,
         block_name: str,
         partition: PartitionAttentionCl,
         capture: _PartitionCapture,
@@ -327,9 +296,8 @@ class MaxVitAdapter(Adapter):
             weights = landings[block_name].weights.expand(batch, -1, -1).unsqueeze(-1)
             return _partition(partition, weights).flatten(1)
 
-        def keep_heads(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        def keep_heads(windows: torch.Tensor) -> None:
             # Input of proj: per-head A·V, concatenated head-major, one row per query.
-            windows = args[0]
             if split_tokens:
                 capture.tokens, capture.heads = _split_by_key(partition, capture, windows.shape, landings[block_name])
                 capture.attention = capture.values = None
@@ -341,33 +309,27 @@ class MaxVitAdapter(Adapter):
             bias = attn.proj.bias * landings[block_name].mass if attn.proj.bias is not None else None
             capture.heads = project_heads(per_head, attn.proj.weight, bias)
 
-        def keep_mlp(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            capture.mlp = landings[block_name].pool(output)
-
-        stack.callback(attn.proj.register_forward_pre_hook(keep_heads).remove)
+        hooks.on_input(attn.proj, keep_heads)
         # drop_path2 (an identity in eval) outputs ls2(mlp(·)), the branch added to the stream.
-        stack.callback(partition.drop_path2.register_forward_hook(keep_mlp).remove)
+        hooks.keep_output(partition.drop_path2, capture, "mlp", lambda out: landings[block_name].pool(out))
         if not split_tokens:
             return
 
-        def keep_attention(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            attention = args[0]  # (B·windows, heads, queries, keys), softmaxed
+        def pooled_attention(attention: torch.Tensor) -> torch.Tensor:
+            """A (B·windows, heads, queries, keys), softmaxed → weighted over queries (B·windows, heads, keys)."""
             batch = attention.shape[0] // _windows_per_image(partition, landings[block_name])
-            capture.attention = torch.einsum("whqk,wq->whk", attention, spatial_weights(batch))
+            return torch.einsum("whqk,wq->whk", attention, spatial_weights(batch))
 
-        def keep_values(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            qkv = output.flatten(1, 2)  # (B·windows, tokens, 3·heads·head_dim)
+        def values(qkv: torch.Tensor) -> torch.Tensor:
+            qkv = qkv.flatten(1, 2)  # (B·windows, tokens, 3·heads·head_dim)
             if attn.head_first:  # per head: q, k, v of head_dim each
-                values = qkv.unflatten(-1, (attn.num_heads, 3, attn.dim_head))[..., 2, :]
-            else:  # q of all heads, then k, then v
-                values = qkv.unflatten(-1, (3, attn.num_heads, attn.dim_head))[..., 2, :, :]
-            capture.values = values
+                return qkv.unflatten(-1, (attn.num_heads, 3, attn.dim_head))[..., 2, :]
+            return qkv.unflatten(-1, (3, attn.num_heads, attn.dim_head))[..., 2, :, :]  # q of all heads, k, v
 
-        # The fused kernel never materialises A; the explicit path hands it to attn_drop.
-        stack.callback(setattr, attn, "fused_attn", attn.fused_attn)
-        attn.fused_attn = False
-        stack.callback(attn.attn_drop.register_forward_pre_hook(keep_attention).remove)
-        stack.callback(attn.qkv.register_forward_hook(keep_values).remove)
+        # The explicit path hands the softmaxed A to attn_drop.
+        hooks.materialise_attention(attn)
+        hooks.keep_input(attn.attn_drop, capture, "attention", pooled_attention)
+        hooks.keep_output(attn.qkv, capture, "values", values)
 
     def _token_split(
         self,

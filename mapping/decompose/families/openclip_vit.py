@@ -22,9 +22,8 @@ head split costs O(batch·heads·tokens·width) per block on top of the forward.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from open_clip.model import CLIP, CustomTextCLIP
@@ -35,18 +34,17 @@ from open_clip.transformer import (
     VisionTransformer,
 )
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
 from mapping.decompose.base import (
     Adapter,
-    Decomposition,
+    HookScope,
+    Split,
     TokenSplit,
     head_contributions,
     linearised_layer_norm,
     project_heads,
     register_adapter,
 )
-from mapping.errors import CompsearchError, UnsupportedModelError
 
 BLOCKS = "visual.transformer.resblocks"
 DEFAULT_DECOMPOSED_BLOCKS = 5  # the paper's range for 12-block ViTs: blocks 7–11
@@ -65,22 +63,42 @@ class _BlockCapture:
 
 @dataclass
 class _TowerCapture:
-    """What the tower-level hooks keep."""
+    """What the tower-level hooks keep, and the blocks' captures by block index."""
 
+    blocks: dict[int, _BlockCapture]
     init: torch.Tensor | None = None  # (batch, width): the stream entering the first block, at CLS
     stream: torch.Tensor | None = None  # (batch, width): ln_post's input at CLS
     features: torch.Tensor | None = None  # (batch, embed_dim): the embedding before /‖·‖
 
 
 @register_adapter
-class OpenClipViTAdapter(Adapter):
+class OpenClipViTAdapter(Adapter[_TowerCapture]):
     """Decomposes ``encode_image`` of open_clip CLIP models whose tower is a VisionTransformer."""
 
     module_classes = (CLIP, CustomTextCLIP)
+    family = "open_clip ViT"
+    supported_hint = "use a CLIP model with a ViT image tower and class-token pooling (pool_type='tok')"
+    training_randomness = "patch dropout, attention dropout"
 
-    def __init__(self, model: nn.Module, model_name: str) -> None:
-        super().__init__(model, model_name)
-        self.visual = _vision_tower(model, model_name)
+    @property
+    def visual(self) -> VisionTransformer:
+        return self.model.visual
+
+    def _check_supported(self) -> None:
+        """The image tower must be a ViT pooled by its class token (blocks are checked per range)."""
+        visual = self.visual
+        if not isinstance(visual, VisionTransformer):
+            raise self.unsupported(
+                f"an image tower of type {type(visual).__name__}, not an open_clip VisionTransformer",
+                "only CLIP models with a ViT image tower can be decomposed",
+            )
+        if visual.attn_pool is not None:
+            raise self.unsupported(
+                "an attentional pooler over the image tokens, whose output is not a sum of per-component terms"
+            )
+        if visual.pool_type != "tok":
+            raise self.unsupported(f"pool_type={visual.pool_type!r}",
+                                   "only class-token pooling (pool_type='tok') is supported")
 
     def block_names(self) -> list[str]:
         return [f"{BLOCKS}.{i}" for i in range(len(self.visual.transformer.resblocks))]
@@ -89,27 +107,35 @@ class OpenClipViTAdapter(Adapter):
         names = self.block_names()
         return names[max(len(names) - DEFAULT_DECOMPOSED_BLOCKS, 0)]
 
-    def output(self, images: torch.Tensor) -> torch.Tensor:
+    def _forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(images, normalize=True)
 
-    def decompose(
-        self, images: torch.Tensor, first_block: str, split_tokens: bool
-    ) -> Decomposition:
-        if self.visual.training and not isinstance(self.visual.patch_dropout, nn.Identity):
-            raise CompsearchError(
-                f"{self.model_name} is in training mode, where patch dropout drops random tokens",
-                "call model.eval() before decomposing",
-            )
-        first = self.block_names().index(first_block)
-        resblocks = self.visual.transformer.resblocks
-        blocks = {i: block for i, block in enumerate(resblocks) if i >= first}
+    def _hook(self, hooks: HookScope, first: int, split_tokens: bool) -> _TowerCapture:
+        """Hooks on one plain ``encode_image`` pass that keep what the split needs."""
+        blocks = {i: block for i, block in enumerate(self.visual.transformer.resblocks) if i >= first}
         for i, block in blocks.items():
-            _check_block(block, f"{BLOCKS}.{i}", self.model_name)
-        z, tower, captures = self._hooked_forward(images, blocks, split_tokens)
+            self._check_block(block, f"{BLOCKS}.{i}")
+        tower = _TowerCapture({i: _BlockCapture() for i in blocks})
+        batch_first = getattr(self.visual.transformer, "batch_first", True)
 
+        def at_cls(tokens: torch.Tensor) -> torch.Tensor:
+            return _tokens_first(tokens, batch_first)[:, CLS].clone()
+
+        hooks.keep_input(blocks[first], tower, "init", at_cls)
+        # ln_post's input is 3-d when it runs before pooling, already the pooled row otherwise.
+        hooks.keep_input(self.visual.ln_post, tower, "stream", lambda s: s[:, CLS] if s.ndim == 3 else s)
+        hooks.keep_output(self.visual, tower, "features")
+        for i, block in blocks.items():
+            capture = tower.blocks[i]
+            hooks.on_input(block.attn, partial(_capture_heads, block, capture, batch_first, split_tokens))
+            # ls_2's output is exactly the MLP branch that is added to the stream.
+            hooks.keep_output(block.ls_2, capture, "mlp", at_cls)
+        return tower
+
+    def _split(self, tower: _TowerCapture, images: torch.Tensor, z: torch.Tensor, split_tokens: bool) -> Split:
         names = ["init"]
         parts = [tower.init.unsqueeze(1)]
-        for i, capture in captures.items():
+        for i, capture in tower.blocks.items():
             names += [f"{BLOCKS}.{i}.attn.h{h}" for h in range(capture.heads.shape[1])]
             names.append(f"{BLOCKS}.{i}.mlp")
             parts += [capture.heads, capture.mlp.unsqueeze(1)]
@@ -119,41 +145,21 @@ class OpenClipViTAdapter(Adapter):
 
         token_splits = None
         if split_tokens:
+            resblocks = self.visual.transformer.resblocks
             token_splits = [
-                self._token_split(blocks[i], f"{BLOCKS}.{i}", capture, tower.stream, norm)
-                for i, capture in captures.items()
+                self._token_split(resblocks[i], f"{BLOCKS}.{i}", capture, tower.stream, norm)
+                for i, capture in tower.blocks.items()
             ]
-        return Decomposition(self.model_name, names + ["bias"], contributions, z, token_splits)
+        return names + ["bias"], contributions, token_splits
 
-    def _hooked_forward(
-        self, images: torch.Tensor, blocks: dict[int, nn.Module], split_tokens: bool
-    ) -> tuple[torch.Tensor, _TowerCapture, dict[int, _BlockCapture]]:
-        """One plain ``encode_image`` pass whose hooks keep what the split needs."""
-        tower = _TowerCapture()
-        captures = {i: _BlockCapture() for i in blocks}
-        batch_first = getattr(self.visual.transformer, "batch_first", True)
-
-        def capture_init(module: nn.Module, args: tuple) -> None:
-            tower.init = _tokens_first(args[0], batch_first)[:, CLS].clone()
-
-        def capture_ln_post_input(module: nn.Module, args: tuple) -> None:
-            # 3-d when ln_post runs before pooling, already the pooled row otherwise.
-            stream = args[0]
-            tower.stream = stream[:, CLS] if stream.ndim == 3 else stream
-
-        def capture_features(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            tower.features = output
-
-        handles = [
-            blocks[min(blocks)].register_forward_pre_hook(capture_init),
-            self.visual.ln_post.register_forward_pre_hook(capture_ln_post_input),
-            self.visual.register_forward_hook(capture_features),
-        ]
-        for i, block in blocks.items():
-            handles += _block_hooks(block, captures[i], batch_first, split_tokens)
-        with _removed_after(handles):
-            z = self.model.encode_image(images, normalize=True)
-        return z, tower, captures
+    def _check_block(self, block: nn.Module, name: str) -> None:
+        if not _splits_per_head(block):
+            raise self.unsupported(
+                f"block {name} ({type(block).__name__}) mixing its heads (cross-attention, a norm "
+                "after attention, or scaled cosine attention)",
+                "decompose from a later block, or use a model without scale_attn / "
+                "scale_attn_inner / scaled_cosine_attn",
+            )
 
     def _project(self, components: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
         """Apply what follows ln_post, linear for a frozen ‖·‖: ``@ proj``, then ``/ norm``."""
@@ -187,39 +193,6 @@ class OpenClipViTAdapter(Adapter):
         )
 
 
-def _vision_tower(model: nn.Module, model_name: str) -> VisionTransformer:
-    """The model's image tower, if it is a ViT pooled in a way this adapter can split."""
-    visual = model.visual
-    if not isinstance(visual, VisionTransformer):
-        raise UnsupportedModelError(
-            f"{model_name}'s image tower is a {type(visual).__name__}, not an open_clip VisionTransformer",
-            "only CLIP models with a ViT image tower can be decomposed",
-        )
-    if visual.attn_pool is not None:
-        raise UnsupportedModelError(
-            f"{model_name} pools its image tokens with an attentional pooler, whose output "
-            "is not a sum of per-component terms",
-            "use a CLIP model with class-token pooling (pool_type='tok')",
-        )
-    if visual.pool_type != "tok":
-        raise UnsupportedModelError(
-            f"{model_name} pools its image tokens with pool_type={visual.pool_type!r}",
-            "only class-token pooling (pool_type='tok') is supported",
-        )
-    return visual
-
-
-def _check_block(block: nn.Module, name: str, model_name: str) -> None:
-    if not _splits_per_head(block):
-        raise UnsupportedModelError(
-            f"block {name} of {model_name} ({type(block).__name__}) mixes its heads in a way "
-            "that this adapter cannot split per head (cross-attention, a norm after attention, "
-            "or scaled cosine attention)",
-            "decompose from a later block, or use a model without scale_attn / "
-            "scale_attn_inner / scaled_cosine_attn",
-        )
-
-
 def _splits_per_head(block: nn.Module) -> bool:
     attn = block.attn
     if isinstance(block, ResidualAttentionBlock) and isinstance(attn, nn.MultiheadAttention):
@@ -232,27 +205,17 @@ def _splits_per_head(block: nn.Module) -> bool:
     return False
 
 
-def _block_hooks(
-    block: nn.Module, capture: _BlockCapture, batch_first: bool, split_tokens: bool
-) -> list[RemovableHandle]:
-    """Hooks that fill ``capture`` with the block's heads and MLP at the CLS position."""
-
-    def capture_heads(module: nn.Module, args: tuple) -> None:
-        attention_input = _tokens_first(args[0], batch_first)
-        attention = _cls_attention(module, attention_input)
-        mixed = _cls_mixed_values(module, attention, attention_input)
-        capture.heads = block.ls_1(project_heads(mixed, module.out_proj.weight, module.out_proj.bias))
-        if split_tokens:
-            capture.attention, capture.attention_input = attention, attention_input
-
-    def capture_mlp(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-        # ls_2's output is exactly the MLP branch that is added to the stream.
-        capture.mlp = _tokens_first(output, batch_first)[:, CLS].clone()
-
-    return [
-        block.attn.register_forward_pre_hook(capture_heads),
-        block.ls_2.register_forward_hook(capture_mlp),
-    ]
+def _capture_heads(
+    block: nn.Module, capture: _BlockCapture, batch_first: bool, split_tokens: bool, attention_input: torch.Tensor
+) -> None:
+    """Fill ``capture.heads`` (and the token split's inputs) from the block's attention input."""
+    attn = block.attn
+    attention_input = _tokens_first(attention_input, batch_first)
+    attention = _cls_attention(attn, attention_input)
+    mixed = _cls_mixed_values(attn, attention, attention_input)
+    capture.heads = block.ls_1(project_heads(mixed, attn.out_proj.weight, attn.out_proj.bias))
+    if split_tokens:
+        capture.attention, capture.attention_input = attention, attention_input
 
 
 def _cls_attention(attn: nn.Module, attention_input: torch.Tensor) -> torch.Tensor:
@@ -313,12 +276,3 @@ def _tokens_first(x: torch.Tensor, batch_first: bool) -> torch.Tensor:
 def _embedding_norm(features: torch.Tensor) -> torch.Tensor:
     """‖features‖ as ``F.normalize`` divides by it (same eps floor)."""
     return features.norm(dim=-1).clamp_min(1e-12)
-
-
-@contextmanager
-def _removed_after(handles: list[RemovableHandle]) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()

@@ -26,6 +26,9 @@ last stage). Each branch output is therefore pooled over its tokens per slot, wi
 ``a``, straight from the hooked forward pass, and only the pooled (batch, slots, dim)
 vectors go through the slot maps ``L`` — the components are never materialised per token:
 memory is the hooked branch outputs, O(batch × decomposed blocks × tokens × dim).
+The slot maps depend on the weights only: they are built once per model (products of the
+merges' weights, about half a forward pass at batch 1) and kept until a parameter they read
+changes; for Swin-B from stage 0 they hold about 60 MB.
 Heads are split after pooling: the input of ``attn.proj`` is the per-head A·V, so one einsum
 with the per-head column blocks of ``proj.weight`` gives every head of a block.
 
@@ -39,8 +42,7 @@ which is small in the last two stages and reaches twice the output in stage 0 (6
 """
 from __future__ import annotations
 
-from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -55,14 +57,15 @@ from timm.models.swin_transformer import (
 from torch import nn
 
 from mapping.decompose.base import (
-    Decomposition,
+    HookScope,
+    Split,
     TimmPreLogitsAdapter,
     TokenSplit,
     layer_norm_inverse_sigma,
     project_heads,
     register_adapter,
 )
-from mapping.errors import CompsearchError, UnsupportedModelError
+from mapping.errors import CompsearchError
 
 DEFAULT_PENULTIMATE_BLOCKS = 4  # Swin-B: blocks 14–17 of stage 2, then stage 3 (the paper's range)
 MEAN_POOLS = ("avg", "fast", "fastavg")  # timm's global-pool names that are a plain token mean
@@ -96,166 +99,155 @@ class _Readout:
         return self.weights.sum((1, 2))
 
 
+@dataclass
+class _Captured:
+    """What one hooked forward pass keeps."""
+
+    blocks: dict[tuple[int, int], _BlockCapture]  # (stage, index) → capture, in forward order
+    init: torch.Tensor | None = None  # (batch, H, W, dim): the stream entering the first decomposed block
+    inverse_sigmas: dict[int, torch.Tensor] = field(default_factory=dict)  # stage → (batch, H, W); -1: final norm
+
+    @property
+    def first_stage(self) -> int:
+        return next(iter(self.blocks))[0]
+
+
+@dataclass
+class _SlotMaps:
+    """The image-independent part of the readouts, from stage ``min(maps)`` on (see ``_readouts``)."""
+
+    key: tuple  # the parameters it was built from: identity, storage, version, device, dtype
+    maps: dict[int, torch.Tensor]  # stage → (slots, out_dim, stage_dim)
+    merge_biases: dict[int, torch.Tensor]  # stage → (slots, out_dim): β of the merge that starts it, read out
+    final_beta: torch.Tensor  # (out_dim,): the final norm's β
+
+
 @register_adapter
-class SwinAdapter(TimmPreLogitsAdapter):
+class SwinAdapter(TimmPreLogitsAdapter[_Captured]):
     module_classes = (SwinTransformer,)
+    family = "Swin"
+    supported_hint = "use a timm SwinTransformer (V1) with LayerNorms and 'avg' pooling, e.g. swin_base_patch4_window7_224"
 
     def __init__(self, model: nn.Module, model_name: str) -> None:
         super().__init__(model, model_name)
-        self._check_supported()
-        self._blocks = [
-            (stage, index) for stage, layer in enumerate(model.layers) for index in range(len(layer.blocks))
-        ]
+        # Built on first use and rebuilt only when a parameter it reads changes: at batch 1,
+        # rebuilding them (products of the merges' weights) cost about half a forward pass.
+        self._slot_map_cache: _SlotMaps | None = None
 
     def _check_supported(self) -> None:
-        model, name = self.model, self.model_name
-
-        def unsupported(what: str) -> UnsupportedModelError:
-            return UnsupportedModelError(
-                f"{name}: {what}, which the Swin decomposition does not handle",
-                "use a timm SwinTransformer (V1) with LayerNorms and 'avg' pooling, e.g. swin_base_patch4_window7_224",
-            )
-
+        model = self.model
         pool_type = getattr(getattr(model.head, "global_pool", None), "pool_type", None)
         if pool_type not in MEAN_POOLS:
-            raise unsupported(f"global_pool={pool_type!r} (not a token mean)")
+            raise self.unsupported(f"global_pool={pool_type!r} (not a token mean)")
         if not isinstance(model.norm, nn.LayerNorm):
-            raise unsupported(f"a {type(model.norm).__name__} final norm")
+            raise self.unsupported(f"a {type(model.norm).__name__} final norm")
         for stage, layer in enumerate(model.layers):
             merge = layer.downsample
             if not isinstance(merge, nn.Identity) and not (
                 isinstance(merge, PatchMerging) and isinstance(merge.norm, nn.LayerNorm)
             ):
-                raise unsupported(f"layers.{stage}.downsample is a {type(merge).__name__}")
+                raise self.unsupported(f"layers.{stage}.downsample is a {type(merge).__name__}")
             for index, block in enumerate(layer.blocks):
                 if type(block) is not SwinTransformerBlock or type(block.attn) is not WindowAttention:
-                    raise unsupported(f"layers.{stage}.blocks.{index} is a {type(block).__name__}")
+                    raise self.unsupported(f"layers.{stage}.blocks.{index} is a {type(block).__name__}")
+
+    def _positions(self) -> list[tuple[int, int]]:
+        """(stage, index) of every block, in forward order."""
+        return [(stage, index) for stage, layer in enumerate(self.model.layers) for index in range(len(layer.blocks))]
 
     def block_names(self) -> list[str]:
-        return [f"layers.{stage}.blocks.{index}" for stage, index in self._blocks]
+        return [f"layers.{stage}.blocks.{index}" for stage, index in self._positions()]
 
     def default_first_block(self) -> str:
         stage = max(len(self.model.layers) - 2, 0)
         depth = len(self.model.layers[stage].blocks)
         return f"layers.{stage}.blocks.{max(depth - DEFAULT_PENULTIMATE_BLOCKS, 0)}"
 
-    def decompose(
-        self, images: torch.Tensor, first_block: str, split_tokens: bool
-    ) -> Decomposition:
-        self.require_eval_mode("dropout, stochastic depth")
-        first = self.block_names().index(first_block)
-        decomposed = self._blocks[first:]
-        first_stage = decomposed[0][0]
-        captures = {position: _BlockCapture() for position in decomposed}
-        streams: dict[str, torch.Tensor] = {}
-        inverse_sigmas: dict[int, torch.Tensor] = {}  # stage → (batch, H, W); -1: the final norm
-        with torch.inference_mode(), ExitStack() as stack:
-            self._hook_streams(stack, decomposed[0], first_stage, streams, inverse_sigmas)
-            for (stage, index), capture in captures.items():
-                self._hook_block(stack, self.model.layers[stage].blocks[index], capture, split_tokens)
-            z = self._forward(images)
-
-            grids = _stage_grids(streams["init"], first_stage, len(self.model.layers))
-            readouts, bias = self._readouts(first_stage, grids, inverse_sigmas)
-            names, parts = ["init"], [readouts[first_stage].apply(streams["init"])]
-            token_splits = [] if split_tokens else None
-            for (stage, index), capture in captures.items():
-                block_name = f"layers.{stage}.blocks.{index}"
-                block = self.model.layers[stage].blocks[index]
-                heads = self._heads(block, capture, readouts[stage])
-                names += [f"{block_name}.attn.h{head}" for head in range(heads.shape[1])]
-                names.append(f"{block_name}.mlp")
-                parts += [heads, readouts[stage].apply(capture.mlp)]
-                if split_tokens:
-                    token_splits.append(self._token_split(block_name, block, capture, readouts[stage]))
-            names.append("bias")
-            parts.append(bias)
-            contributions = torch.cat([part.view(len(images), -1, z.shape[-1]) for part in parts], dim=1)
-        return Decomposition(self.model_name, names, contributions, z, token_splits)
-
-    def _hook_streams(
-        self,
-        stack: ExitStack,
-        first: tuple[int, int],
-        first_stage: int,
-        streams: dict[str, torch.Tensor],
-        inverse_sigmas: dict[int, torch.Tensor],
-    ) -> None:
-        """Keep the stream entering the range and 1/σ of every norm after it (merges, final norm)."""
+    def _hook(self, hooks: HookScope, first: int, split_tokens: bool) -> _Captured:
+        """Keep the stream entering the range, 1/σ of every norm after it (merges, final norm)
+        and every decomposed block's branches."""
         model = self.model
+        captured = _Captured({position: _BlockCapture() for position in self._positions()[first:]})
+        stage, index = next(iter(captured.blocks))
+        hooks.keep_input(model.layers[stage].blocks[index], captured, "init")
+        norms = {-1: model.norm} | {
+            later: model.layers[later].downsample.norm for later in range(captured.first_stage + 1, len(model.layers))
+        }
+        for key, norm in norms.items():
+            hooks.keep_input(norm, captured.inverse_sigmas, key,
+                             lambda stream, norm=norm: layer_norm_inverse_sigma(stream, norm).squeeze(-1))
+        for (stage, index), capture in captured.blocks.items():
+            block = model.layers[stage].blocks[index]
+            attn = block.attn
+            hooks.keep_input(attn.proj, capture, "head_inputs")
+            hooks.keep_output(block.mlp, capture, "mlp")
+            if split_tokens:
+                # The explicit path passes the softmaxed A through attn.softmax.
+                hooks.materialise_attention(attn)
+                hooks.keep_output(attn.softmax, capture, "attention")
+                hooks.keep_output(attn.qkv, capture, "values",
+                                  lambda qkv, attn=attn: qkv.unflatten(-1, (3, attn.num_heads, -1))[:, :, 2])
+        return captured
 
-        def keep_init(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            streams["init"] = args[0]
-
-        def keep_inverse_sigma(key: int, norm: nn.Module) -> None:
-            def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-                inverse_sigmas[key] = layer_norm_inverse_sigma(args[0], norm).squeeze(-1)
-
-            stack.callback(norm.register_forward_pre_hook(hook).remove)
-
-        stage, index = first
-        stack.callback(model.layers[stage].blocks[index].register_forward_pre_hook(keep_init).remove)
-        keep_inverse_sigma(-1, model.norm)
-        for stage in range(first_stage + 1, len(model.layers)):
-            keep_inverse_sigma(stage, model.layers[stage].downsample.norm)
-
-    @staticmethod
-    def _hook_block(stack: ExitStack, block: SwinTransformerBlock, capture: _BlockCapture, split_tokens: bool) -> None:
-        attn = block.attn
-
-        def keep_head_inputs(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            capture.head_inputs = args[0]
-
-        def keep_mlp(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            capture.mlp = output
-
-        stack.callback(attn.proj.register_forward_pre_hook(keep_head_inputs).remove)
-        stack.callback(block.mlp.register_forward_hook(keep_mlp).remove)
-        if not split_tokens:
-            return
-
-        def keep_attention(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            capture.attention = output
-
-        def keep_values(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            capture.values = output.unflatten(-1, (3, attn.num_heads, -1))[:, :, 2]
-
-        # The fused kernel never materialises A; the explicit path passes it through attn.softmax.
-        stack.callback(setattr, attn, "fused_attn", attn.fused_attn)
-        attn.fused_attn = False
-        stack.callback(attn.softmax.register_forward_hook(keep_attention).remove)
-        stack.callback(attn.qkv.register_forward_hook(keep_values).remove)
+    def _split(self, captured: _Captured, images: torch.Tensor, z: torch.Tensor, split_tokens: bool) -> Split:
+        first_stage = captured.first_stage
+        grids = _stage_grids(captured.init, first_stage, len(self.model.layers))
+        readouts, bias = self._readouts(first_stage, grids, captured.inverse_sigmas)
+        names, parts = ["init"], [readouts[first_stage].apply(captured.init)]
+        token_splits = [] if split_tokens else None
+        for (stage, index), capture in captured.blocks.items():
+            block_name = f"layers.{stage}.blocks.{index}"
+            block = self.model.layers[stage].blocks[index]
+            heads = self._heads(block, capture, readouts[stage])
+            names += [f"{block_name}.attn.h{head}" for head in range(heads.shape[1])]
+            names.append(f"{block_name}.mlp")
+            parts += [heads, readouts[stage].apply(capture.mlp)]
+            if split_tokens:
+                token_splits.append(self._token_split(block_name, block, capture, readouts[stage]))
+        names.append("bias")
+        parts.append(bias)
+        contributions = torch.cat([part.view(len(images), -1, z.shape[-1]) for part in parts], dim=1)
+        return names, contributions, token_splits
 
     def _readouts(
         self, first_stage: int, grids: list[tuple[int, int]], inverse_sigmas: dict[int, torch.Tensor]
     ) -> tuple[dict[int, _Readout], torch.Tensor]:
         """Each decomposed stage's readout, built back from the final norm, and the ``bias`` component.
 
-        Last stage: a_t = (1/σ_t)/T for the final norm and the mean, L = γ·P (P centres).
-        Going back through the merge that starts stage s+1: a child token takes its merged
-        token's a times that token's 1/σ of the merge norm, and the slot map of quarter k is
-        ``L_parent @ M_k`` with M_k the k-th column block of ``reduction · diag(γ) · P``.
+        Last stage: a_t = (1/σ_t)/T for the final norm and the mean. Going back through the
+        merge that starts stage s+1, a child token takes its merged token's a times that
+        token's 1/σ of the merge norm, in the slot of its quarter. The slot maps are the
+        image-independent part (:meth:`_slot_maps`).
         """
-        model = self.model
-        last = len(model.layers) - 1
+        slot_maps = self._slot_maps(first_stage)
+        last = len(self.model.layers) - 1
         inverse_sigma = inverse_sigmas[-1]
-        eye = torch.eye(model.num_features, dtype=inverse_sigma.dtype, device=inverse_sigma.device)
-        readout = _Readout(
-            weights=(inverse_sigma / inverse_sigma[0].numel()).unsqueeze(-1),
-            maps=_centred_linear(model.norm, eye).unsqueeze(0),
-        )
-        bias = _beta(model.norm, eye).expand(len(inverse_sigma), -1)
+        readout = _Readout(weights=(inverse_sigma / inverse_sigma[0].numel()).unsqueeze(-1), maps=slot_maps.maps[last])
+        bias = slot_maps.final_beta.expand(len(inverse_sigma), -1)
         readouts = {last: readout}
         for stage in range(last, first_stage, -1):
-            merge = model.layers[stage].downsample
-            bias = bias + torch.einsum("bj,jdc,c->bd", readout.mass, readout.maps, merge.reduction(_beta(merge.norm, eye)))
-            quarters = _centred_linear(merge.norm, merge.reduction.weight).unflatten(1, (4, -1))  # (out, 4, in)
+            bias = bias + readout.mass @ slot_maps.merge_biases[stage]
             readout = _Readout(
                 weights=_spread_to_quarters(readout.weights * inverse_sigmas[stage].unsqueeze(-1), grids[stage - 1]),
-                maps=torch.einsum("jdc,cke->jkde", readout.maps, quarters).flatten(0, 1),
+                maps=slot_maps.maps[stage - 1],
             )
             readouts[stage - 1] = readout
         return readouts, bias
+
+    def _slot_maps(self, first_stage: int) -> _SlotMaps:
+        """The slot maps down to ``first_stage``, from the cache while the parameters they are
+        built from are unchanged (same tensors, storage, in-place version, device and dtype)."""
+        model = self.model
+        merges = [model.layers[stage].downsample for stage in range(1, len(model.layers))]
+        key = tuple(
+            (id(parameter), parameter.data_ptr(), parameter._version, parameter.device, parameter.dtype)
+            for module in (model.norm, *merges)
+            for parameter in module.parameters()
+        )
+        cached = self._slot_map_cache
+        if cached is None or cached.key != key or min(cached.maps) > first_stage:
+            cached = self._slot_map_cache = _build_slot_maps(model, first_stage, key)
+        return cached
 
     @staticmethod
     def _heads(block: SwinTransformerBlock, capture: _BlockCapture, readout: _Readout) -> torch.Tensor:
@@ -313,6 +305,28 @@ def _stage_grids(init: torch.Tensor, first_stage: int, num_stages: int) -> list[
         height, width = grids[-1]
         grids.append(((height + 1) // 2, (width + 1) // 2))
     return grids
+
+
+def _build_slot_maps(model: SwinTransformer, first_stage: int, key: tuple) -> _SlotMaps:
+    """Slot maps from the last stage back to ``first_stage``.
+
+    Last stage: one slot, L = γ·P (P centres). Going back through the merge that starts
+    stage s+1, the slot map of quarter k is ``L_parent @ M_k`` with M_k the k-th column block
+    of ``reduction · diag(γ) · P``; the merge's β enters through ``L_parent @ reduction(β)``.
+    """
+    last = len(model.layers) - 1
+    like = next(model.parameters())
+    eye = torch.eye(model.num_features, dtype=like.dtype, device=like.device)
+    # In the parameters' own precision, whatever autocast the first call runs under: the maps outlive it.
+    with torch.autocast(like.device.type, enabled=False):
+        maps = {last: _centred_linear(model.norm, eye).unsqueeze(0)}
+        merge_biases = {}
+        for stage in range(last, first_stage, -1):
+            merge = model.layers[stage].downsample
+            merge_biases[stage] = maps[stage] @ merge.reduction(_beta(merge.norm, eye))
+            quarters = _centred_linear(merge.norm, merge.reduction.weight).unflatten(1, (4, -1))  # (out, 4, in)
+            maps[stage - 1] = torch.einsum("jdc,cke->jkde", maps[stage], quarters).flatten(0, 1)
+    return _SlotMaps(key, maps, merge_biases, _beta(model.norm, eye))
 
 
 def _centred_linear(norm: nn.LayerNorm, weight: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,6 @@ needs A itself, which the fused kernel never materialises.
 """
 from __future__ import annotations
 
-from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +22,8 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from mapping.decompose.base import (
-    Decomposition,
+    HookScope,
+    Split,
     TimmPreLogitsAdapter,
     TokenSplit,
     head_contributions,
@@ -31,7 +31,6 @@ from mapping.decompose.base import (
     project_heads,
     register_adapter,
 )
-from mapping.errors import UnsupportedModelError
 
 # Last five blocks: the paper's default range for its 12-block ViTs (blocks 7–11).
 DEFAULT_DECOMPOSED_BLOCKS = 5
@@ -47,53 +46,46 @@ class _BlockCapture:
     values: torch.Tensor | None = None  # (batch, keys, heads, head_dim), token split only
 
 
-@register_adapter
-class VitAdapter(TimmPreLogitsAdapter):
-    module_classes = (VisionTransformer,)
+@dataclass
+class _Captured:
+    first: int  # index of the first decomposed block
+    blocks: list[_BlockCapture]
+    init: torch.Tensor | None = None  # (batch, dim): pooled stream entering the first block
+    final: torch.Tensor | None = None  # (batch, dim): pooled stream leaving the last block
 
-    def __init__(self, model: nn.Module, model_name: str) -> None:
-        super().__init__(model, model_name)
-        self._check_supported()
-        if model.global_pool == "token":
-            self._pool_start, self._pool_stop = 0, 1
-        else:  # 'avg': the mean of the spatial tokens (or of all, when the model says so)
-            self._pool_start = 0 if getattr(model, "pool_include_prefix", False) else model.num_prefix_tokens
-            self._pool_stop = None
-        # Exactly one of the two is a LayerNorm (or neither, without a final norm); for
-        # token pooling, normalising the class token before or after pooling is the same.
-        self._final_norm = model.fc_norm if not isinstance(model.fc_norm, nn.Identity) else model.norm
+
+@register_adapter
+class VitAdapter(TimmPreLogitsAdapter[_Captured]):
+    module_classes = (VisionTransformer,)
+    family = "plain-ViT"
+    supported_hint = (
+        "use a standard timm VisionTransformer (pre-norm Blocks, 'token' or 'avg' "
+        "pooling), e.g. deit_*, vit_*.dino, vit_*_dinov2, vit_*_reg4_dinov2"
+    )
 
     def _check_supported(self) -> None:
-        model, name = self.model, self.model_name
-
-        def unsupported(what: str) -> UnsupportedModelError:
-            return UnsupportedModelError(
-                f"{name}: {what}, which the plain-ViT decomposition does not handle",
-                "use a standard timm VisionTransformer (pre-norm Blocks, 'token' or 'avg' "
-                "pooling), e.g. deit_*, vit_*.dino, vit_*_dinov2, vit_*_reg4_dinov2",
-            )
-
+        model = self.model
         if type(model) is not VisionTransformer:
-            raise unsupported(f"{type(model).__name__} has its own pooling head")
+            raise self.unsupported(f"{type(model).__name__} has its own pooling head")
         if model.attn_pool is not None or model.global_pool not in ("token", "avg"):
-            raise unsupported(f"global_pool={model.global_pool!r}")
+            raise self.unsupported(f"global_pool={model.global_pool!r}")
         if model.global_pool == "avg" and not isinstance(model.norm, nn.Identity):
-            raise unsupported("a per-token final norm before mean pooling")
+            raise self.unsupported("a per-token final norm before mean pooling")
         for norm in (model.norm, model.fc_norm):
             if not isinstance(norm, (nn.LayerNorm, nn.Identity)):
-                raise unsupported(f"a {type(norm).__name__} final norm")
+                raise self.unsupported(f"a {type(norm).__name__} final norm")
         for index, block in enumerate(model.blocks):
             if type(block) is not Block:
-                raise unsupported(f"blocks.{index} is a {type(block).__name__}")
+                raise self.unsupported(f"blocks.{index} is a {type(block).__name__}")
             attn = block.attn
             if type(attn) is not Attention:
-                raise unsupported(f"blocks.{index}.attn is a {type(attn).__name__}")
+                raise self.unsupported(f"blocks.{index}.attn is a {type(attn).__name__}")
             # A norm or a gate between A·V and proj would mix the heads nonlinearly.
             if not isinstance(attn.norm, nn.Identity) or getattr(attn, "gate", None) is not None:
-                raise unsupported(f"blocks.{index}.attn normalises or gates the heads before proj")
+                raise self.unsupported(f"blocks.{index}.attn normalises or gates the heads before proj")
             for scale in (block.ls1, block.ls2):
                 if not isinstance(scale, (LayerScale, nn.Identity)):
-                    raise unsupported(f"blocks.{index} scales a branch with {type(scale).__name__}")
+                    raise self.unsupported(f"blocks.{index} scales a branch with {type(scale).__name__}")
 
     def block_names(self) -> list[str]:
         return [f"blocks.{index}" for index in range(len(self.model.blocks))]
@@ -102,27 +94,49 @@ class VitAdapter(TimmPreLogitsAdapter):
         names = self.block_names()
         return names[max(0, len(names) - DEFAULT_DECOMPOSED_BLOCKS)]
 
+    @property
+    def _pooled_tokens(self) -> slice:
+        """The tokens the model's pooling averages: the class token, or the spatial tokens
+        (all of them, when the model says so)."""
+        model = self.model
+        if model.global_pool == "token":
+            return slice(0, 1)
+        return slice(0 if getattr(model, "pool_include_prefix", False) else model.num_prefix_tokens, None)
+
+    @property
+    def _final_norm(self) -> nn.Module:
+        # Exactly one of the two is a LayerNorm (or neither, without a final norm); for
+        # token pooling, normalising the class token before or after pooling is the same.
+        model = self.model
+        return model.fc_norm if not isinstance(model.fc_norm, nn.Identity) else model.norm
+
     def _pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """The model's pooling over the sequence axis (dim 1), kept linear."""
-        return tokens[:, self._pool_start:self._pool_stop].mean(1)
+        return tokens[:, self._pooled_tokens].mean(1)
 
-    def decompose(
-        self, images: torch.Tensor, first_block: str, split_tokens: bool
-    ) -> Decomposition:
-        self.require_eval_mode("dropout, stochastic depth")
-        first = self.block_names().index(first_block)
+    def _hook(self, hooks: HookScope, first: int, split_tokens: bool) -> _Captured:
         blocks = list(self.model.blocks)[first:]
-        captures = [_BlockCapture() for _ in blocks]
-        streams: dict[str, torch.Tensor] = {}
-        with torch.inference_mode(), ExitStack() as stack:
-            self._hook_streams(stack, blocks[0], streams)
-            for block, capture in zip(blocks, captures):
-                self._hook_block(stack, block, capture, split_tokens)
-            z = self._forward(images)
+        captured = _Captured(first, [_BlockCapture() for _ in blocks])
+        hooks.keep_input(blocks[0], captured, "init", self._pool)
+        hooks.keep_output(self.model.blocks, captured, "final", self._pool)
+        for block, capture in zip(blocks, captured.blocks):
+            attn = block.attn
+            hooks.keep_input(attn.proj, capture, "head_outputs", self._pool)
+            hooks.keep_output(block.ls2, capture, "mlp", self._pool)
+            if split_tokens:
+                # The explicit path hands the softmaxed A (batch, heads, queries, keys) to attn_drop.
+                hooks.materialise_attention(attn)
+                hooks.keep_input(attn.attn_drop, capture, "attention",
+                                 lambda a: a[:, :, self._pooled_tokens].mean(2))
+                hooks.keep_output(attn.qkv, capture, "values",
+                                  lambda qkv, attn=attn: qkv.unflatten(-1, (3, attn.num_heads, attn.head_dim))[:, :, 2])
+        return captured
 
-        names, parts = ["init"], [streams["init"].unsqueeze(1)]
+    def _split(self, captured: _Captured, images: torch.Tensor, z: torch.Tensor, split_tokens: bool) -> Split:
+        names, parts = ["init"], [captured.init.unsqueeze(1)]
         token_splits: list[TokenSplit] | None = [] if split_tokens else None
-        for index, (block, capture) in enumerate(zip(blocks, captures), start=first):
+        blocks = list(self.model.blocks)[captured.first:]
+        for index, (block, capture) in enumerate(zip(blocks, captured.blocks), start=captured.first):
             block_name = f"blocks.{index}"
             head_names = [f"{block_name}.attn.h{head}" for head in range(block.attn.num_heads)]
             out_weight, out_bias = self._scaled_output_projection(block)
@@ -133,50 +147,10 @@ class VitAdapter(TimmPreLogitsAdapter):
                 _, per_token = head_contributions(
                     capture.attention, capture.values, out_weight, out_bias, split_tokens=True
                 )
-                token_splits.append(self._token_split(block_name, head_names, images, per_token, streams["final"]))
-        components, beta = self._normalise(torch.cat(parts, dim=1), streams["final"])
+                token_splits.append(self._token_split(block_name, head_names, images, per_token, captured.final))
+        components, beta = self._normalise(torch.cat(parts, dim=1), captured.final)
         names.append("bias")
-        contributions = torch.cat([components, beta.unsqueeze(1)], dim=1)
-        return Decomposition(self.model_name, names, contributions, z, token_splits)
-
-    def _hook_streams(self, stack: ExitStack, first_block: nn.Module, streams: dict[str, torch.Tensor]) -> None:
-        """Capture the pooled stream entering the first decomposed block and leaving the last."""
-
-        def keep_init(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            streams["init"] = self._pool(args[0])
-
-        def keep_final(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            streams["final"] = self._pool(output)
-
-        stack.callback(first_block.register_forward_pre_hook(keep_init).remove)
-        stack.callback(self.model.blocks.register_forward_hook(keep_final).remove)
-
-    def _hook_block(self, stack: ExitStack, block: Block, capture: _BlockCapture, split_tokens: bool) -> None:
-        attn = block.attn
-
-        def keep_head_outputs(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            capture.head_outputs = self._pool(args[0])
-
-        def keep_mlp(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            capture.mlp = self._pool(output)
-
-        stack.callback(attn.proj.register_forward_pre_hook(keep_head_outputs).remove)
-        stack.callback(block.ls2.register_forward_hook(keep_mlp).remove)
-        if not split_tokens:
-            return
-
-        def keep_attention(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            # args[0] is the softmaxed A (batch, heads, queries, keys); pool its query rows.
-            capture.attention = args[0][:, :, self._pool_start:self._pool_stop].mean(2)
-
-        def keep_values(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            capture.values = output.unflatten(-1, (3, attn.num_heads, attn.head_dim))[:, :, 2]
-
-        # The fused kernel never materialises A; the explicit path hands it to attn_drop.
-        stack.callback(setattr, attn, "fused_attn", attn.fused_attn)
-        attn.fused_attn = False
-        stack.callback(attn.attn_drop.register_forward_pre_hook(keep_attention).remove)
-        stack.callback(attn.qkv.register_forward_hook(keep_values).remove)
+        return names, torch.cat([components, beta.unsqueeze(1)], dim=1), token_splits
 
     @staticmethod
     def _scaled_output_projection(block: Block) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -1,4 +1,5 @@
-"""RepDecompose on timm MaxViT: exactness, names, pooling through downsampling, token split."""
+"""RepDecompose on timm MaxViT: where z stops, names, pooling through downsampling, token-split
+order (the contract every adapter keeps is in test_contract.py)."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,48 +9,22 @@ import timm
 import torch
 from timm.models.maxxvit import MaxxVit, model_cfgs
 
-from mapping.decompose import Decomposition, decompose, linearised_layer_norm
+from mapping.decompose import decompose, linearised_layer_norm
 from mapping.decompose.families.maxvit import MaxVitAdapter
 from mapping.errors import CompsearchError, UnsupportedModelError
-
-TOLERANCE = 1e-5
-IMG_SIZE = 64  # stages at 16, 8, 4, 2 px: 2×2 windows and grids, several per map below stage 3
-VARIANTS = {
-    # maxvit_small_tf shrunk: same depths, pool-then-norm head, interleaved qkv, TF rel-pos bias
-    "tf": {},
-    # LayerScale, head-first qkv, plain rel-pos bias, grid attention only
-    "layerscale-grid-only": dict(init_values=0.5, head_first=True, rel_pos_type="bias", no_block_attn=True),
-}
+from tests.mapping.decompose.exactness import assert_exact
+from tests.mapping.decompose.tiny_models import (
+    MAXVIT_IMAGE_SIZE,
+    MAXVIT_VARIANTS,
+    maxvit_pre_logits_input,
+    tiny_maxvit,
+)
 
 
-def tiny_maxvit(**transformer_overrides: object) -> MaxxVit:
-    """``maxvit_small_tf`` at toy width, every parameter and BatchNorm statistic random."""
-    base = model_cfgs["maxvit_small_tf"]
-    cfg = dataclasses.replace(
-        base,
-        embed_dim=(16, 24, 32, 48),
-        stem_width=8,
-        head_hidden_size=48,
-        transformer_cfg=dataclasses.replace(
-            base.transformer_cfg, dim_head=8, window_size=(2, 2), **transformer_overrides
-        ),
-    )
-    model = MaxxVit(cfg, img_size=IMG_SIZE, num_classes=10).eval().requires_grad_(False)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            is_scale = name.endswith(("weight", "gamma")) and parameter.dim() == 1
-            parameter.normal_(1.0 if is_scale else 0.0, 0.2)
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.normal_(0.0, 0.5)
-                module.running_var.uniform_(0.5, 2.0)
-    return model
-
-
-@pytest.fixture(scope="module", params=list(VARIANTS))
+@pytest.fixture(scope="module", params=list(MAXVIT_VARIANTS))
 def model(request: pytest.FixtureRequest) -> MaxxVit:
     torch.manual_seed(0)
-    return tiny_maxvit(**VARIANTS[request.param])
+    return tiny_maxvit(**MAXVIT_VARIANTS[request.param])
 
 
 @pytest.fixture(scope="module")
@@ -60,28 +35,7 @@ def tf_model() -> MaxxVit:
 
 @pytest.fixture
 def images() -> torch.Tensor:
-    return torch.randn(3, 3, IMG_SIZE, IMG_SIZE)
-
-
-def max_error(contributions: torch.Tensor, output: torch.Tensor) -> float:
-    z = output.double()
-    return ((contributions.double().sum(1) - z).norm(dim=-1) / z.norm(dim=-1)).max().item()
-
-
-def with_heads_split_by_token(decomposition: Decomposition) -> torch.Tensor:
-    """The contributions with every split head replaced by the sum of its tokens."""
-    contributions = decomposition.contributions.clone()
-    for split in decomposition.token_splits:
-        first = decomposition.index(split.component_names[0])
-        contributions[:, first:first + len(split.component_names)] = split.contributions.sum(2)
-    return contributions
-
-
-def assert_exact(decomposition: Decomposition, reference: torch.Tensor) -> None:
-    torch.testing.assert_close(decomposition.output, reference, rtol=1e-5, atol=1e-5)
-    assert decomposition.relative_error().max().item() <= TOLERANCE
-    if decomposition.token_splits is not None:
-        assert max_error(with_heads_split_by_token(decomposition), decomposition.output) <= TOLERANCE
+    return torch.randn(3, 3, MAXVIT_IMAGE_SIZE, MAXVIT_IMAGE_SIZE)
 
 
 def hooked_outputs(model: MaxxVit, images: torch.Tensor, modules: dict[str, str]) -> dict[str, torch.Tensor]:
@@ -100,25 +54,26 @@ def hooked_outputs(model: MaxxVit, images: torch.Tensor, modules: dict[str, str]
     return kept
 
 
-# Ranges: the default, all blocks, one starting at a stage's downsampling block (init is
-# pooled and projected through its shortcut), and the last block alone.
-@pytest.mark.parametrize("first_block", [None, "all", "stages.3.blocks.0", -1])
+# Ranges starting at a stage's downsampling block (init is pooled and projected through its
+# shortcut), and the last block alone.
+@pytest.mark.parametrize("first_block", ["stages.3.blocks.0", -1])
 @pytest.mark.parametrize("split_tokens", [False, True])
-def test_components_sum_to_the_output(
-    model: MaxxVit, images: torch.Tensor, first_block: str | int | None, split_tokens: bool
+def test_short_ranges_are_exact(
+    model: MaxxVit, images: torch.Tensor, first_block: str | int, split_tokens: bool
 ) -> None:
-    reference = MaxVitAdapter(model, "tiny").output(images)
     decomposition = decompose(model, images, first_block=first_block, split_tokens=split_tokens)
-    assert_exact(decomposition, reference)
-
-
-def test_z_is_the_input_of_the_nonlinear_pre_logits(tf_model: MaxxVit, images: torch.Tensor) -> None:
-    kept: list[torch.Tensor] = []
-    handle = tf_model.head.pre_logits.register_forward_pre_hook(lambda _m, args: kept.append(args[0]))
     with torch.inference_mode():
-        tf_model(images)
-    handle.remove()
-    torch.testing.assert_close(MaxVitAdapter(tf_model, "tiny").output(images), kept[0], rtol=0, atol=0)
+        assert_exact(decomposition, maxvit_pre_logits_input(model, images))
+
+
+def test_z_is_the_input_of_the_tanh_pre_logits_layer(tf_model: MaxxVit, images: torch.Tensor) -> None:
+    """z stops before the tf head's Linear + tanh: a tanh of a sum is no sum of per-component
+    terms. timm's ``forward_head(pre_logits=True)`` is that layer's output, tanh(fc(z))."""
+    z = MaxVitAdapter(tf_model, "tiny").output(images)
+    with torch.inference_mode():
+        torch.testing.assert_close(z, maxvit_pre_logits_input(tf_model, images), rtol=0, atol=0)
+        timm_pre_logits = tf_model.forward_head(tf_model.forward_features(images), pre_logits=True)
+        torch.testing.assert_close(timm_pre_logits, torch.tanh(tf_model.head.pre_logits.fc(z)))
 
 
 def test_names_follow_the_forward_order(tf_model: MaxxVit, images: torch.Tensor) -> None:
@@ -190,19 +145,6 @@ def test_token_split_is_in_row_major_order_of_the_feature_map(images: torch.Tens
     torch.testing.assert_close(split.contributions, expected.view_as(split.contributions), rtol=1e-4, atol=1e-6)
 
 
-def test_token_split_restores_the_fused_attention_switch(tf_model: MaxxVit, images: torch.Tensor) -> None:
-    attentions = [m for m in tf_model.modules() if hasattr(m, "fused_attn")]
-    before = [m.fused_attn for m in attentions]
-    decompose(tf_model, images, first_block="all", split_tokens=True)
-    assert [m.fused_attn for m in attentions] == before
-
-
-def test_training_mode_is_refused(images: torch.Tensor) -> None:
-    model = tiny_maxvit().train()
-    with pytest.raises(CompsearchError, match="eval"):
-        decompose(model, images)
-
-
 def test_per_position_norm_heads_are_refused() -> None:
     """maxvit_*_rw models normalise every position before pooling: not a pooled-vector LN."""
     cfg = dataclasses.replace(model_cfgs["maxvit_nano_rw"], embed_dim=(32,) * 4, depths=(1,) * 4, stem_width=8)
@@ -224,7 +166,8 @@ def test_real_size_maxvit_small_is_exact() -> None:
     images = torch.randn(2, 3, 224, 224)
     adapter = MaxVitAdapter(model, "maxvit_small_tf_224")
     assert adapter.default_first_block() == "stages.2.blocks.3"
-    reference = adapter.output(images)
+    with torch.inference_mode():
+        reference = maxvit_pre_logits_input(model, images)
     for first_block, split_tokens in [(None, True), ("all", False)]:
         decomposition = decompose(model, images, first_block=first_block, split_tokens=split_tokens)
         assert_exact(decomposition, reference)

@@ -1,4 +1,5 @@
-"""RepDecompose on timm Swin Transformers: exactness of the head and head×token splits."""
+"""RepDecompose on timm Swin Transformers: the per-slot readout against per-token routes, window
+layouts, odd grids, the cached slot maps (the contract every adapter keeps is in test_contract.py)."""
 from __future__ import annotations
 
 import pytest
@@ -7,28 +8,12 @@ import torch
 import torch.nn.functional as F
 from timm.models.swin_transformer import SwinTransformer, window_reverse
 
-from mapping.decompose import Decomposition, adapter_for, decompose, linearised_layer_norm
+from mapping.decompose import adapter_for, decompose, linearised_layer_norm
+from mapping.decompose.families import swin
 from mapping.decompose.families.swin import SwinAdapter
 from mapping.errors import CompsearchError, UnsupportedModelError
-
-TOLERANCE = 1e-5
-# 64 px, patch 2: stage grids 32, 16, 8, 4 with window 4, so stages 0–2 run shifted windows
-# in their odd blocks, and three PatchMergings separate stage 0 from the output.
-TINY = dict(img_size=64, patch_size=2, window_size=4, embed_dim=16, depths=(2, 1, 2, 1), num_heads=(2, 2, 4, 4))
-
-
-def tiny_swin(**overrides: object) -> SwinTransformer:
-    """A tiny random Swin whose norms and biases are far from their inits.
-
-    Default inits (γ = 1, β = 0, zero biases) would hide a wrongly placed or missing term.
-    """
-    model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, **{**TINY, **overrides})
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "norm" in name or "bias" in name:
-                parameter.add_(0.5 * torch.randn_like(parameter))
-    return model.eval()
-
+from tests.mapping.decompose.exactness import assert_exact
+from tests.mapping.decompose.tiny_models import SWIN, timm_pre_logits, tiny_swin
 
 @pytest.fixture(scope="module")
 def model() -> SwinTransformer:
@@ -40,33 +25,19 @@ def images(batch: int = 3, size: int = 64) -> torch.Tensor:
     return torch.randn(batch, 3, size, size)
 
 
-def assert_exact(split: Decomposition) -> None:
-    assert split.relative_error().max().item() <= TOLERANCE
-
-
-def tokens_summed(split: Decomposition) -> Decomposition:
-    """The decomposition with every head replaced by the sum of its tokens."""
-    contributions = split.contributions.clone()
-    for token_split in split.token_splits:
-        columns = [split.index(name) for name in token_split.component_names]
-        contributions[:, columns] = token_split.contributions.sum(2)
-    return Decomposition(split.model_name, split.names, contributions, split.output)
-
-
 def test_the_tiny_model_exercises_shifted_windows_in_every_merged_stage(model: SwinTransformer) -> None:
     assert [any(any(block.shift_size) for block in layer.blocks) for layer in model.layers] == [True, False, True, False]
 
 
-@pytest.mark.parametrize("first_block", [None, "all", "layers.1.blocks.0", "layers.3.blocks.0"])
-def test_head_split_sums_to_z(model: SwinTransformer, first_block: str | None) -> None:
+@pytest.mark.parametrize("first_block", ["layers.1.blocks.0", "layers.3.blocks.0"])
+def test_ranges_starting_at_a_stage_are_exact(model: SwinTransformer, first_block: str) -> None:
     batch = images()
-    split = decompose(model, batch, first_block)
-    assert_exact(split)
-    torch.testing.assert_close(split.output, model.forward_head(model.forward_features(batch), pre_logits=True))
+    with torch.no_grad():
+        assert_exact(decompose(model, batch, first_block), timm_pre_logits(model, batch))
 
 
 @pytest.mark.parametrize("first_block", [None, "all"])
-def test_token_split_sums_to_the_heads_and_to_z(model: SwinTransformer, first_block: str | None) -> None:
+def test_token_split_layout_per_stage(model: SwinTransformer, first_block: str | None) -> None:
     split = decompose(model, images(), first_block, split_tokens=True)
     blocks = ["layers.2.blocks.0", "layers.2.blocks.1", "layers.3.blocks.0"]
     if first_block == "all":
@@ -75,21 +46,9 @@ def test_token_split_sums_to_the_heads_and_to_z(model: SwinTransformer, first_bl
     grids = {"0": (32, 32), "1": (16, 16), "2": (8, 8), "3": (4, 4)}
     for token_split in split.token_splits:
         stage = token_split.block.split(".")[1]
-        heads = TINY["num_heads"][int(stage)]
+        heads = SWIN["num_heads"][int(stage)]
         assert token_split.grid == grids[stage] and token_split.num_prefix_tokens == 0
         assert token_split.contributions.shape == (3, heads, grids[stage][0] * grids[stage][1], 128)
-        torch.testing.assert_close(
-            token_split.contributions.sum(2), split.contributions[:, [split.index(n) for n in token_split.component_names]],
-            rtol=1e-5, atol=1e-6,
-        )
-    assert_exact(tokens_summed(split))
-
-
-def test_token_split_only_on_request_and_restores_the_fused_attention_switch(model: SwinTransformer) -> None:
-    assert decompose(model, images()).token_splits is None
-    switches = [block.attn.fused_attn for layer in model.layers for block in layer.blocks]
-    decompose(model, images(), "all", split_tokens=True)
-    assert [block.attn.fused_attn for layer in model.layers for block in layer.blocks] == switches
 
 
 def test_components_are_named_by_module_path_in_forward_order(model: SwinTransformer) -> None:
@@ -202,9 +161,59 @@ def test_odd_grids_and_padded_windows_split_exactly_but_refuse_the_token_split()
         decompose(model, batch, "all", split_tokens=True)
 
 
-def test_training_mode_is_refused() -> None:
-    with pytest.raises(CompsearchError, match="model.eval"):
-        decompose(tiny_swin().train(), images())
+@pytest.fixture
+def slot_map_builds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The first stage of every slot-map build from now on."""
+    builds: list[int] = []
+    build = swin._build_slot_maps
+
+    def counted(model: SwinTransformer, first_stage: int, key: tuple) -> object:
+        builds.append(first_stage)
+        return build(model, first_stage, key)
+
+    monkeypatch.setattr(swin, "_build_slot_maps", counted)
+    return builds
+
+
+def test_slot_maps_are_built_once_per_model_and_deepest_range(slot_map_builds: list[int]) -> None:
+    model = tiny_swin()
+    for first_block in (None, None, "all", None, "layers.1.blocks.0"):
+        decompose(model, images(1), first_block)
+    assert slot_map_builds == [2, 0]  # the maps down to stage 0 serve every later range
+
+
+@pytest.mark.parametrize(
+    "parameter", ["norm.weight", "layers.3.downsample.norm.bias", "layers.2.downsample.reduction.weight"]
+)
+def test_a_changed_weight_rebuilds_the_slot_maps(slot_map_builds: list[int], parameter: str) -> None:
+    model, batch = tiny_swin(), images()
+    decompose(model, batch, "all")
+    with torch.no_grad():
+        model.get_parameter(parameter).mul_(1.5).add_(0.1)  # in place: same tensor, new version
+        assert_exact(decompose(model, batch, "all"), timm_pre_logits(model, batch))
+    assert slot_map_builds == [0, 0]
+
+
+@pytest.mark.parametrize("change", ["load_state_dict", "double"])
+def test_new_weights_or_dtype_rebuild_the_slot_maps(slot_map_builds: list[int], change: str) -> None:
+    model, batch = tiny_swin(), images()
+    decompose(model, batch, "all")
+    if change == "load_state_dict":
+        model.load_state_dict(tiny_swin().state_dict())
+    else:
+        model.double()
+        batch = batch.double()
+    with torch.no_grad():
+        assert_exact(decompose(model, batch, "all"), timm_pre_logits(model, batch))
+    assert slot_map_builds == [0, 0]
+
+
+def test_slot_maps_built_under_autocast_serve_a_full_precision_call(slot_map_builds: list[int]) -> None:
+    model, batch = tiny_swin(), images()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        decompose(model, batch)
+    assert_exact(decompose(model, batch))
+    assert slot_map_builds == [2]
 
 
 def test_non_mean_pooling_is_refused() -> None:
@@ -226,4 +235,3 @@ def test_real_size_swin_base_is_exact(first_block: str | None) -> None:
     if first_block is None:
         assert split.names[1] == "layers.2.blocks.14.attn.h0" and len(split.names) == 2 + 4 * 17 + 2 * 33
         assert [s.contributions.shape[1:3] for s in split.token_splits] == [(16, 196)] * 4 + [(32, 49)] * 2
-        assert_exact(tokens_summed(split))

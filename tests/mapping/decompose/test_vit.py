@@ -1,4 +1,5 @@
-"""RepDecompose on timm's plain ViTs: exactness, naming, token split, real DeiT-tiny weights."""
+"""RepDecompose on timm's plain ViTs: naming, default range, token-split layout, refusals, real
+DeiT-tiny weights (the contract every adapter keeps is in test_contract.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,60 +10,12 @@ import torch
 from PIL import Image
 from timm.models.vision_transformer import ParallelScalingBlock, ResPostBlock, VisionTransformer
 
-from mapping.decompose import Decomposition, decompose, linearised_layer_norm
+from mapping.decompose import decompose, linearised_layer_norm
 from mapping.decompose.families.vit import VitAdapter
-from mapping.errors import CompsearchError, UnsupportedModelError
+from mapping.errors import UnsupportedModelError
 from mapping.models import load_model
-
-TOLERANCE = 1e-5
-TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=6, num_heads=4, num_classes=0)
-VARIANTS = {
-    "deit": {},
-    "dinov2-reg": dict(init_values=0.5, reg_tokens=4, no_embed_class=True),
-    "avg-pool": dict(global_pool="avg"),
-    "avg-no-cls-qk-norm": dict(global_pool="avg", class_token=False, qk_norm=True),
-}
-
-
-def tiny_vit(**overrides: object) -> VisionTransformer:
-    """A tiny ViT with every parameter random, so no bias, norm or LayerScale is trivial."""
-    model = VisionTransformer(**{**TINY, **overrides}).eval()
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            is_norm_scale = name.endswith("weight") and parameter.dim() == 1 and "norm" in name
-            parameter.normal_(1.0 if is_norm_scale else 0.0, 0.2)
-    return model
-
-
-def max_error(contributions: torch.Tensor, output: torch.Tensor) -> float:
-    z = output.double()
-    return ((contributions.double().sum(1) - z).norm(dim=-1) / z.norm(dim=-1)).max().item()
-
-
-def with_heads_split_by_token(decomposition: Decomposition) -> torch.Tensor:
-    """The contributions with every split head replaced by the sum of its tokens."""
-    contributions = decomposition.contributions.clone()
-    for split in decomposition.token_splits:
-        first = decomposition.index(split.component_names[0])
-        contributions[:, first:first + len(split.component_names)] = split.contributions.sum(2)
-    return contributions
-
-
-def assert_exact(decomposition: Decomposition, reference: torch.Tensor) -> None:
-    torch.testing.assert_close(decomposition.output, reference, rtol=1e-5, atol=1e-5)
-    assert decomposition.relative_error().max().item() <= TOLERANCE
-    if decomposition.token_splits is not None:
-        assert max_error(with_heads_split_by_token(decomposition), decomposition.output) <= TOLERANCE
-
-
-@pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("first_block", [None, "all"])
-def test_components_sum_to_the_output(variant: str, first_block: str | None) -> None:
-    model = tiny_vit(**VARIANTS[variant])
-    images = torch.randn(3, 3, 32, 32)
-    reference = VitAdapter(model, variant).output(images)
-    for split_tokens in (False, True):
-        assert_exact(decompose(model, images, first_block, split_tokens=split_tokens), reference)
+from tests.mapping.decompose.exactness import assert_exact
+from tests.mapping.decompose.tiny_models import VIT, VIT_VARIANTS, timm_pre_logits, tiny_vit
 
 
 def test_names_follow_forward_order_with_absolute_indices() -> None:
@@ -90,7 +43,7 @@ def test_bias_is_the_final_norm_beta() -> None:
 def test_components_match_the_hooked_branch_outputs(variant: str) -> None:
     """A block's MLP component and the sum of its heads are its real branch outputs,
     pooled and carried through the final norm (linearised with the real stream)."""
-    model = tiny_vit(**VARIANTS[variant])
+    model = tiny_vit(**VIT_VARIANTS[variant])
     block = model.blocks[4]
 
     def pool(tokens: torch.Tensor) -> torch.Tensor:
@@ -114,7 +67,7 @@ def test_components_match_the_hooked_branch_outputs(variant: str) -> None:
 
 
 def test_token_split_layout() -> None:
-    model = tiny_vit(**VARIANTS["dinov2-reg"])
+    model = tiny_vit(**VIT_VARIANTS["dinov2-reg"])
     decomposition = decompose(model, torch.randn(2, 3, 32, 32), "blocks.3", split_tokens=True)
     splits = decomposition.token_splits
     assert [split.block for split in splits] == ["blocks.3", "blocks.4", "blocks.5"]
@@ -131,16 +84,8 @@ def test_token_split_grid_follows_the_image_size_of_a_dynamic_model() -> None:
     decomposition = decompose(model, images, split_tokens=True)
     assert decomposition.token_splits[0].grid == (5, 3)
     assert decomposition.token_splits[0].contributions.shape[2] == 1 + 15
-    assert_exact(decomposition, VitAdapter(model, "dynamic").output(images))
-
-
-def test_decomposing_leaves_the_model_as_it_was() -> None:
-    model = tiny_vit()
-    fused = [block.attn.fused_attn for block in model.blocks]
-    decompose(model, torch.randn(1, 3, 32, 32), "all", split_tokens=True)
-    assert [block.attn.fused_attn for block in model.blocks] == fused
-    hooked = [m for m in model.modules() if m._forward_hooks or m._forward_pre_hooks]
-    assert hooked == []
+    with torch.no_grad():
+        assert_exact(decomposition, timm_pre_logits(model, images))
 
 
 @pytest.mark.parametrize(
@@ -155,21 +100,25 @@ def test_decomposing_leaves_the_model_as_it_was() -> None:
     ids=["res-post", "parallel", "map", "max", "avg-token-norm"],
 )
 def test_other_architectures_are_refused_clearly(overrides: dict) -> None:
-    model = VisionTransformer(**{**TINY, **overrides}).eval()
+    model = VisionTransformer(**{**VIT, **overrides}).eval()
     with pytest.raises(UnsupportedModelError) as error:
         decompose(model, torch.randn(1, 3, 32, 32))
     assert error.value.hint
 
 
+def test_a_model_changed_in_place_is_checked_again() -> None:
+    """The adapter kept on the model re-checks it: timm's reset_classifier can switch the pooling."""
+    model, images = tiny_vit(), torch.randn(1, 3, 32, 32)
+    decompose(model, images)
+    model.reset_classifier(0, global_pool="max")
+    with pytest.raises(UnsupportedModelError, match="global_pool='max'"):
+        decompose(model, images)
+
+
 def test_distilled_deit_is_refused() -> None:
-    model = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, **TINY).eval()
+    model = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, **VIT).eval()
     with pytest.raises(UnsupportedModelError, match="VisionTransformerDistilled"):
         decompose(model, torch.randn(1, 3, 32, 32))
-
-
-def test_training_mode_is_refused() -> None:
-    with pytest.raises(CompsearchError, match="training mode"):
-        decompose(tiny_vit().train(), torch.randn(1, 3, 32, 32))
 
 
 def test_real_deit_tiny_on_real_photos(deit_tiny_weights: Path, imagenet_sample: Path) -> None:
@@ -179,8 +128,9 @@ def test_real_deit_tiny_on_real_photos(deit_tiny_weights: Path, imagenet_sample:
     images = torch.stack([loaded.preprocess(Image.open(file).convert("RGB")) for file in files])
 
     decomposition = decompose(model, images, split_tokens=True)
-    assert_exact(decomposition, VitAdapter(model, "deit_tiny").output(images))
-    assert decompose(model, images, "all").relative_error().max().item() <= TOLERANCE
+    with torch.no_grad():
+        assert_exact(decomposition, timm_pre_logits(model, images))
+    assert_exact(decompose(model, images, "all"))
 
     # The file names carry the wnid; timm's ImageNet info maps class index -> wnid.
     info = timm.data.ImageNetInfo()
@@ -203,7 +153,8 @@ def test_real_deit_tiny_on_real_photos(deit_tiny_weights: Path, imagenet_sample:
 def test_reference_models_at_full_size(name: str, size: int) -> None:
     model = timm.create_model(name, pretrained=False).eval()
     images = torch.randn(2, 3, size, size)
-    reference = VitAdapter(model, name).output(images)
+    with torch.no_grad():
+        reference = timm_pre_logits(model, images)
     for first_block in (None, "all"):
         for split_tokens in (False, True):
             assert_exact(decompose(model, images, first_block, split_tokens=split_tokens), reference)
