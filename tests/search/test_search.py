@@ -260,3 +260,30 @@ def test_a_model_space_index_has_no_text_encoder(built: Path, clip: LoadedModel,
     assert index.search(image=_path(built, 2), k=1).results[0].key == "000002.png"
     code, _, err = run_cli(monkeypatch, capsys, "search", str(tmp_path / "plain"), "--text", "red")
     assert code == 2 and "no text encoder" in err
+
+
+def test_ivf_and_pq_indexes_open_with_their_nprobe_and_rescore_exactly(built: Path, clip: LoadedModel,
+                                                                        index: SearchIndex, tmp_path: Path) -> None:
+    import faiss
+
+    for factory in ("IVF4,Flat", "IVF4,PQ8x4"):
+        folder = tmp_path / factory
+        artifacts = encoder_for_build(clip, folder, built / "identity", built / "ranking.json")
+        settings = dataclasses.replace(SETTINGS, index=factory)
+        Indexer(folder, artifacts.encoder, settings, artifacts.provenance).run(built / "world" / "train.parquet")
+        other = search.open_index(folder)
+        assert faiss.extract_index_ivf(other._index("colour")).nprobe == 4  # the manifest's: every list here
+        ids, vectors, _ = _stored(built, "pattern")
+        # PQ codes are approximate: there the exact vectors come from the shards
+        np.testing.assert_allclose(other.stored_vectors("pattern", ids[:5]), vectors[:5], atol=1e-6)
+        terms = [Term("colour", text="red"), Term("pattern", id=int(ids[2]), weight=-0.5)]
+        found = other.search(terms=terms, k=5).results
+        position = {int(image_id): row for row, image_id in enumerate(ids)}
+        red = other.encoder.encode_text(["red"], other._templates("colour"))[0].numpy()
+        colour = _stored(built, "colour")[1]
+        for result in found:  # scores are exact, whatever the index approximated
+            row = position[result.id]
+            expected = colour[row] @ red - 0.5 * vectors[row] @ vectors[2]
+            assert result.score == pytest.approx(float(expected), abs=1e-4)
+        if factory.endswith("Flat"):
+            assert [r.id for r in found] == [r.id for r in index.search(terms=terms, k=5).results]
