@@ -36,6 +36,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -47,9 +48,10 @@ from indexer.world.fixture_clip import REPORT_NAME, TrainingConfig, fixture_clip
 from indexer.world.zero_shot import class_embeddings
 from mapping.align import Aligner, AlignerMeta, TensorSource, TrainSettings, train_aligner
 from mapping.decompose import decompose
+from mapping.images import ImageRecord, iter_batches
 from mapping.models import LoadedModel, load_model
 from mapping.properties import orthonormal_basis
-from mapping.rank import PropertyRanking, property_rankings, property_scores
+from mapping.rank import PropertyRanking, component_variances, property_rankings, property_scores
 from mapping.rank.retrieval import (
     agreement_excess,
     chance_match_rate,
@@ -80,24 +82,34 @@ def labels_of(items: list[WorldItem]) -> dict[str, torch.Tensor]:
             for factor, values in FACTORS.items()}
 
 
+class WorldRenders:
+    """``items`` as an image source, each rendered as it is listed (so read it in the main
+    process, in chunks of one batch: only a batch of renders is ever in memory)."""
+
+    def __init__(self, items: list[WorldItem]) -> None:
+        self.items = items
+        self.description = f"{len(items)} world renders"
+
+    def records(self) -> Iterator[ImageRecord]:
+        for position, item in enumerate(self.items):
+            yield ImageRecord(position, f"{item.seed}/{item.index}", None, image=render_image(item, RENDER_SIZE))
+
+
 def encode_world(items: list[WorldItem], models: dict[str, LoadedModel], clip: LoadedModel,
                  batch_size: int = 32) -> dict[str, Features]:
     """Render ``items`` once, batch by batch, and decompose them with every model (keeping only
-    the contributions: a 224-px batch of pixels per model is all that is ever in memory)."""
+    the contributions), each render through every model's transform and the CLIP's."""
+    encoders = list(models.values()) + [clip]
     parts: dict[str, list] = {name: [] for name in models}
     targets = []
     names: dict[str, list[str]] = {}
-    for start in range(0, len(items), batch_size):
-        images = [render_image(item, RENDER_SIZE) for item in items[start:start + batch_size]]
-        for name, model in models.items():
-            batch = torch.stack([model.preprocess(image) for image in images])
-            decomposition = decompose(model.model, batch, model_name=model.name)
+    for batch in iter_batches(WorldRenders(items), [model.preprocess for model in encoders], batch_size,
+                              on_error="raise", chunk_size=batch_size):
+        for (name, model), pixels in zip(models.items(), batch.pixels):
+            decomposition = decompose(model.model, pixels, model_name=model.name)
             names[name] = decomposition.names
             parts[name].append(decomposition.contributions.float())
-            if model is clip:
-                targets.append(clip.encode_images(batch).float())
-        if not any(model is clip for model in models.values()):
-            targets.append(clip.encode_images(torch.stack([clip.preprocess(image) for image in images])).float())
+        targets.append(clip.encode_images(batch.pixels[-1]).float())
     target = torch.cat(targets)
     return {name: Features(names[name], torch.cat(parts[name]), target) for name in models}
 
@@ -135,7 +147,9 @@ def rank_factors(aligner: Aligner, probe: Features, bases: dict[str, torch.Tenso
     mapped = aligner.map_components(probe.contributions)
     scores = {factor: property_scores(mapped, basis) for factor, basis in bases.items()}
     values = {factor: list(FACTORS[factor]) for factor in bases}
-    rankings = property_rankings(probe.names, scores, "text", values, {factor: k for factor in bases})
+    variances = component_variances(mapped)
+    rankings = property_rankings(probe.names, scores, "text", values, {factor: k for factor in bases},
+                                 {factor: variances for factor in bases})
     return {ranking.name: ranking for ranking in rankings}
 
 
@@ -233,6 +247,8 @@ def format_model(title: str, table: dict, rankings: dict[str, PropertyRanking], 
         f"{factor}: " + ", ".join(f"{name} ({score:+.2f})" for name, score in
                                   zip(ranking.top, ranking.scores[:ranking.k]))
         for factor, ranking in rankings.items())]
+    constant = sorted({name for ranking in rankings.values() for name in ranking.constant})
+    lines += ["", f"Constant over the probe renders, not ranked: {', '.join(constant) or 'none'}."]
     return lines
 
 

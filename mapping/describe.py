@@ -17,7 +17,8 @@ import yaml
 
 from mapping.align import Aligner
 from mapping.align.features import aligned_batches
-from mapping.errors import CompsearchError
+from mapping.errors import CompsearchError, warn_if_few_images
+from mapping.images import SourceSpec
 from mapping.models import LoadedModel
 from mapping.properties.text import TextEncoder
 
@@ -81,10 +82,24 @@ def select_heads(component_names: Sequence[str], patterns: Sequence[str] = ()) -
     chosen = [name for name in heads if any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)]
     if not chosen:
         raise CompsearchError(
-            f"no attention head matches {', '.join(patterns)}",
-            f"heads are named like {heads[0] if heads else 'blocks.11.attn.h0'}; globs such as 'blocks.11.attn.*' work",
+            f"no attention head matches {', '.join(patterns)} (only heads are described, not MLPs, init or bias)",
+            f"the heads are {head_ranges(heads) or 'none'}; globs such as '{_glob_example(heads)}' work",
         )
     return chosen
+
+
+def head_ranges(heads: Sequence[str]) -> str:
+    """``blocks.10.attn.h0–h11, blocks.11.attn.h0–h11``: a long list of heads, short."""
+    groups: dict[str, list[str]] = {}
+    for head in heads:
+        prefix, _, number = head.rpartition(".h")
+        groups.setdefault(prefix, []).append(number)
+    return ", ".join(f"{prefix}.h{numbers[0]}" + (f"–h{numbers[-1]}" if len(numbers) > 1 else "")
+                     for prefix, numbers in groups.items())
+
+
+def _glob_example(heads: Sequence[str]) -> str:
+    return heads[-1].rpartition(".h")[0] + ".*" if heads else "blocks.11.attn.*"
 
 
 def embed_bank(bank: Sequence[str], encode_text: TextEncoder) -> torch.Tensor:
@@ -95,23 +110,64 @@ def embed_bank(bank: Sequence[str], encode_text: TextEncoder) -> torch.Tensor:
         ])
 
 
+@dataclass
+class TextShare:
+    text: str
+    share: float  # of the head's variance along this text, once earlier picks were removed
+
+
+@dataclass
+class HeadDescription:
+    head: str
+    texts: list[TextShare]  # TextSpan's picks, in the order picked
+
+
+@dataclass
+class HeadDescriptions:
+    """What ``compsearch describe`` reports (the fields are its JSON)."""
+
+    model_name: str
+    clip_name: str
+    images: int
+    heads: list[HeadDescription]
+
+
 def describe_heads(
     model: LoadedModel,
     aligner: Aligner,
-    paths: Sequence[Path],
+    images: SourceSpec,
     encode_text: TextEncoder,
     bank: Sequence[str],
     heads: Sequence[str] = (),
     count: int = 5,
     batch_size: int = 32,
     progress: bool = False,
-) -> dict[str, list[tuple[str, float]]]:
-    """``{head: [(description, share of the head's variance), …]}`` over the images ``paths``."""
+    workers: int = 0,
+) -> HeadDescriptions:
+    """Each chosen head's TextSpan picks from ``bank`` over the probe set ``images`` (a
+    folder, a list or Parquet file, …; unreadable images skipped with a warning)."""
     chosen = select_heads(aligner.component_names, heads)
     positions = [aligner.component_names.index(name) for name in chosen]
-    outputs = torch.cat([mapped[:, positions] for mapped in aligned_batches(model, aligner, paths, batch_size, progress)])
+    outputs = torch.cat([
+        mapped[:, positions] for _, mapped in aligned_batches(model, aligner, images, batch_size, workers, progress)
+    ])
+    warn_if_few_images(len(outputs), "head variances are measured", "--images")
     embedded = embed_bank(bank, encode_text)
-    return {
-        head: [(bank[pick.index], pick.share) for pick in text_span(outputs[:, column], embedded, count)]
+    return HeadDescriptions(model.name, aligner.meta.clip_name, len(outputs), [
+        HeadDescription(head, [TextShare(bank[pick.index], pick.share)
+                               for pick in text_span(outputs[:, column], embedded, count)])
         for column, head in enumerate(chosen)
-    }
+    ])
+
+
+def format_descriptions(report: HeadDescriptions) -> str:
+    """The text people read: per head, its picks with their share of the head's variance."""
+    lines = [
+        f"{report.model_name} heads in {report.clip_name} space, over {report.images} images. Per head, in the "
+        "order picked, the texts along which its outputs vary most, each with the share of the head's variance "
+        "along it once the texts above were projected out (the shares add up to what the texts explain together, "
+        "at most 100 %):",
+    ]
+    for head in report.heads:
+        lines += ["", head.head] + [f"  {pick.share:6.1%}  {pick.text}" for pick in head.texts]
+    return "\n".join(lines)

@@ -3,8 +3,11 @@
 Every error a user can cause (bad file, unknown model, missing weights, mismatched
 artifacts, malformed query) is a :class:`CompsearchError` carrying what went wrong and
 what to do about it. The CLI prints it as one line and exits non-zero; the API raises it.
+Input that is accepted but likely a mistake gets a :class:`CompsearchWarning` instead.
 """
 from __future__ import annotations
+
+import warnings
 
 
 class CompsearchError(Exception):
@@ -26,3 +29,33 @@ class UnsupportedModelError(CompsearchError):
 
 class ImageReadError(CompsearchError):
     """An image file that is missing, truncated or not an image."""
+
+
+class Interrupted(CompsearchError):
+    """A run stopped by the user (Ctrl-C) after keeping its completed work: ``problem`` says
+    what was kept, ``hint`` how to resume."""
+
+
+class CompsearchWarning(UserWarning):
+    """Input that is accepted but probably not what the user meant: like an error, ``problem``
+    and ``hint`` say what and what to do. The CLI prints it as one ``warning:`` line."""
+
+    def __init__(self, problem: str, hint: str | None = None) -> None:
+        self.problem = problem
+        self.hint = hint
+        super().__init__(f"{problem} — {hint}" if hint else problem)
+
+
+def warn(problem: str, hint: str | None = None) -> None:
+    """Issue a :class:`CompsearchWarning` (attributed to the caller's caller)."""
+    warnings.warn(CompsearchWarning(problem, hint), stacklevel=3)
+
+
+ENOUGH_IMAGES = 50  # fewer, and correlations, variances and cosines over them are mostly noise
+
+
+def warn_if_few_images(count: int, purpose: str, option: str, enough: int = ENOUGH_IMAGES) -> None:
+    """A warning when ``count`` images are too few for ``purpose`` (they come from ``option``)."""
+    if count < enough:
+        warn(f"{purpose} on only {count} image{'s' if count != 1 else ''}: with fewer than {enough} "
+             "the figure is mostly noise", f"give more images to {option} (hundreds are better)")

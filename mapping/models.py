@@ -47,6 +47,7 @@ RANDOM_INIT = "random-init"
 LOCAL_DIR_PREFIX = "local-dir:"
 _LOAD_FAILURES = (RuntimeError, OSError, ValueError, KeyError, pickle.UnpicklingError, SafetensorError)
 _WEIGHTS_HINT = f"pass --weights PATH (a file or a folder) or set {WEIGHTS_DIR_ENV} to a folder holding it"
+_RANDOM_HINT = "pass --random-init (Python: pretrained=False) to run with random weights"
 
 
 @dataclass
@@ -157,10 +158,12 @@ def _unknown_model(name: str) -> ModelLoadError:
     known = timm.list_models() + timm.list_pretrained() + open_clip.list_models()
     known += [f"{model}:{tag}" for model, tag in open_clip.list_pretrained()]
     matches = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
+    local = ("an open_clip model saved in a folder loads as local-dir:/folder (the offline fixture CLIP's "
+             "name: `compsearch world fixture-clip`)")
     return ModelLoadError(
         f"unknown model {name!r} (neither a timm nor an open_clip name)",
-        f"did you mean {', '.join(matches)}?" if matches
-        else "see timm.list_models() and open_clip.list_pretrained() for known names",
+        f"did you mean {', '.join(matches)}? Or: {local}" if matches
+        else f"see timm.list_models() and open_clip.list_pretrained() for known names; {local}",
     )
 
 
@@ -243,7 +246,7 @@ def _missing_weights(spec: ModelSpec, cause: Exception | None = None) -> ModelLo
     error = ModelLoadError(
         f"no weights found for {spec.name}: not given, not in ${WEIGHTS_DIR_ENV}, "
         f"and not in the hub cache{f' ({type(cause).__name__})' if cause else ''}",
-        f"get {_expected_files(spec)} and {_WEIGHTS_HINT}; or use random weights",
+        f"get {_expected_files(spec)} and {_WEIGHTS_HINT}; or {_RANDOM_HINT}",
     )
     error.__cause__ = cause
     return error
@@ -258,7 +261,7 @@ def _timm_hub_file(spec: ModelSpec) -> Path:
     if config is None or not (config.hf_hub_id or config.url):
         raise ModelLoadError(
             f"timm publishes no pretrained weights for {spec.name}",
-            f"{_WEIGHTS_HINT}, or use random weights",
+            f"{_WEIGHTS_HINT}, or {_RANDOM_HINT}",
         )
     with _hub_cache_only_when_offline():
         try:

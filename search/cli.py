@@ -1,26 +1,53 @@
 """The ``compsearch`` console script: one click group, verb subcommands.
 
-Commands are imported lazily so ``compsearch --help`` stays fast (torch is heavy) and a
-command's import cost is paid only when it runs. Each command module is thin: parse,
-call one library function, print.
+Commands are listed in :data:`COMMANDS` with their one-line help, so ``compsearch --help``
+imports none of them; a command's module is imported only when it runs or shows its own
+``--help``, and imports the model libraries (torch, timm, open_clip) only inside its body.
+Each command module is thin: parse, call one library function, print.
 """
 from __future__ import annotations
 
 import importlib
 import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import NamedTuple
 
 import click
 
-from mapping.errors import CompsearchError
+from mapping.errors import CompsearchError, CompsearchWarning
 
-# command name -> "module:attribute" of a click.Command; keep sorted by pipeline stage.
-COMMANDS: dict[str, str] = {
-    "demo": "mapping.commands.demo:demo",
-    "decompose": "mapping.commands.decompose:decompose_command",
-    "align": "mapping.commands.align:align_command",
-    "rank": "mapping.commands.rank:rank_command",
-    "describe": "mapping.commands.describe:describe_command",
-    "world": "indexer.commands.world:world",
+
+class Entry(NamedTuple):
+    target: str  # "module:attribute" of the click.Command
+    summary: str  # the line `compsearch --help` shows for it
+
+
+# Sorted by the order the commands are used in (the group's help says so).
+COMMANDS: dict[str, Entry] = {
+    "demo": Entry("search.commands.demo:demo_command", "Try it all offline: index a world, search by property."),
+    "sample": Entry("mapping.commands.demo:demo", "Decompose one drawn image with DeiT-tiny (no data needed)."),
+    "world": Entry("indexer.commands.world:world",
+                   "The synthetic world and its fixture CLIP (offline)."),
+    "decompose": Entry("mapping.commands.decompose:decompose_command",
+                       "Split images' representations into named components."),
+    "align": Entry("mapping.commands.align:align_command",
+                   "Map each component into a CLIP's space (an aligner)."),
+    "rank": Entry("mapping.commands.rank:rank_command",
+                  "Rank components per property; write the ranking JSON."),
+    "describe": Entry("mapping.commands.describe:describe_command",
+                      "Describe attention heads in words (TextSpan)."),
+    "explain": Entry("mapping.commands.explain:explain_command",
+                     "Token heatmaps of chosen components over images."),
+    "debias": Entry("mapping.commands.debias:debias_command",
+                    "Mean-ablate the components that carry a spurious attribute."),
+    "index": Entry("indexer.commands.index:index_command",
+                   "Index an image collection: one FAISS index per property."),
+    "info": Entry("indexer.commands.info:info_command", "Describe an index directory."),
+    "search": Entry("search.commands.search:search_command",
+                    "Search an index by text or image, one property at a time."),
+    "serve": Entry("search.commands.serve:serve_command", "Serve an index: HTTP API and web page."),
 }
 
 
@@ -31,28 +58,68 @@ class LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in COMMANDS:
             return None
-        module_name, attribute = COMMANDS[name].split(":")
-        return getattr(importlib.import_module(module_name), attribute)
+        module_name, attribute = COMMANDS[name].target.split(":")
+        command = getattr(importlib.import_module(module_name), attribute)
+        command.short_help = command.short_help or COMMANDS[name].summary
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list from the registry alone: no command module is imported."""
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, entry.summary) for name, entry in COMMANDS.items()])
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="compsearch")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """Property-specific image search on the components of Vision Transformers.
 
     Decompose a ViT's image representation into attention heads and MLPs, align them
     to CLIP space, rank them per property (colour, texture, shape, …), and search an
     image collection by one property at a time.
+
+    The commands are listed in the order they are used: `demo` runs the whole product
+    offline on a synthetic world; `sample` shows one decomposition without any data;
+    offline, `world fixture-clip` prints a small CLIP to align to
+    (--clip local-dir:<folder>); `decompose` looks at a model's components on your
+    images; `align` maps each component into the CLIP's space (writes an aligner),
+    `rank` picks the components of each property (writes ranking.json), `describe`,
+    `explain` and `debias` look into components; `index` builds an index directory from a
+    collection and a ranking, `info` describes it, `search` and `serve` query it. Each
+    command explains itself: compsearch COMMAND --help.
     """
+    ctx.with_resource(_one_line_warnings())
+
+
+@contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """While a command runs, a CompsearchWarning prints as one ``warning:`` line on stderr
+    (other warnings as Python shows them)."""
+    with warnings.catch_warnings():
+        python_show = warnings.showwarning
+
+        def show(message, category, *where) -> None:  # noqa: ANN001  (warnings.showwarning's signature)
+            if issubclass(category, CompsearchWarning):
+                click.echo(f"warning: {message}", err=True)
+            else:
+                python_show(message, category, *where)
+
+        warnings.showwarning = show
+        yield
 
 
 def main() -> None:
-    """Entry point: turns a CompsearchError into one line on stderr and exit code 2."""
+    """Entry point: a CompsearchError or a usage error becomes one line on stderr and exit code 2."""
     try:
         cli.main(standalone_mode=False)
     except CompsearchError as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(2)
+    except click.UsageError as error:
+        where = f" — see `{error.ctx.command_path} --help`" if error.ctx else ""
+        click.echo(f"error: {error.format_message()}{where}", err=True)
+        sys.exit(error.exit_code)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(1)

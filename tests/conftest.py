@@ -32,8 +32,8 @@ def imagenet_sample() -> Path:
 
 @pytest.fixture(scope="session")
 def fixture_clip() -> Path:
-    """The world-trained reference CLIP, a ``local-dir:`` folder (trained once, then cached;
-    rebuild with ``compsearch world fixture-clip --rebuild``)."""
+    """The world-trained reference CLIP, a ``local-dir:`` folder (written from the copy the
+    package ships, then cached; retrain with ``compsearch world fixture-clip --rebuild``)."""
     from indexer.world.fixture_clip import fixture_clip_dir
 
     return fixture_clip_dir()

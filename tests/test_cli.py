@@ -1,16 +1,19 @@
-"""The ``decompose`` and ``demo`` commands end to end on a random DeiT-tiny, and their errors."""
+"""The console script: start-up (every --help, fast and without torch), the ``decompose``,
+``sample`` and ``world fixture-clip`` commands end to end, and their errors."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import click
 import PIL.Image
 import pytest
 
-from search.cli import main
+from search.cli import COMMANDS, cli, main
 from tests.mapping.test_models import (  # noqa: F401  (fixtures, and the tiny CLIP writer)
     _no_weights_dir,
     _save_tiny_clip_folder,
@@ -18,6 +21,51 @@ from tests.mapping.test_models import (  # noqa: F401  (fixtures, and the tiny C
 )
 
 MODEL = ["--model", "deit_tiny_patch16_224", "--random-init"]
+ROOT = Path(__file__).resolve().parents[1]
+# The console script's entry point in a fresh interpreter, saying at exit whether torch was imported.
+FRESH = ("import atexit, sys; sys.argv[0] = 'compsearch'; "
+         "atexit.register(lambda: print('torch imported:', 'torch' in sys.modules, file=sys.stderr)); "
+         "from search.cli import main; main()")
+
+
+def run_fresh(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", FRESH, *args], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+
+
+def _every_command() -> list[tuple[str, ...]]:
+    """The group, every registered command and every subcommand of a registered group."""
+    found: list[tuple[str, ...]] = [()]
+    for name in COMMANDS:
+        found.append((name,))
+        command = cli.get_command(click.Context(cli), name)
+        if isinstance(command, click.Group):
+            found += [(name, sub) for sub in command.commands]
+    return found
+
+
+@pytest.mark.parametrize("command", _every_command(), ids=lambda command: " ".join(command) or "compsearch")
+def test_every_help_works_without_importing_torch(command: tuple[str, ...]) -> None:
+    """The registry imports commands lazily, so a broken import shows only when a command is
+    named; and --help must stay instant, which rules out importing torch."""
+    result = run_fresh(*command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"Usage: compsearch {' '.join(command)}".rstrip())
+    assert "torch imported: False" in result.stderr
+
+
+def test_the_group_help_lists_the_registry_in_order_of_use() -> None:
+    result = run_fresh("--help")
+    listed = [line.split()[0] for line in result.stdout.split("Commands:")[1].splitlines() if line.strip()]
+    assert listed == list(COMMANDS) and "in the order they are used" in result.stdout
+
+
+def test_a_missing_file_is_reported_before_any_model_library_loads() -> None:
+    result = run_fresh("decompose", "/nonexistent/photo.jpg", "--model", "deit_tiny_patch16_224")
+    assert result.returncode == 2 and result.stdout == ""
+    [message, torch_line] = result.stderr.splitlines()
+    assert message.startswith("error: ") and "does not exist" in message and "compsearch decompose --help" in message
+    assert torch_line == "torch imported: False"
 
 
 def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
@@ -73,7 +121,7 @@ def test_decompose_table_with_tokens(monkeypatch, capsys, photos) -> None:
 
 
 def test_decompose_token_shares_sum_to_one_over_all_tokens(monkeypatch, capsys, photos) -> None:
-    monkeypatch.setattr("mapping.commands.decompose.TOKENS_SHOWN", 10_000)
+    monkeypatch.setattr("mapping.decompose.report.TOKENS_SHOWN", 10_000)
     code, out, _ = run_cli(monkeypatch, capsys, "decompose", photos[0], *MODEL, "--tokens", "--json")
     heads = [c for c in json.loads(out)["images"][0]["top"] if c["tokens"] is not None]
     assert code == 0 and heads
@@ -86,14 +134,14 @@ def test_decompose_token_shares_sum_to_one_over_all_tokens(monkeypatch, capsys, 
     ("make_args", "message"),
     [
         (lambda tmp, photos: ["decompose", str(tmp / "missing.jpg"), *MODEL], "does not exist"),
-        (lambda tmp, photos: ["decompose", _corrupt(tmp), *MODEL], "truncated or corrupt"),
+        (lambda tmp, photos: ["decompose", _corrupt(tmp), *MODEL], "broken.jpg is truncated"),
         (lambda tmp, photos: ["decompose", photos[0], "--model", "deit_tinyy_patch16_224"], "did you mean"),
         (lambda tmp, photos: ["decompose", photos[0], *MODEL, "--first-block", "blocks.12"],
          "not a decomposable block"),
         (lambda tmp, photos: ["decompose", photos[0], "--model", "deit_tiny_patch16_224"], "--weights PATH"),
-        (lambda tmp, photos: ["demo", "--weights", str(tmp / "none.safetensors")], "does not exist"),
+        (lambda tmp, photos: ["sample", "--weights", str(tmp / "none.safetensors")], "does not exist"),
     ],
-    ids=["missing-image", "corrupt-image", "unknown-model", "bad-block", "missing-weights", "demo-bad-weights"],
+    ids=["missing-image", "corrupt-image", "unknown-model", "bad-block", "missing-weights", "sample-bad-weights"],
 )
 def test_user_errors_are_one_line_and_exit_2(
     monkeypatch, capsys, tmp_path, photos, offline_empty_cache, make_args, message  # noqa: F811
@@ -111,17 +159,19 @@ def _corrupt(folder: Path) -> str:
 
 
 def test_demo_falls_back_to_random_weights_offline(monkeypatch, capsys, offline_empty_cache) -> None:  # noqa: F811
-    code, out, _ = run_cli(monkeypatch, capsys, "demo")
+    code, out, _ = run_cli(monkeypatch, capsys, "sample")
     assert code == 0
     assert "random initialisation" in out and "weights random-init" in out
+    assert "Next: compsearch decompose YOUR.jpg --model deit_tiny_patch16_224 --random-init --tokens" in out
     assert re.search(r"exact: Σ components = z to \d\.\de-0[6-9]", out)
 
 
 def test_demo_with_real_weights_sees_classes(monkeypatch, capsys, deit_tiny_weights, tmp_path) -> None:
-    code, out, _ = run_cli(monkeypatch, capsys, "demo", "--weights", str(deit_tiny_weights),
+    code, out, _ = run_cli(monkeypatch, capsys, "sample", "--weights", str(deit_tiny_weights),
                            "--save-image", str(tmp_path / "sample.png"))
     assert code == 0 and "random" not in out
     assert "ImageNet classes DeiT-tiny sees:" in out and "exact:" in out
+    assert f"--weights {deit_tiny_weights} --tokens" in out  # the next command finds the same weights
     assert PIL.Image.open(tmp_path / "sample.png").size == (224, 224)
 
 
@@ -135,7 +185,7 @@ def test_console_script_reports_errors_in_one_line(tmp_path) -> None:
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr.startswith("error: image") and "does not exist" in result.stderr
+    assert result.stderr.startswith("error: ") and "does not exist" in result.stderr and result.stderr.count("\n") == 1
 
 
 def test_decompose_clip_from_a_local_folder(monkeypatch, capsys, tmp_path, photos) -> None:
@@ -146,3 +196,23 @@ def test_decompose_clip_from_a_local_folder(monkeypatch, capsys, tmp_path, photo
     assert code == 0 and report["first_block"] == "visual.transformer.resblocks.0"
     for image in report["images"]:
         assert image["relative_error"] < 1e-5 and image["output_norm"] == pytest.approx(1)  # CLIP's z is unit norm
+
+
+def test_fixture_clip_prints_only_its_name_on_stdout(monkeypatch, capsys, fixture_clip) -> None:
+    code, out, err = run_cli(monkeypatch, capsys, "world", "fixture-clip")
+    assert code == 0 and out == f"local-dir:{fixture_clip}\n"  # usable as --clip "$(compsearch world fixture-clip)"
+    assert "zero-shot accuracy" in err
+    code, out, _ = run_cli(monkeypatch, capsys, "world", "fixture-clip", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["model"] == f"local-dir:{fixture_clip}" and set(report["test_accuracy"]) >= {"colour"}
+
+
+def test_errors_name_the_option_the_user_typed(
+    monkeypatch, capsys, tmp_path, photos, offline_empty_cache  # noqa: F811
+) -> None:
+    _save_tiny_clip_folder(tmp_path / "clip")
+    code, _, err = run_cli(monkeypatch, capsys, "align", "--model", f"local-dir:{tmp_path / 'clip'}",
+                           "--clip", "ViT-B-16:laion2b_s34b_b88k", "--images", str(tmp_path), "--out", str(tmp_path / "a"))
+    assert code == 2 and "--clip-weights PATH" in err and " --weights" not in err and "--random-init" in err
+    code, _, err = run_cli(monkeypatch, capsys, "decompose", photos[0], "--model", "my-world-clip")
+    assert code == 2 and "unknown model 'my-world-clip'" in err and "local-dir:" in err and "world fixture-clip" in err

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from indexer.world.splits import SPLITS, get_split
+from mapping.commands.options import emit, json_option
 
 
 @click.group()
@@ -32,13 +33,19 @@ def render_command(out_dir: Path, split_name: str, count: int, size: int, seed: 
 
 @world.command("fixture-clip")
 @click.option("--rebuild", is_flag=True, help="Retrain even if the cached fixture exists.")
-def fixture_clip_command(rebuild: bool) -> None:
-    """Train (or find in the cache) the small reference CLIP trained on the world; print its folder.
+@json_option
+def fixture_clip_command(rebuild: bool, as_json: bool) -> None:
+    """Train (or find in the cache) the small reference CLIP trained on the world; print its name.
 
-    The folder loads like any open_clip model: load_model('local-dir:<folder>').
+    Prints only `local-dir:<folder>` on stdout (a summary of its training goes to stderr), so
+    it feeds other commands directly: `--clip "$(compsearch world fixture-clip)"`. With
+    --json, stdout holds its training report instead, with the name under `model`.
     """
-    from indexer.world.fixture_clip import REPORT_NAME, fixture_clip_dir
+    from indexer.world.fixture_clip import fixture_clip_dir, training_report
 
-    folder = fixture_clip_dir(rebuild=rebuild)
-    click.echo((folder / REPORT_NAME).read_text())
-    click.echo(f"local-dir:{folder}")
+    report = training_report(fixture_clip_dir(rebuild=rebuild))
+    if not as_json:
+        accuracy = ", ".join(f"{factor} {value:.2f}" for factor, value in report.test_accuracy.items())
+        click.echo(f"fixture CLIP: {report.steps} training steps; zero-shot accuracy on the world's test split: "
+                   f"{accuracy}", err=True)
+    emit(report, as_json, lambda fixture: fixture.model)

@@ -72,6 +72,14 @@ def compose_caption(factors: Mapping[str, str], rng: np.random.Generator) -> str
     return f"{caption} {_pick(rng, SCENE_PHRASES[scene])}" if scene is not None else caption
 
 
+def caption_pieces() -> list[str]:
+    """Every piece :func:`compose_caption` joins with spaces or ", ". The CLIP tokenizer splits
+    at spaces and punctuation before it merges, so a caption's tokens are its pieces' tokens."""
+    tables = (SHAPE_NOUNS, PATTERN_WORDS, SCENE_PHRASES, SCENE_ADJECTIVES)
+    words = [piece for table in tables for pieces in table.values() for piece in pieces]
+    return [*words, *GENERIC_NOUNS, *PREFIXES, *FACTORS["colour"], "a", "an", ", background"]
+
+
 def random_caption(factors: Mapping[str, str], rng: np.random.Generator, full_share: float = 0.5) -> str:
     """Names all factors with probability ``full_share``, else a random non-empty subset."""
     names = list(FACTORS)

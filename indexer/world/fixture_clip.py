@@ -8,10 +8,21 @@ caption that is true of an image as a positive (soft targets over all of them) i
 pretending only the diagonal matches: this removes the false negatives that otherwise drown
 the weak shape and pattern signal in the few steps a CPU budget allows (DESIGN §8).
 
-The trained model is saved in open_clip's ``local-dir:`` format (``open_clip_config.json``
-+ ``open_clip_model.safetensors``) under ``$COMPSEARCH_CACHE/fixtures/<key>``, where the key
+The fixture lives in open_clip's ``local-dir:`` format (``open_clip_config.json`` +
+``open_clip_model.safetensors``) under ``$COMPSEARCH_CACHE/fixtures/<key>``, where the key
 hashes the model config, the training config and :data:`CODE_VERSION`; it is reloaded with
 ``mapping.models.load_model('local-dir:<folder>')`` like any open_clip model.
+
+The default fixture ships with the package, trained: :data:`SHIPPED_WEIGHTS` (under 1 MB) and
+its training report :data:`SHIPPED_REPORT`. The file holds every trained tensor in float32 and,
+of the frozen 49408×64 token table, only the rows of the tokens the project's texts use (world
+captions and zero-shot prompts, the built-in property vocabularies and templates, the default
+text bank); the other rows regenerate from a dedicated seeded generator, not from the global
+RNG's order of model construction (:mod:`indexer.world.fixture_pack`). :func:`fixture_clip_dir`
+writes the folder from it in seconds; it trains only for another config, on ``rebuild``, or
+when the shipped file's key is not the current one (the code changed and nobody re-exported).
+To ship a retrained fixture: ``compsearch world fixture-clip --rebuild``, then
+``python -m indexer.world.fixture_clip --export`` (which reads the cached default folder).
 """
 from __future__ import annotations
 
@@ -20,10 +31,14 @@ import json
 import math
 import os
 import shutil
+import tempfile
 import time
-from dataclasses import asdict, dataclass
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import click
 import numpy as np
 import open_clip
 import safetensors.torch
@@ -34,9 +49,11 @@ from tqdm import tqdm
 
 from indexer.world.captions import compose_caption
 from indexer.world.factors import FACTORS
+from indexer.world.fixture_pack import pack, read_metadata, unpack
 from indexer.world.render import render_image
 from indexer.world.splits import SPLITS
 from indexer.world.zero_shot import zero_shot_accuracy
+from mapping.cache import CACHE_ENV, cache_dir
 from mapping.errors import CompsearchError
 from mapping.models import LoadedModel, load_model
 
@@ -44,10 +61,13 @@ MODEL_NAME = "compsearch-world-clip"
 MODEL_CONFIG_PATH = Path(__file__).with_name(f"{MODEL_NAME}.json")
 # Bump when rendering, captions or training change what a given config produces.
 CODE_VERSION = "2"
-CACHE_ENV = "COMPSEARCH_CACHE"
 REPORT_NAME = "training_report.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
 CONFIG_NAME = "open_clip_config.json"
+SHIPPED_WEIGHTS = Path(__file__).with_name(f"{MODEL_NAME}.safetensors")
+SHIPPED_REPORT = Path(__file__).with_name(f"{MODEL_NAME}.training_report.json")
+# Report field naming the shipped file a cached folder was written from (absent when trained).
+MATERIALISED_FROM = "materialised_from"
 
 
 @dataclass(frozen=True)
@@ -74,7 +94,7 @@ class TrainingConfig:
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get(CACHE_ENV, "~/.cache/compsearch")).expanduser() / "fixtures"
+    return cache_dir("fixtures")
 
 
 def model_config() -> dict:
@@ -217,23 +237,119 @@ def train(config: TrainingConfig, out_dir: Path) -> dict:
     return report
 
 
+def shipped_key() -> str | None:
+    """The cache key the shipped fixture was trained under (None if the package lacks it)."""
+    return read_metadata(SHIPPED_WEIGHTS)["fixture_key"] if SHIPPED_WEIGHTS.is_file() else None
+
+
+def _materialise(folder: Path) -> None:
+    """Write the shipped fixture into ``folder`` as a ``local-dir:`` folder, report last."""
+    safetensors.torch.save_file(unpack(SHIPPED_WEIGHTS), folder / WEIGHTS_NAME)
+    (folder / CONFIG_NAME).write_text(read_metadata(SHIPPED_WEIGHTS)["open_clip_config"])
+    report = json.loads(SHIPPED_REPORT.read_text()) | {MATERIALISED_FROM: SHIPPED_WEIGHTS.name}
+    (folder / REPORT_NAME).write_text(json.dumps(report, indent=2))
+
+
+def _publish(folder: Path, fill: Callable[[Path], object], replace: bool) -> Path:
+    """Fill a private staging folder beside ``folder`` and rename it into place, so a folder
+    with a report is always complete. When another process publishes first, its folder stands
+    (a directory rename onto a non-empty one fails), unless ``replace``."""
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f"{folder.name}.", suffix=".partial", dir=folder.parent))
+        staging.chmod(0o755)  # mkdtemp's private 0700 would outlive the rename
+        try:
+            fill(staging)
+            if replace or not (folder / REPORT_NAME).is_file():
+                shutil.rmtree(folder, ignore_errors=True)
+            os.rename(staging, folder)
+        except OSError:
+            if replace or not (folder / REPORT_NAME).is_file():
+                raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    except OSError as error:
+        raise CompsearchError(f"cannot write the fixture CLIP under {folder.parent}: {error}",
+                              f"set {CACHE_ENV} to a writable folder") from error
+    return folder
+
+
 def fixture_clip_dir(config: TrainingConfig = TrainingConfig(), rebuild: bool = False) -> Path:
-    """The cached fixture's folder, training it first if it is missing (or ``rebuild``)."""
+    """The cached fixture's folder. If missing, the default config's is written from the
+    shipped file (seconds); any other config's, or any on ``rebuild``, is trained (minutes)."""
     folder = cache_root() / fixture_key(config)
     if not rebuild and (folder / REPORT_NAME).is_file():
         return folder
-    partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    if not rebuild and config == TrainingConfig():
+        shipped = shipped_key()
+        if shipped == folder.name:
+            return _publish(folder, _materialise, replace=False)
+        warnings.warn(f"the package's fixture CLIP ({shipped or 'missing'}) is not {folder.name}, this code's: "
+                      "training it; then ship it with `python -m indexer.world.fixture_clip --export`", stacklevel=2)
+    return _publish(folder, lambda staging: train(config, staging), replace=True)
+
+
+def export_fixture(folder: Path, weights: Path = SHIPPED_WEIGHTS, report: Path = SHIPPED_REPORT) -> None:
+    """Write the shipped form of ``folder``, a fixture of the default config trained by this code."""
     try:
-        train(config, partial)
+        trained = json.loads((folder / REPORT_NAME).read_text())
+        open_clip_config = (folder / CONFIG_NAME).read_text()
     except OSError as error:
-        raise CompsearchError(f"cannot write the fixture CLIP under {partial}: {error}",
-                              f"set {CACHE_ENV} to a writable folder") from error
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(partial, folder)  # the report is written last, so a folder with it is complete
-    return folder
+        raise CompsearchError(f"{folder} is not a fixture CLIP folder ({error})",
+                              "pass the folder `compsearch world fixture-clip --rebuild` prints") from error
+    default = json.loads(json.dumps(asdict(TrainingConfig())))
+    if (trained.get("config"), trained.get("code_version"), json.loads(open_clip_config).get("model_cfg")) != (
+            default, CODE_VERSION, model_config()):
+        raise CompsearchError(f"{folder} was not trained with the default config, architecture and code version "
+                              f"{CODE_VERSION}", "retrain it with `compsearch world fixture-clip --rebuild`")
+    trained.pop(MATERIALISED_FROM, None)
+    state = safetensors.torch.load_file(folder / WEIGHTS_NAME)
+    pack(state, weights, {"fixture_key": fixture_key(TrainingConfig()), "open_clip_config": open_clip_config})
+    report.write_text(json.dumps(trained, indent=2) + "\n")
+
+
+@dataclass
+class FixtureReport:
+    """A trained fixture: the name it loads by and its training report (``training_report.json``)."""
+
+    model: str  # local-dir:<folder>
+    steps: int
+    final_loss: float
+    test_accuracy: dict[str, float]  # zero-shot, per factor, on the world's test split
+    data_seconds: float
+    train_seconds: float
+    torch_threads: int
+    code_version: str
+    config: dict
+
+
+def training_report(folder: Path) -> FixtureReport:
+    """The report of the fixture trained into ``folder``."""
+    data = json.loads((folder / REPORT_NAME).read_text())
+    known = {field.name for field in fields(FixtureReport)}
+    return FixtureReport(model=f"local-dir:{folder}", **{key: value for key, value in data.items() if key in known})
 
 
 def load_fixture_clip(config: TrainingConfig = TrainingConfig()) -> LoadedModel:
     """The fixture through the project's one loader, exactly as a real open_clip model loads."""
     return load_model(f"local-dir:{fixture_clip_dir(config)}")
+
+
+@click.command()
+@click.option("--export", is_flag=True, help=f"Write {SHIPPED_WEIGHTS.name} and its report into the package.")
+@click.argument("folder", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
+def main(export: bool, folder: Path | None) -> None:
+    """Ship a trained fixture CLIP: ``--export [FOLDER]`` packs FOLDER (default: the cached
+    default fixture, as `compsearch world fixture-clip --rebuild` leaves it) into the package."""
+    if not export:
+        raise click.UsageError("nothing to do: pass --export [FOLDER]")
+    folder = folder or cache_root() / fixture_key(TrainingConfig())
+    try:
+        export_fixture(folder)
+    except CompsearchError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(f"wrote {SHIPPED_WEIGHTS} ({SHIPPED_WEIGHTS.stat().st_size / 1e6:.2f} MB) and {SHIPPED_REPORT.name} from {folder}")
+
+
+if __name__ == "__main__":
+    main()

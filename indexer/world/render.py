@@ -200,3 +200,10 @@ def render(item: WorldItem, size: int = 224) -> np.ndarray:
 
 def render_image(item: WorldItem, size: int = 224) -> Image.Image:
     return Image.fromarray(render(item, size), mode="RGB")
+
+
+def render_mask(item: WorldItem, size: int = 224) -> np.ndarray:
+    """Where the item's object is, (size, size) bool: its interior and outline exactly as
+    :func:`render` draws them, so it is the segmentation ground truth of that image."""
+    interior, outline = _shape_masks(item, size)
+    return interior | outline

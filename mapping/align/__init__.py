@@ -3,26 +3,36 @@
 Pure functions on tensors (:mod:`~mapping.align.aligner`, :mod:`~mapping.align.train`),
 the row-aligned feature cache (:mod:`~mapping.align.cache`), persistence
 (:mod:`~mapping.align.persist`) and the whole stage for files (:func:`align`).
-"""
-from mapping.align.aligner import Aligner, AlignerMeta, alignment_loss, mapped_sum, orthogonality_penalty
-from mapping.align.persist import AlignerMismatchError, check_aligner, load_aligner, save_aligner
-from mapping.align.run import align, is_same_model
-from mapping.align.train import TensorSource, TrainResult, TrainSettings, train_aligner
 
-__all__ = [
-    "Aligner",
-    "AlignerMeta",
-    "AlignerMismatchError",
-    "TensorSource",
-    "TrainResult",
-    "TrainSettings",
-    "align",
-    "alignment_loss",
-    "check_aligner",
-    "is_same_model",
-    "load_aligner",
-    "mapped_sum",
-    "orthogonality_penalty",
-    "save_aligner",
-    "train_aligner",
-]
+The torch-free modules (:mod:`~mapping.align.settings`, :mod:`~mapping.align.files`) are
+imported at once; the others on first use of a name below (PEP 562), so the command line
+reads the training defaults and checks aligner paths without importing torch.
+"""
+from __future__ import annotations
+
+from mapping.align.files import aligner_paths
+from mapping.align.settings import TrainSettings
+from mapping.lazy import lazy_attributes
+
+_LAZY = {  # exported name -> submodule defining it
+    "Aligner": "aligner",
+    "AlignerMeta": "aligner",
+    "alignment_loss": "aligner",
+    "mapped_sum": "aligner",
+    "orthogonality_penalty": "aligner",
+    "check_aligner_fit": "fit",
+    "probe_cosine": "fit",
+    "AlignerMismatchError": "persist",
+    "check_aligner": "persist",
+    "load_aligner": "persist",
+    "save_aligner": "persist",
+    "align": "run",
+    "is_same_model": "run",
+    "TensorSource": "train",
+    "TrainResult": "train",
+    "train_aligner": "train",
+}
+
+__getattr__ = lazy_attributes(__name__, _LAZY)
+
+__all__ = ["TrainSettings", "aligner_paths", *_LAZY]

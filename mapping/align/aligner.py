@@ -66,6 +66,7 @@ class AlignerMeta:
     train_images: int = 0
     heldout_images: int = 0
     settings: dict | None = None
+    trained_on: str | None = None  # the images' source, e.g. 'folder /data/renders' (absent in older sidecars)
 
 
 @dataclass

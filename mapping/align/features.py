@@ -1,17 +1,19 @@
-"""Component contributions (and CLIP targets) of image files, batch by batch."""
+"""Component contributions (and CLIP targets) of probe images, batch by batch, read through
+the image layer (:mod:`mapping.images`)."""
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from mapping.align.aligner import Aligner
-from mapping.align.cache import Encoder
 from mapping.align.persist import AlignerMismatchError, check_aligner
 from mapping.decompose import Decomposition, adapter_for, decompose
-from mapping.images import preprocess_batch
+from mapping.images import ImageRecord, SourceSpec
+from mapping.images.loader import Transform
+from mapping.images.probe import probe_batches
 from mapping.models import LoadedModel, load_model
 
 
@@ -20,47 +22,57 @@ def resolved_first_block(model: LoadedModel, first_block: str | int | None) -> s
     return adapter_for(model.model, model.name).resolve_first_block(first_block)
 
 
-def decompose_files(
-    model: LoadedModel, paths: Sequence[Path], first_block: str | int | None = None, batch_size: int = 32,
-    progress: bool = False,
-) -> Iterator[Decomposition]:
-    """Decompositions of ``paths`` in order, ``batch_size`` images at a time."""
-    for start in tqdm(range(0, len(paths), batch_size), desc="decomposing", unit="batch", disable=not progress):
-        batch = preprocess_batch(paths[start:start + batch_size], model).to(model.device)
-        yield decompose(model.model, batch, first_block=first_block, model_name=model.name)
+def decompose_source(
+    model: LoadedModel, images: SourceSpec, first_block: str | int | None = None, batch_size: int = 32,
+    workers: int = 0, progress: bool = False,
+) -> Iterator[tuple[list[ImageRecord], Decomposition]]:
+    """``(records, decomposition)`` per batch of the probe set ``images`` (a folder, a list or
+    Parquet file, a list of paths or a source); unreadable files are skipped with a warning."""
+    for batch in probe_batches(images, [model.preprocess], batch_size, workers, progress, "decomposing"):
+        if not len(batch):
+            continue
+        pixels = batch.pixels[0].to(model.device)
+        yield batch.records, decompose(model.model, pixels, first_block=first_block, model_name=model.name)
 
 
 def component_contributions(
-    model: LoadedModel, paths: Sequence[Path], first_block: str | int | None = None, batch_size: int = 32,
-    progress: bool = False,
+    model: LoadedModel, images: SourceSpec, first_block: str | int | None = None, batch_size: int = 32,
+    workers: int = 0, progress: bool = False,
 ) -> tuple[list[str], torch.Tensor]:
     """``(names, contributions (images, components, dim))`` for a probe set held in memory."""
-    parts = list(decompose_files(model, paths, first_block, batch_size, progress))
+    parts = [part for _, part in decompose_source(model, images, first_block, batch_size, workers, progress)]
     return parts[0].names, torch.cat([part.contributions.float().cpu() for part in parts])
 
 
-def alignment_encoder(model: LoadedModel, clip: LoadedModel, first_block: str | int | None, batch_size: int = 32) -> Encoder:
-    """An :data:`Encoder` for the cache: each image decoded once per model, in one order."""
+@dataclass
+class AlignmentEncoder:
+    """The cache's :class:`~mapping.align.cache.Encoder` for a model and a CLIP: each image is
+    decoded once and goes through both models' transforms."""
 
-    def encode(paths: list[Path]) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-        names, contributions = component_contributions(model, paths, first_block, batch_size)
-        targets = torch.cat([
-            clip.encode_images(preprocess_batch(paths[start:start + batch_size], clip)).float().cpu()
-            for start in range(0, len(paths), batch_size)
-        ])
-        return names, contributions, targets
+    model: LoadedModel
+    clip: LoadedModel
+    first_block: str | int | None
 
-    return encode
+    @property
+    def transforms(self) -> list[Transform]:
+        return [self.model.preprocess, self.clip.preprocess]
+
+    def __call__(self, pixels: list[torch.Tensor]) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+        part = decompose(self.model.model, pixels[0].to(self.model.device), first_block=self.first_block,
+                         model_name=self.model.name)
+        return part.names, part.contributions.float().cpu(), self.clip.encode_images(pixels[1]).float().cpu()
 
 
 def aligned_batches(
-    model: LoadedModel, aligner: Aligner, paths: Sequence[Path], batch_size: int = 32, progress: bool = False,
-) -> Iterator[torch.Tensor]:
-    """f_i(c_i(x)) for ``paths``, batch by batch (batch, components, d_clip), decomposed from
-    the aligner's first block and checked against the components it was trained on."""
-    for part in decompose_files(model, paths, aligner.meta.first_block, batch_size, progress):
+    model: LoadedModel, aligner: Aligner, images: SourceSpec, batch_size: int = 32, workers: int = 0,
+    progress: bool = False,
+) -> Iterator[tuple[list[ImageRecord], torch.Tensor]]:
+    """``(records, f_i(c_i(x)))`` per batch of the probe set ``images`` (mapped: batch,
+    components, d_clip), decomposed from the aligner's first block and checked against the
+    components it was trained on."""
+    for records, part in decompose_source(model, images, aligner.meta.first_block, batch_size, workers, progress):
         check_aligner(aligner, part.names, part.contributions.shape[-1], model.name, model.weights_id)
-        yield aligner.map_components(part.contributions.float().cpu())
+        yield records, aligner.map_components(part.contributions.float().cpu())
 
 
 def clip_for_aligner(aligner: Aligner, model: LoadedModel, weights: str | Path | None = None) -> LoadedModel:

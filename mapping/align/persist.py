@@ -15,6 +15,7 @@ import safetensors.torch
 from safetensors import SafetensorError
 
 from mapping.align.aligner import Aligner, AlignerMeta
+from mapping.align.files import aligner_paths
 from mapping.errors import CompsearchError
 
 FORMAT_VERSION = 1
@@ -22,13 +23,6 @@ FORMAT_VERSION = 1
 
 class AlignerMismatchError(CompsearchError):
     """An aligner used with a model, decomposition or CLIP it was not trained for."""
-
-
-def aligner_paths(path: str | Path) -> tuple[Path, Path]:
-    """``(tensors, sidecar)`` for ``path`` given with or without the ``.safetensors`` suffix."""
-    path = Path(path).expanduser()
-    tensors = path if path.suffix == ".safetensors" else path.with_name(path.name + ".safetensors")
-    return tensors, tensors.with_suffix(".json")
 
 
 def save_aligner(aligner: Aligner, path: str | Path) -> Path:

@@ -9,14 +9,19 @@ import torch
 import torch.nn.functional as F
 
 from mapping.align.aligner import Aligner, AlignerMeta
-from mapping.align.cache import build_cache, is_heldout, list_images
-from mapping.align.features import alignment_encoder, component_contributions, resolved_first_block
-from mapping.align.persist import aligner_paths, save_aligner
+from mapping.align.cache import build_cache
+from mapping.align.features import AlignmentEncoder, resolved_first_block
+from mapping.align.files import aligner_paths
+from mapping.align.persist import save_aligner
 from mapping.align.train import TrainSettings, train_aligner
-from mapping.images import preprocess_batch
+from mapping.decompose import decompose
+from mapping.errors import Interrupted, warn_if_few_images
+from mapping.images import SourceSpec, open_source
+from mapping.images.probe import probe_batches
 from mapping.models import RANDOM_INIT, LoadedModel
 
 IDENTITY_CHECK_IMAGES = 32
+HELDOUT_ENOUGH = 20  # held-out images below which the cosine says little
 
 
 def is_same_model(model: LoadedModel, clip: LoadedModel) -> bool:
@@ -39,41 +44,43 @@ def _meta(model: LoadedModel, clip: LoadedModel, names: list[str], model_dim: in
     )
 
 
-def identity_aligner(model: LoadedModel, images_dir: str | Path, first_block: str | int | None = None) -> Aligner:
-    """The identity aligner of a CLIP in its own space, its cosine measured on a few images
-    (Σ_i c_i is the CLIP embedding itself, so it is 1 up to rounding)."""
-    root = Path(images_dir).expanduser()
-    paths = [root / image for image in list_images(root)[:IDENTITY_CHECK_IMAGES]]
-    names, contributions = component_contributions(model, paths, first_block)
-    targets = model.encode_images(preprocess_batch(paths, model)).float().cpu()
-    meta = _meta(model, model, names, contributions.shape[-1], targets.shape[-1],
+def identity_aligner(model: LoadedModel, images: SourceSpec, first_block: str | int | None = None) -> Aligner:
+    """The identity aligner of a CLIP in its own space, its cosine measured on the first
+    readable probe images (Σ_i c_i is the CLIP embedding itself, so it is 1 up to rounding)."""
+    batch = next(batch for batch in probe_batches(images, [model.preprocess], IDENTITY_CHECK_IMAGES) if len(batch))
+    pixels = batch.pixels[0].to(model.device)
+    part = decompose(model.model, pixels, first_block=first_block, model_name=model.name)
+    contributions, targets = part.contributions.double().cpu(), model.encode_images(pixels).double().cpu()
+    meta = _meta(model, model, part.names, contributions.shape[-1], targets.shape[-1],
                  resolved_first_block(model, first_block))
     meta.identity = True
     meta.final_loss = 0.0
-    meta.heldout_cosine = F.cosine_similarity(contributions.double().sum(1), targets.double(), dim=-1).mean().item()
-    meta.heldout_images = len(paths)
+    meta.heldout_cosine = F.cosine_similarity(contributions.sum(1), targets, dim=-1).mean().item()
+    meta.heldout_images = len(batch)
     return Aligner.identity(meta)
 
 
 def align(
     model: LoadedModel,
     clip: LoadedModel,
-    images_dir: str | Path,
+    images: SourceSpec,
     out: str | Path,
     first_block: str | int | None = None,
     settings: TrainSettings = TrainSettings(),
     cache_dir: str | Path | None = None,
     encode_batch_size: int = 32,
     progress: bool = True,
+    workers: int = 0,
 ) -> Aligner:
     """Train (or, for a CLIP in its own space, build) the aligner of ``model`` to ``clip`` on
-    the images under ``images_dir``, and save it at ``out``.
+    the probe set ``images`` (a folder, a list or Parquet file, …), and save it at ``out``.
 
     The features are cached in ``cache_dir`` (default: beside ``out``, ``NAME.cache``), so
     a rerun (more epochs, other settings, after an interruption) does not rerun the models.
+    Unreadable images are skipped with a warning.
     """
     if is_same_model(model, clip):
-        aligner = identity_aligner(model, images_dir, first_block)
+        aligner = identity_aligner(model, images, first_block)
     else:
         first = resolved_first_block(model, first_block)
         tensors_path, _ = aligner_paths(out)
@@ -82,19 +89,26 @@ def align(
         if RANDOM_INIT in (model.weights_id, clip.weights_id):
             key["run"] = uuid.uuid4().hex  # random weights differ per load: never reuse their features
         cache = build_cache(
-            cache_dir or tensors_path.with_suffix(".cache"), images_dir, list_images(images_dir),
-            alignment_encoder(model, clip, first, encode_batch_size), key,
-            heldout_fraction=settings.heldout_fraction, progress=progress,
+            cache_dir or tensors_path.with_suffix(".cache"), images, AlignmentEncoder(model, clip, first), key,
+            heldout_fraction=settings.heldout_fraction, batch_size=encode_batch_size, workers=workers,
+            progress=progress,
         )
         model_dim, clip_dim = cache.dims
-        with torch.enable_grad():  # a caller's no_grad / inference context must not freeze training
-            result = train_aligner(cache, len(cache.component_names), model_dim, clip_dim, settings, progress)
-        heldout = sum(1 for image in cache.images if is_heldout(image, settings.heldout_fraction))
+        try:
+            with torch.enable_grad():  # a caller's no_grad / inference context must not freeze training
+                result = train_aligner(cache, len(cache.component_names), model_dim, clip_dim, settings, progress)
+        except KeyboardInterrupt:
+            raise Interrupted(f"interrupted while training; the features of {len(cache.images)} images are "
+                              f"cached in {cache.folder}", "rerun the same command to train without "
+                              "recomputing them") from None
         meta = _meta(model, clip, cache.component_names, model_dim, clip_dim, first)
         meta.final_loss = result.final_loss
         meta.heldout_cosine = result.heldout_cosine
-        meta.train_images = len(cache.images) - heldout
-        meta.heldout_images = heldout
+        meta.train_images = cache.count(heldout=False)
+        meta.heldout_images = cache.count(heldout=True)
+        meta.trained_on = open_source(images).description
+        warn_if_few_images(meta.heldout_images, "the held-out cosine is measured",
+                           "--images, or hold out more with --heldout", enough=HELDOUT_ENOUGH)
         meta.settings = {**asdict(settings), "batches": result.batches, "epochs": result.epochs,
                          "stopped_early": result.stopped_early}
         aligner = Aligner(meta, result.weight, result.bias)

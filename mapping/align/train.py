@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mapping.align.aligner import alignment_loss, mapped_sum
+from mapping.align.settings import TrainSettings
 from mapping.errors import CompsearchError
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # contributions (rows, C, d_model), targets (rows, d_clip)
@@ -21,6 +22,10 @@ class FeatureSource(Protocol):
     def batches(self, batch_size: int, heldout: bool, generator: torch.Generator | None = None) -> Iterator[Batch]:
         ...
 
+    def count(self, heldout: bool) -> int:
+        """How many training (``heldout=False``) or held-out rows :meth:`batches` yields."""
+        ...
+
 
 @dataclass
 class TensorSource:
@@ -30,6 +35,9 @@ class TensorSource:
     targets: torch.Tensor
     heldout_mask: torch.Tensor  # (rows,) bool
 
+    def count(self, heldout: bool) -> int:
+        return int((self.heldout_mask == heldout).sum())
+
     def batches(self, batch_size: int, heldout: bool, generator: torch.Generator | None = None) -> Iterator[Batch]:
         rows = (self.heldout_mask == heldout).nonzero().squeeze(1)
         if generator is not None:
@@ -37,21 +45,6 @@ class TensorSource:
         for start in range(0, len(rows), batch_size):
             chosen = rows[start:start + batch_size]
             yield self.contributions[chosen].float(), self.targets[chosen].float()
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """The reference settings (DESIGN.md §4); ``patience`` counts batches, not epochs."""
-
-    learning_rate: float = 3e-4
-    weight_decay: float = 1e-6
-    batch_size: int = 32
-    regularisation: float = 1.0
-    init_std: float = 0.02
-    patience: int = 50
-    max_epochs: int = 20
-    heldout_fraction: float = 0.1
-    seed: int = 0
 
 
 @dataclass
@@ -91,7 +84,9 @@ def train_aligner(
     optimiser = torch.optim.Adam([weight, bias], lr=settings.learning_rate, weight_decay=settings.weight_decay)
     best, since_best, batches, recent = float("inf"), 0, 0, []
     stopped_early = False
-    bar = tqdm(desc="aligning", unit="batch", disable=not progress)
+    # Per training image, over every epoch allowed: an early stop ends the bar short of its total.
+    bar = tqdm(desc="aligning", unit="img", total=settings.max_epochs * source.count(heldout=False),
+               disable=not progress)
     epoch = 0
     for epoch in range(1, settings.max_epochs + 1):
         for contributions, targets in source.batches(settings.batch_size, heldout=False, generator=generator):
@@ -102,7 +97,7 @@ def train_aligner(
             value = loss.item()
             batches += 1
             recent = (recent + [value])[-settings.patience:]
-            bar.update()
+            bar.update(len(targets))
             bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", epoch=epoch)
             if value < best:
                 best, since_best = value, 0

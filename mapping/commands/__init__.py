@@ -1,4 +1,4 @@
-"""Click commands of the model side (``compsearch decompose``, ``compsearch demo``).
+"""Click commands of the model side (``compsearch decompose``, ``compsearch sample``, …).
 
 Each module is thin: parse, call one library function, print.
 """

@@ -1,4 +1,4 @@
-"""``compsearch demo``: decompose a drawn sample image with DeiT-tiny, offline.
+"""``compsearch sample``: decompose a drawn sample image with DeiT-tiny, offline.
 
 Works on a fresh machine: weights come from ``--weights``, ``$COMPSEARCH_WEIGHTS_DIR`` or
 the hub cache when present; otherwise the demo says so and uses random initialisation, for
@@ -8,15 +8,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import click
 import PIL.Image
-import torch
 from PIL import ImageChops, ImageDraw
-from timm.data import ImageNetInfo
 
-from mapping.commands.decompose import decompose_images, format_report
 from mapping.errors import ModelLoadError
-from mapping.models import WEIGHTS_DIR_ENV, LoadedModel, load_model
+
+if TYPE_CHECKING:
+    from mapping.models import LoadedModel
 
 DEMO_MODEL = "deit_tiny_patch16_224"
 EXACTNESS = 1e-5  # DESIGN.md §3: relative error of Σ c_i against z in fp32
@@ -46,6 +47,8 @@ def draw_sample_image(size: int = 224) -> PIL.Image.Image:
 
 def load_demo_model(weights: Path | None) -> tuple[LoadedModel, str | None]:
     """DeiT-tiny with weights when any can be found; else random init and the reason why."""
+    from mapping.models import load_model
+
     try:
         return load_model(DEMO_MODEL, weights=weights), None
     except ModelLoadError as error:
@@ -56,6 +59,9 @@ def load_demo_model(weights: Path | None) -> tuple[LoadedModel, str | None]:
 
 def top_classes(loaded: LoadedModel, image: PIL.Image.Image, count: int = 3) -> list[tuple[str, float]]:
     """The ImageNet classes the model sees, as a sanity check of real weights."""
+    import torch
+    from timm.data import ImageNetInfo
+
     with torch.no_grad():
         probabilities = loaded.model(loaded.preprocess(image)[None].to(loaded.device)).softmax(-1)[0]
     info = ImageNetInfo()
@@ -63,9 +69,9 @@ def top_classes(loaded: LoadedModel, image: PIL.Image.Image, count: int = 3) -> 
     return [(info.index_to_description(i), p) for i, p in zip(indices.tolist(), values.tolist())]
 
 
-@click.command("demo")
-@click.option("--weights", type=click.Path(path_type=Path),
-              help=f"DeiT-tiny weights file or folder (otherwise ${WEIGHTS_DIR_ENV}, then the hub cache; "
+@click.command("sample")
+@click.option("--weights", type=click.Path(exists=True, path_type=Path),
+              help="DeiT-tiny weights file or folder (otherwise $COMPSEARCH_WEIGHTS_DIR, then the hub cache; "
                    "without any, random weights).")
 @click.option("--save-image", type=click.Path(path_type=Path), help="Also save the drawn sample image here.")
 def demo(weights: Path | None, save_image: Path | None) -> None:
@@ -75,6 +81,9 @@ def demo(weights: Path | None, save_image: Path | None) -> None:
     (`init`, `blocks.9.attn.h2`, `blocks.10.mlp`, `bias`), their norms and shares of the
     representation, and checks that they add up to it exactly.
     """
+    from mapping.decompose.report import decompose_images, format_report
+    from mapping.models import WEIGHTS_DIR_ENV
+
     loaded, missing = load_demo_model(weights)
     if missing:
         click.echo(
@@ -94,5 +103,7 @@ def demo(weights: Path | None, save_image: Path | None) -> None:
     error = report.images[0].relative_error
     if error > EXACTNESS:
         raise click.ClickException(f"reconstruction error {error:.2e} exceeds the {EXACTNESS:g} contract")
+    # The next command must find the same weights the demo used, or say it runs without.
+    weights_option = f" --weights {weights}" if weights else " --random-init" if missing else ""
     click.echo(f"exact: Σ components = z to {error:.1e} (contract ≤ {EXACTNESS:g}).\n"
-               f"Next: compsearch decompose YOUR.jpg --model {DEMO_MODEL} --tokens")
+               f"Next: compsearch decompose YOUR.jpg --model {DEMO_MODEL}{weights_option} --tokens")

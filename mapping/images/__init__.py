@@ -1,8 +1,10 @@
 """The one image-input layer: sources that list images (:mod:`.sources`), robust decoding
-(:mod:`.decode`) and batches decoded in workers (:mod:`.loader`). Probe sets and
-collections, the CLI and the server all read images through it."""
-from mapping.images.decode import decode_image, read_image, read_image_bytes
+(:mod:`.decode`), batches decoded in workers (:mod:`.loader`) and probe sets read with
+the skip policy (:mod:`.probe`). Probe sets and collections, the CLI and the server all
+read images through it."""
+from mapping.images.decode import decode_image, read_image, read_image_bytes, to_rgb
 from mapping.images.loader import DEFAULT_CHUNK_SIZE, Batch, iter_batches, preprocess_batch
+from mapping.images.probe import probe_batches
 from mapping.images.sources import (
     IMAGE_SUFFIXES,
     FolderSource,
@@ -10,7 +12,10 @@ from mapping.images.sources import (
     ImageSource,
     ListFileSource,
     MemorySource,
+    PathListSource,
+    SourceSpec,
     TableSource,
+    collection_root,
     open_source,
 )
 
@@ -23,11 +28,16 @@ __all__ = [
     "ImageSource",
     "ListFileSource",
     "MemorySource",
+    "PathListSource",
+    "SourceSpec",
     "TableSource",
+    "collection_root",
     "decode_image",
     "iter_batches",
     "open_source",
     "preprocess_batch",
+    "probe_batches",
     "read_image",
     "read_image_bytes",
+    "to_rgb",
 ]

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mapping.errors import ImageReadError
-from mapping.images.decode import decode_image, read_image, read_image_bytes
+from mapping.images.decode import decode_image, read_image, read_image_bytes, to_rgb
 from mapping.images.sources import ImageRecord, ImageSource, open_source
 
 if TYPE_CHECKING:  # reading images needs no model library
@@ -60,7 +60,7 @@ class _Decoded:
 
 def _decode(record: ImageRecord, transforms: Sequence[Transform]) -> _Decoded:
     if record.image is not None:
-        image = record.image.convert("RGB")
+        image = to_rgb(record.image)
         digest = hashlib.sha256(image.tobytes()).hexdigest()
     else:
         data = read_image_bytes(record.path)
@@ -69,10 +69,11 @@ def _decode(record: ImageRecord, transforms: Sequence[Transform]) -> _Decoded:
     return _Decoded(record, [transform(image) for transform in transforms], image.size, digest)
 
 
-def _reason(error: Exception) -> str:
+def _reason(record: ImageRecord, error: Exception) -> str:
+    """Why ``record`` was skipped, naming it (the reason may be raised on its own)."""
     if isinstance(error, ImageReadError):
         return error.problem
-    return f"could not preprocess ({type(error).__name__}: {error})"
+    return f"{record.key} could not be preprocessed ({type(error).__name__}: {error})"
 
 
 def _batch(chunk: int, decoded: list[_Decoded], skipped: list[tuple[ImageRecord, str]], done: bool,
@@ -111,7 +112,7 @@ class _ChunkedImages(IterableDataset):
                 try:
                     decoded.append(_decode(record, self.transforms))
                 except Exception as error:  # a collection goes on past any bad file; the reason is kept
-                    skipped.append((record, _reason(error)))
+                    skipped.append((record, _reason(record, error)))
             yield _batch(chunk, decoded, skipped, start + self.batch_size >= len(records), len(self.transforms))
 
 

@@ -10,6 +10,7 @@ Kinds (``open_source`` picks one from a path):
 - a Parquet or CSV file with a ``path`` column (or ``file``, as the world splits write),
   every other column carried along as metadata; relative paths are relative to the file;
 - any other file: a list of paths, one per line (``#`` comments and blank lines ignored);
+- a list or tuple of paths (:class:`PathListSource`: probe sets chosen by code);
 - :class:`MemorySource`: images already in memory (renders, uploads), keyed by name.
 """
 from __future__ import annotations
@@ -61,7 +62,7 @@ class FolderSource:
     """
 
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root).expanduser()
+        self.root = Path(root).expanduser().absolute()  # absolute: the description names the root
         if not self.root.is_dir():
             raise CompsearchError(f"image folder {self.root} does not exist", "pass a folder of image files")
         self.description = f"folder {self.root}"
@@ -90,7 +91,7 @@ class ListFileSource:
     """Paths listed one per line in a text file (relative ones are relative to the file)."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path).expanduser()
+        self.path = Path(path).expanduser().absolute()
         self.root = self.path.parent
         self.description = f"list {self.path}"
 
@@ -108,7 +109,7 @@ class TableSource:
     """Rows of a Parquet or CSV file: a path column, other columns carried as metadata."""
 
     def __init__(self, path: str | Path, path_column: str | None = None) -> None:
-        self.path = Path(path).expanduser()
+        self.path = Path(path).expanduser().absolute()
         self.root = self.path.parent
         columns = self._column_names()
         candidates = (path_column,) if path_column else PATH_COLUMNS
@@ -159,6 +160,18 @@ class TableSource:
                 position += 1
 
 
+class PathListSource:
+    """Paths given in a list (probe sets chosen by code), keyed by the path as given."""
+
+    def __init__(self, paths: Sequence[str | Path], description: str | None = None) -> None:
+        self.paths = [Path(path).expanduser() for path in paths]
+        self.description = description or f"{len(self.paths)} listed images"
+
+    def records(self) -> Iterator[ImageRecord]:
+        for position, path in enumerate(self.paths):
+            yield ImageRecord(position, str(path), path)
+
+
 class MemorySource:
     """Images already decoded, keyed by name (renders, uploads, tests)."""
 
@@ -171,8 +184,32 @@ class MemorySource:
             yield ImageRecord(position, key, None, image=image)
 
 
-def open_source(spec: str | Path | ImageSource, path_column: str | None = None) -> ImageSource:
-    """The source a path names: a folder, a Parquet/CSV table, or a list file."""
+def collection_root(description: str) -> Path | None:
+    """The folder a source's files are listed relative to, from its ``description`` (as an
+    index manifest records it): a folder source's folder, a list or table file's folder;
+    None for in-memory images (or a description with a relative path, from before
+    descriptions were absolute)."""
+    kind, _, rest = description.partition(" ")
+    if kind == "folder":
+        root = Path(rest)
+    elif kind == "list":
+        root = Path(rest).parent
+    elif kind == "table":
+        root = Path(rest.rpartition(" (column ")[0] or rest).parent
+    else:
+        return None
+    return root if root.is_absolute() else None
+
+
+# What names a source: a folder, a list or Parquet/CSV file, a list of image paths, or a source.
+SourceSpec = str | Path | Sequence[str | Path] | ImageSource
+
+
+def open_source(spec: SourceSpec, path_column: str | None = None) -> ImageSource:
+    """The source a path names (a folder, a Parquet/CSV table, or a list file), a list of
+    image paths, or ``spec`` itself when it already is a source."""
+    if isinstance(spec, (list, tuple)):
+        return PathListSource(spec)
     if not isinstance(spec, (str, Path)):
         return spec
     path = Path(spec).expanduser()

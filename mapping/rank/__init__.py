@@ -1,8 +1,18 @@
 """Scoring and ranking components per property: pure tensor functions (:mod:`.scores`),
 the ranking file the indexer reads (:mod:`.ranking`), and the stage on image files (:func:`rank`)."""
-from mapping.rank.ranking import PropertyRanking, Ranking, default_k, model_family, property_rankings
-from mapping.rank.run import rank
+from mapping.rank.ranking import (
+    PropertyRanking,
+    Ranking,
+    default_k,
+    format_ranking,
+    model_family,
+    property_rankings,
+)
+from mapping.rank.run import check_rank_inputs, rank
 from mapping.rank.scores import (
+    ComponentVariance,
+    component_variances,
+    constant_components,
     contrast_scores,
     label_variance_share,
     property_coordinates,
@@ -12,10 +22,15 @@ from mapping.rank.scores import (
 )
 
 __all__ = [
+    "ComponentVariance",
     "PropertyRanking",
     "Ranking",
+    "check_rank_inputs",
+    "component_variances",
+    "constant_components",
     "contrast_scores",
     "default_k",
+    "format_ranking",
     "label_variance_share",
     "model_family",
     "property_coordinates",

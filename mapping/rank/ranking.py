@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from mapping.errors import CompsearchError
-from mapping.rank.scores import contrast_scores, rank_components
+from mapping.errors import CompsearchError, warn
+from mapping.rank.scores import constant_components, contrast_scores, rank_components
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per property, the ``constant`` components left out (absent in 1: loads as [])
 TOPK_FILE = Path(__file__).with_name("topk.yaml")
 
 
@@ -46,7 +46,11 @@ def default_k(model_name: str, property_name: str) -> int:
 
 @dataclass
 class PropertyRanking:
-    """One property's components, best first, with the score they were ranked by."""
+    """One property's components, best first, with the score they were ranked by.
+
+    Image-independent components (no variance over the probe set, e.g. ``bias``) carry no
+    property; they are never ranked and are listed apart in ``constant``.
+    """
 
     name: str
     source: str  # "text" (scored against CLIP text) or "examples" (labelled images)
@@ -55,6 +59,7 @@ class PropertyRanking:
     scores: list[float]  # the ranking score: S_p − max_{q≠p} S_q with several properties
     own_scores: list[float]  # S_p itself (or the label's variance share)
     k: int
+    constant: list[str] = field(default_factory=list)
 
     @property
     def top(self) -> list[str]:
@@ -67,21 +72,36 @@ def property_rankings(
     source: str,
     values: dict[str, list[str]],
     k: dict[str, int],
+    variances: dict[str, torch.Tensor],
 ) -> list[PropertyRanking]:
     """Rank components for each property by its contrast with the others (:func:`contrast_scores`).
 
     Scores of one ``source`` only are contrasted: correlations with text and label variance
-    shares are different quantities.
+    shares are different quantities. ``variances[p]`` (components,), over the images property
+    p was scored on, picks out the constant components, which are left out: their score (0:
+    a constant correlates with nothing) would beat every component whose contrast is negative.
     """
     rankings = []
     for name, contrasted in contrast_scores(own_scores).items():
-        ranked = rank_components(contrasted, component_names)
+        constant = constant_components(variances[name])
+        if bool(constant.all()):
+            raise CompsearchError(
+                f"no component of the model varies over the images property {name!r} was scored on",
+                "score it on at least two different images",
+            )
+        kept = [i for i, is_constant in enumerate(constant.tolist()) if not is_constant]
+        if k[name] > len(kept):
+            warn(f"k={k[name]} for {name!r} exceeds the {len(kept)} components that vary; all {len(kept)} are "
+                 "summed, which is the full representation, not a property", "choose a smaller --k")
+        kept_names = [component_names[i] for i in kept]
+        ranked = rank_components(contrasted[kept], kept_names)
         order = [component_names.index(component) for component, _ in ranked]
         rankings.append(PropertyRanking(
             name=name, source=source, values=list(values[name]),
             components=[component for component, _ in ranked], scores=[score for _, score in ranked],
             own_scores=[own_scores[name][i].item() for i in order],
-            k=max(1, min(k[name], len(component_names))),
+            k=max(1, min(k[name], len(kept))),
+            constant=[component_names[i] for i in constant.nonzero().flatten().tolist()],
         ))
     return rankings
 
@@ -128,3 +148,18 @@ class Ranking:
         except (json.JSONDecodeError, KeyError, TypeError) as error:
             raise CompsearchError(f"{path} is not a compsearch ranking ({error})",
                                   "write one with `compsearch rank … --out ranking.json`") from error
+
+
+def format_ranking(ranking: Ranking, shown: int = 5) -> str:
+    """The table people read: per property, at least ``shown`` components (the top k starred)."""
+    lines = [f"{ranking.model_name}: {ranking.probe_images} probe images, aligner {ranking.aligner or 'none'}"]
+    for prop in ranking.properties:
+        lines.append(f"\n{prop.name} ({prop.source}, k={prop.k})   score   own")
+        for position, (name, score, own) in enumerate(zip(prop.components, prop.scores, prop.own_scores)):
+            if position == max(shown, prop.k):
+                break
+            marker = "*" if position < prop.k else " "
+            lines.append(f" {marker} {name:<28} {score:+.3f}  {own:+.3f}")
+        if prop.constant:
+            lines.append(f"   constant, not ranked: {', '.join(prop.constant)}")
+    return "\n".join(lines)

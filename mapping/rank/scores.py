@@ -7,6 +7,57 @@ from __future__ import annotations
 
 import torch
 
+# A component whose variance over the probe set is below this share of the most variable
+# component's is image-independent (``bias``, or any other constant). float32 noise on a
+# truly constant component sits many orders of magnitude lower; a component this quiet
+# adds a fixed vector to every image and can carry no property.
+CONSTANT_TOLERANCE = 1e-8
+
+
+class ComponentVariance:
+    """Each component's variance over images (summed over dimensions), accumulated batch by
+    batch so a probe set of any size is never held whole. Sums are taken around the first
+    image's values, so a constant component comes out exactly 0."""
+
+    def __init__(self) -> None:
+        self._shift: torch.Tensor | None = None
+        self._sum: torch.Tensor | None = None
+        self._squares: torch.Tensor | None = None
+        self.count = 0
+
+    def update(self, mapped: torch.Tensor) -> None:
+        """Add a batch (images, components, dim)."""
+        values = mapped.double()
+        if self._shift is None:
+            self._shift = values[0].clone()
+            self._sum = torch.zeros_like(self._shift)
+            self._squares = torch.zeros_like(self._shift)
+        centred = values - self._shift
+        self._sum += centred.sum(0)
+        self._squares += centred.pow(2).sum(0)
+        self.count += len(values)
+
+    @property
+    def variances(self) -> torch.Tensor:
+        """(components,): Σ_d Var_x of each component's value, 0 before any image."""
+        if self._sum is None:
+            return torch.zeros(0, dtype=torch.float64)
+        mean = self._sum / self.count
+        return (self._squares / self.count - mean.pow(2)).clamp_min(0).sum(-1)
+
+
+def component_variances(mapped: torch.Tensor) -> torch.Tensor:
+    """:class:`ComponentVariance` of a probe set held in memory (images, components, dim)."""
+    variance = ComponentVariance()
+    variance.update(mapped)
+    return variance.variances
+
+
+def constant_components(variances: torch.Tensor, tolerance: float = CONSTANT_TOLERANCE) -> torch.Tensor:
+    """Boolean mask (components,) of the image-independent components (see
+    :data:`CONSTANT_TOLERANCE`); all of them when nothing varies (fewer than two distinct images)."""
+    return variances <= tolerance * variances.max()
+
 
 def _correlation(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Pearson correlation over dim 0; 0 where either side is constant (no signal to share)."""

@@ -21,7 +21,7 @@ from mapping.align import (
     save_aligner,
     train_aligner,
 )
-from mapping.align.persist import aligner_paths
+from mapping.align.files import aligner_paths
 from mapping.errors import CompsearchError
 
 

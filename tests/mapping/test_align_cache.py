@@ -1,61 +1,66 @@
-"""The feature cache: rows stay aligned with their images, and interrupted runs resume."""
+"""The feature cache: rows stay aligned with their images, unreadable images are skipped and
+recorded, and interrupted runs resume without losing or repeating an image."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import PIL.Image
 import pytest
 import torch
 
-from mapping.align.cache import build_cache, is_heldout, list_images
-from mapping.errors import CompsearchError
+from mapping.align.cache import build_cache, is_heldout
+from mapping.errors import CompsearchError, Interrupted
 
 KEY = {"model": "m", "model_weights_id": "1", "clip": "c", "clip_weights_id": "2", "first_block": "blocks.7"}
+COUNT = 23
 
 
-def _image_id(path: Path) -> float:
-    return float(path.stem.split("_")[1])
+def _image_id(image: PIL.Image.Image) -> torch.Tensor:
+    return torch.tensor(float(image.getpixel((0, 0))[0]))  # each image's grey level is its number
+
+
+def _number(image: str) -> int:
+    return int(Path(image).stem.split("_")[1])
 
 
 class Encoder:
-    """Fake models: every value derives from the image's own number, so a pairing error shows."""
+    """Fake models: every value derives from the image's own number, so a pairing error shows.
+    The two transforms differ, as a model's and a CLIP's do."""
 
-    def __init__(self, fail_after: int | None = None) -> None:
-        self.calls: list[list[str]] = []
-        self.fail_after = fail_after
+    transforms = [_image_id, lambda image: -_image_id(image)]
 
-    def __call__(self, paths: list[Path]) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-        if self.fail_after is not None and len(self.calls) == self.fail_after:
+    def __init__(self, interrupt_after: int | None = None) -> None:
+        self.seen: list[float] = []
+        self.interrupt_after = interrupt_after
+
+    def __call__(self, pixels: list[torch.Tensor]) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+        if self.interrupt_after is not None and len(self.seen) >= self.interrupt_after:
             raise KeyboardInterrupt
-        self.calls.append([path.name for path in paths])
-        ids = torch.tensor([_image_id(path) for path in paths])
+        ids, negated = pixels
+        self.seen += ids.tolist()
         contributions = ids.view(-1, 1, 1).expand(-1, 2, 3).clone()
-        return ["init", "bias"], contributions, torch.stack([ids, -ids], 1)
+        return ["init", "bias"], contributions, torch.stack([ids, negated], 1)
 
 
 @pytest.fixture
 def images(tmp_path: Path) -> Path:
     folder = tmp_path / "images"
     (folder / "sub").mkdir(parents=True)
-    for i in range(23):
-        (folder / ("sub" if i % 2 else ".") / f"img_{i:03d}.png").write_bytes(b"")
+    for i in range(COUNT):
+        PIL.Image.new("RGB", (4, 4), (i, i, i)).save(folder / ("sub" if i % 2 else ".") / f"img_{i:03d}.png")
     (folder / "notes.txt").write_text("not an image")
     return folder
 
 
-def test_list_images_is_sorted_relative_and_filters_suffixes(tmp_path: Path, images: Path) -> None:
-    found = list_images(images)
-    assert len(found) == 23 and found == sorted(found) and "sub/img_001.png" in found
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(CompsearchError, match="no images"):
-        list_images(tmp_path / "empty")
-    with pytest.raises(CompsearchError, match="does not exist"):
-        list_images(tmp_path / "missing")
+def _build(tmp_path: Path, images: Path, encode: Encoder | None = None, **options):
+    settings = {"shard_size": 5, "chunk_size": 3, "batch_size": 2, "progress": False, **options}
+    return build_cache(tmp_path / "cache", images, encode or Encoder(), KEY, **settings)
 
 
-def test_every_row_pairs_contributions_with_its_own_target(tmp_path: Path, images: Path) -> None:
-    cache = build_cache(tmp_path / "cache", images, list_images(images), Encoder(), KEY, shard_size=5,
-                        heldout_fraction=0.3, progress=False)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_every_row_pairs_contributions_with_its_own_target(tmp_path: Path, images: Path, workers: int) -> None:
+    cache = _build(tmp_path, images, heldout_fraction=0.3, workers=workers)
     assert cache.component_names == ["init", "bias"] and cache.dims == (3, 2)
     seen = []
     for heldout in (False, True):
@@ -63,43 +68,65 @@ def test_every_row_pairs_contributions_with_its_own_target(tmp_path: Path, image
             assert torch.equal(contributions[:, 0, 0], targets[:, 0])
             assert torch.equal(targets[:, 1], -targets[:, 0])
             seen += targets[:, 0].tolist()
-    assert sorted(seen) == [float(i) for i in range(23)]  # train and held-out partition the rows
+    assert sorted(seen) == [float(i) for i in range(COUNT)]  # train and held-out partition the rows
 
 
 def test_heldout_rows_follow_the_path_hash(tmp_path: Path, images: Path) -> None:
-    cache = build_cache(tmp_path / "cache", images, list_images(images), Encoder(), KEY, shard_size=5,
-                        heldout_fraction=0.3, progress=False)
+    cache = _build(tmp_path, images, heldout_fraction=0.3)
     heldout = sorted(int(t[0]) for _, targets in cache.batches(64, heldout=True) for t in targets)
-    expected = sorted(int(Path(image).stem.split("_")[1]) for image in cache.images if is_heldout(image, 0.3))
-    assert heldout == expected and 0 < len(heldout) < 23
+    expected = sorted(_number(image) for image in cache.images if is_heldout(image, 0.3))
+    assert heldout == expected and 0 < len(heldout) < COUNT
+    assert cache.count(heldout=True) == len(heldout) and cache.count(heldout=False) == COUNT - len(heldout)
 
 
-def test_an_interrupted_build_resumes_after_its_last_complete_shard(tmp_path: Path, images: Path) -> None:
-    order = list_images(images)
-    with pytest.raises(KeyboardInterrupt):
-        build_cache(tmp_path / "cache", images, order, Encoder(fail_after=2), KEY, shard_size=5, progress=False)
-    assert len(json.loads((tmp_path / "cache" / "manifest.json").read_text())["shards"]) == 2
+def test_unreadable_images_are_skipped_recorded_and_warned_about(
+    tmp_path: Path, images: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    (images / "sub" / "img_001.png").write_bytes(b"")
+    (images / "broken.jpg").write_text("not pixels")
+    cache = _build(tmp_path, images)
+    assert sorted(cache.skipped) == ["broken.jpg", "sub/img_001.png"]
+    assert "is empty" in cache.skipped["sub/img_001.png"]
+    assert len(cache.images) == COUNT - 1 and "sub/img_001.png" not in cache.images
+    assert sum(len(targets) for _, targets in cache.batches(64, heldout=False)) + cache.count(True) == COUNT - 1
+    assert "skipped 2 of 24 images" in caplog.text
+
+
+def test_ctrl_c_keeps_the_complete_chunks_and_a_rerun_reads_only_the_rest(tmp_path: Path, images: Path) -> None:
+    with pytest.raises(Interrupted, match=r"features of 9 of 23 images are kept") as interrupted:
+        _build(tmp_path, images, Encoder(interrupt_after=10))  # in the middle of the fourth 3-image chunk
+    assert "rerun the same command" in str(interrupted.value)
+    manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
+    assert sorted(chunk for shard in manifest["shards"] for chunk in shard["chunks"]) == [0, 1, 2]
+    kept = {_number(image) for image in manifest["images"][:9]}
     resumed = Encoder()
-    cache = build_cache(tmp_path / "cache", images, order, resumed, KEY, shard_size=5, progress=False)
-    assert [name for call in resumed.calls for name in call] == [Path(p).name for p in order[10:]]
-    assert len(cache.manifest["shards"]) == 5
+    cache = _build(tmp_path, images, resumed)
+    assert sorted(resumed.seen) == sorted(float(i) for i in set(range(COUNT)) - kept)
+    assert sorted(_number(image) for image in cache.images) == list(range(COUNT))
     again = Encoder()
-    build_cache(tmp_path / "cache", images, order, again, KEY, shard_size=5, progress=False)
-    assert again.calls == []
+    _build(tmp_path, images, again)
+    assert again.seen == []
 
 
-def test_a_cache_for_other_models_is_refused(tmp_path: Path, images: Path) -> None:
-    order = list_images(images)
-    build_cache(tmp_path / "cache", images, order, Encoder(), KEY, shard_size=5, progress=False)
+def test_a_cache_for_other_models_or_images_is_refused(tmp_path: Path, images: Path) -> None:
+    _build(tmp_path, images)
     with pytest.raises(CompsearchError, match="built for other models"):
-        build_cache(tmp_path / "cache", images, order, Encoder(), {**KEY, "clip_weights_id": "3"}, shard_size=5,
-                    progress=False)
+        build_cache(tmp_path / "cache", images, Encoder(), {**KEY, "clip_weights_id": "3"}, shard_size=5,
+                    chunk_size=3, progress=False)
+    PIL.Image.new("RGB", (4, 4)).save(images / "new.png")
+    with pytest.raises(CompsearchError, match="built for other models, images"):
+        _build(tmp_path, images)
 
 
 def test_a_shard_holding_other_images_is_detected(tmp_path: Path, images: Path) -> None:
-    order = list_images(images)
-    cache = build_cache(tmp_path / "cache", images, order, Encoder(), KEY, shard_size=5, progress=False)
-    first, second = (tmp_path / "cache" / name for name in cache.manifest["shards"][:2])
+    cache = _build(tmp_path, images)
+    first, second = (tmp_path / "cache" / shard["file"] for shard in cache.manifest["shards"][:2])
     first.write_bytes(second.read_bytes())  # e.g. a shard copied in from another run
     with pytest.raises(CompsearchError, match="does not hold the images"):
         cache.read_shard(0)
+
+
+def test_a_folder_without_images_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CompsearchError, match="no images"):
+        build_cache(tmp_path / "cache", tmp_path / "empty", Encoder(), KEY, progress=False)

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import open_clip
@@ -21,11 +24,20 @@ from indexer.world.fixture_clip import (
 )
 from indexer.world.render import render_image
 from indexer.world.splits import get_split
-from mapping.align import AlignerMismatchError, TrainSettings, align, load_aligner
+from mapping.align import (
+    Aligner,
+    AlignerMeta,
+    AlignerMismatchError,
+    TrainSettings,
+    align,
+    check_aligner_fit,
+    load_aligner,
+)
 from mapping.align.features import component_contributions
 from mapping.describe import describe_heads, read_text_bank
 from mapping.models import LoadedModel, load_model
-from mapping.properties import PropertyError, builtin_property, load_examples
+from mapping.errors import CompsearchWarning
+from mapping.properties import Property, PropertyError, builtin_property, load_examples
 from mapping.rank import Ranking, rank
 from search.cli import cli
 
@@ -86,14 +98,16 @@ def test_rank_and_describe_run_on_an_identity_aligner(tmp_path: Path, world_imag
     ranking = Ranking.load(ranking.save(tmp_path / "ranking.json"))
     assert [p.name for p in ranking.properties] == ["colour", "shape", "examples"]
     assert ranking.get("colour").k == 2 and ranking.get("shape").k == 3  # override, then the default
-    for prop in ranking.properties:
-        assert sorted(prop.components) == sorted(aligner.component_names)
+    for prop in ranking.properties:  # the untrained CLIP's bias is 0 for every image: constant, not ranked
+        assert prop.constant == ["bias"] and sorted(prop.components + ["bias"]) == sorted(aligner.component_names)
     assert ranking.probe_images == 24 and ranking.clip_name == MODEL_NAME
     described = describe_heads(clip, aligner, sorted(world_images.glob("*.png")), clip.encode_text,
                                read_text_bank()[:50], ["*.resblocks.3.attn.*"], count=3)
     heads = [name for name in aligner.component_names if name.startswith("visual.transformer.resblocks.3.attn.h")]
-    assert list(described) == heads and len(heads) > 1
-    assert all(len(picks) == 3 and 0 <= picks[0][1] <= 1 for picks in described.values())
+    assert [head.head for head in described.heads] == heads and len(heads) > 1 and described.images == 24
+    for head in described.heads:  # orthogonalised picks: shares of one variance, together at most all of it
+        assert len(head.texts) == 3 and all(0 <= pick.share <= 1 for pick in head.texts)
+        assert sum(pick.share for pick in head.texts) <= 1 + 1e-9
 
 
 def test_align_command_reports_the_heldout_cosine(tmp_path: Path, world_images: Path) -> None:
@@ -104,6 +118,9 @@ def test_align_command_reports_the_heldout_cosine(tmp_path: Path, world_images: 
     ])
     assert result.exit_code == 0, result.output
     assert "held-out cosine" in result.output and (tmp_path / "cli.json").is_file()
+    assert f"wrote {tmp_path / 'cli.safetensors'} and {tmp_path / 'cli.json'}" in result.output
+    assert "warning: the held-out cosine is measured on only 6 images" in result.stderr
+    assert load_aligner(tmp_path / "cli").meta.trained_on == f"folder {world_images.absolute()}"
 
 
 def test_align_rank_describe_commands_on_a_local_clip(tmp_path: Path, world_images: Path) -> None:
@@ -122,13 +139,14 @@ def test_align_rank_describe_commands_on_a_local_clip(tmp_path: Path, world_imag
     assert ranked.exit_code == 0, ranked.output
     ranking = Ranking.load(tmp_path / "ranking.json")
     assert [(p.name, p.k) for p in ranking.properties] == [("colour", 2), ("size", 3)]
-    assert f"* {ranking.top('colour')[0]}" in ranked.output
+    assert f"* {ranking.top('colour')[0]}" in ranked.output and "constant, not ranked: bias" in ranked.output
     described = runner.invoke(cli, ["describe", "--model", name, "--aligner", str(tmp_path / "identity"),
                                     "--images", str(world_images), "--heads", "*.resblocks.2.attn.h1",
                                     "--count", "2", "--json"])
     assert described.exit_code == 0, described.output
-    picks = json.loads(described.output)["visual.transformer.resblocks.2.attn.h1"]
-    assert len(picks) == 2 and set(picks[0]) == {"text", "share"}
+    [head] = json.loads(described.stdout)["heads"]  # progress went to stderr
+    assert head["head"] == "visual.transformer.resblocks.2.attn.h1"
+    assert len(head["texts"]) == 2 and set(head["texts"][0]) == {"text", "share"}
 
 
 def test_example_properties_need_no_aligner(tmp_path: Path, world_images: Path) -> None:
@@ -141,6 +159,87 @@ def test_example_properties_need_no_aligner(tmp_path: Path, world_images: Path) 
     [prop] = ranking.properties
     assert ranking.aligner is None and prop.source == "examples" and prop.values == ["even", "odd"]
     names, _ = component_contributions(clip, sorted(world_images.glob("*.png"))[:1])
-    assert all(0.0 <= share <= 1.0 for share in prop.own_scores) and sorted(prop.components) == sorted(names)
+    assert all(0.0 <= share <= 1.0 for share in prop.own_scores)
+    assert sorted(prop.components + prop.constant) == sorted(names) and prop.constant == ["bias"]
     with pytest.raises(PropertyError, match="need an aligner"):
         rank(clip, None, world_images, [builtin_property("colour")])
+
+
+def test_probe_sets_skip_an_unreadable_image_with_a_warning(
+    tmp_path: Path, world_images: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    for image in world_images.glob("*.png"):
+        (probe / image.name).symlink_to(image)
+    first = sorted(world_images.glob("*.png"))[0]
+    (probe / "zz_truncated.png").write_bytes(first.read_bytes()[:100])
+    model, clip = _tiny_clip(), _tiny_clip()
+    aligner = align(model, clip, probe, tmp_path / "a", first_block="all", settings=FAST, progress=False)
+    assert aligner.meta.train_images + aligner.meta.heldout_images == 24
+    assert "skipped 1 of 25 images" in caplog.text and "zz_truncated.png is truncated" in caplog.text
+    caplog.clear()
+    identity = align(clip, clip, probe, tmp_path / "identity", progress=False)
+    ranking = rank(clip, identity, probe, [builtin_property("colour")], encode_text=clip.encode_text)
+    assert ranking.probe_images == 24 and "skipped 1 of 25 images" in caplog.text
+    described = describe_heads(clip, identity, probe, clip.encode_text, read_text_bank()[:20], ["*.resblocks.3.attn.h0"])
+    assert len(described.heads) == 1
+
+
+def test_a_broken_example_is_dropped_with_its_label(tmp_path: Path, world_images: Path) -> None:
+    clip = _tiny_clip()
+    for image in world_images.glob("*.png"):
+        value = "odd" if int(image.stem[:3]) % 2 else "even"
+        (tmp_path / "parity" / value).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "parity" / value / image.name).symlink_to(image)
+    clean = rank(clip, None, examples=[load_examples(tmp_path / "parity")]).properties[0]
+    (tmp_path / "parity" / "even" / "000_broken.png").write_text("not pixels")  # listed first among evens
+    with_broken = rank(clip, None, examples=[load_examples(tmp_path / "parity")]).properties[0]
+    # The same images with the same labels: had the labels shifted past the broken file, the shares would move.
+    assert with_broken.components == clean.components
+    assert with_broken.own_scores == pytest.approx(clean.own_scores, abs=1e-6)
+
+
+def test_a_parquet_probe_set_reads_like_its_folder(tmp_path: Path, world_images: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    clip = _tiny_clip()
+    # Paths relative to the table's own folder, as the world splits write them.
+    paths = [os.path.relpath(image, tmp_path) for image in sorted(world_images.glob("*.png"))]
+    pq.write_table(pa.table({"path": paths, "note": ["x"] * len(paths)}), tmp_path / "probe.parquet")
+    from_folder = component_contributions(clip, world_images)[1]
+    from_table = component_contributions(clip, tmp_path / "probe.parquet")[1]
+    torch.testing.assert_close(from_table, from_folder)
+
+
+def test_rank_warns_about_what_it_would_silently_accept(tmp_path: Path, world_images: Path) -> None:
+    clip = _tiny_clip()
+    aligner = align(clip, clip, world_images, tmp_path / "identity", progress=False)
+    with pytest.warns(CompsearchWarning) as warned:
+        rank(clip, aligner, world_images, [builtin_property("colour"), Property("gloss", ("shiny",))],
+             encode_text=clip.encode_text, k={"colour": 2, "shape": 2})
+    messages = [str(warning.message) for warning in warned]
+    assert any("--k names shape, which is not being ranked (ranking: colour, gloss)" in m for m in messages)
+    assert any("'gloss' has a single description" in m for m in messages)
+    assert any("scored on only 24 images" in m for m in messages)
+
+
+def test_an_aligner_is_checked_against_the_images_it_is_used_on(world_images: Path) -> None:
+    """An aligner that maps each component to itself is exact for a CLIP in its own space
+    (cosine 1); claimed to fit its training images better than that, it is warned about."""
+    clip = _tiny_clip()
+    names, contributions = component_contributions(clip, sorted(world_images.glob("*.png"))[:1])
+    dim = contributions.shape[-1]
+    meta = AlignerMeta(model_name=clip.name, model_weights_id=clip.weights_id, clip_name=clip.name,
+                       clip_weights_id=clip.weights_id, component_names=names, model_dim=dim, clip_dim=dim,
+                       first_block=None, heldout_cosine=0.95, trained_on="folder /renders")
+    aligner = Aligner(meta, torch.eye(dim).repeat(len(names), 1, 1), torch.zeros(dim))
+    paths = sorted(world_images.glob("*.png"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # fits as well as on its own images: no warning
+        assert check_aligner_fit(clip, aligner, clip, paths) == pytest.approx(1.0, abs=1e-5)
+    meta.heldout_cosine = 1.2  # a fit no other images reach
+    with pytest.warns(CompsearchWarning, match=r"cosine 1.00 .* against 1.20 .* \(folder /renders\)"):
+        check_aligner_fit(clip, aligner, clip, paths)
+    assert check_aligner_fit(clip, Aligner.identity(replace(meta, identity=True)), clip, paths) is None

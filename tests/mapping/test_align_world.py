@@ -88,7 +88,8 @@ def test_top_components_keep_their_property_on_the_fixture_clip(tmp_path: Path, 
     aligner = align(clip, clip, tmp_path / "probe", tmp_path / "identity", first_block="all", progress=False)
     ranking = rank(clip, aligner, tmp_path / "probe", WORLD_PROPERTIES, encode_text=clip.encode_text, k=4)
     test_items = _render(tmp_path / "test", "test", 300)
-    mapped = torch.cat(list(aligned_batches(clip, aligner, sorted((tmp_path / "test").glob("*.png")))))
+    paths = sorted((tmp_path / "test").glob("*.png"))
+    mapped = torch.cat([batch for _, batch in aligned_batches(clip, aligner, paths)])
     colours = [item.colour for item in test_items]
     accuracy = {}
     for prop in ranking.properties:

@@ -46,5 +46,7 @@ def test_select_heads_by_name_and_glob() -> None:
     assert select_heads(names) == ["blocks.10.attn.h0", "blocks.10.attn.h1", "blocks.11.attn.h0"]
     assert select_heads(names, ["blocks.10.attn.*"]) == ["blocks.10.attn.h0", "blocks.10.attn.h1"]
     assert select_heads(names, ["blocks.11.attn.h0", "blocks.10.mlp"]) == ["blocks.11.attn.h0"]
-    with pytest.raises(CompsearchError, match="no attention head matches"):
-        select_heads(names, ["blocks.3.attn.*"])
+    with pytest.raises(CompsearchError, match="no attention head matches") as error:
+        select_heads(names, ["blocks.10.mlp"])
+    assert "not MLPs" in error.value.problem  # and the user learns which heads there are:
+    assert "blocks.10.attn.h0–h1, blocks.11.attn.h0" in error.value.hint and "'blocks.11.attn.*'" in error.value.hint

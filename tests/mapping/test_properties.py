@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
@@ -91,3 +92,21 @@ def test_example_folders_define_a_property(tmp_path: Path) -> None:
     assert examples.labels == (0, 0, 0, 1, 1) and examples.images[-1].parent.name == "striped"
     with pytest.raises(PropertyError, match="at least two"):
         load_examples(tmp_path / "stripes" / "plain")
+
+
+def test_a_labelled_table_defines_a_property(tmp_path: Path) -> None:
+    """The world's own labels: `compsearch world render` writes OUT/train.parquet beside the images."""
+    from indexer.world import SPLITS, write_split
+
+    table = write_split(tmp_path, SPLITS["train"], 12, 16)
+    examples = load_examples(f"{table}:colour")
+    rows = pq.read_table(table).to_pylist()
+    assert examples.name == "colour" and examples.values == tuple(sorted({row["colour"] for row in rows}))
+    assert [examples.values[label] for label in examples.labels] == [row["colour"] for row in rows]
+    assert [image.relative_to(tmp_path).as_posix() for image in examples.images] == [row["file"] for row in rows]
+    assert all(image.is_file() for image in examples.images)
+    assert load_examples(f"{table}:shape", name="form").name == "form"
+    with pytest.raises(PropertyError, match="no column 'hue'.*colour"):
+        load_examples(f"{table}:hue")
+    with pytest.raises(PropertyError, match="which column"):
+        load_examples(table)

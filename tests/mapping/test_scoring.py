@@ -1,11 +1,16 @@
 """Component scores on planted data where the right answer is known by construction."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from mapping.rank import (
+    ComponentVariance,
     Ranking,
+    component_variances,
+    constant_components,
     contrast_scores,
     default_k,
     label_variance_share,
@@ -13,7 +18,7 @@ from mapping.rank import (
     property_rankings,
     property_scores,
 )
-from mapping.errors import CompsearchError
+from mapping.errors import CompsearchError, CompsearchWarning
 
 NAMES = [f"c{i}" for i in range(8)]
 COLOUR_BASIS = torch.eye(16)[0:2]
@@ -74,8 +79,11 @@ def test_rankings_choose_k_and_round_trip(tmp_path) -> None:
     mapped = _planted()
     scores = {"colour": property_scores(mapped, COLOUR_BASIS), "shape": property_scores(mapped, SHAPE_BASIS)}
     values = {"colour": ["red", "blue"], "shape": ["round", "square"]}
-    colour, shape = property_rankings(NAMES, scores, "text", values, {"colour": 2, "shape": 50})
-    assert colour.top == ["c3", colour.components[1]] and colour.k == 2 and shape.k == len(NAMES)
+    variances = {"colour": component_variances(mapped), "shape": component_variances(mapped)}
+    with pytest.warns(CompsearchWarning, match="k=50 for 'shape' exceeds the 7 components that vary"):
+        colour, shape = property_rankings(NAMES, scores, "text", values, {"colour": 2, "shape": 50}, variances)
+    assert colour.top == ["c3", colour.components[1]] and colour.k == 2 and shape.k == len(NAMES) - 1
+    assert colour.constant == ["c7"] and "c7" not in colour.components + shape.components
     assert colour.scores == sorted(colour.scores, reverse=True)
     assert colour.own_scores[0] == pytest.approx(scores["colour"][3].item())
     ranking = Ranking("deit_tiny_patch16_224", "abc", "a.safetensors", "clip", "blocks.7", 400, [colour, shape])
@@ -100,3 +108,57 @@ def test_a_file_that_is_not_a_ranking_is_refused(tmp_path) -> None:
     (tmp_path / "x.json").write_text('{"model_name": "m"}')
     with pytest.raises(CompsearchError, match="not a compsearch ranking"):
         Ranking.load(tmp_path / "x.json")
+
+
+def test_constant_components_are_found_batch_by_batch() -> None:
+    mapped = _planted()
+    mapped[:, 1] = 1e3 * torch.randn(16)  # a large constant: no cancellation may hide it
+    mapped[:, 2] *= 1e-3  # quiet but image-dependent: std 1e-3 of the others' is kept
+    streamed = ComponentVariance()
+    for batch in mapped.split(37):
+        streamed.update(batch)
+    assert streamed.count == len(mapped)
+    assert torch.allclose(streamed.variances, component_variances(mapped), rtol=1e-9, atol=0)
+    assert streamed.variances[7] == 0 and streamed.variances[1] == 0
+    assert torch.allclose(streamed.variances[3], mapped[:, 3].double().var(0, unbiased=False).sum(), rtol=1e-9)
+    assert constant_components(streamed.variances).nonzero().flatten().tolist() == [1, 7]
+
+
+def test_a_constant_component_is_never_ranked_even_when_every_real_contrast_is_negative() -> None:
+    """Every real component carries more of another property than of ``colour``, so each
+    one's contrast for colour is negative; the constant ``bias`` (score 0 by definition)
+    would come first if it were ranked."""
+    images = 300
+    mapped = 0.1 * torch.randn(images, 4, 16)
+    for component in range(3):  # all three carry shape strongly and colour weakly
+        mapped[:, component, 2:4] += 2 * torch.randn(images, 2)
+        mapped[:, component, 0:2] += 0.3 * torch.randn(images, 2)
+    mapped[:, 3] = torch.linspace(-1, 1, 16)  # bias: the same vector for every image
+    names = ["blocks.0.attn.h0", "blocks.0.attn.h1", "blocks.0.mlp", "bias"]
+    scores = {"colour": property_scores(mapped, COLOUR_BASIS), "shape": property_scores(mapped, SHAPE_BASIS)}
+    assert (contrast_scores(scores)["colour"][:3] < 0).all()  # the planted case holds
+    variances = component_variances(mapped)
+    colour, shape = property_rankings(names, scores, "text", {"colour": ["red"], "shape": ["round"]},
+                                      {"colour": 3, "shape": 3}, {"colour": variances, "shape": variances})
+    for prop in (colour, shape):
+        assert "bias" not in prop.components and prop.constant == ["bias"]
+        assert sorted(prop.components) == sorted(names[:3]) and len(prop.scores) == 3
+    assert all(score < 0 for score in colour.scores)
+
+
+def test_nothing_to_rank_when_no_component_varies() -> None:
+    mapped = torch.ones(5, 3, 16)
+    scores = {"colour": property_scores(mapped, COLOUR_BASIS)}
+    with pytest.raises(CompsearchError, match="at least two different images"):
+        property_rankings(["a", "b", "c"], scores, "text", {"colour": ["red"]}, {"colour": 3},
+                          {"colour": component_variances(mapped)})
+
+
+def test_rankings_written_before_the_constant_field_still_load(tmp_path) -> None:
+    entry = {"name": "colour", "source": "text", "values": ["red"], "components": ["a", "b"],
+             "scores": [0.2, 0.1], "own_scores": [0.3, 0.2], "k": 1}
+    (tmp_path / "old.json").write_text(json.dumps({
+        "format_version": 1, "model_name": "m", "model_weights_id": "w", "aligner": None, "clip_name": None,
+        "first_block": "blocks.7", "probe_images": 10, "properties": [entry]}))
+    loaded = Ranking.load(tmp_path / "old.json")
+    assert loaded.get("colour").constant == [] and loaded.top("colour") == ["a"]

@@ -1,0 +1,55 @@
+"""The indexer from Python: the same calls the CLI makes."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from indexer.artifacts import encoder_for_build
+from indexer.build import IndexSettings, IndexSummary, Indexer, Mode
+from mapping.images import ImageSource
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` → cuda when torch sees a GPU, else cpu."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def build_index(
+    images: str | Path | ImageSource,
+    out: str | Path,
+    model: str,
+    weights: str | Path | None = None,
+    pretrained: bool = True,
+    aligner: str | Path | None = None,
+    ranking: str | Path | None = None,
+    properties: list[str] | None = None,
+    settings: IndexSettings = IndexSettings(),
+    mode: Mode = "resume",
+    device: str = "auto",
+    first_block: str | int | None = None,
+    clip: str | None = None,
+    clip_weights: str | Path | None = None,
+    sample: int = 1000,
+) -> IndexSummary:
+    """Index ``images`` into the directory ``out`` (see :mod:`indexer.build`).
+
+    ``properties`` selects properties of ``ranking``; without a ranking they are property
+    specs (built-in names, ``NAME=desc1,desc2``, YAML files) ranked on the fly on ``sample``
+    images of the collection, which needs ``clip`` (and ``aligner`` unless the model is it).
+    """
+    from mapping.images import open_source
+    from mapping.models import load_model
+
+    source = open_source(images)  # a wrong path fails before any model loads
+    loaded = load_model(model, weights=weights, device=resolve_device(device), pretrained=pretrained)
+    if properties and ranking is None:
+        from indexer.ranking_on_the_fly import rank_on_sample
+
+        aligner, ranking = rank_on_sample(loaded, source, out, properties, clip, clip_weights, aligner, sample,
+                                          settings.batch_size, settings.workers, settings.progress)
+        properties = None  # every property just ranked
+    artifacts = encoder_for_build(loaded, out, aligner, ranking, properties, first_block)
+    return Indexer(out, artifacts.encoder, settings, artifacts.provenance).run(source, mode)

@@ -1,0 +1,157 @@
+"""From artifact files (model, aligner, ranking) to the PropertyEncoder an index is built
+with — and back from an index's manifest to the very same encoder for queries.
+
+An artifact is recorded by content id (sha256 prefix of its bytes, like a model's
+``weights_id``) and by path, absolute and relative to the index directory, so an index
+that moves together with its aligner still finds it.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from mapping.align import Aligner, load_aligner
+from mapping.align.persist import AlignerMismatchError, aligner_paths
+from mapping.encoder import PropertyEncoder
+from mapping.errors import CompsearchError
+from mapping.models import RANDOM_INIT, LoadedModel, weights_id
+from mapping.properties import PropertyError, builtin_property
+from mapping.properties.vocabulary import default_templates
+from mapping.rank import Ranking
+
+
+class IndexMismatchError(CompsearchError):
+    """A model, aligner or CLIP that is not the one an index was built with."""
+
+
+@dataclass
+class EncoderArtifacts:
+    encoder: PropertyEncoder
+    provenance: dict[str, Any]  # manifest entries: aligner, ranking, properties
+
+
+def _file_entry(path: Path, index_dir: Path, content_id: str) -> dict[str, str]:
+    return {"path": str(path.resolve()), "relative_path": os.path.relpath(path.resolve(), index_dir.resolve()),
+            "id": content_id}
+
+
+def aligner_id(path: str | Path) -> str:
+    tensors, sidecar = aligner_paths(path)
+    return weights_id(tensors, sidecar)
+
+
+def templates_for(property_name: str) -> list[str]:
+    """Prompt templates for text queries on a property: the built-in ones, else the defaults."""
+    try:
+        return list(builtin_property(property_name).templates)
+    except PropertyError:
+        return list(default_templates())
+
+
+def encoder_for_build(
+    model: LoadedModel,
+    index_dir: str | Path,
+    aligner_path: str | Path | None = None,
+    ranking_path: str | Path | None = None,
+    property_names: list[str] | None = None,
+    first_block: str | int | None = None,
+    autocast: bool = True,
+) -> EncoderArtifacts:
+    """The encoder for ``model`` with an aligner and the top components of a ranking."""
+    index_dir = Path(index_dir).expanduser()
+    ranking = Ranking.load(ranking_path) if ranking_path else None
+    if ranking is not None:
+        if ranking.model_name != model.name or ranking.model_weights_id != model.weights_id:
+            raise CompsearchError(
+                f"the ranking was made for {ranking.model_name} (weights {ranking.model_weights_id}), "
+                f"not {model.name} (weights {model.weights_id})",
+                f"use --model {ranking.model_name} with its weights, or rank this model with `compsearch rank`",
+            )
+        if aligner_path is None and ranking.aligner:
+            aligner_path = ranking.aligner  # the aligner the ranking was scored through
+    provenance: dict[str, Any] = {"aligner": None, "ranking": None, "properties": {}}
+    aligner: Aligner | None = None
+    content_id = None
+    if aligner_path is not None:
+        aligner = load_aligner(aligner_path)
+        if aligner.meta.model_name != model.name:
+            raise AlignerMismatchError(f"the aligner was trained for {aligner.meta.model_name}, not {model.name}",
+                                       f"use --model {aligner.meta.model_name} or another --aligner")
+        content_id = aligner_id(aligner_path)
+        provenance["aligner"] = _file_entry(aligner_paths(aligner_path)[0], index_dir, content_id)
+    properties: dict[str, list[str]] = {}
+    if ranking is not None:
+        names = property_names or [prop.name for prop in ranking.properties]
+        for name in names:
+            ranked = ranking.get(name)
+            properties[name] = ranked.top
+            provenance["properties"][name] = {
+                "k": ranked.k, "components": ranked.top, "source": ranked.source, "values": ranked.values,
+                "templates": templates_for(name),
+            }
+        provenance["ranking"] = _file_entry(Path(ranking_path), index_dir, weights_id(Path(ranking_path).expanduser()))
+    elif property_names:
+        raise CompsearchError("properties need a ranking", "pass --ranking FILE from `compsearch rank`")
+    encoder = PropertyEncoder(model, aligner, properties, first_block, aligner_id=content_id, autocast=autocast)
+    return EncoderArtifacts(encoder, provenance)
+
+
+def locate_artifact(entry: dict[str, str], index_dir: Path, what: str) -> Path:
+    """An artifact recorded in a manifest: at its path relative to the index, else absolute."""
+    for candidate in (index_dir / entry["relative_path"], Path(entry["path"])):
+        if candidate.is_file():
+            return candidate
+    raise CompsearchError(
+        f"the index's {what} is neither at {index_dir / entry['relative_path']} nor at {entry['path']}",
+        f"put the {what} file back there (the index was built with it, id {entry['id']})",
+    )
+
+
+def identity_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``key: index has …, now …`` for each encoder identity field that differs."""
+    return [f"{key}: index has {recorded.get(key)!r}, now {current.get(key)!r}"
+            for key in sorted(set(recorded) | set(current)) if recorded.get(key) != current.get(key)]
+
+
+def _check_model(recorded: dict[str, Any], model: LoadedModel, index_dir: Path) -> None:
+    name, weights = recorded["model_name"], recorded["model_weights_id"]
+    if model.name != name:
+        raise IndexMismatchError(f"{index_dir} was built with {name}, not {model.name}", f"load {name}")
+    if model.weights_id != weights:
+        raise IndexMismatchError(
+            f"{index_dir} was built with {name} weights {weights}, the weights loaded are {model.weights_id}",
+            "pass the weights file the index was built with (--weights)" if weights != RANDOM_INIT
+            else "an index of a randomly initialised model can be queried only by text or by id",
+        )
+
+
+def encoder_for_manifest(manifest: dict[str, Any], index_dir: str | Path, model: LoadedModel,
+                         clip: LoadedModel | None = None) -> PropertyEncoder:
+    """The encoder an index was built with, rebuilt from its manifest around ``model`` (and
+    ``clip``, the text side, for text queries): the same weights, first block, aligner (found
+    where the manifest says, its content unchanged) and components per property — any
+    difference is refused, since the queries would land in another space than the index."""
+    index_dir = Path(index_dir).expanduser()
+    recorded = manifest["encoder"]
+    _check_model(recorded, model, index_dir)
+    aligner, content_id = None, None
+    if manifest.get("aligner"):
+        entry = manifest["aligner"]
+        path = locate_artifact(entry, index_dir, "aligner")
+        content_id = aligner_id(path)
+        if content_id != entry["id"]:
+            raise IndexMismatchError(
+                f"the aligner {path} has changed since {index_dir} was built (id {content_id}, the index "
+                f"recorded {entry['id']})",
+                "put back the aligner the index was built with, or rebuild the index (`compsearch index … --overwrite`)",
+            )
+        aligner = load_aligner(path)
+    properties = {name: entry["components"] for name, entry in (manifest.get("properties") or {}).items()}
+    encoder = PropertyEncoder(model, aligner, properties, recorded["first_block"], aligner_id=content_id, clip=clip)
+    differing = identity_differences(recorded, asdict(encoder.identity()))
+    if differing:
+        raise IndexMismatchError(f"the encoder rebuilt for {index_dir} differs from the one it was built with "
+                                 f"({'; '.join(differing[:3])})", "rebuild the index (`compsearch index … --overwrite`)")
+    return encoder

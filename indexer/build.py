@@ -1,0 +1,297 @@
+"""The one pass: image source → PropertyEncoder → index store, resumable chunk by chunk.
+
+Reader, mapper, writer (clip-retrieval's shape): :func:`mapping.images.iter_batches` reads
+and decodes in workers, the :class:`~mapping.encoder.PropertyEncoder` maps each batch to
+every property's vector in one forward pass, and :class:`~indexer.store.IndexStore` writes
+one shard per finished chunk. The FAISS indexes are built from the shards at the end.
+
+Runs: the first build is run 0; each ``append`` starts a new run whose ids continue after
+the largest id so far. A run killed at any moment is resumed by running the same command
+again: its finished chunks are skipped without being read, unfinished ones are redone, and
+since an id is the run's offset plus the image's position in the listing, every image ends
+up exactly once. Byte-identical files (sha256) are indexed once; the others are listed in
+``duplicates`` with the id they duplicate.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Literal
+
+import faiss
+import numpy as np
+from tqdm import tqdm
+
+from indexer.ranking_on_the_fly import ARTIFACTS
+from indexer.faiss_choice import AUTO, build_index as build_faiss_index
+from indexer.store import (
+    DUPLICATES,
+    FORMAT_VERSION,
+    RESERVED_COLUMNS,
+    SHARDS,
+    SKIPPED,
+    ChunkRows,
+    IndexDirectoryError,
+    IndexStore,
+)
+from mapping.encoder import PropertyEncoder
+from mapping.errors import CompsearchError
+from mapping.images import DEFAULT_CHUNK_SIZE, Batch, ImageRecord, ImageSource, iter_batches, open_source
+
+Mode = Literal["resume", "append", "overwrite"]
+
+
+@dataclass
+class IndexSettings:
+    index: str = AUTO  # a faiss index_factory string, or auto
+    batch_size: int = 32
+    workers: int = 2
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    memory_budget: int | None = None  # bytes for the FAISS indexes; None: half the machine's memory
+    progress: bool = True
+
+
+@dataclass
+class IndexSummary:
+    """What a build did (the CLI prints it; ``--json`` prints it as is)."""
+
+    folder: str
+    run: int
+    images: int  # indexed in the whole directory
+    added: int  # by this run
+    skipped: int
+    duplicates: int
+    already_indexed: int  # identical files (same path and bytes) found in the index already
+    seconds: float
+    images_per_second: float
+    indexes: dict[str, str] = field(default_factory=dict)  # vector name → index_factory string
+
+
+def compsearch_version() -> str:
+    try:
+        return version("compsearch")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class _ChunkBuffer:
+    """Rows of chunks still being read (workers interleave chunks), written when done."""
+
+    def __init__(self, run: int, id_offset: int) -> None:
+        self.run = run
+        self.id_offset = id_offset
+        self.chunks: dict[int, ChunkRows] = {}
+
+    def get(self, chunk: int) -> ChunkRows:
+        if chunk not in self.chunks:
+            self.chunks[chunk] = ChunkRows(self.run, chunk, [], {}, [], [])
+        return self.chunks[chunk]
+
+    def image_id(self, record: ImageRecord) -> int:
+        return self.id_offset + record.position
+
+
+def listed_path(record: ImageRecord) -> str | None:
+    """The absolute path as listed, symlinks kept: a link is its own entry (a duplicate of
+    its target), and the server decides what a link may point to."""
+    return os.path.abspath(record.path) if record.path else None
+
+
+def _row(record: ImageRecord, image_id: int, size: tuple[int, int], sha256: str) -> dict[str, Any]:
+    row = {"id": image_id, "key": record.key, "path": listed_path(record),
+           "sha256": sha256, "width": size[0], "height": size[1]}
+    for name, value in record.metadata.items():  # carried columns never shadow ours
+        row[f"metadata.{name}" if name in RESERVED_COLUMNS else name] = value
+    return row
+
+
+class Indexer:
+    """Builds or extends one index directory with one encoder (see the module docstring)."""
+
+    def __init__(self, out: str | Path, encoder: PropertyEncoder, settings: IndexSettings = IndexSettings(),
+                 provenance: dict[str, Any] | None = None) -> None:
+        self.store = IndexStore(out)
+        self.encoder = encoder
+        self.settings = settings
+        self.provenance = provenance or {}  # aligner / ranking files and ids, for the manifest
+
+    # -- deciding what to do ----------------------------------------------------------------
+    def _identity(self) -> dict[str, Any]:
+        return asdict(self.encoder.identity())
+
+    def _check_same_encoder(self, manifest: dict) -> None:
+        recorded, current = manifest.get("encoder", {}), self._identity()
+        differing = [key for key in sorted(set(recorded) | set(current)) if recorded.get(key) != current.get(key)]
+        if differing:
+            details = "; ".join(f"{key}: index has {recorded.get(key)!r}, now {current.get(key)!r}"
+                                for key in differing[:3])
+            raise IndexDirectoryError(
+                f"{self.store.folder} was built with another model, weights, aligner or ranking ({details})",
+                "use the same --model/--weights/--aligner/--ranking, --out another folder, or --overwrite to rebuild",
+            )
+
+    def _clear(self) -> None:
+        """Remove what an index directory holds (only our own files)."""
+        for kind in (SHARDS, SKIPPED, DUPLICATES):
+            shutil.rmtree(self.store.folder / kind, ignore_errors=True)
+        for path in self.store.folder.glob("*.faiss"):
+            path.unlink()
+        self.store.manifest_path.unlink(missing_ok=True)
+
+    def _start(self, source: ImageSource, mode: Mode) -> tuple[dict, dict]:
+        """The manifest and the run to work on (a new one, or the interrupted one)."""
+        folder = self.store.folder
+        if self.store.exists() and mode == "overwrite":
+            self._clear()
+        if folder.exists() and not folder.is_dir():
+            raise CompsearchError(f"--out {folder} is a file", "pass a folder for the index")
+        if not self.store.exists() and folder.is_dir() and any(p.name != ARTIFACTS for p in folder.iterdir()):
+            raise CompsearchError(f"--out {folder} exists and is not an index",
+                                  "pass a new or empty folder, so no other files get mixed with the index")
+        run_entry = {"source": source.description, "chunk_size": self.settings.chunk_size}
+        if not self.store.exists():
+            manifest = {"format_version": FORMAT_VERSION, "compsearch_version": compsearch_version(),
+                        "created": _now(), "encoder": self._identity(), **self.provenance,
+                        "runs": [], "indexes": {}, "counts": {}}
+            run = {"run": 0, "id_offset": 0, **run_entry}
+        else:
+            manifest = self.store.read_manifest()
+            self._check_same_encoder(manifest)
+            last = manifest["runs"][-1] if manifest["runs"] else None
+            unfinished = last is not None and last["status"] != "complete"
+            if unfinished and {k: last[k] for k in run_entry} == run_entry:
+                return manifest, last  # resume it
+            if unfinished:
+                raise CompsearchError(
+                    f"{folder} holds an unfinished run over {last['source']} (chunks of {last['chunk_size']})",
+                    "rerun that command to finish it first, or --overwrite to rebuild",
+                )
+            if mode != "append":
+                raise CompsearchError(
+                    f"{folder} is already a complete index of {last['source']}",
+                    "pass --append to add new files, or --overwrite to rebuild it",
+                )
+            max_id = max((self._max_id()), -1)
+            run = {"run": last["run"] + 1, "id_offset": max_id + 1, **run_entry}
+        run.update(status="running", started=_now())
+        manifest["runs"].append(run)
+        self.store.write_manifest(manifest)  # before any work: a kill leaves a resumable run
+        return manifest, run
+
+    def _max_id(self) -> int:
+        table = self.store.read_table(SHARDS, columns=["id"])
+        ids = table.column("id").to_numpy() if table.num_rows else np.array([-1])
+        return int(ids.max())
+
+    def _known_files(self) -> dict[str, tuple[int, str | None]]:
+        """sha256 → (id, path) of every file indexed so far."""
+        table = self.store.read_table(SHARDS, columns=["id", "sha256", "path"])
+        if not table.num_rows:
+            return {}
+        return {sha: (image_id, path) for image_id, sha, path in
+                zip(table.column("id").to_pylist(), table.column("sha256").to_pylist(), table.column("path").to_pylist())}
+
+    # -- the pass -----------------------------------------------------------------------------
+    def run(self, images: str | Path | ImageSource, mode: Mode = "resume") -> IndexSummary:
+        source = open_source(images)
+        manifest, run = self._start(source, mode)
+        started = time.perf_counter()
+        done = self.store.done_chunks(run["run"])
+        total = sum(1 for _ in source.records())
+        chunk_size = self.settings.chunk_size
+        finished_before = sum(min(chunk_size, total - chunk * chunk_size) for chunk in done if chunk * chunk_size < total)
+        known = self._known_files()
+        counts = {"added": 0, "skipped": 0, "duplicates": 0, "already_indexed": 0}
+        buffer = _ChunkBuffer(run["run"], run["id_offset"])
+        bar = tqdm(total=total, initial=finished_before, desc="indexing", unit="img", disable=not self.settings.progress,
+                   smoothing=0.05)
+        try:
+            for batch in iter_batches(source, [self.encoder.model.preprocess], self.settings.batch_size,
+                                      self.settings.workers, "skip", chunk_size, skip_chunks=done):
+                self._take(batch, buffer, known, counts)
+                bar.update(len(batch) + len(batch.skipped))
+                bar.set_postfix(skipped=counts["skipped"], duplicates=counts["duplicates"], refresh=False)
+                if batch.chunk_done:
+                    self.store.write_chunk(buffer.chunks.pop(batch.chunk))
+        except KeyboardInterrupt:
+            kept = len(self.store.done_chunks(run["run"]))
+            raise CompsearchError(
+                f"interrupted: {kept} finished chunk(s) of {chunk_size} images are kept in {self.store.folder}",
+                "rerun the same command to continue where it stopped",
+            ) from None
+        finally:
+            bar.close()
+        seconds = time.perf_counter() - started
+        run.update(status="complete", finished=_now(), seconds=round(seconds, 3), **counts)
+        self._finish(manifest)
+        return IndexSummary(
+            folder=str(self.store.folder), run=run["run"], images=manifest["counts"]["images"], seconds=seconds,
+            images_per_second=counts["added"] / seconds if seconds > 0 else 0.0,
+            indexes={name: entry["factory"] for name, entry in manifest["indexes"].items()}, **counts,
+        )
+
+    def _take(self, batch: Batch, buffer: _ChunkBuffer, known: dict[str, tuple[int, str | None]],
+              counts: dict[str, int]) -> None:
+        """Deduplicate one batch, encode what is new, and add it to its chunk's rows."""
+        rows = buffer.get(batch.chunk)
+        for record, reason in batch.skipped:
+            rows.skipped.append({"key": record.key, "path": str(record.path) if record.path else None, "reason": reason})
+        counts["skipped"] += len(batch.skipped)
+        fresh = []
+        for position, (record, sha256) in enumerate(zip(batch.records, batch.sha256)):
+            path = listed_path(record)
+            if sha256 in known:
+                first_id, first_path = known[sha256]
+                if first_path == path and first_id != buffer.image_id(record):
+                    counts["already_indexed"] += 1
+                elif first_id != buffer.image_id(record):
+                    rows.duplicates.append({"key": record.key, "path": path, "sha256": sha256, "duplicate_of": first_id})
+                    counts["duplicates"] += 1
+                continue
+            known[sha256] = (buffer.image_id(record), path)
+            fresh.append(position)
+        if not fresh:
+            return
+        vectors = self.encoder.encode(batch.pixels[0][fresh])
+        for name, values in vectors.items():
+            previous = rows.vectors.get(name)
+            rows.vectors[name] = values.numpy() if previous is None else np.concatenate([previous, values.numpy()])
+        rows.rows += [_row(batch.records[i], buffer.image_id(batch.records[i]), batch.sizes[i], batch.sha256[i])
+                      for i in fresh]
+        counts["added"] += len(fresh)
+
+    def _finish(self, manifest: dict) -> None:
+        """Build every FAISS index from the shards and record the totals."""
+        images = self.store.read_table(SHARDS, columns=["id"]).num_rows
+        for name in self.encoder.names:
+            dims = next((vectors.shape[1] for _, vectors in self.store.iter_vectors(name)), None)
+            if dims is None:
+                continue
+            built = build_faiss_index(self.settings.index, dims, images, lambda name=name: self.store.iter_vectors(name),
+                                      self.settings.memory_budget)
+            path = self.store.faiss_path(name)
+            temporary = path.with_name(f".{path.name}.tmp")
+            faiss.write_index(built.index, str(temporary))
+            temporary.replace(path)
+            manifest["indexes"][name] = {
+                "file": path.name, "factory": built.factory, "ntotal": built.count, "dim": dims,
+                "metric": "inner_product", "normalised": True, "space": self.encoder.space,
+                "search_parameters": built.search_parameters, "train_seconds": round(built.train_seconds, 3),
+                "add_seconds": round(built.add_seconds, 3), "bytes": path.stat().st_size,
+            }
+        manifest["counts"] = {
+            "images": images,
+            "skipped": self.store.read_table(SKIPPED).num_rows,
+            "duplicates": self.store.read_table(DUPLICATES).num_rows,
+        }
+        manifest["updated"] = _now()
+        self.store.write_manifest(manifest)

@@ -1,0 +1,89 @@
+"""``compsearch index``: one pass over an image collection into per-property FAISS indexes."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from mapping.commands.options import emit, json_option
+
+if TYPE_CHECKING:
+    from indexer.build import IndexSummary
+
+
+@click.command("index")
+@click.argument("images", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Index directory to create (or resume, or --append to).")
+@click.option("--model", "model_name", required=True, help="timm or open_clip name of the model to decompose.")
+@click.option("--weights", type=click.Path(path_type=Path), help="Local weights file or folder of the model.")
+@click.option("--random-init", is_flag=True, help="Random weights (trying the commands without files).")
+@click.option("--aligner", "aligner_path", type=click.Path(path_type=Path),
+              help="Aligner from `compsearch align`: vectors in CLIP space (text queries need it). "
+                   "Without one, vectors stay in the model's own space.")
+@click.option("--ranking", "ranking_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Ranking from `compsearch rank`: one index per property (its top-k components summed).")
+@click.option("--property", "property_names", multiple=True, metavar="NAME|NAME=desc1,desc2|FILE",
+              help="With --ranking: index only these of its properties (default: all). Without: rank these "
+                   "properties on the fly on --sample images of the collection (needs --clip, and --aligner "
+                   "unless --model is that CLIP).")
+@click.option("--clip", "clip_name", help="open_clip model whose text encoder scores --property (on-the-fly ranking).")
+@click.option("--clip-weights", type=click.Path(path_type=Path), help="Local weights of --clip.")
+@click.option("--sample", default=1000, show_default=True, type=click.IntRange(min=2),
+              help="Images of the collection the on-the-fly ranking is scored on.")
+@click.option("--index", "index_type", default="auto", show_default=True,
+              help="faiss index_factory string (Flat, HNSW32, IVF4096,Flat, IVF4096,PQ64) or auto "
+                   "(from the collection's size and --memory).")
+@click.option("--memory", "memory_gb", type=float, help="Memory budget of each FAISS index in GiB (default: half the RAM).")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Images per forward pass.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0),
+              help="Decoding processes beside the model (0: decode in the main process).")
+@click.option("--chunk-size", default=1024, show_default=True, type=click.IntRange(min=1),
+              help="Images per shard: the most an interruption can lose.")
+@click.option("--device", default="auto", show_default=True, help="auto (cuda when available), cpu, cuda, cuda:1 …")
+@click.option("--append", "mode", flag_value="append", help="Add the files not indexed yet to an existing index.")
+@click.option("--overwrite", "mode", flag_value="overwrite", help="Delete the index in --out and rebuild it.")
+@json_option
+def index_command(images: Path, out_dir: Path, model_name: str, weights: Path | None, random_init: bool,
+                  aligner_path: Path | None, ranking_path: Path | None, property_names: tuple[str, ...],
+                  clip_name: str | None, clip_weights: Path | None, sample: int,
+                  index_type: str, memory_gb: float | None, batch_size: int, workers: int, chunk_size: int,
+                  device: str, mode: str | None, as_json: bool) -> None:
+    """Index the images in IMAGES (a folder, a text file of paths, or a Parquet/CSV file with a
+    `path` column whose other columns are kept as metadata) into the directory --out.
+
+    \b
+    Every image is decomposed once; per property of --ranking, the sum of its top-k
+    components goes into DIR/<property>.faiss, the whole representation into DIR/full.faiss;
+    metadata and vectors go into Parquet shards (DIR/shards). Unreadable files are skipped
+    and listed with their reason, identical files indexed once. Interrupted? Run the same
+    command again: it continues where it stopped.
+
+    \b
+    Example:
+      compsearch index ~/photos --out photos.index --model deit_base_patch16_224 \\
+          --aligner deit.aligner --ranking ranking.json
+    """
+    from indexer.api import build_index
+    from indexer.build import IndexSettings
+
+    settings = IndexSettings(
+        index=index_type, batch_size=batch_size, workers=workers, chunk_size=chunk_size,
+        memory_budget=int(memory_gb * (1 << 30)) if memory_gb else None, progress=not as_json,
+    )
+    summary = build_index(images, out_dir, model_name, weights=weights, pretrained=not random_init,
+                          aligner=aligner_path, ranking=ranking_path, properties=list(property_names) or None,
+                          settings=settings, mode=mode or "resume", device=device, clip=clip_name,
+                          clip_weights=clip_weights, sample=sample)
+    emit(summary, as_json, format_summary)
+
+
+def format_summary(summary: IndexSummary) -> str:
+    return "\n".join([
+        f"{summary.folder}: {summary.images} images indexed ({summary.added} added by this run, "
+        f"{summary.skipped} skipped, {summary.duplicates} duplicates, {summary.already_indexed} already there) "
+        f"in {summary.seconds:.1f} s ({summary.images_per_second:.1f} images/s)",
+        *(f"  {name}.faiss  {factory}" for name, factory in summary.indexes.items()),
+        f"Next: compsearch info {summary.folder}",
+    ])

@@ -1,0 +1,209 @@
+"""An index directory on disk, in open formats a user can read without compsearch.
+
+```
+DIR/manifest.json            what was indexed, how, and with what (models, aligner, ranking)
+DIR/shards/part-RRR-CCCCCC.parquet
+                             one file per chunk of the listing (run R, chunk C): id, key,
+                             path, sha256, width, height, carried metadata, and one vector
+                             column per property (``vector.full``, ``vector.colour``, …;
+                             float16, not normalised) — all row-aligned by construction;
+                             read one with pyarrow.dataset.dataset(DIR / "shards")
+DIR/skipped/part-RRR-CCCCCC.parquet     files that could not be read, and why
+DIR/duplicates/part-RRR-CCCCCC.parquet  byte-identical files, with the id they duplicate
+DIR/full.faiss, DIR/<property>.faiss    inner product on L2-normalised vectors, ids = ``id``
+```
+
+A chunk's shard is written to a temporary name and renamed, after its skipped and
+duplicates files: a shard on disk is a finished chunk, whatever moment a run was killed at.
+Ids are stable int64: a run's ``id_offset`` plus the image's position in its listing.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from mapping.errors import CompsearchError
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+SHARDS, SKIPPED, DUPLICATES = "shards", "skipped", "duplicates"
+VECTOR_PREFIX = "vector."
+RESERVED_COLUMNS = ("id", "key", "path", "sha256", "width", "height")
+
+
+class IndexDirectoryError(CompsearchError):
+    """An index directory that is missing, damaged, or built with other settings."""
+
+
+def part_name(run: int, chunk: int) -> str:
+    return f"part-{run:03d}-{chunk:06d}.parquet"
+
+
+def parse_part_name(name: str) -> tuple[int, int] | None:
+    """``(run, chunk)`` of a part file name, None for anything else (temporary files)."""
+    stem = name.removesuffix(".parquet")
+    pieces = stem.split("-")
+    if len(pieces) != 3 or pieces[0] != "part" or not name.endswith(".parquet"):
+        return None
+    try:
+        return int(pieces[1]), int(pieces[2])
+    except ValueError:
+        return None
+
+
+def _write_atomically(table: pa.Table, path: Path) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, temporary)
+    os.replace(temporary, path)
+
+
+def vector_column(name: str) -> str:
+    return f"{VECTOR_PREFIX}{name}"
+
+
+def vectors_to_arrow(vectors: np.ndarray) -> pa.FixedSizeListArray:
+    """(rows, dim) float array → a fixed-size-list column of float16."""
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float16).reshape(-1), type=pa.float16())
+    return pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
+
+
+def arrow_to_vectors(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A fixed-size-list column → (rows, dim) float32."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    dim = column.type.list_size
+    return column.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
+
+
+@dataclass
+class ChunkRows:
+    """What one chunk of the listing produced, ready to be written."""
+
+    run: int
+    chunk: int
+    rows: list[dict[str, Any]]  # id, key, path, sha256, width, height, metadata…
+    vectors: dict[str, np.ndarray]  # name → (rows, dim)
+    skipped: list[dict[str, Any]]  # key, path, reason
+    duplicates: list[dict[str, Any]]  # key, path, sha256, duplicate_of
+
+
+class IndexStore:
+    """Reads and writes the files of one index directory (see the module docstring)."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder).expanduser()
+
+    # -- manifest ---------------------------------------------------------------------------
+    @property
+    def manifest_path(self) -> Path:
+        return self.folder / MANIFEST
+
+    def exists(self) -> bool:
+        return self.manifest_path.is_file()
+
+    def read_manifest(self) -> dict:
+        if not self.exists():
+            raise IndexDirectoryError(
+                f"{self.folder} is not a compsearch index (no {MANIFEST})",
+                "build one with `compsearch index IMAGES --out DIR --model …`",
+            )
+        try:
+            manifest = json.loads(self.manifest_path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise IndexDirectoryError(f"cannot read {self.manifest_path} ({error})",
+                              "rebuild the index with `compsearch index … --overwrite`") from error
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise IndexDirectoryError(
+                f"{self.folder} has index format {manifest.get('format_version')}, this compsearch reads {FORMAT_VERSION}",
+                "rebuild the index with this version (`compsearch index … --overwrite`)",
+            )
+        return manifest
+
+    def write_manifest(self, manifest: dict) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        temporary = self.folder / f".{MANIFEST}.tmp"
+        temporary.write_text(json.dumps(manifest, indent=1) + "\n")
+        os.replace(temporary, self.manifest_path)
+
+    # -- chunks -----------------------------------------------------------------------------
+    def _parts(self, kind: str) -> list[Path]:
+        folder = self.folder / kind
+        if not folder.is_dir():
+            return []
+        return sorted(path for path in folder.iterdir() if parse_part_name(path.name) is not None)
+
+    def shard_paths(self) -> list[Path]:
+        return self._parts(SHARDS)
+
+    def done_chunks(self, run: int) -> set[int]:
+        """Chunks of ``run`` whose shard is on disk (finished)."""
+        return {chunk for r, chunk in map(parse_part_name, (p.name for p in self.shard_paths())) if r == run}
+
+    def write_chunk(self, rows: ChunkRows) -> None:
+        name = part_name(rows.run, rows.chunk)
+        for kind, entries in ((SKIPPED, rows.skipped), (DUPLICATES, rows.duplicates)):
+            path = self.folder / kind / name
+            if entries:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                _write_atomically(pa.Table.from_pylist(entries), path)
+            elif path.exists():  # left by an interrupted earlier attempt at this chunk
+                path.unlink()
+        table = pa.Table.from_pylist(rows.rows, schema=self._row_schema(rows.rows)) if rows.rows else None
+        columns = {} if table is None else {name: table.column(name) for name in table.column_names}
+        count = len(rows.rows)
+        for vector_name, vectors in rows.vectors.items():
+            columns[vector_column(vector_name)] = vectors_to_arrow(vectors.reshape(count, -1))
+        shard = pa.table(columns) if columns else pa.table({"id": pa.array([], pa.int64())})
+        (self.folder / SHARDS).mkdir(parents=True, exist_ok=True)
+        _write_atomically(shard, self.folder / SHARDS / name)  # last: marks the chunk finished
+
+    @staticmethod
+    def _row_schema(rows: list[dict[str, Any]]) -> pa.Schema:
+        inferred = pa.Table.from_pylist(rows).schema
+        fixed = {"id": pa.int64(), "width": pa.int32(), "height": pa.int32()}
+        return pa.schema([pa.field(f.name, fixed.get(f.name, f.type)) for f in inferred])
+
+    # -- reading ----------------------------------------------------------------------------
+    def dataset(self, kind: str = SHARDS) -> ds.Dataset | None:
+        parts = self._parts(kind)
+        if not parts:
+            return None
+        # Shards may differ in schema (a metadata column all null in one of them): unify.
+        schema = pa.unify_schemas([pq.read_schema(p) for p in parts], promote_options="permissive")
+        return ds.dataset([str(p) for p in parts], format="parquet", schema=schema)
+
+    def read_table(self, kind: str = SHARDS, columns: list[str] | None = None) -> pa.Table:
+        """A whole table (images without vectors by default for shards; skipped; duplicates)."""
+        dataset = self.dataset(kind)
+        if dataset is None:
+            return pa.table({})
+        if columns is None and kind == SHARDS:
+            columns = [name for name in dataset.schema.names if not name.startswith(VECTOR_PREFIX)]
+        return dataset.to_table(columns=columns)
+
+    def iter_vectors(self, name: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(ids, vectors)`` shard by shard for one vector name (float32, as stored)."""
+        column = vector_column(name)
+        for path in self.shard_paths():
+            table = pq.read_table(path, columns=["id", column]) if column in pq.read_schema(path).names else None
+            if table is None or table.num_rows == 0:
+                continue
+            yield table.column("id").to_numpy(), arrow_to_vectors(table.column(column))
+
+    def vector_names(self) -> list[str]:
+        dataset = self.dataset()
+        if dataset is None:
+            return []
+        return [n.removeprefix(VECTOR_PREFIX) for n in dataset.schema.names if n.startswith(VECTOR_PREFIX)]
+
+    def faiss_path(self, name: str) -> Path:
+        return self.folder / f"{name}.faiss"

@@ -1,0 +1,189 @@
+"""PropertyEncoder: a batch of images → {property: v_p, "full": v} — the one object that
+indexing and querying share, so an index and the queries against it are made alike.
+
+Built once from (model, aligner, components per property), it resolves the decomposition
+range once and maps every batch to:
+
+- ``full``: the whole representation, Σ_i f_i(c_i) in CLIP space (with an aligner) or the
+  model's own output z = Σ_i c_i (without one);
+- ``p`` for each property: v_p = Σ_{i∈top-k(p)} f_i(c_i), or Σ_{i∈top-k(p)} c_i in model space.
+
+Only the components some property needs are mapped one by one; ``full`` is one matmul.
+Text queries embed in the same space (:meth:`PropertyEncoder.encode_text`): the text
+embedding of the very CLIP the aligner maps into, averaged over a property's prompt
+templates as DESIGN.md §5 defines t_j. Model-space encoders have no text side.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from mapping.align.aligner import Aligner
+from mapping.align.persist import AlignerMismatchError, check_aligner
+from mapping.decompose import adapter_for, decompose
+from mapping.errors import CompsearchError
+from mapping.models import LoadedModel
+from mapping.properties import Property, description_embeddings
+
+FULL = "full"
+
+
+@dataclass(frozen=True)
+class EncoderIdentity:
+    """What makes two encoders produce comparable vectors: recorded in index manifests and
+    checked before a query touches an index."""
+
+    model_name: str
+    model_weights_id: str
+    first_block: str
+    space: str  # "clip" (aligned) or "model"
+    aligner_id: str | None
+    clip_name: str | None
+    clip_weights_id: str | None
+    properties: dict[str, list[str]] = field(default_factory=dict)  # property → summed components
+
+
+class PropertyEncoder:
+    """Maps preprocessed image batches to one vector per property plus ``full``."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        aligner: Aligner | None = None,
+        properties: Mapping[str, Sequence[str]] | None = None,
+        first_block: str | int | None = None,
+        aligner_id: str | None = None,
+        autocast: bool = False,
+        clip: LoadedModel | None = None,
+    ) -> None:
+        self.model = model
+        self.aligner = aligner
+        self.aligner_id = aligner_id
+        self.autocast = autocast
+        if clip is not None:
+            _check_text_side(clip, aligner)
+        self.clip = clip  # the text side, for text queries
+        adapter = adapter_for(model.model, model.name)
+        if aligner is not None:
+            if first_block is not None and adapter.resolve_first_block(first_block) != aligner.meta.first_block:
+                raise CompsearchError(
+                    f"first block {first_block} differs from the aligner's ({aligner.meta.first_block})",
+                    "drop --first-block: an aligned index decomposes from the aligner's first block",
+                )
+            first_block = aligner.meta.first_block
+        self.first_block = adapter.resolve_first_block(first_block)
+        self.properties = {name: list(components) for name, components in (properties or {}).items()}
+        if FULL in self.properties:
+            raise CompsearchError(f"{FULL!r} names the whole representation", "give the property another name")
+        self._component_names: list[str] | None = None
+        self._positions: dict[str, torch.Tensor] = {}
+
+    @property
+    def space(self) -> str:
+        return "clip" if self.aligner is not None else "model"
+
+    @property
+    def names(self) -> list[str]:
+        """The vectors each batch is mapped to: ``full`` first, then the properties."""
+        return [FULL, *self.properties]
+
+    def identity(self) -> EncoderIdentity:
+        meta = self.aligner.meta if self.aligner is not None else None
+        return EncoderIdentity(
+            model_name=self.model.name, model_weights_id=self.model.weights_id, first_block=self.first_block,
+            space=self.space, aligner_id=self.aligner_id, clip_name=meta.clip_name if meta else None,
+            clip_weights_id=meta.clip_weights_id if meta else None, properties=self.properties,
+        )
+
+    def _resolve_components(self, names: list[str], model_dim: int) -> None:
+        """Check the decomposition against the aligner and properties once, on the first batch."""
+        if self.aligner is not None:
+            check_aligner(self.aligner, names, model_dim, self.model.name, self.model.weights_id)
+        for prop, components in self.properties.items():
+            unknown = [name for name in components if name not in names]
+            if unknown:
+                raise CompsearchError(
+                    f"property {prop!r} sums components {unknown[:4]} that {self.model.name} does not have "
+                    f"when decomposed from {self.first_block}",
+                    "rank the properties for this model and aligner (`compsearch rank`)",
+                )
+            self._positions[prop] = torch.tensor([names.index(name) for name in components])
+        self._component_names = names
+
+    def _autocast(self):
+        device = self.model.device
+        if self.autocast and device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    @torch.inference_mode()
+    def encode(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{name: (batch, dim) float32 on the CPU}`` for :attr:`names`, not normalised."""
+        with self._autocast():
+            parts = decompose(self.model.model, pixels.to(self.model.device), self.first_block,
+                              model_name=self.model.name)
+        contributions = parts.contributions.float()
+        if self._component_names is None:
+            self._resolve_components(parts.names, contributions.shape[-1])
+        vectors: dict[str, torch.Tensor] = {}
+        if self.aligner is None:
+            vectors[FULL] = contributions.sum(1)
+            for prop, positions in self._positions.items():
+                vectors[prop] = contributions[:, positions.to(contributions.device)].sum(1)
+        else:
+            aligner = self._aligner_on(contributions.device)
+            vectors[FULL] = aligner.map_sum(contributions)
+            for prop, positions in self._positions.items():
+                positions = positions.to(contributions.device)
+                selected = contributions[:, positions]
+                if aligner.weight is None:
+                    vectors[prop] = selected.sum(1)
+                else:
+                    share = aligner.bias / len(aligner.component_names)
+                    vectors[prop] = torch.einsum("bcd,cdk->bk", selected, aligner.weight[positions]) + share * len(positions)
+        return {name: vector.float().cpu() for name, vector in vectors.items()}
+
+    @torch.inference_mode()
+    def encode_text(self, texts: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+        """``(len(texts), d_clip)`` normalised: per text, the normalised mean of its prompts'
+        normalised CLIP embeddings (each template filled with the text) — the t_j of rankings."""
+        if self.clip is None:
+            raise CompsearchError(
+                f"this encoder has no text side ({self.space} space, no CLIP loaded)",
+                "text queries need an index built with an aligner into a CLIP (`compsearch index --aligner`)",
+            )
+        return description_embeddings(Property("query", tuple(texts), tuple(templates)), self.clip.encode_text)
+
+    def _aligner_on(self, device: torch.device) -> Aligner:
+        if self.aligner.bias.device != device:
+            self.aligner = Aligner(
+                self.aligner.meta, None if self.aligner.weight is None else self.aligner.weight.to(device),
+                self.aligner.bias.to(device),
+            )
+        return self.aligner
+
+
+def _check_text_side(clip: LoadedModel, aligner: Aligner | None) -> None:
+    """``clip`` must be the CLIP the aligner maps into (name and weights), or texts and images
+    would land in different spaces."""
+    if aligner is None:
+        raise CompsearchError(
+            "a model-space encoder (no aligner) cannot embed text",
+            "build the index with an aligner into a CLIP (`compsearch index --aligner`) for text queries",
+        )
+    meta = aligner.meta
+    if not clip.is_clip or clip.name != meta.clip_name or clip.weights_id != meta.clip_weights_id:
+        raise AlignerMismatchError(
+            f"the text encoder {clip.name} (weights {clip.weights_id}) is not the CLIP the aligner maps into "
+            f"({meta.clip_name}, weights {meta.clip_weights_id})",
+            f"load {meta.clip_name} with the weights it was aligned to (--clip-weights)",
+        )
+
+
+def normalise(vectors: torch.Tensor) -> torch.Tensor:
+    """L2-normalised rows (an all-zero row stays zero): what the indexes store and compare."""
+    return F.normalize(vectors.float(), dim=-1)

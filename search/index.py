@@ -1,0 +1,308 @@
+"""An index directory opened for queries: ``search.open_index(DIR)`` → :class:`SearchIndex`.
+
+Text terms are embedded by the CLIP the index's aligner maps into, with the property's
+prompt templates; image terms are decomposed by the encoder rebuilt from the manifest
+(same model, weights, first block, aligner and components — anything else is refused);
+id terms take the indexed image's stored vector. One term is answered by its property's
+FAISS index directly; several are combined exactly (:mod:`search.combine`).
+
+Opened read-only: FAISS files memory-mapped where the index type allows, the models and
+the rows table loaded on first use, once, under a lock, so one SearchIndex can serve
+queries from several threads.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import faiss
+import numpy as np
+import PIL.Image
+import torch
+
+from indexer.artifacts import IndexMismatchError, encoder_for_manifest, templates_for
+from indexer.info import index_info
+from indexer.store import IndexDirectoryError, IndexStore
+from mapping.encoder import FULL, PropertyEncoder
+from mapping.images import decode_image, read_image, to_rgb
+from mapping.models import RANDOM_INIT, LoadedModel, load_model
+from search.combine import Ranked, WeightedVector, combined_top_k
+from search.errors import NoTextEncoderError, QueryError, UnknownPropertyError
+from search.query import ImageInput, Query, Term, check_k, term_labels
+from search.results import Result, SearchResults
+from search.stored import StoredRows, keeps_exact_vectors, split_record
+
+IMAGE_BATCH = 32  # reference images decomposed per forward pass
+T = TypeVar("T")
+
+
+def read_faiss_index(path: Path, search_parameters: dict[str, Any]) -> faiss.Index:
+    """``path`` memory-mapped read-only (read into memory where the type cannot be mapped),
+    with the search parameters the build chose (``nprobe`` of IVF indexes)."""
+    if not path.is_file():
+        raise IndexDirectoryError(f"{path} is missing", "rebuild the index (`compsearch index … --overwrite`)")
+    try:
+        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+    except RuntimeError:
+        index = faiss.read_index(str(path))
+    inner = faiss.downcast_index(index)
+    if isinstance(inner, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        inner = faiss.downcast_index(inner.index)
+    for name, value in search_parameters.items():
+        faiss.ParameterSpace().set_index_parameter(inner, name, value)
+    return index
+
+
+def _image(image: ImageInput) -> PIL.Image.Image:
+    """A reference image as RGB, read by the indexer's own decoder."""
+    if isinstance(image, PIL.Image.Image):
+        return to_rgb(image)  # 16-bit, alpha, palette: converted as the indexer converts files
+    if isinstance(image, (bytes, bytearray)):
+        return decode_image(bytes(image), "the uploaded image")
+    if isinstance(image, (str, Path)):
+        return read_image(image)
+    raise QueryError(f"a reference image of type {type(image).__name__}", "give a path, a PIL image or the file's bytes")
+
+
+class SearchIndex:
+    """Queries on one index directory (see the module docstring)."""
+
+    oversampling = 10  # combined queries: each term's index is asked for k × this many candidates first
+
+    def __init__(self, folder: str | Path, device: str = "cpu", weights: str | Path | None = None,
+                 clip_weights: str | Path | None = None, model: LoadedModel | None = None,
+                 clip: LoadedModel | None = None) -> None:
+        from indexer.api import resolve_device
+
+        self.store = IndexStore(folder)
+        self.folder = self.store.folder
+        self.manifest = self.store.read_manifest()
+        self.device = resolve_device(device)
+        self._weights, self._clip_weights = weights, clip_weights
+        self._given_model, self._given_clip = model, clip
+        self._lock = threading.RLock()
+        self._indexes: dict[str, faiss.Index] = {}
+        self._exact: dict[str, bool] = {}
+        self._rows: StoredRows | None = None
+        self._encoder: PropertyEncoder | None = None
+
+    # -- what the index holds ------------------------------------------------------------------
+    @property
+    def properties(self) -> list[str]:
+        names = list(self.manifest["indexes"])
+        return [FULL, *[name for name in names if name != FULL]] if FULL in names else names
+
+    @property
+    def has_text(self) -> bool:
+        encoder = self.manifest["encoder"]
+        return encoder["space"] == "clip" and bool(encoder["clip_name"])
+
+    @property
+    def count(self) -> int:
+        return int(self.manifest["counts"].get("images", 0))
+
+    def info(self) -> dict[str, Any]:
+        return index_info(self.folder)
+
+    def record(self, image_id: int) -> dict[str, Any]:
+        """The stored row of ``image_id`` (id, key, path, sha256, width, height, metadata…)."""
+        return self.rows.records([image_id])[0]
+
+    def warm(self) -> None:
+        """Load now what the first query would: rows, every FAISS index, the models."""
+        self.rows  # noqa: B018 - loads
+        for name in self.properties:
+            self._index(name)
+        self.encoder  # noqa: B018 - loads
+
+    # -- lazily loaded parts ---------------------------------------------------------------------
+    def _once(self, attribute: str, build: Callable[[], T]) -> T:
+        value = getattr(self, attribute)
+        if value is None:
+            with self._lock:
+                value = getattr(self, attribute)
+                if value is None:
+                    value = build()
+                    setattr(self, attribute, value)
+        return value
+
+    @property
+    def rows(self) -> StoredRows:
+        return self._once("_rows", lambda: StoredRows(self.store))
+
+    @property
+    def encoder(self) -> PropertyEncoder:
+        """The encoder the index was built with, around its model (and CLIP for text)."""
+        return self._once("_encoder", self._build_encoder)
+
+    def _build_encoder(self) -> PropertyEncoder:
+        recorded = self.manifest["encoder"]
+        model = self._given_model or self._load(recorded["model_name"], recorded["model_weights_id"], self._weights)
+        clip = None
+        if self.has_text:
+            same = recorded["clip_name"] == model.name and recorded["clip_weights_id"] == model.weights_id
+            clip = self._given_clip or (model if same else self._load(recorded["clip_name"],
+                                                                       recorded["clip_weights_id"], self._clip_weights))
+        return encoder_for_manifest(self.manifest, self.folder, model, clip)
+
+    def _load(self, name: str, recorded_weights: str, weights: str | Path | None) -> LoadedModel:
+        if recorded_weights == RANDOM_INIT:
+            raise IndexMismatchError(
+                f"{self.folder} was built with a randomly initialised {name}: its vectors cannot be made again",
+                "query it by id, or rebuild the index with real weights",
+            )
+        return load_model(name, weights=weights, device=self.device)
+
+    def _index(self, name: str) -> faiss.Index:
+        self._check_property(name)
+        if name not in self._indexes:
+            with self._lock:
+                if name not in self._indexes:
+                    entry = self.manifest["indexes"][name]
+                    index = read_faiss_index(self.folder / entry["file"], entry.get("search_parameters") or {})
+                    self._exact[name] = keeps_exact_vectors(index)
+                    self._indexes[name] = index
+        return self._indexes[name]
+
+    def _check_property(self, name: str) -> None:
+        if name not in self.manifest["indexes"]:
+            raise UnknownPropertyError(f"no property {name!r} in {self.folder}",
+                                       f"this index has {', '.join(self.properties)}")
+
+    def stored_vectors(self, name: str, ids: np.ndarray | list[int]) -> np.ndarray:
+        """``(len(ids), dim)`` normalised vectors of ``name`` exactly as indexed."""
+        ids = np.asarray(ids, dtype=np.int64)
+        index = self._index(name)
+        if self._exact[name]:
+            return index.reconstruct_batch(ids)
+        return self.rows.vectors(name, ids)
+
+    # -- queries ---------------------------------------------------------------------------------
+    def search(self, text: str | None = None, image: ImageInput | None = None, id: int | None = None,
+               property: str | None = None, k: int = 20, threshold: float | None = None,
+               terms: list[Term] | None = None) -> SearchResults:
+        """One query: a text, a reference image or an indexed image's id on ``property``
+        (None: ``full``), and/or weighted ``terms``; the ``k`` best with score ≥ ``threshold``."""
+        query = Query(text=text, image=image, id=id, property=property, terms=list(terms or []))
+        return self.search_batch([query], k, threshold)[0]
+
+    def search_batch(self, queries: list[Query], k: int = 20, threshold: float | None = None) -> list[SearchResults]:
+        """Many queries at once: texts embedded together per property, images decomposed in
+        batches, single-term queries searched in one FAISS call per property. Each result's
+        ``seconds`` are the whole batch's."""
+        started = time.perf_counter()
+        check_k(k)
+        plans = [query.all_terms() for query in queries]
+        flat = [term for terms in plans for term in terms]
+        for term in flat:
+            self._check_property(term.property_name)
+        vectors = self._term_vectors(flat)
+        encoded = time.perf_counter()
+        weighted, position = [], 0
+        for terms in plans:
+            weighted.append([WeightedVector(t.property_name, vectors[position + i], float(t.weight))
+                             for i, t in enumerate(terms)])
+            position += len(terms)
+        ranked = self._search_single({i: terms[0] for i, terms in enumerate(weighted) if len(terms) == 1}, k)
+        for i, terms in enumerate(weighted):
+            if len(terms) > 1:
+                ranked[i] = combined_top_k(terms, self._faiss_search, self.stored_vectors, k, self.count,
+                                           self.oversampling, threshold)
+        searched = time.perf_counter()
+        results = [self._results(terms, ranked[i], k, threshold) for i, terms in enumerate(plans)]
+        seconds = {"encode": encoded - started, "search": searched - encoded, "total": time.perf_counter() - started}
+        for result in results:
+            result.seconds = dict(seconds)
+        return results
+
+    def _faiss_search(self, name: str, queries: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._index(name).search(np.ascontiguousarray(queries, dtype=np.float32), depth)
+
+    def _search_single(self, terms: dict[int, WeightedVector], k: int) -> dict[int, Ranked]:
+        """The single-term queries (query position → term), one FAISS call per property;
+        a negative weight searches for the images farthest along the query vector."""
+        by_index: dict[str, list[int]] = {}
+        for i, term in terms.items():
+            by_index.setdefault(term.index, []).append(i)
+        ranked = {}
+        for name, members in by_index.items():
+            signs = np.sign([terms[i].weight for i in members]).astype(np.float32)
+            queries = np.stack([terms[i].vector for i in members]) * signs[:, None]
+            scores, ids = self._faiss_search(name, queries, min(k, max(self.count, 1)))
+            for row, i in enumerate(members):
+                valid = ids[row] >= 0
+                found = scores[row][valid]
+                ranked[i] = Ranked(ids[row][valid], abs(terms[i].weight) * found, (signs[row] * found)[:, None],
+                                   int(valid.sum()), True)
+        return ranked
+
+    def _term_vectors(self, terms: list[Term]) -> list[np.ndarray]:
+        """One normalised query vector per term, each in its property's space."""
+        vectors: list[np.ndarray | None] = [None] * len(terms)
+        texts: dict[str, list[int]] = {}
+        images: list[int] = []
+        for i, term in enumerate(terms):
+            if term.kind == "text":
+                texts.setdefault(term.property_name, []).append(i)
+            elif term.kind == "image":
+                images.append(i)
+            else:
+                self.rows.positions([term.id])  # an unknown id is refused here, clearly
+                vectors[i] = self.stored_vectors(term.property_name, [term.id])[0]
+        if texts and not self.has_text:
+            raise NoTextEncoderError(
+                f"{self.folder} holds vectors in {self.manifest['encoder']['model_name']}'s own space: "
+                "there is no text encoder for it",
+                "query it by image or id, or rebuild it with an aligner into a CLIP (`compsearch index --aligner`)",
+            )
+        for name, members in texts.items():
+            embedded = self.encoder.encode_text([terms[i].text for i in members], self._templates(name))
+            for i, vector in zip(members, embedded.numpy()):
+                vectors[i] = vector
+        # One decomposition per distinct image gives every property's vector: terms naming the
+        # same image (a path, or the very same object) share it.
+        distinct: dict[object, list[int]] = {}
+        for i in images:
+            image = terms[i].image
+            distinct.setdefault(str(image) if isinstance(image, (str, Path)) else id(image), []).append(i)
+        groups = list(distinct.values())
+        for start in range(0, len(groups), IMAGE_BATCH):
+            members = groups[start:start + IMAGE_BATCH]
+            pictures = [_image(terms[group[0]].image) for group in members]  # all readable before the model runs
+            encoder = self.encoder
+            pixels = torch.stack([encoder.model.preprocess(picture) for picture in pictures])
+            encoded = encoder.encode(pixels)
+            for row, group in enumerate(members):
+                for i in group:
+                    vectors[i] = torch.nn.functional.normalize(encoded[terms[i].property_name][row], dim=0).numpy()
+        return [np.ascontiguousarray(vector, dtype=np.float32) for vector in vectors]
+
+    def _templates(self, name: str) -> list[str]:
+        entry = (self.manifest.get("properties") or {}).get(name) or {}
+        return list(entry.get("templates") or templates_for(name))
+
+    def _results(self, terms: list[Term], ranked: Ranked, k: int, threshold: float | None) -> SearchResults:
+        ids, totals, cosines = ranked.ids, ranked.totals, ranked.cosines
+        keep = slice(None) if threshold is None else totals >= threshold
+        ids, totals, cosines = ids[keep][:k], totals[keep][:k], cosines[keep][:k]
+        labels = term_labels(terms)
+        results = []
+        for rank, (record, total, row) in enumerate(zip(self.rows.records(ids), totals, cosines), start=1):
+            identity, metadata = split_record(record)
+            results.append(Result(rank=rank, id=int(identity["id"]), key=identity["key"], path=identity["path"],
+                                  score=float(total), scores={label: float(c) for label, c in zip(labels, row)},
+                                  metadata=metadata))
+        query = {"terms": [{**term.describe(), "label": label} for term, label in zip(terms, labels)],
+                 "k": k, "threshold": threshold, "candidates": ranked.candidates, "certified": ranked.certified}
+        return SearchResults(query=query, results=results, seconds={})
+
+
+def open_index(folder: str | Path, device: str = "cpu", weights: str | Path | None = None,
+               clip_weights: str | Path | None = None, model: LoadedModel | None = None,
+               clip: LoadedModel | None = None) -> SearchIndex:
+    """The index directory ``folder`` opened for queries (models load on the first query
+    that needs them; ``model``/``clip``: already loaded ones to use instead)."""
+    return SearchIndex(folder, device, weights, clip_weights, model, clip)

@@ -1,0 +1,58 @@
+"""The one result schema: what the CLI's ``--json`` prints and the HTTP API returns."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass
+class Result:
+    rank: int
+    id: int
+    key: str
+    path: str | None
+    score: float  # total: Σ over terms of weight × cosine
+    scores: dict[str, float]  # cosine per term, by label ("pattern:text:striped")
+    metadata: dict[str, Any]  # carried columns: width, height and any from the listing
+
+
+@dataclass
+class SearchResults:
+    query: dict[str, Any]  # {"terms": [{property, kind, value, weight}], "k", "threshold", "candidates"}
+    results: list[Result]
+    seconds: dict[str, float]  # encode (text embedding, image decomposition), search, total
+
+    def to_json(self) -> dict[str, Any]:
+        """The one JSON shape: ``{"query": …, "results": [...], "seconds": …}``."""
+        return {"query": self.query, "results": [asdict(result) for result in self.results], "seconds": self.seconds}
+
+
+def _signed(weight: float, label: str, first: bool) -> str:
+    """``label``, ``+ 2×label``, ``− label``, ``− 0.5×label``: a term as it reads in a sum."""
+    size = "" if abs(weight) == 1 else f"{abs(weight):g}×"
+    sign = ("− " if first else " − ") if weight < 0 else ("" if first else " + ")
+    return f"{sign}{size}{label}"
+
+
+def format_results(results: SearchResults) -> str:
+    """The readable table ``compsearch search`` prints: rank, score (and per-term scores when
+    several terms are combined), path."""
+    terms = results.query["terms"]
+    labels = [term["label"] for term in terms]
+    query = "".join(_signed(term["weight"], term["label"], first=i == 0) for i, term in enumerate(terms))
+    seconds = results.seconds
+    lines = [f"{len(results.results)} results for {query} "
+             f"(encode {seconds['encode'] * 1e3:.1f} ms, search {seconds['search'] * 1e3:.1f} ms)"]
+    if not results.results:
+        return "\n".join(lines)
+    per_term = len(labels) > 1
+    header = f"{'rank':>4}  {'score':>7}" + "".join(f"  {'t' + str(i + 1):>7}" for i in range(len(labels)) if per_term)
+    lines.append(header + "  path")
+    for result in results.results:
+        row = f"{result.rank:>4}  {result.score:>7.4f}"
+        if per_term:
+            row += "".join(f"  {result.scores[label]:>7.4f}" for label in labels)
+        lines.append(f"{row}  {result.path or result.key}")
+    if per_term:
+        lines += [f"  t{i + 1} = {label} (weight {term['weight']:g})" for i, (label, term) in enumerate(zip(labels, terms))]
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""``compsearch serve``: the HTTP API and web page over one index directory."""

@@ -1,0 +1,181 @@
+"""The HTTP API: translates requests into the search layer's calls and its results into JSON.
+
+No logic of its own beyond the translation: queries go to :meth:`SearchIndex.search`,
+files come from :class:`~search.server.files.CollectionFiles`, thumbnails from
+:class:`~search.server.thumbnails.ThumbnailCache`.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import UploadFile
+
+from mapping.errors import CompsearchError
+from mapping.images import decode_image
+from search import SearchIndex, Term
+from search.server.files import CollectionFiles, ImageNotServedError, parse_id
+from search.server.thumbnails import ThumbnailCache
+
+MAX_TEXT_CHARS = 1000  # CLIP reads 77 tokens; longer texts are a mistake or an attack
+MAX_TERMS = 16
+IMMUTABLE = "private, max-age=31536000, immutable"
+REVALIDATE = "private, no-cache"
+VERSION_CHARS = 16  # of the sha256 in a file URL's ?v=, which makes the URL change with the file
+
+
+class UnsupportedContentError(CompsearchError):
+    """A search request that is neither JSON nor a multipart upload (415)."""
+
+
+@dataclass
+class ServerState:
+    """What every request reads; built once by :func:`search.server.app.create_app`."""
+
+    index: SearchIndex
+    files: CollectionFiles
+    thumbnails: ThumbnailCache
+    info: dict[str, Any]
+    max_upload_bytes: int
+    max_pixels: int
+
+
+def state(request: Request) -> ServerState:
+    return request.app.state.compsearch
+
+
+class TermBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    property: str | None = None
+    text: str | None = Field(None, max_length=MAX_TEXT_CHARS)
+    id: int | None = None
+    weight: float = 1.0
+
+
+class SearchBody(BaseModel):
+    """A query: one of ``text`` / ``id`` (or an uploaded ``image``), or ``terms`` to combine."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: str | None = Field(None, max_length=MAX_TEXT_CHARS)
+    id: int | None = None
+    property: str | None = None
+    k: int = 20
+    threshold: float | None = None
+    terms: list[TermBody] | None = Field(None, max_length=MAX_TERMS)
+
+
+router = APIRouter()
+
+_SEARCH_SCHEMA = SearchBody.model_json_schema(ref_template="#/components/schemas/{model}")
+# For the OpenAPI document's components (the search endpoint reads its body itself, so
+# FastAPI does not collect these on its own).
+SCHEMAS = {**_SEARCH_SCHEMA.pop("$defs", {}), "SearchBody": _SEARCH_SCHEMA}
+SEARCH_REQUEST_BODY = {
+    "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/SearchBody"}},
+        "multipart/form-data": {"schema": {
+            "type": "object", "required": ["image"],
+            "properties": {"image": {"type": "string", "format": "binary"}, "property": {"type": "string"},
+                           "k": {"type": "integer"}, "threshold": {"type": "number"}},
+        }},
+    },
+}
+
+
+@router.get("/api/health")
+def health(server: ServerState = Depends(state)) -> dict[str, Any]:
+    return {"status": "ok", "images": server.info["images"], "properties": server.index.properties,
+            "text_queries": server.index.has_text, "max_upload_bytes": server.max_upload_bytes,
+            "max_pixels": server.max_pixels}
+
+
+@router.get("/api/info")
+def info(server: ServerState = Depends(state)) -> dict[str, Any]:
+    return server.info
+
+
+async def _query(request: Request) -> tuple[SearchBody, bytes | None]:
+    """The query of a JSON body, or of a multipart form with an ``image`` file field."""
+    content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if content_type == "application/json":
+        return SearchBody.model_validate_json(await request.body()), None
+    if content_type == "multipart/form-data":
+        async with request.form(max_files=1, max_fields=8) as form:
+            upload = form.get("image")
+            if not isinstance(upload, UploadFile):
+                raise CompsearchError("a multipart search needs the reference image in a file field `image`",
+                                      "send the image as `image`, with `property` and `k` as other fields")
+            fields = {name: value for name, value in form.items() if name != "image"}
+            return SearchBody.model_validate(fields), await upload.read()
+    raise UnsupportedContentError(f"a search request of type {content_type or 'unknown'!r}",
+                                  "send JSON (application/json) or a multipart/form-data upload")
+
+
+def _search(server: ServerState, query: SearchBody, upload: bytes | None) -> dict[str, Any]:
+    image = None if upload is None else decode_image(upload, "the uploaded image", server.max_pixels)
+    terms = [Term(term.property, text=term.text, id=term.id, weight=term.weight) for term in query.terms] \
+        if query.terms is not None else None
+    return server.index.search(text=query.text, image=image, id=query.id, property=query.property, k=query.k,
+                               threshold=query.threshold, terms=terms).to_json()
+
+
+def file_urls(request: Request, server: ServerState, image_id: int) -> dict[str, str | None]:
+    """The result's image and thumbnail URLs; None for a file the server will not send (one
+    outside the collection), which the page shows as such."""
+    try:
+        version = server.files.sha256(image_id)[:VERSION_CHARS]
+    except ImageNotServedError:
+        return {"image_url": None, "thumbnail_url": None}
+    root = request.scope.get("root_path", "")
+    return {"image_url": f"{root}/api/images/{image_id}?v={version}",
+            "thumbnail_url": f"{root}/api/thumbnails/{image_id}?v={version}"}
+
+
+@router.post("/api/search", openapi_extra={"requestBody": SEARCH_REQUEST_BODY})
+async def search(request: Request, server: ServerState = Depends(state)) -> dict[str, Any]:
+    """Results as :meth:`SearchResults.to_json` gives them, each with its image's URLs."""
+    query, upload = await _query(request)
+    payload = await run_in_threadpool(_search, server, query, upload)
+    for result in payload["results"]:
+        result.update(file_urls(request, server, result["id"]))
+    return payload
+
+
+def _etag_matches(request: Request, etag: str) -> bool:
+    candidates = (tag.strip().removeprefix("W/") for tag in request.headers.get("if-none-match", "").split(","))
+    return any(tag in (etag, "*") for tag in candidates)
+
+
+def _cached(request: Request, sha256: str, etag: str, make: Callable[[], Response]) -> Response:
+    """304 when the client holds ``etag``, else ``make()``; cached for good when the URL
+    names the content (``?v=``), else revalidated each time."""
+    versioned = request.query_params.get("v") == sha256[:VERSION_CHARS]
+    headers = {"etag": etag, "cache-control": IMMUTABLE if versioned else REVALIDATE}
+    if _etag_matches(request, etag):
+        return Response(status_code=304, headers=headers)
+    response = make()
+    response.headers.update(headers)
+    return response
+
+
+@router.get("/api/images/{image_id}")
+def image(image_id: str, request: Request, server: ServerState = Depends(state)) -> Response:
+    """The indexed file itself (its bytes verified against the index's sha256)."""
+    found = server.files.read(parse_id(image_id))
+    return _cached(request, found.sha256, f'"{found.sha256}"',
+                   lambda: Response(found.data, media_type=found.media_type))
+
+
+@router.get("/api/thumbnails/{image_id}")
+def thumbnail(image_id: str, request: Request, server: ServerState = Depends(state)) -> Response:
+    """A JPEG of at most the cache's size on each side, made on first request."""
+    number = parse_id(image_id)
+    sha256 = server.files.sha256(number)
+    etag = f'"{sha256}-{server.thumbnails.size}"'
+    return _cached(request, sha256, etag, lambda: FileResponse(
+        server.thumbnails.get(sha256, lambda: server.files.read(number).data), media_type="image/jpeg"))

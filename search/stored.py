@@ -1,0 +1,65 @@
+"""What an index directory stores per image, looked up by id: its row (path, metadata) and
+its vectors exactly as indexed (normalised), for query-by-id and for exact rescoring."""
+from __future__ import annotations
+
+from typing import Any
+
+import faiss
+import numpy as np
+
+from indexer.faiss_choice import normalised
+from indexer.store import IndexStore, arrow_to_vectors, vector_column
+from search.errors import UnknownImageError
+
+NOT_METADATA = ("id", "key", "path", "sha256")
+
+
+def keeps_exact_vectors(index: faiss.Index) -> bool:
+    """Whether ``index.reconstruct(id)`` gives back the indexed vector itself (flat storage,
+    ids mapped), rather than a compressed approximation (PQ, SQ) or nothing."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexIDMap2):
+        index = faiss.downcast_index(index.index)
+    if isinstance(index, faiss.IndexHNSW):
+        index = faiss.downcast_index(index.storage)
+    if isinstance(index, faiss.IndexIVFFlat):
+        return index.direct_map.type != faiss.DirectMap.NoMap
+    return isinstance(index, faiss.IndexFlat)
+
+
+class StoredRows:
+    """The Parquet shards of one index directory, addressed by image id."""
+
+    def __init__(self, store: IndexStore) -> None:
+        self.dataset = store.dataset()
+        self.table = store.read_table()  # every column but the vectors
+        ids = self.table.column("id").to_numpy() if self.table.num_rows else np.zeros(0, np.int64)
+        self._order = np.argsort(ids, kind="stable")
+        self._sorted_ids = ids[self._order]
+
+    def positions(self, ids: np.ndarray | list[int]) -> np.ndarray:
+        """Row positions of ``ids``; raises UnknownImageError for an id not indexed."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        found = np.searchsorted(self._sorted_ids, ids)
+        found = np.minimum(found, max(len(self._sorted_ids) - 1, 0))
+        missing = ids[(len(self._sorted_ids) == 0) | (self._sorted_ids[found] != ids)] if len(ids) else ids[:0]
+        if len(missing):
+            lowest, highest = (int(self._sorted_ids[0]), int(self._sorted_ids[-1])) if len(self._sorted_ids) else (0, -1)
+            raise UnknownImageError(f"no image with id {int(missing[0])} in this index",
+                                    f"ids run from {lowest} to {highest} (see a result's `id`)")
+        return self._order[found]
+
+    def records(self, ids: np.ndarray | list[int]) -> list[dict[str, Any]]:
+        """The stored rows of ``ids``, in that order."""
+        return self.table.take(self.positions(ids)).to_pylist()
+
+    def vectors(self, name: str, ids: np.ndarray | list[int]) -> np.ndarray:
+        """``(len(ids), dim)`` normalised vectors of ``name`` as stored in the shards."""
+        column = self.dataset.take(self.positions(ids), columns=[vector_column(name)]).column(0)
+        return normalised(arrow_to_vectors(column))
+
+
+def split_record(record: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(identity, metadata)`` of a stored row: id/key/path/sha256 apart from the carried rest."""
+    identity = {key: record.get(key) for key in NOT_METADATA}
+    return identity, {key: value for key, value in record.items() if key not in NOT_METADATA}

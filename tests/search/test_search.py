@@ -1,0 +1,262 @@
+"""The search layer on a small world index whose model is the fixture CLIP itself (identity
+alignment): text, reference-image, id and combined queries, the refusals, and the CLI."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+import search
+from indexer.artifacts import IndexMismatchError, encoder_for_build
+from indexer.build import IndexSettings, Indexer
+from indexer.faiss_choice import normalised
+from indexer.store import IndexStore
+from indexer.world import get_split, write_split
+from mapping.align import AlignerMismatchError, load_aligner, save_aligner
+from mapping.align.run import identity_aligner
+from mapping.models import LoadedModel, load_model
+from mapping.properties.vocabulary import default_templates
+from mapping.rank import PropertyRanking, Ranking
+from search import Term
+from search.errors import NoTextEncoderError, QueryError, UnknownImageError, UnknownPropertyError
+from search.index import SearchIndex
+from tests.test_cli import run_cli
+
+IMAGES = 80
+SETTINGS = IndexSettings(batch_size=32, workers=0, chunk_size=32, progress=False)
+COLOURS = ("red", "blue", "green", "yellow")
+
+
+@pytest.fixture(scope="module")
+def clip(fixture_clip: Path) -> LoadedModel:
+    return load_model(f"local-dir:{fixture_clip}")
+
+
+@pytest.fixture(scope="module")
+def built(clip: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``root/world`` (renders + train.parquet labels), ``root/identity`` aligner,
+    ``root/ranking.json`` (two properties, components planted) and ``root/index``."""
+    root = tmp_path_factory.mktemp("search")
+    write_split(root / "world", get_split("train"), IMAGES, size=64, progress=False)
+    aligner = identity_aligner(clip, root / "world" / "train")
+    aligner_path = save_aligner(aligner, root / "identity")
+    names = aligner.component_names
+
+    def planted(name: str, top: list[str]) -> PropertyRanking:
+        ordered = top + [n for n in names if n not in top]
+        return PropertyRanking(name=name, source="text", values=["a", "b"], components=ordered,
+                               scores=[1.0] * len(names), own_scores=[1.0] * len(names), k=len(top))
+
+    ranking = Ranking(model_name=clip.name, model_weights_id=clip.weights_id, aligner=str(aligner_path),
+                      clip_name=clip.name, first_block=aligner.meta.first_block, probe_images=0,
+                      properties=[planted("colour", names[-4:-1]), planted("pattern", names[1:4])])
+    ranking_path = ranking.save(root / "ranking.json")
+    artifacts = encoder_for_build(clip, root / "index", aligner_path, ranking_path)
+    Indexer(root / "index", artifacts.encoder, SETTINGS, artifacts.provenance).run(root / "world" / "train.parquet")
+    return root
+
+
+@pytest.fixture(scope="module")
+def index(built: Path) -> SearchIndex:
+    return search.open_index(built / "index")
+
+
+def _stored(built: Path, name: str) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """(ids, normalised vectors, rows) read straight from the Parquet shards."""
+    table = IndexStore(built / "index").dataset().to_table()
+    column = table.column(f"vector.{name}").combine_chunks()
+    vectors = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(table), -1)
+    return table.column("id").to_numpy(), normalised(vectors), table.drop_columns(
+        [c for c in table.column_names if c.startswith("vector.")]).to_pylist()
+
+
+def _path(built: Path, image_id: int) -> Path:
+    return built / "world" / "train" / f"{image_id:06d}.png"
+
+
+def test_the_index_describes_itself(index: SearchIndex, built: Path) -> None:
+    assert index.properties == ["full", "colour", "pattern"]
+    assert index.has_text and index.count == IMAGES
+    assert index.info()["images"] == IMAGES
+    record = index.record(7)
+    assert record["key"] == "train/000007.png" and record["colour"] and record["width"] == 64
+    with pytest.raises(UnknownImageError, match="no image with id 999"):
+        index.record(999)
+
+
+@pytest.mark.parametrize("colour", COLOURS)
+def test_a_colour_word_finds_that_colour(index: SearchIndex, colour: str) -> None:
+    results = index.search(text=colour, k=5).results
+    assert len(results) == 5
+    assert [result.metadata["colour"] for result in results] == [colour] * 5
+    assert [r.score for r in results] == sorted((r.score for r in results), reverse=True)
+
+
+def test_text_queries_use_the_property_templates_and_index(index: SearchIndex, clip: LoadedModel, built: Path) -> None:
+    """Independent path: prompt embeddings averaged by hand, brute force over the stored vectors."""
+    templates = IndexStore(built / "index").read_manifest()["properties"]["colour"]["templates"]
+    for name, used in (("colour", templates), ("full", default_templates())):
+        with torch.no_grad():
+            prompts = torch.nn.functional.normalize(clip.encode_text([t.replace("{}", "red") for t in used]), dim=-1)
+        query = torch.nn.functional.normalize(prompts.mean(0), dim=0).numpy()
+        ids, vectors, _ = _stored(built, name)
+        expected = ids[np.argsort(-(vectors @ query), kind="stable")[:8]]
+        results = index.search(text="red", property=name, k=8).results
+        assert [r.id for r in results] == list(expected)
+        np.testing.assert_allclose([r.score for r in results], np.sort(vectors @ query)[::-1][:8], atol=1e-4)
+    assert templates != list(default_templates())
+
+
+def test_a_reference_image_by_path_bytes_pil_and_id_agree(index: SearchIndex, built: Path) -> None:
+    path = _path(built, 11)
+    by_id = index.search(id=11, property="colour", k=10).results
+    assert by_id[0].id == 11 and by_id[0].score == pytest.approx(1.0, abs=1e-5)
+    for image in (path, str(path), path.read_bytes(), PIL.Image.open(path)):
+        by_image = index.search(image=image, property="colour", k=10).results
+        assert [r.id for r in by_image] == [r.id for r in by_id]
+        np.testing.assert_allclose([r.score for r in by_image], [r.score for r in by_id], atol=3e-3)  # fp16 storage
+
+
+def test_combined_terms_rank_like_brute_force_over_the_collection(index: SearchIndex, built: Path) -> None:
+    index.oversampling = 1  # fewest candidates: the bound must do the work
+    try:
+        stored = {name: _stored(built, name) for name in index.properties}
+        ids = stored["full"][0]
+        assert all((stored[name][0] == ids).all() for name in stored)
+        red = index.encoder.encode_text(["red"], index._templates("colour"))[0].numpy()
+        plain = index.encoder.encode_text(["plain"], index._templates("pattern"))[0].numpy()
+        queries = {
+            "colour:text:red": red, "pattern:text:plain": plain,
+            "pattern:id:3": stored["pattern"][1][list(ids).index(3)], "full:id:40": stored["full"][1][list(ids).index(40)],
+        }
+        combinations = [
+            [Term("colour", text="red"), Term("pattern", id=3, weight=0.7)],
+            [Term("colour", text="red"), Term("pattern", text="plain", weight=-0.5), Term("full", id=40, weight=0.3)],
+            [Term("full", id=40, weight=2.0), Term("colour", text="red", weight=-1.0)],
+        ]
+        for terms in combinations:
+            totals = sum(t.weight * (stored[t.property_name][1] @ queries[t.label]) for t in terms)
+            expected = ids[np.lexsort((ids, -totals))][:4]
+            found = index.search(terms=terms, k=4)
+            assert [r.id for r in found.results] == list(expected)
+            np.testing.assert_allclose([r.score for r in found.results], np.sort(totals)[::-1][:4], atol=1e-4)
+            first = found.results[0]
+            assert first.score == pytest.approx(sum(t.weight * first.scores[t.label] for t in terms), abs=1e-5)
+            assert found.query["certified"] and found.query["candidates"] <= IMAGES
+    finally:
+        index.oversampling = SearchIndex.oversampling
+
+
+def test_threshold_batch_and_negative_single_term(index: SearchIndex, built: Path) -> None:
+    everything = index.search(text="blue", k=30).results
+    cut = everything[9].score
+    kept = index.search(text="blue", k=30, threshold=cut).results
+    assert [r.id for r in kept] == [r.id for r in everything[:len(kept)]] and len(kept) >= 10
+    assert all(r.score >= cut for r in kept)
+    queries = [search.Query(text=c) for c in COLOURS] + [search.Query(image=_path(built, 5), property="pattern"),
+                                                          search.Query(id=5, property="pattern")]
+    batch = index.search_batch(queries, k=6)
+    singles = [index.search(text=c, k=6) for c in COLOURS] + [index.search(image=_path(built, 5), property="pattern", k=6)]
+    for together, alone in zip(batch, singles):
+        assert [r.id for r in together.results] == [r.id for r in alone.results]
+    assert [r.id for r in batch[-1].results] == [r.id for r in batch[-2].results]
+    away = index.search(terms=[Term(text="blue", weight=-1.0)], k=5).results  # "NOT blue" alone: the least blue
+    ranked = index.search(text="blue", k=IMAGES).results
+    assert [r.id for r in away] == [r.id for r in ranked[::-1][:5]]
+    assert [r.score for r in away] == pytest.approx([-r.score for r in ranked[::-1][:5]], abs=1e-6)
+    assert all(r.metadata["colour"] != "blue" for r in away)
+
+
+def test_malformed_queries_are_refused_clearly(index: SearchIndex, tmp_path: Path) -> None:
+    (tmp_path / "notes.jpg").write_text("not an image")
+    cases = [
+        (dict(text="red", property="texture"), UnknownPropertyError, "this index has full, colour, pattern"),
+        (dict(text="  "), QueryError, "empty"),
+        (dict(), QueryError, "empty"),
+        (dict(text="red", id=3), QueryError, "exactly one"),
+        (dict(text="red", k=0), QueryError, "1 to 1000"),
+        (dict(text="red", k=1001), QueryError, "1 to 1000"),
+        (dict(id=999), UnknownImageError, "999"),
+        (dict(image=tmp_path / "notes.jpg"), search.errors.ImageReadError, "not an image"),
+        (dict(image=tmp_path / "missing.png"), search.errors.ImageReadError, "does not exist"),
+    ]
+    for arguments, error, message in cases:
+        with pytest.raises(error, match=message):
+            index.search(**arguments)
+    with pytest.raises(QueryError, match="non-zero"):
+        index.search(terms=[Term("colour", text="red", weight=0)])
+
+
+def _copy(built: Path, tmp_path: Path) -> Path:
+    """The index and its aligner copied together (the manifest finds the aligner relative to it)."""
+    shutil.copytree(built / "index", tmp_path / "index")
+    for path in built.glob("identity.*"):
+        shutil.copy(path, tmp_path / path.name)
+    return tmp_path / "index"
+
+
+def test_other_weights_and_a_changed_aligner_are_refused(built: Path, clip: LoadedModel, tmp_path: Path) -> None:
+    other = dataclasses.replace(clip, weights_id="0123456789abcdef")
+    with pytest.raises(IndexMismatchError, match="weights .* the weights loaded are 0123456789abcdef"):
+        search.open_index(built / "index", model=other).search(image=_path(built, 1))
+    with pytest.raises(AlignerMismatchError, match="not the CLIP the aligner maps into"):
+        search.open_index(built / "index", model=clip, clip=other).search(text="red")
+    copied = _copy(built, tmp_path)
+    assert search.open_index(copied).search(image=_path(built, 1), k=1).results[0].id == 1  # the copy works
+    aligner = load_aligner(tmp_path / "identity")
+    aligner.bias = aligner.bias + 0.01
+    save_aligner(aligner, tmp_path / "identity")
+    for query in (dict(image=_path(built, 1)), dict(text="red")):
+        with pytest.raises(IndexMismatchError, match="has changed since"):
+            search.open_index(copied).search(**query)
+    assert search.open_index(copied).search(id=1, k=1).results[0].id == 1  # stored vectors need no model
+
+
+def test_cli_table_json_and_one_line_errors(built: Path, index: SearchIndex, monkeypatch, capsys) -> None:
+    folder = str(built / "index")
+    code, out, err = run_cli(monkeypatch, capsys, "search", folder, "--text", "green", "-k", "4")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("4 results for full:text:green") and lines[1].split() == ["rank", "score", "path"]
+    expected = index.search(text="green", k=4).results
+    for line, result in zip(lines[2:], expected):
+        rank, score, path = line.split()
+        assert (int(rank), path) == (result.rank, result.path) and float(score) == pytest.approx(result.score, abs=1e-4)
+    code, out, err = run_cli(monkeypatch, capsys, "search", folder, "--text", "red", "-p", "colour",
+                             "--not", "pattern:text:plain", "--and", "0.5*full:id:3", "-k", "3", "--json")
+    assert code == 0, err
+    answer = json.loads(out)
+    terms = [Term("colour", text="red"), Term("pattern", text="plain", weight=-1.0), Term("full", id=3, weight=0.5)]
+    python = index.search(terms=terms, k=3).to_json()
+    assert [r["id"] for r in answer["results"]] == [r["id"] for r in python["results"]]
+    assert [t["weight"] for t in answer["query"]["terms"]] == [1.0, 0.5, -1.0]  # --and terms, then --not
+    assert set(answer["results"][0]) >= {"rank", "id", "key", "path", "score", "scores", "metadata"}
+    assert set(answer["seconds"]) == {"encode", "search", "total"}
+    for arguments, message in (
+        (["--text", "red", "-p", "texture"], "no property 'texture'.*full, colour, pattern"),
+        (["--image", str(built / "ranking.json")], "not an image"),
+        (["--id", "4242"], "no image with id 4242"),
+        (["--text", "red", "--and", "colour:colour:red"], "cannot read the query term"),
+    ):
+        code, out, err = run_cli(monkeypatch, capsys, "search", folder, *arguments)
+        assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, (arguments, err)
+        assert __import__("re").search(message, err), err
+
+
+def test_a_model_space_index_has_no_text_encoder(built: Path, clip: LoadedModel, tmp_path: Path,
+                                                 monkeypatch, capsys) -> None:
+    artifacts = encoder_for_build(clip, tmp_path / "plain")
+    Indexer(tmp_path / "plain", artifacts.encoder, SETTINGS, artifacts.provenance).run(built / "world" / "train")
+    index = search.open_index(tmp_path / "plain")
+    assert not index.has_text and index.properties == ["full"]
+    with pytest.raises(NoTextEncoderError, match="no text encoder"):
+        index.search(text="red")
+    assert index.search(image=_path(built, 2), k=1).results[0].key == "000002.png"
+    code, _, err = run_cli(monkeypatch, capsys, "search", str(tmp_path / "plain"), "--text", "red")
+    assert code == 2 and "no text encoder" in err

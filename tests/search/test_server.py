@@ -1,0 +1,405 @@
+"""The HTTP API through a real uvicorn server on 127.0.0.1: queries, files, and the safety cases
+(each asserting its status code and that the server still answers afterwards)."""
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import zlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import PIL.Image
+import pytest
+from click.testing import CliRunner
+
+import search
+import search.index
+from indexer.info import index_info
+from indexer.store import IndexStore
+from search.cli import cli
+from search.server.app import create_app
+from search.server.files import CollectionFiles, ImageNotServedError, collection_roots, count_outside
+from search.server.guards import is_loopback
+from tests.search.conftest import ESCAPE_KEY, IMAGES, ServedIndex, running
+
+THUMBNAIL_SIZE = 32
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("thumbnails")
+
+
+@pytest.fixture(scope="module")
+def base_url(served_index: ServedIndex, cache_dir: Path) -> Iterator[str]:
+    with running(create_app(served_index.folder, cache_dir=cache_dir, thumbnail_size=THUMBNAIL_SIZE)) as url:
+        yield url
+
+
+@pytest.fixture
+def client(base_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=base_url, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def rows(served_index: ServedIndex) -> dict[str, dict]:
+    """key → stored row (id, path, sha256, …)."""
+    table = IndexStore(served_index.folder).read_table()
+    return {row["key"]: row for row in table.to_pylist()}
+
+
+@pytest.fixture(scope="module")
+def library(served_index: ServedIndex) -> search.SearchIndex:
+    """The search layer itself, for what the server must only translate."""
+    return search.open_index(served_index.folder)
+
+
+def still_serving(client: httpx.Client) -> None:
+    response = client.get("/api/health")
+    assert response.status_code == 200 and response.json()["status"] == "ok"
+
+
+def raw_get(base_url: str, target: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    """A GET with ``target`` sent byte for byte (httpx would normalise ``..`` away)."""
+    address = urlsplit(base_url)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
+    try:
+        connection.putrequest("GET", target, skip_host=headers is not None and "Host" in headers)
+        for name, value in (headers or {}).items():
+            connection.putheader(name, value)
+        connection.endheaders()
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that claims ``width`` × ``height`` pixels but holds one row: a decompression
+    bomb's header, a few hundred bytes."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * (width + 1)))
+            + chunk(b"IEND", b""))
+
+
+def truncated_png() -> bytes:
+    encoded = io.BytesIO()
+    PIL.Image.effect_noise((64, 64), 60).save(encoded, "PNG")
+    return encoded.getvalue()[: len(encoded.getvalue()) // 2]
+
+
+# -- what the API answers ----------------------------------------------------------------------
+
+def test_health_and_info(client: httpx.Client, served_index: ServedIndex) -> None:
+    health = client.get("/api/health").json()
+    assert health["status"] == "ok" and health["images"] == IMAGES + 1  # the renders + the escape symlink
+    assert health["properties"] == ["full", "colour", "shape"] and health["text_queries"] is True
+    assert client.get("/api/info").json() == json.loads(json.dumps(index_info(served_index.folder)))
+    document = client.get("/api/openapi.json").json()
+    assert document["paths"]["/api/search"]["post"]["requestBody"]["content"].keys() \
+        == {"application/json", "multipart/form-data"}
+    references = re.findall(r'"\$ref": "#/components/schemas/(\w+)"', json.dumps(document))
+    assert "SearchBody" in references and set(references) <= set(document["components"]["schemas"])
+
+
+def test_text_search_is_the_libraries_answer_with_file_urls(client: httpx.Client, library: search.SearchIndex) -> None:
+    payload = client.post("/api/search", json={"text": "red", "property": "colour", "k": 8}).json()
+    expected = library.search(text="red", property="colour", k=8).to_json()
+    assert [r["id"] for r in payload["results"]] == [r["id"] for r in expected["results"]]
+    assert [r["score"] for r in payload["results"]] == pytest.approx([r["score"] for r in expected["results"]])
+    assert payload["query"] == expected["query"]
+    scores = [r["score"] for r in payload["results"]]
+    assert len(scores) == 8 and scores == sorted(scores, reverse=True)
+    for result in payload["results"]:
+        assert result["image_url"].startswith(f"/api/images/{result['id']}?v=")
+        assert result["thumbnail_url"].startswith(f"/api/thumbnails/{result['id']}?v=")
+
+
+def test_search_by_uploaded_image_finds_that_image_first(client: httpx.Client, served_index: ServedIndex,
+                                                         rows: dict[str, dict]) -> None:
+    key = "000007.png"
+    data = (served_index.collection / key).read_bytes()
+    response = client.post("/api/search", files={"image": (key, data, "image/png")}, data={"property": "full", "k": "3"})
+    assert response.status_code == 200, response.text
+    first = response.json()["results"][0]
+    assert first["id"] == rows[key]["id"] and first["score"] == pytest.approx(1.0, abs=1e-2)
+
+
+def test_search_by_id_and_combined_terms(client: httpx.Client, library: search.SearchIndex,
+                                         rows: dict[str, dict]) -> None:
+    image_id = rows["000011.png"]["id"]
+    results = client.post("/api/search", json={"id": image_id, "property": "shape", "k": 4}).json()["results"]
+    assert results[0]["id"] == image_id and results[0]["score"] == pytest.approx(1.0, abs=1e-2)
+    terms = [{"property": "colour", "text": "blue"}, {"property": "shape", "id": image_id, "weight": 0.5}]
+    payload = client.post("/api/search", json={"terms": terms, "k": 5}).json()
+    expected = library.search(terms=[search.Term("colour", text="blue"), search.Term("shape", id=image_id, weight=0.5)],
+                              k=5).to_json()
+    assert [r["id"] for r in payload["results"]] == [r["id"] for r in expected["results"]]
+
+
+def test_image_is_the_indexed_file_with_etag_and_cache_headers(client: httpx.Client, served_index: ServedIndex,
+                                                               rows: dict[str, dict]) -> None:
+    row = rows["000003.png"]
+    versioned = client.get(f"/api/images/{row['id']}?v={row['sha256'][:16]}")
+    assert versioned.status_code == 200 and versioned.content == (served_index.collection / "000003.png").read_bytes()
+    assert versioned.headers["content-type"] == "image/png"
+    assert versioned.headers["etag"] == f'"{row["sha256"]}"' and "immutable" in versioned.headers["cache-control"]
+    assert versioned.headers["x-content-type-options"] == "nosniff"
+    plain = client.get(f"/api/images/{row['id']}")
+    assert plain.headers["cache-control"] == "private, no-cache"
+    again = client.get(f"/api/images/{row['id']}", headers={"if-none-match": plain.headers["etag"]})
+    assert again.status_code == 304 and again.content == b""
+
+
+def test_thumbnail_is_a_small_jpeg_made_once(client: httpx.Client, rows: dict[str, dict], cache_dir: Path) -> None:
+    row = rows["000005.png"]
+    first = client.get(f"/api/thumbnails/{row['id']}")
+    assert first.status_code == 200 and first.headers["content-type"] == "image/jpeg"
+    thumbnail = PIL.Image.open(io.BytesIO(first.content))
+    assert thumbnail.format == "JPEG" and max(thumbnail.size) == THUMBNAIL_SIZE  # the render is 64 px
+    [cached] = cache_dir.rglob(f"{row['sha256']}.jpg")
+    made = cached.stat().st_mtime_ns
+    second = client.get(f"/api/thumbnails/{row['id']}")
+    assert second.content == first.content and cached.stat().st_mtime_ns == made
+    revalidated = client.get(f"/api/thumbnails/{row['id']}", headers={"if-none-match": first.headers["etag"]})
+    assert revalidated.status_code == 304
+
+
+# -- safety: files -----------------------------------------------------------------------------
+
+TRAVERSALS = [
+    "/api/images/../../../../etc/passwd",
+    "/api/images/..%2F..%2F..%2Fetc%2Fpasswd",
+    "/api/images/%2Fetc%2Fpasswd",
+    "/api/images//etc/passwd",
+    "/api/images/0/../../../etc/passwd",
+    "/api/images/0%2F..%2F..%2Fmanifest.json",
+    "/api/thumbnails/..%252F..%252Fetc%252Fpasswd",
+    "/api/thumbnails/%2e%2e/%2e%2e/etc/passwd",
+    "/api/images/-1",
+    "/api/images/0x1",
+    "/api/images/1e3",
+    "/api/images/99999999",
+    "/api/images/999999999999999999999999999",
+    "/static/../app.py",
+    "/static/..%2F..%2Fmapping%2Ferrors.py",
+    "/static/%2e%2e/%2e%2e/search/server/app.py",
+    "/..%2f..%2fetc%2fpasswd",
+]
+
+
+@pytest.mark.parametrize("target", TRAVERSALS)
+def test_path_traversal_in_any_form_is_404(base_url: str, client: httpx.Client, target: str) -> None:
+    status, body = raw_get(base_url, target)
+    assert status == 404, (target, body[:200])
+    assert b"root:" not in body and b"import" not in body
+    still_serving(client)
+
+
+def test_symlink_out_of_the_collection_is_not_served(client: httpx.Client, rows: dict[str, dict],
+                                                     served_index: ServedIndex) -> None:
+    escape = rows[ESCAPE_KEY]
+    assert Path(escape["path"]).resolve() == served_index.outside.resolve()  # indexed, through the link
+    for kind in ("images", "thumbnails"):
+        response = client.get(f"/api/{kind}/{escape['id']}")
+        assert response.status_code == 404 and "private" not in response.text and "secret" not in response.text
+    [found] = client.post("/api/search", json={"id": escape["id"], "k": 1}).json()["results"]
+    assert found["id"] == escape["id"] and found["image_url"] is None and found["thumbnail_url"] is None
+    still_serving(client)
+
+
+@pytest.mark.parametrize("swap", ["symlink outside", "symlink inside", "changed bytes", "deleted"])
+def test_files_swapped_after_indexing_are_not_served(client: httpx.Client, rows: dict[str, dict],
+                                                     served_index: ServedIndex, tmp_path: Path, swap: str) -> None:
+    key = "000020.png"
+    path = served_index.collection / key
+    kept = tmp_path / key
+    shutil.move(path, kept)
+    try:
+        if swap == "symlink outside":
+            path.symlink_to(served_index.outside)
+        elif swap == "symlink inside":
+            path.symlink_to(served_index.collection / "000021.png")
+        elif swap == "changed bytes":
+            path.write_bytes(kept.read_bytes()[:-20])
+        response = client.get(f"/api/images/{rows[key]['id']}")
+        assert response.status_code == 404 and response.json()["error"]
+    finally:
+        path.unlink(missing_ok=True)
+        shutil.move(kept, path)
+    assert client.get(f"/api/images/{rows[key]['id']}").status_code == 200  # back in place: served again
+    still_serving(client)
+
+
+def test_only_the_collection_roots_are_served(served_index: ServedIndex, rows: dict[str, dict],
+                                              tmp_path: Path) -> None:
+    record = {row["id"]: row for row in rows.values()}.__getitem__
+    recorded = collection_roots(served_index.folder)
+    assert recorded == [served_index.collection.resolve()]
+    inside = rows["000001.png"]["id"]
+    assert CollectionFiles(record, recorded).read(inside).data == (served_index.collection / "000001.png").read_bytes()
+    with pytest.raises(ImageNotServedError):
+        CollectionFiles(record, [tmp_path]).read(inside)  # explicit roots replace the recorded ones
+    escape = rows[ESCAPE_KEY]["id"]
+    assert CollectionFiles(record, collection_roots("unused", [served_index.outside.parent])).read(escape).data \
+        == served_index.outside.read_bytes()
+
+
+def test_without_a_recorded_root_nothing_is_served_until_one_is_given(served_index: ServedIndex,
+                                                                      tmp_path: Path) -> None:
+    copy = tmp_path / "index"
+    shutil.copytree(served_index.folder, copy)
+    store = IndexStore(copy)
+    manifest = store.read_manifest()
+    manifest["runs"][0]["source"] = "folder photos"  # as indexes built before sources were absolute
+    store.write_manifest(manifest)
+    assert collection_roots(copy) == [] and count_outside(copy, []) == IMAGES + 1
+    assert collection_roots(copy, [served_index.collection]) == [served_index.collection.resolve()]
+    assert count_outside(copy, [served_index.collection.resolve()]) == 1  # the escape symlink
+
+
+# -- safety: requests --------------------------------------------------------------------------
+
+BAD_SEARCHES = [
+    ("malformed JSON", {"content": b'{"text": "red",', "headers": {"content-type": "application/json"}}, 422),
+    ("JSON that is not an object", {"json": ["red"]}, 422),
+    ("unknown property", {"json": {"text": "red", "property": "smell"}}, 400),
+    ("k = 0", {"json": {"text": "red", "k": 0}}, 400),
+    ("negative k", {"json": {"text": "red", "k": -5}}, 400),
+    ("absurd k", {"json": {"text": "red", "k": 10**12}}, 400),
+    ("k not a number", {"json": {"text": "red", "k": "many"}}, 422),
+    ("empty text", {"json": {"text": ""}}, 400),
+    ("blank text", {"json": {"text": "   "}}, 400),
+    ("text too long", {"json": {"text": "red " * 1000}}, 422),
+    ("nothing asked", {"json": {}}, 400),
+    ("two queries at once", {"json": {"text": "red", "id": 1}}, 400),
+    ("misspelt field", {"json": {"txt": "red"}}, 422),
+    ("unknown id", {"json": {"id": 123456}}, 404),
+    ("term without a value", {"json": {"terms": [{"property": "colour"}]}}, 400),
+    ("plain text body", {"content": b"red", "headers": {"content-type": "text/plain"}}, 415),
+    ("form without an image", {"data": {"property": "colour"}, "files": {"other": ("a.txt", b"x")}}, 400),
+    ("upload that is not an image", {"files": {"image": ("a.png", b"not an image at all", "image/png")}}, 422),
+    ("truncated upload", {"files": {"image": ("a.png", truncated_png(), "image/png")}}, 422),
+    ("too many pixels", {"files": {"image": ("bomb.png", png_header(10_000, 10_000), "image/png")}}, 422),
+    ("decompression bomb", {"files": {"image": ("bomb.png", png_header(60_000, 60_000), "image/png")}}, 422),
+    ("upload over 20 MB", {"files": {"image": ("big.png", b"\0" * (21 << 20), "image/png")}}, 413),
+]
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+@pytest.mark.parametrize("case, request_arguments, status", BAD_SEARCHES, ids=[case[0] for case in BAD_SEARCHES])
+def test_bad_searches_are_4xx_with_a_json_error(client: httpx.Client, case: str, request_arguments: dict,
+                                                status: int) -> None:
+    response = client.post("/api/search", **request_arguments)
+    assert response.status_code == status, response.text
+    error = response.json()
+    assert error["error"] and error["hint"], error
+    still_serving(client)
+
+
+def test_a_body_without_length_is_cut_off_at_the_limit(client: httpx.Client) -> None:
+    def chunks() -> Iterator[bytes]:
+        boundary_free = b"\0" * (1 << 20)
+        yield b'{"text": "'
+        for _ in range(22):
+            yield boundary_free
+    response = client.post("/api/search", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "bytes" in response.json()["error"]
+    still_serving(client)
+
+
+def test_requests_for_other_host_names_are_refused(base_url: str, client: httpx.Client) -> None:
+    port = urlsplit(base_url).port
+    assert raw_get(base_url, "/api/health", {"Host": f"evil.example:{port}"})[0] == 400  # DNS rebinding
+    assert raw_get(base_url, "/api/health", {"Host": f"localhost:{port}"})[0] == 200
+    still_serving(client)
+
+
+# -- the token ---------------------------------------------------------------------------------
+
+def test_token_is_required_on_every_api_call_and_the_page(served_index: ServedIndex, cache_dir: Path,
+                                                          rows: dict[str, dict]) -> None:
+    image_id = rows["000002.png"]["id"]
+    with running(create_app(served_index.folder, token=TOKEN, cache_dir=cache_dir)) as url, \
+            httpx.Client(base_url=url, timeout=60) as client:
+        for path in ("/", "/static/app.js", "/api/health", "/api/info", f"/api/images/{image_id}",
+                     f"/api/thumbnails/{image_id}", "/api/openapi.json"):
+            assert client.get(path).status_code == 401, path
+            assert client.get(path, headers={"authorization": "Bearer wrong"}).status_code == 401, path
+            assert client.get(path, headers={"authorization": f"Bearer {TOKEN}"}).status_code == 200, path
+        assert client.post("/api/search", json={"text": "red"}).status_code == 401
+        assert client.get("/", params={"token": "wrong"}).status_code == 401
+        opened = client.get("/", params={"token": TOKEN})  # the page: the cookie then carries the token
+        assert opened.status_code == 303 and "httponly" in opened.headers["set-cookie"].lower()
+        assert client.get(f"/api/images/{image_id}").status_code == 200  # what an <img> does
+
+
+def test_models_load_once_at_start_up_not_per_request(served_index: ServedIndex, cache_dir: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    loads = []
+    load_model = search.index.load_model
+    monkeypatch.setattr(search.index, "load_model", lambda *args, **kwargs: loads.append(args) or load_model(*args, **kwargs))
+    app = create_app(served_index.folder, cache_dir=cache_dir)
+    at_start = len(loads)
+    assert at_start >= 1
+    with running(app) as url, ThreadPoolExecutor(8) as pool:
+        bodies = [{"text": "red"}, {"id": 3, "property": "shape"}] * 8
+        statuses = list(pool.map(lambda body: httpx.post(f"{url}api/search", json=body, timeout=60).status_code, bodies))
+    assert statuses == [200] * len(bodies) and len(loads) == at_start
+
+
+# -- the command -------------------------------------------------------------------------------
+
+@pytest.mark.slow  # a fresh process imports torch and loads the models: ~20 s on two cores
+def test_serve_command_listens_on_loopback_and_asks_for_the_token(served_index: ServedIndex, tmp_path: Path) -> None:
+    environment = {**os.environ, "COMPSEARCH_TOKEN": TOKEN, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from search.cli import main; main()", "serve", str(served_index.folder), "--port", "0",
+         "--cache-dir", str(tmp_path), "--device", "cpu"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
+    )
+    try:
+        line = process.stdout.readline()
+        assert line.startswith(f"serving {served_index.folder} at http://127.0.0.1:"), process.stderr.read()
+        url = line.split(" at ")[1].strip()
+        assert url.endswith(f"/?token={TOKEN}")
+        base = url.split("?")[0]
+        assert httpx.get(f"{base}api/health", timeout=30).status_code == 401
+        response = httpx.get(f"{base}api/health", headers={"authorization": f"Bearer {TOKEN}"}, timeout=30)
+        assert response.status_code == 200 and response.json()["images"] == IMAGES + 1
+    finally:
+        process.send_signal(signal.SIGINT)  # Ctrl-C
+        output, errors = process.communicate(timeout=30)
+    assert process.returncode == 0 and "Traceback" not in errors, errors
+
+
+def test_serve_command_warns_when_listening_beyond_loopback(served_index: ServedIndex, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    served = []
+    monkeypatch.setattr("search.server.run.serve", lambda app, sock: (served.append(sock.getsockname()), sock.close()))
+    result = CliRunner().invoke(cli, ["serve", str(served_index.folder), "--host", "0.0.0.0", "--port", "0",
+                                      "--cache-dir", str(tmp_path), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "warning: listening on 0.0.0.0" in result.output and "--token" in result.output
+    assert served and served[0][0] == "0.0.0.0"  # bound, never listening: serve() was replaced
+
+
+def test_loopback_names() -> None:
+    assert all(map(is_loopback, ["127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2"]))
+    assert not any(map(is_loopback, ["0.0.0.0", "192.168.1.4", "::", "example.com"]))
+
