@@ -27,6 +27,7 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
+from indexer.artifacts import identity_differences
 from indexer.ranking_on_the_fly import ARTIFACTS
 from indexer.faiss_choice import AUTO, build_index as build_faiss_index
 from indexer.store import (
@@ -130,13 +131,11 @@ class Indexer:
         return asdict(self.encoder.identity())
 
     def _check_same_encoder(self, manifest: dict) -> None:
-        recorded, current = manifest.get("encoder", {}), self._identity()
-        differing = [key for key in sorted(set(recorded) | set(current)) if recorded.get(key) != current.get(key)]
+        differing = identity_differences(manifest.get("encoder", {}), self._identity())
         if differing:
-            details = "; ".join(f"{key}: index has {recorded.get(key)!r}, now {current.get(key)!r}"
-                                for key in differing[:3])
             raise IndexDirectoryError(
-                f"{self.store.folder} was built with another model, weights, aligner or ranking ({details})",
+                f"{self.store.folder} was built with another model, weights, aligner or ranking "
+                f"({'; '.join(differing[:3])})",
                 "use the same --model/--weights/--aligner/--ranking, --out another folder, or --overwrite to rebuild",
             )
 
