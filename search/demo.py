@@ -164,8 +164,9 @@ def run_demo(workdir: Path, count: int = 1000, weights: Path | None = None, prog
     else:
         model = clip
         aligner_path = workdir / "fixture-identity.aligner"
-        say("2/5 the fixture CLIP decomposes itself: its alignment is the identity "
-            "(real DeiT-tiny weights were not found; pass --weights to use them)")
+        why = "--model fixture" if model_choice == "fixture" else \
+            "real DeiT-tiny weights were not found; pass --weights to use them"
+        say(f"2/5 the fixture CLIP decomposes itself: its alignment is the identity ({why})")
         if not aligner_path.with_suffix(".aligner.json").is_file():
             save_aligner(identity_aligner(model, probe), aligner_path)
     seconds["align"] = time.perf_counter() - started - sum(seconds.values())
