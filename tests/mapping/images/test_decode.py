@@ -148,11 +148,3 @@ def test_preprocess_batch_uses_the_models_transform(tmp_path: Path) -> None:
     mean, std = (torch.tensor(loaded.model.pretrained_cfg[key]) for key in ("mean", "std"))
     expected = ((128 / 255 - mean) / std)[None, :, None, None].expand_as(batch)
     torch.testing.assert_close(batch, expected, atol=1e-3, rtol=0)
-
-
-def test_a_jpeg_may_decode_at_a_reduced_scale() -> None:
-    encoded = io.BytesIO()
-    PIL.Image.effect_noise((1024, 768), 40).convert("RGB").save(encoded, "JPEG")
-    assert decode_image(encoded.getvalue()).size == (1024, 768)
-    reduced = decode_image(encoded.getvalue(), at_least=(200, 200))
-    assert reduced.mode == "RGB" and reduced.size == (512, 384)  # 1/2: 1/4 would leave 192 < 200 rows
