@@ -12,6 +12,7 @@ Every stage is cached in the work folder, so a rerun takes seconds.
 from __future__ import annotations
 
 import statistics
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -53,6 +54,8 @@ class QueryFigures:
     precision_full_index: float
     leakage_property_index: float | None  # image queries only: a text names one factor alone
     leakage_full_index: float | None
+    map_property_index: float = 0.0  # mean average precision over the whole collection's ranking
+    map_full_index: float = 0.0
 
 
 @dataclass
@@ -98,25 +101,39 @@ def _leakage(results: dict[str, list[list[str]]], query_labels: dict[str, list[s
                            for other in FACTORS if other != factor)
 
 
+def _average_precision(ranked: list[str], wanted: str, relevant: int) -> float:
+    """AP of one ranking of the whole collection: mean precision at each relevant item."""
+    hits, total = 0, 0.0
+    for position, value in enumerate(ranked, start=1):
+        if value == wanted:
+            hits += 1
+            total += hits / position
+    return total / max(1, relevant)
+
+
 def _measure(index, factor: str, kind: str, queries: list[Any], query_labels: dict[str, list[str]],
-             labels_by_id: Callable[[int], dict[str, str]]) -> QueryFigures:
+             labels_of: dict[int, dict[str, str]]) -> QueryFigures:
     """The queries through ``factor``'s index and through ``full``, in one batch (each
-    reference image is decomposed once for both)."""
-    from search.query import Query
+    reference image is decomposed once for both), each ranking the whole collection."""
+    from search.query import MAX_K, Query
 
     names = (factor, "full")
     batch = [Query(text=q, property=name) if kind == "text" else Query(image=q, property=name)
              for name in names for q in queries]
-    answered = index.search_batch(batch, k=TOP)
+    answered = index.search_batch(batch, k=min(len(labels_of), MAX_K))
+    relevant = Counter(labels[factor] for labels in labels_of.values())
     figures = {}
     for position, name in enumerate(names):
         answers = answered[position * len(queries):(position + 1) * len(queries)]
-        by_factor = {other: [[labels_by_id(r.id)[other] for r in answer.results] for answer in answers]
+        by_factor = {other: [[labels_of[r.id][other] for r in answer.results] for answer in answers]
                      for other in FACTORS}
-        figures[name] = (_agreement(by_factor[factor], query_labels[factor]),
-                         _leakage(by_factor, query_labels, factor) if kind == "image" else None)
+        top = {other: [row[:TOP] for row in rows] for other, rows in by_factor.items()}
+        mean_ap = statistics.mean(_average_precision(row, wanted, relevant[wanted])
+                                  for row, wanted in zip(by_factor[factor], query_labels[factor]))
+        figures[name] = (_agreement(top[factor], query_labels[factor]),
+                         _leakage(top, query_labels, factor) if kind == "image" else None, mean_ap)
     return QueryFigures(factor, kind, len(queries), figures[factor][0], figures["full"][0],
-                        figures[factor][1], figures["full"][1])
+                        figures[factor][1], figures["full"][1], figures[factor][2], figures["full"][2])
 
 
 def run_demo(workdir: Path, count: int = 1000, weights: Path | None = None, progress: bool = True,
@@ -192,25 +209,20 @@ def run_demo(workdir: Path, count: int = 1000, weights: Path | None = None, prog
 
     say("5/5 querying by text and by reference image, per property and through the full representation")
     index = SearchIndex(index_dir, model=model, clip=clip)  # the models are loaded already
-    label_of: dict[int, dict[str, str]] = {}
-
-    def labels_by_id(image_id: int) -> dict[str, str]:
-        if image_id not in label_of:
-            row = index.record(image_id)
-            label_of[image_id] = {factor: row[factor] for factor in FACTORS}
-        return label_of[image_id]
+    table = store.read_table(columns=["id", *FACTORS])
+    labels_of = {row.pop("id"): row for row in table.to_pylist()}
 
     query_files, query_labels = _labels(queries)
     report = DemoReport(DEIT if deit_weights else "fixture CLIP (identity)", "clip", count, str(index_dir))
     for factor, values in DESCRIPTIONS.items():
         texts = list(values.values())
-        report.figures.append(_measure(index, factor, "text", texts, {factor: list(values)}, labels_by_id))
+        report.figures.append(_measure(index, factor, "text", texts, {factor: list(values)}, labels_of))
         paths = [str(queries.parent / file) for file in query_files]
-        report.figures.append(_measure(index, factor, "image", paths, query_labels, labels_by_id))
+        report.figures.append(_measure(index, factor, "image", paths, query_labels, labels_of))
     for factor, text in (("pattern", "striped"), ("colour", "red"), ("shape", "star")):
         answer = index.search(text=text, property=factor, k=5)
         report.examples.append({"query": f"{factor}: {text!r}", "results": [
-            {"id": r.id, "score": round(r.score, 3), "labels": labels_by_id(r.id)} for r in answer.results]})
+            {"id": r.id, "score": round(r.score, 3), "labels": labels_of[r.id]} for r in answer.results]})
     seconds["query"] = time.perf_counter() - started - sum(seconds.values())
     report.seconds = {name: round(value, 1) for name, value in seconds.items()}
     return report
@@ -221,13 +233,13 @@ def format_demo(report: DemoReport) -> str:
         "", f"{report.model} over {report.collection} world images ({report.index_dir}); "
         f"precision@{TOP} on the queried property, leakage = agreement on the other properties over chance",
         "", f"{'property':<9} {'query':<6} {'P@10 property index':>20} {'P@10 full':>10} "
-            f"{'leak property':>14} {'leak full':>10}",
+            f"{'mAP property':>13} {'mAP full':>9} {'leak property':>14} {'leak full':>10}",
     ]
     for f in report.figures:
         leaks = "" if f.leakage_property_index is None else \
             f" {f.leakage_property_index:>+14.2f} {f.leakage_full_index:>+10.2f}"
         lines.append(f"{f.property:<9} {f.kind:<6} {f.precision_property_index:>20.2f} {f.precision_full_index:>10.2f}"
-                     + leaks)
+                     f" {f.map_property_index:>13.2f} {f.map_full_index:>9.2f}" + leaks)
     for example in report.examples:
         lines += ["", f"top results for {example['query']}:"]
         lines += [f"  id {r['id']:>5}  {r['score']:.3f}  " + " ".join(r["labels"].values()) for r in example["results"]]
