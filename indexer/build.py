@@ -92,11 +92,21 @@ class _ChunkBuffer:
         self.run = run
         self.id_offset = id_offset
         self.chunks: dict[int, ChunkRows] = {}
+        self.pieces: dict[int, dict[str, list[np.ndarray]]] = {}  # per chunk, each batch's vectors
 
     def get(self, chunk: int) -> ChunkRows:
         if chunk not in self.chunks:
             self.chunks[chunk] = ChunkRows(self.run, chunk, [], {}, [], [])
         return self.chunks[chunk]
+
+    def vector_pieces(self, chunk: int, name: str) -> list[np.ndarray]:
+        return self.pieces.setdefault(chunk, {}).setdefault(name, [])
+
+    def pop(self, chunk: int) -> ChunkRows:
+        """A finished chunk's rows, its vectors joined once (not re-copied per batch)."""
+        rows = self.chunks.pop(chunk)
+        rows.vectors = {name: np.concatenate(parts) for name, parts in self.pieces.pop(chunk, {}).items()}
+        return rows
 
     def image_id(self, record: ImageRecord) -> int:
         return self.id_offset + record.position
@@ -180,17 +190,16 @@ class Indexer:
                     f"{folder} is already a complete index of {last['source']}",
                     "pass --append to add new files, or --overwrite to rebuild it",
                 )
-            max_id = max((self._max_id()), -1)
-            run = {"run": last["run"] + 1, "id_offset": max_id + 1, **run_entry}
+            run = {"run": last["run"] + 1, "id_offset": self._max_id() + 1, **run_entry}
         run.update(status="running", started=_now())
         manifest["runs"].append(run)
         self.store.write_manifest(manifest)  # before any work: a kill leaves a resumable run
         return manifest, run
 
     def _max_id(self) -> int:
+        """The largest id indexed so far (-1 for none)."""
         table = self.store.read_table(SHARDS, columns=["id"])
-        ids = table.column("id").to_numpy() if table.num_rows else np.array([-1])
-        return int(ids.max())
+        return int(table.column("id").to_numpy().max()) if table.num_rows else -1
 
     def _known_files(self) -> dict[str, tuple[int, str | None]]:
         """sha256 → (id, path) of every file indexed so far."""
@@ -222,7 +231,7 @@ class Indexer:
                 bar.update(len(batch) + len(batch.skipped))
                 bar.set_postfix(skipped=counts["skipped"], duplicates=counts["duplicates"], refresh=False)
                 if batch.chunk_done:
-                    self.store.write_chunk(buffer.chunks.pop(batch.chunk))
+                    self.store.write_chunk(buffer.pop(batch.chunk))
         except KeyboardInterrupt:
             kept = len(self.store.done_chunks(run["run"]))
             raise CompsearchError(
@@ -254,11 +263,11 @@ class Indexer:
         fresh = []
         for position, (record, sha256) in enumerate(zip(batch.records, batch.sha256)):
             path = listed_path(record)
-            if sha256 in known:
+            if sha256 in known:  # known: written shards and this run's earlier batches
                 first_id, first_path = known[sha256]
-                if first_path == path and first_id != buffer.image_id(record):
+                if first_path == path:
                     counts["already_indexed"] += 1
-                elif first_id != buffer.image_id(record):
+                else:
                     rows.duplicates.append({"key": record.key, "path": path, "sha256": sha256, "duplicate_of": first_id})
                     counts["duplicates"] += 1
                 continue
@@ -266,10 +275,8 @@ class Indexer:
             fresh.append(position)
         if not fresh:
             return
-        vectors = self.encoder.encode(batch.pixels[0][fresh])
-        for name, values in vectors.items():
-            previous = rows.vectors.get(name)
-            rows.vectors[name] = values.numpy() if previous is None else np.concatenate([previous, values.numpy()])
+        for name, values in self.encoder.encode(batch.pixels[0][fresh]).items():
+            buffer.vector_pieces(batch.chunk, name).append(values.numpy())
         rows.rows += [_row(batch.records[i], buffer.image_id(batch.records[i]), batch.sizes[i], batch.sha256[i])
                       for i in fresh]
         counts["added"] += len(fresh)

@@ -157,7 +157,7 @@ class IndexStore:
                 _write_atomically(pa.Table.from_pylist(entries), path)
             elif path.exists():  # left by an interrupted earlier attempt at this chunk
                 path.unlink()
-        table = pa.Table.from_pylist(rows.rows, schema=self._row_schema(rows.rows)) if rows.rows else None
+        table = self._row_table(rows.rows) if rows.rows else None
         columns = {} if table is None else {name: table.column(name) for name in table.column_names}
         count = len(rows.rows)
         for vector_name, vectors in rows.vectors.items():
@@ -167,10 +167,11 @@ class IndexStore:
         _write_atomically(shard, self.folder / SHARDS / name)  # last: marks the chunk finished
 
     @staticmethod
-    def _row_schema(rows: list[dict[str, Any]]) -> pa.Schema:
-        inferred = pa.Table.from_pylist(rows).schema
+    def _row_table(rows: list[dict[str, Any]]) -> pa.Table:
+        """The rows with the fixed columns' types pinned (metadata columns as inferred)."""
+        inferred = pa.Table.from_pylist(rows)
         fixed = {"id": pa.int64(), "width": pa.int32(), "height": pa.int32()}
-        return pa.schema([pa.field(f.name, fixed.get(f.name, f.type)) for f in inferred])
+        return inferred.cast(pa.schema([pa.field(f.name, fixed.get(f.name, f.type)) for f in inferred.schema]))
 
     # -- reading ----------------------------------------------------------------------------
     def dataset(self, kind: str = SHARDS) -> ds.Dataset | None:
@@ -198,12 +199,6 @@ class IndexStore:
             if table is None or table.num_rows == 0:
                 continue
             yield table.column("id").to_numpy(), arrow_to_vectors(table.column(column))
-
-    def vector_names(self) -> list[str]:
-        dataset = self.dataset()
-        if dataset is None:
-            return []
-        return [n.removeprefix(VECTOR_PREFIX) for n in dataset.schema.names if n.startswith(VECTOR_PREFIX)]
 
     def faiss_path(self, name: str) -> Path:
         return self.folder / f"{name}.faiss"

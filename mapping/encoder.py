@@ -20,7 +20,6 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from mapping.align.aligner import Aligner
 from mapping.align.persist import AlignerMismatchError, check_aligner
@@ -130,21 +129,16 @@ class PropertyEncoder:
         if self._component_names is None:
             self._resolve_components(parts.names, contributions.shape[-1])
         vectors: dict[str, torch.Tensor] = {}
+        positions = {prop: where.to(contributions.device) for prop, where in self._positions.items()}
         if self.aligner is None:
             vectors[FULL] = contributions.sum(1)
-            for prop, positions in self._positions.items():
-                vectors[prop] = contributions[:, positions.to(contributions.device)].sum(1)
+            for prop, where in positions.items():
+                vectors[prop] = contributions[:, where].sum(1)
         else:
             aligner = self._aligner_on(contributions.device)
             vectors[FULL] = aligner.map_sum(contributions)
-            for prop, positions in self._positions.items():
-                positions = positions.to(contributions.device)
-                selected = contributions[:, positions]
-                if aligner.weight is None:
-                    vectors[prop] = selected.sum(1)
-                else:
-                    share = aligner.bias / len(aligner.component_names)
-                    vectors[prop] = torch.einsum("bcd,cdk->bk", selected, aligner.weight[positions]) + share * len(positions)
+            for prop, where in positions.items():
+                vectors[prop] = aligner.map_sum_of(contributions, where)
         return {name: vector.float().cpu() for name, vector in vectors.items()}
 
     @torch.inference_mode()
@@ -183,7 +177,3 @@ def _check_text_side(clip: LoadedModel, aligner: Aligner | None) -> None:
             f"load {meta.clip_name} with the weights it was aligned to (--clip-weights)",
         )
 
-
-def normalise(vectors: torch.Tensor) -> torch.Tensor:
-    """L2-normalised rows (an all-zero row stays zero): what the indexes store and compare."""
-    return F.normalize(vectors.float(), dim=-1)

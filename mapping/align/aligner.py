@@ -93,6 +93,15 @@ class Aligner:
         share = self.bias / len(self.component_names)
         return torch.einsum("bcd,cdk->bck", contributions, self.weight) + share
 
+    def map_sum_of(self, contributions: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """``Σ_{i∈positions} f_i(c_i)``: a property's vector from the components it sums
+        (each carries its 1/n share of the bias), mapping only those: (batch, d_clip)."""
+        selected = contributions[:, positions].to(self.bias.dtype)
+        if self.weight is None:
+            return selected.sum(1)
+        share = self.bias / len(self.component_names)
+        return mapped_sum(self.weight[positions], share * len(positions), selected)
+
     def map_sum(self, contributions: torch.Tensor) -> torch.Tensor:
         """``Σ_i f_i(c_i)``: the aligned representation of each image (batch, d_clip)."""
         contributions = contributions.to(self.bias.dtype)
