@@ -149,8 +149,8 @@ def run_demo(workdir: Path, count: int = 1000, weights: Path | None = None, prog
     from indexer.world.fixture_clip import fixture_clip_dir
     from mapping.align import align, load_aligner, save_aligner
     from mapping.align.run import identity_aligner
-    from mapping.models import load_model
-    from mapping.rank import rank
+    from mapping.models import load_model, weights_id
+    from mapping.rank import Ranking, rank
     from search.index import SearchIndex
 
     workdir = Path(workdir).expanduser()
@@ -191,7 +191,7 @@ def run_demo(workdir: Path, count: int = 1000, weights: Path | None = None, prog
     tag = "deit" if deit_weights else "fixture"
     ranking_path = workdir / f"{tag}-ranking.json"
     say("3/5 ranking components per property (shape, colour, pattern, scene) on the probe images")
-    if not ranking_path.is_file():
+    if not ranking_path.is_file() or Ranking.load(ranking_path).model_weights_id != model.weights_id:
         ranked = rank(model, load_aligner(aligner_path), probe, world_properties(), (), clip.encode_text,
                       aligner_path=aligner_path, progress=progress)
         ranked.save(ranking_path)
@@ -200,8 +200,10 @@ def run_demo(workdir: Path, count: int = 1000, weights: Path | None = None, prog
     index_dir = workdir / f"{tag}.index"
     store = IndexStore(index_dir)
     say(f"4/5 indexing the {count} world images into {index_dir}")
-    if not (store.exists() and store.read_manifest()["runs"][-1]["status"] == "complete"
-            and store.read_manifest()["counts"].get("images") == count):
+    manifest = store.read_manifest() if store.exists() else None
+    reusable = manifest is not None and manifest["runs"][-1]["status"] == "complete" \
+        and manifest["counts"].get("images") == count and (manifest.get("ranking") or {}).get("id") == weights_id(ranking_path)
+    if not reusable:
         built = encoder_for_build(model, index_dir, aligner_path, ranking_path)
         Indexer(index_dir, built.encoder, IndexSettings(workers=0, progress=progress), built.provenance).run(
             collection, "overwrite")
@@ -213,11 +215,11 @@ def run_demo(workdir: Path, count: int = 1000, weights: Path | None = None, prog
     labels_of = {row.pop("id"): row for row in table.to_pylist()}
 
     query_files, query_labels = _labels(queries)
+    paths = [str(queries.parent / file) for file in query_files]
     report = DemoReport(DEIT if deit_weights else "fixture CLIP (identity)", "clip", count, str(index_dir))
     for factor, values in DESCRIPTIONS.items():
         texts = list(values.values())
         report.figures.append(_measure(index, factor, "text", texts, {factor: list(values)}, labels_of))
-        paths = [str(queries.parent / file) for file in query_files]
         report.figures.append(_measure(index, factor, "image", paths, query_labels, labels_of))
     for factor, text in (("pattern", "striped"), ("colour", "red"), ("shape", "star")):
         answer = index.search(text=text, property=factor, k=5)
