@@ -12,7 +12,7 @@ query did not ask for). Writes its section of benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import os
+import tempfile
 from pathlib import Path
 
 from results_section import write_section
@@ -33,8 +33,8 @@ def table(report) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=1000)
-    parser.add_argument("--workdir", type=Path,
-                        default=Path(os.environ.get("COMPSEARCH_CACHE", "~/.cache/compsearch")).expanduser() / "demo")
+    parser.add_argument("--workdir", type=Path, help="where the demo's artifacts are kept (default: a new temporary "
+                        "folder, so the stage times are a first run's)")
     args = parser.parse_args()
     choices = ["fixture"] + (["deit"] if _deit_weights(None) else [])
     lines = ["## Property search quality through the index (world)", "",
@@ -42,9 +42,13 @@ def main() -> None:
              "indexed by `compsearch index`'s code path, queried through `search.SearchIndex` (Flat indexes: exact). "
              "Text queries: one per factor value; image queries: 40 renders of the compositional split (not indexed).",
              ""]
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="compsearch-quality-"))
     for choice in choices:
-        report = run_demo(args.workdir, args.images, progress=False, say=lambda _: None, model_choice=choice)
-        lines += [f"**{report.model}**", "", *table(report), ""]
+        report = run_demo(workdir, args.images, progress=False, say=lambda _: None, model_choice=choice)
+        stages = ", ".join(f"{name} {value:.1f} s" for name, value in report.seconds.items())
+        lines += [f"**{report.model}** — `compsearch demo --model {choice}` stages: {stages} "
+                  f"(total {sum(report.seconds.values()):.0f} s; a first run when --workdir starts empty)", "",
+                  *table(report), ""]
         print("\n".join(table(report)), flush=True)
     write_section("search-quality", "\n".join(lines))
 
