@@ -46,9 +46,10 @@ def _as_json(report: DebiasReport) -> dict:
 
 @click.command("debias")
 @model_options
-@click.option("--train", "train_table", required=True, type=click.Path(exists=True, path_type=Path, dir_okay=False),
-              help="Parquet/CSV of training images: a path (or file) column and the two attribute columns.")
-@click.option("--test", "test_table", required=True, type=click.Path(exists=True, path_type=Path, dir_okay=False),
+@click.option("--train", "train_table", required=True, type=click.Path(exists=True, path_type=Path),
+              help="Parquet/CSV of training images: a path (or file) column and the two attribute columns; or a "
+                   "world split folder (OUT/train, read through OUT/train.parquet).")
+@click.option("--test", "test_table", required=True, type=click.Path(exists=True, path_type=Path),
               help="The same for the test images (ideally balanced over the groups).")
 @click.option("--label", required=True, help="Column of the attribute to predict, e.g. shape.")
 @click.option("--spurious", required=True, help="Column of the attribute the head should not use, e.g. scene.")

@@ -157,7 +157,16 @@ def read_labelled_table(
     batch_size: int = 32,
 ) -> tuple[list[str], LabelledSet]:
     """Decompose the images a Parquet/CSV table lists (``path``/``file`` column) with their
-    ``label`` and ``spurious`` columns (the world's labels tables have both)."""
+    ``label`` and ``spurious`` columns (the world's labels tables have both). A folder stands
+    for the table beside it, as `compsearch world render` writes them (``OUT/train`` and
+    ``OUT/train.parquet``)."""
+    table = Path(table)
+    if table.is_dir():
+        beside = table.with_name(table.name + ".parquet")
+        if not beside.is_file():
+            raise CompsearchError(f"{table} is a folder without a labels table beside it ({beside.name})",
+                                  "pass a Parquet/CSV file with a path column and the attribute columns")
+        table = beside
     records = list(TableSource(table).records())
     for column in (label, spurious):
         if not records or column not in records[0].metadata:

@@ -80,3 +80,19 @@ def test_cli_reads_labelled_tables_and_prints_the_groups(tmp_path) -> None:
     assert "ablating 3" in result.output
     refused = CliRunner().invoke(cli, [*base, "--spurious", "colour"])
     assert refused.exit_code != 0 and "no column 'colour'" in str(refused.exception)
+
+
+def test_a_world_split_folder_reads_through_its_labels_table(tmp_path) -> None:
+    from indexer.world import get_split, write_split
+    from mapping.explain.debias import read_labelled_table
+    from mapping.models import load_model
+
+    write_split(tmp_path, get_split("train"), 6, size=32, progress=False)
+    model = load_model("deit_tiny_patch16_224", pretrained=False)
+    _, from_folder = read_labelled_table(model, tmp_path / "train", "shape", "scene")
+    _, from_table = read_labelled_table(model, tmp_path / "train.parquet", "shape", "scene")
+    assert from_folder.labels == from_table.labels and len(from_folder.labels) == 6
+    torch.testing.assert_close(from_folder.contributions, from_table.contributions)
+    (tmp_path / "lonely").mkdir()
+    with pytest.raises(CompsearchError, match="without a labels table"):
+        read_labelled_table(model, tmp_path / "lonely", "shape", "scene")
