@@ -33,7 +33,7 @@ from results_section import write_section
 
 REPO = Path(__file__).resolve().parents[1]
 TEXTS = ("red", "blue", "a green star", "striped", "a dotted circle", "checkered", "a triangle", "on a beach",
-         "a purple square in a forest", "noisy", "a yellow hexagon", "a cross")
+         "a purple square in a forest", "noisy", "a yellow heart", "a cross")
 K = 20
 
 

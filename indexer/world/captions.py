@@ -19,7 +19,7 @@ SHAPE_NOUNS: dict[str, tuple[str, ...]] = {
     "square": ("square", "rectangular shape", "box shape"),
     "triangle": ("triangle", "triangular shape"),
     "star": ("star", "star shape"),
-    "hexagon": ("hexagon", "hexagonal shape"),
+    "heart": ("heart", "heart shape", "heart-shaped object"),
     "cross": ("cross", "plus sign", "cross shape"),
 }
 GENERIC_NOUNS: tuple[str, ...] = ("shape", "object", "thing")

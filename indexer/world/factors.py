@@ -19,7 +19,7 @@ import numpy as np
 
 from mapping.errors import CompsearchError
 
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "hexagon", "cross")
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "heart", "cross")
 # Saturated, well separated colours; black is kept for the shape outline.
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (215, 30, 35),
@@ -46,7 +46,7 @@ FACTORS: dict[str, tuple[str, ...]] = {
 HELDOUT_PAIRS: dict[tuple[str, str], frozenset[tuple[str, str]]] = {
     ("shape", "colour"): frozenset({
         ("circle", "red"), ("square", "blue"), ("triangle", "yellow"),
-        ("star", "green"), ("hexagon", "purple"), ("cross", "orange"),
+        ("star", "green"), ("heart", "purple"), ("cross", "orange"),
     }),
     ("pattern", "scene"): frozenset({
         ("striped", "beach"), ("dotted", "forest"), ("checkered", "city"), ("noisy", "water"),

@@ -60,7 +60,7 @@ from mapping.models import LoadedModel, load_model
 MODEL_NAME = "compsearch-world-clip"
 MODEL_CONFIG_PATH = Path(__file__).with_name(f"{MODEL_NAME}.json")
 # Bump when rendering, captions or training change what a given config produces.
-CODE_VERSION = "2"
+CODE_VERSION = "3"
 REPORT_NAME = "training_report.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
 CONFIG_NAME = "open_clip_config.json"
@@ -72,13 +72,13 @@ MATERIALISED_FROM = "materialised_from"
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    steps: int = 2400
+    steps: int = 4800
     batch_size: int = 128
     learning_rate: float = 2e-3
     warmup_steps: int = 40
     weight_decay: float = 0.05
     train_images: int = 24000
-    render_size: int = 64  # twice the CLIP's side; its preprocess downsizes these as it does 224-px renders
+    render_size: int = 96  # twice the CLIP's side; its preprocess downsizes these as it does 224-px renders
     captions_per_image: int = 4
     full_caption_share: float = 0.2
     # Chance that a partial caption names each factor (FACTORS order: shape, colour, pattern,
@@ -89,7 +89,7 @@ class TrainingConfig:
     # within a group only the other factors tell captions apart (hard negatives); 1 = uniform.
     group_size: int = 8
     group_by: tuple[str, ...] = ("colour", "scene")
-    eval_images: int = 300
+    eval_images: int = 1000
     seed: int = 0
 
 

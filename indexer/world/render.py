@@ -17,6 +17,9 @@ from indexer.world.factors import COLOURS, WorldItem
 from mapping.errors import CompsearchError
 
 OUTLINE_RGB = (15, 15, 15)  # a dark rim keeps the silhouette visible on same-coloured scenes
+# The rim's width as a share of the side: 1.5 px at the fixture CLIP's 48-px input, so a white
+# shape on a pale scene (or a green one in a forest) keeps its outline there.
+OUTLINE_WIDTH = 1 / 32
 SECONDARY_SHADE = 0.35  # a pattern's second colour is a darker shade of the shape's colour
 MIN_RESOLUTION = 16
 
@@ -35,10 +38,18 @@ def _unit_polygon(shape: str) -> np.ndarray:
         return 0.9 * np.stack([np.cos(angles), np.sin(angles)], axis=1)
     if shape == "square":
         return 0.8 * np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], dtype=float)
-    if shape in ("triangle", "hexagon"):
-        sides, radius = (3, 1.1) if shape == "triangle" else (6, 0.95)
-        angles = -math.pi / 2 + np.arange(sides) * 2 * math.pi / sides
-        return radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    if shape == "triangle":
+        angles = -math.pi / 2 + np.arange(3) * 2 * math.pi / 3
+        return 1.1 * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    if shape == "heart":
+        # The classic heart curve (lobes up, point down), its box centred on the origin. It
+        # replaced a hexagon, which differed from the circle by about a pixel at the fixture
+        # CLIP's input.
+        t = np.linspace(0, 2 * math.pi, 72, endpoint=False)
+        x = 16 * np.sin(t) ** 3
+        y = -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
+        y -= (y.max() + y.min()) / 2
+        return 0.95 / 16 * np.stack([x, y], axis=1)
     if shape == "star":
         angles = -math.pi / 2 + np.arange(10) * math.pi / 5
         radii = np.where(np.arange(10) % 2 == 0, 1.1, 0.48)
@@ -64,7 +75,7 @@ def _shape_masks(item: WorldItem, size: int) -> tuple[np.ndarray, np.ndarray]:
     canvas = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(canvas)
     draw.polygon(points, fill=255)
-    draw.line(points + points[:1], fill=128, width=max(1, round(size / 75)), joint="curve")
+    draw.line(points + points[:1], fill=128, width=max(1, round(size * OUTLINE_WIDTH)), joint="curve")
     pixels = np.asarray(canvas)
     return pixels == 255, pixels == 128
 

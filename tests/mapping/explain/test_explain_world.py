@@ -118,4 +118,4 @@ def test_cli_explains_a_rankings_property_through_its_aligner(tmp_path: Path, fi
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["components"] == ranking.top("colour") and report["target"] == "property colour"
-    assert report["grid_shape"] == [4, 4] and report["total"] > 0  # ‖B v‖: the size of v's part in the subspace
+    assert report["grid_shape"] == list(model.model.visual.grid_size) and report["total"] > 0  # ‖B v‖: the size of v's part in the subspace
