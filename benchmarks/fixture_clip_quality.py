@@ -32,13 +32,13 @@ def renders_per_second(size: int, count: int = 200) -> float:
 
 
 @click.command()
-@click.option("--images", type=int, default=500, show_default=True, help="Held-out renders per split.")
+@click.option("--images", type=int, default=1000, show_default=True, help="Held-out renders per split.")
 def main(images: int) -> None:
     folder = fixture_clip_dir()
     report = json.loads((folder / REPORT_NAME).read_text())
     model = load_model(f"local-dir:{folder}")
     rows = {name: zero_shot_accuracy(model, SPLITS[name].items(images)) for name in ("test", "compositional")}
-    speed = {size: renders_per_second(size) for size in (64, 224)}
+    speed = {size: renders_per_second(size) for size in (report["config"]["render_size"], 224)}
 
     factors = list(FACTORS)
     chance = " | ".join(f"{1 / len(FACTORS[f]):.2f}" for f in factors)
