@@ -43,7 +43,8 @@ def aligner_id(path: str | Path) -> str:
 
 
 def templates_for(property_name: str) -> list[str]:
-    """Prompt templates for text queries on a property: the built-in ones, else the defaults."""
+    """Prompt templates for text queries on a property the ranking kept none for (examples, or
+    an older ranking): the built-in ones, else the defaults."""
     try:
         return list(builtin_property(property_name).templates)
     except PropertyError:
@@ -89,7 +90,7 @@ def encoder_for_build(
             properties[name] = ranked.top
             provenance["properties"][name] = {
                 "k": ranked.k, "components": ranked.top, "source": ranked.source, "values": ranked.values,
-                "templates": templates_for(name),
+                "templates": ranked.templates or templates_for(name),
             }
         provenance["ranking"] = _file_entry(Path(ranking_path), index_dir, weights_id(Path(ranking_path).expanduser()))
     elif property_names:

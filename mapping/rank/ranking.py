@@ -60,6 +60,10 @@ class PropertyRanking:
     own_scores: list[float]  # S_p itself (or the label's variance share)
     k: int
     constant: list[str] = field(default_factory=list)
+    # The prompt templates a text property's values were embedded with; an index built from
+    # this ranking embeds text queries on the property with them (empty: examples, or a
+    # ranking saved before they were kept, whose indexes fall back to built-in templates).
+    templates: list[str] = field(default_factory=list)
 
     @property
     def top(self) -> list[str]:
@@ -73,6 +77,7 @@ def property_rankings(
     values: dict[str, list[str]],
     k: dict[str, int],
     variances: dict[str, torch.Tensor],
+    templates: dict[str, list[str]] | None = None,
 ) -> list[PropertyRanking]:
     """Rank components for each property by its contrast with the others (:func:`contrast_scores`).
 
@@ -102,6 +107,7 @@ def property_rankings(
             own_scores=[own_scores[name][i].item() for i in order],
             k=max(1, min(k[name], len(kept))),
             constant=[component_names[i] for i in constant.nonzero().flatten().tolist()],
+            templates=list((templates or {}).get(name, [])),
         ))
     return rankings
 

@@ -136,7 +136,8 @@ def rank(
         warn_if_few_images(ranking.probe_images, "text properties are scored", "--images")
         values = {prop.name: list(prop.descriptions) for prop in properties}
         ranking.properties += property_rankings(
-            component_names, scores, "text", values, chosen_k, {name: variances for name in scores}
+            component_names, scores, "text", values, chosen_k, {name: variances for name in scores},
+            templates={prop.name: list(prop.templates) for prop in properties},
         )
     if examples:
         shares, example_variances, component_names = {}, {}, []

@@ -26,6 +26,7 @@ from mapping.encoder import PropertyEncoder
 from mapping.errors import CompsearchError
 from mapping.images import read_image
 from mapping.models import LoadedModel, load_model
+from mapping.properties import builtin_property
 from mapping.rank import PropertyRanking, Ranking
 from indexer.artifacts import encoder_for_build
 
@@ -58,13 +59,14 @@ def artifacts(model: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> t
                       torch.randn(16, generator=generator))
     aligner_path = save_aligner(aligner, folder / "test.aligner")
 
-    def ranked(name: str, top: list[str]) -> PropertyRanking:
+    def ranked(name: str, top: list[str], templates: list[str]) -> PropertyRanking:
         rest = [n for n in names if n not in top]
-        return PropertyRanking(name, "text", ["a", "b"], top + rest, [1.0] * len(names), [1.0] * len(names), len(top))
+        return PropertyRanking(name, "text", ["a", "b"], top + rest, [1.0] * len(names), [1.0] * len(names), len(top),
+                               templates=templates)
 
     ranking = Ranking(MODEL, model.weights_id, str(aligner_path), "fake-clip", "blocks.7", 10, [
-        ranked("colour", ["blocks.11.attn.h0", "blocks.10.mlp"]),
-        ranked("shape", ["blocks.9.attn.h2", "blocks.11.mlp", "init"]),
+        ranked("colour", ["blocks.11.attn.h0", "blocks.10.mlp"], []),  # as a ranking saved before templates were kept
+        ranked("shape", ["blocks.9.attn.h2", "blocks.11.mlp", "init"], ["the outline of a {} thing."]),
     ])
     return aligner_path, ranking.save(folder / "ranking.json")
 
@@ -83,6 +85,9 @@ def test_world_folder_indexes_into_a_valid_directory(model, world, artifacts, tm
     manifest = store.read_manifest()
     assert set(manifest["indexes"]) == {"full", "colour", "shape"}
     assert manifest["properties"]["shape"]["components"] == ["blocks.9.attn.h2", "blocks.11.mlp", "init"]
+    # text queries embed a property's values as the ranking scored them, else with the built-in templates
+    assert manifest["properties"]["shape"]["templates"] == ["the outline of a {} thing."]
+    assert manifest["properties"]["colour"]["templates"] == list(builtin_property("colour").templates)
     assert manifest["aligner"]["id"] and manifest["ranking"]["id"] and manifest["encoder"]["space"] == "clip"
     table = ds.dataset(out / "shards").to_table()  # readable without compsearch
     assert sorted(table.column("id").to_pylist()) == list(range(20))

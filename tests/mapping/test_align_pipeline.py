@@ -98,6 +98,8 @@ def test_rank_and_describe_run_on_an_identity_aligner(tmp_path: Path, world_imag
     ranking = Ranking.load(ranking.save(tmp_path / "ranking.json"))
     assert [p.name for p in ranking.properties] == ["colour", "shape", "examples"]
     assert ranking.get("colour").k == 2 and ranking.get("shape").k == 3  # override, then the default
+    assert ranking.get("shape").templates == list(builtin_property("shape").templates)  # what text queries will use
+    assert ranking.get("examples").templates == []
     for prop in ranking.properties:  # the untrained CLIP's bias is 0 for every image: constant, not ranked
         assert prop.constant == ["bias"] and sorted(prop.components + ["bias"]) == sorted(aligner.component_names)
     assert ranking.probe_images == 24 and ranking.clip_name == MODEL_NAME
