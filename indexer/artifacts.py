@@ -116,7 +116,8 @@ def identity_differences(recorded: dict[str, Any], current: dict[str, Any]) -> l
             for key in sorted(set(recorded) | set(current)) if recorded.get(key) != current.get(key)]
 
 
-def _check_model(recorded: dict[str, Any], model: LoadedModel, index_dir: Path) -> None:
+def check_model(recorded: dict[str, Any], model: LoadedModel, index_dir: Path) -> None:
+    """``model`` must be the one the manifest's encoder entry ``recorded`` names, with the same weights."""
     name, weights = recorded["model_name"], recorded["model_weights_id"]
     if model.name != name:
         raise IndexMismatchError(f"{index_dir} was built with {name}, not {model.name}", f"load {name}")
@@ -136,7 +137,7 @@ def encoder_for_manifest(manifest: dict[str, Any], index_dir: str | Path, model:
     difference is refused, since the queries would land in another space than the index."""
     index_dir = Path(index_dir).expanduser()
     recorded = manifest["encoder"]
-    _check_model(recorded, model, index_dir)
+    check_model(recorded, model, index_dir)
     aligner, content_id = None, None
     if manifest.get("aligner"):
         entry = manifest["aligner"]

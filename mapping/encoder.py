@@ -150,7 +150,7 @@ class PropertyEncoder:
                 f"this encoder has no text side ({self.space} space, no CLIP loaded)",
                 "text queries need an index built with an aligner into a CLIP (`compsearch index --aligner`)",
             )
-        return description_embeddings(Property("query", tuple(texts), tuple(templates)), self.clip.encode_text)
+        return embed_texts(self.clip, texts, templates)
 
     def _aligner_on(self, device: torch.device) -> Aligner:
         if self.aligner.bias.device != device:
@@ -159,6 +159,13 @@ class PropertyEncoder:
                 self.aligner.bias.to(device),
             )
         return self.aligner
+
+
+@torch.inference_mode()
+def embed_texts(clip: LoadedModel, texts: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+    """Text queries in ``clip``'s space: per text, the normalised mean of its prompts' normalised
+    embeddings. Needs only the CLIP, so a search by text never loads the image model."""
+    return description_embeddings(Property("query", tuple(texts), tuple(templates)), clip.encode_text)
 
 
 def _check_text_side(clip: LoadedModel, aligner: Aligner | None) -> None:

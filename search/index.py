@@ -1,7 +1,7 @@
 """An index directory opened for queries: ``search.open_index(DIR)`` → :class:`SearchIndex`.
 
 Text terms are embedded by the CLIP the index's aligner maps into, with the property's
-prompt templates; image terms are decomposed by the encoder rebuilt from the manifest
+prompt templates (only that CLIP is loaded for them, not the image model); image terms are decomposed by the encoder rebuilt from the manifest
 (same model, weights, first block, aligner and components — anything else is refused);
 id terms take the indexed image's stored vector. One term is answered by its property's
 FAISS index directly; several are combined exactly (:mod:`search.combine`).
@@ -23,10 +23,10 @@ import numpy as np
 import PIL.Image
 import torch
 
-from indexer.artifacts import IndexMismatchError, encoder_for_manifest, templates_for
+from indexer.artifacts import IndexMismatchError, check_model, encoder_for_manifest, templates_for
 from indexer.info import index_info
 from indexer.store import IndexDirectoryError, IndexStore
-from mapping.encoder import FULL, PropertyEncoder
+from mapping.encoder import FULL, PropertyEncoder, embed_texts
 from mapping.images import decode_image, read_image, to_rgb
 from mapping.models import RANDOM_INIT, LoadedModel, load_model
 from search.combine import Ranked, WeightedVector, combined_top_k
@@ -88,6 +88,7 @@ class SearchIndex:
         self._exact: dict[str, bool] = {}
         self._rows: StoredRows | None = None
         self._encoder: PropertyEncoder | None = None
+        self._text_model: LoadedModel | None = None
 
     # -- what the index holds ------------------------------------------------------------------
     @property
@@ -138,14 +139,36 @@ class SearchIndex:
         """The encoder the index was built with, around its model (and CLIP for text)."""
         return self._once("_encoder", self._build_encoder)
 
+    @property
+    def text_model(self) -> LoadedModel:
+        """The CLIP that text terms are embedded by (the image model itself when it is that CLIP)."""
+        return self._once("_text_model", self._load_text_model)
+
+    def _clip_is_the_model(self) -> bool:
+        recorded = self.manifest["encoder"]
+        return (recorded["clip_name"], recorded["clip_weights_id"]) == (recorded["model_name"],
+                                                                        recorded["model_weights_id"])
+
+    def _load_text_model(self) -> LoadedModel:
+        recorded = self.manifest["encoder"]
+        if self._given_clip is None and self._clip_is_the_model():
+            model = self._given_model or self._load(recorded["model_name"], recorded["model_weights_id"], self._weights)
+            check_model(recorded, model, self.folder)
+            return model
+        clip = self._given_clip or self._load(recorded["clip_name"], recorded["clip_weights_id"], self._clip_weights)
+        if (clip.name, clip.weights_id) != (recorded["clip_name"], recorded["clip_weights_id"]):
+            raise IndexMismatchError(
+                f"{self.folder} embeds text with {recorded['clip_name']} weights {recorded['clip_weights_id']}, "
+                f"the weights loaded are {clip.name} {clip.weights_id}",
+                "pass the CLIP weights the index's aligner was trained to (--clip-weights)",
+            )
+        return clip
+
     def _build_encoder(self) -> PropertyEncoder:
         recorded = self.manifest["encoder"]
-        model = self._given_model or self._load(recorded["model_name"], recorded["model_weights_id"], self._weights)
-        clip = None
-        if self.has_text:
-            same = recorded["clip_name"] == model.name and recorded["clip_weights_id"] == model.weights_id
-            clip = self._given_clip or (model if same else self._load(recorded["clip_name"],
-                                                                       recorded["clip_weights_id"], self._clip_weights))
+        clip = self.text_model if self.has_text else None
+        model = self._given_model or (clip if clip is not None and self._clip_is_the_model() else
+                                      self._load(recorded["model_name"], recorded["model_weights_id"], self._weights))
         return encoder_for_manifest(self.manifest, self.folder, model, clip)
 
     def _load(self, name: str, recorded_weights: str, weights: str | Path | None) -> LoadedModel:
@@ -259,7 +282,7 @@ class SearchIndex:
                 "query it by image or id, or rebuild it with an aligner into a CLIP (`compsearch index --aligner`)",
             )
         for name, members in texts.items():
-            embedded = self.encoder.encode_text([terms[i].text for i in members], self._templates(name))
+            embedded = embed_texts(self.text_model, [terms[i].text for i in members], self._templates(name))
             for i, vector in zip(members, embedded.numpy()):
                 vectors[i] = vector
         # One decomposition per distinct image gives every property's vector: terms naming the
