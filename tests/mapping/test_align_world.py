@@ -52,12 +52,20 @@ class _ProjectedModel(torch.nn.Module):
         return torch.nn.functional.normalize(z, dim=-1) if normalize else z
 
 
+class _ProjectedCLIP(LoadedModel):
+    """The stand-in loaded as a CLIP: its z is its own image embedding (no adapter decomposes it,
+    and none needs to: it is only the alignment's target)."""
+
+    def encode_images(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(batch.to(self.device), normalize=False)
+
+
 def test_real_deit_tiny_finds_a_planted_exact_alignment(tmp_path: Path, deit_tiny_weights: Path,
                                                         imagenet_sample: Path) -> None:
     model = load_model("deit_tiny_patch16_224", weights=deit_tiny_weights)
     projection = torch.linalg.qr(torch.randn(192, 64))[0]
-    target = LoadedModel("projected-deit", _ProjectedModel(model.model, projection).eval(), model.preprocess,
-                         None, "planted", is_clip=True)
+    target = _ProjectedCLIP("projected-deit", _ProjectedModel(model.model, projection).eval(), model.preprocess,
+                            None, "planted", is_clip=True)
     images = tmp_path / "images"
     images.mkdir()
     for photo in sorted(imagenet_sample.iterdir())[:240]:
