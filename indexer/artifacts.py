@@ -72,7 +72,9 @@ def encoder_for_build(
             )
         if aligner_path is None and ranking.aligner:
             aligner_path = ranking.aligner  # the aligner the ranking was scored through
-    provenance: dict[str, Any] = {"aligner": None, "ranking": None, "properties": {}}
+    provenance: dict[str, Any] = {"aligner": None, "ranking": None, "properties": {}, "model_weights": None}
+    if model.weights_file is not None:  # so image queries find the weights without --weights
+        provenance["model_weights"] = _file_entry(Path(model.weights_file), index_dir, model.weights_id)
     aligner: Aligner | None = None
     content_id = None
     if aligner_path is not None:
@@ -99,11 +101,19 @@ def encoder_for_build(
     return EncoderArtifacts(encoder, provenance)
 
 
-def locate_artifact(entry: dict[str, str], index_dir: Path, what: str) -> Path:
-    """An artifact recorded in a manifest: at its path relative to the index, else absolute."""
+def find_artifact(entry: dict[str, str], index_dir: Path) -> Path | None:
+    """An artifact recorded in a manifest: at its path relative to the index, else absolute; None if at neither."""
     for candidate in (index_dir / entry["relative_path"], Path(entry["path"])):
         if candidate.is_file():
             return candidate
+    return None
+
+
+def locate_artifact(entry: dict[str, str], index_dir: Path, what: str) -> Path:
+    """:func:`find_artifact`, which the index cannot do without."""
+    found = find_artifact(entry, index_dir)
+    if found is not None:
+        return found
     raise CompsearchError(
         f"the index's {what} is neither at {index_dir / entry['relative_path']} nor at {entry['path']}",
         f"put the {what} file back there (the index was built with it, id {entry['id']})",

@@ -60,6 +60,9 @@ class LoadedModel:
     tokenizer: Callable[[list[str]], torch.Tensor] | None
     weights_id: str
     is_clip: bool
+    # The one file the weights were read from (None: random init, or a local-dir folder, whose
+    # name already says where its weights are): an index records it, so queries find it again.
+    weights_file: Path | None = None
 
     @property
     def device(self) -> torch.device:
@@ -298,6 +301,7 @@ def _load_timm(spec: ModelSpec, weights: str | Path | None, pretrained: bool) ->
         tokenizer=None,
         weights_id=weights_id(weights_file) if weights_file else RANDOM_INIT,
         is_clip=False,
+        weights_file=weights_file,
     )
 
 
@@ -350,6 +354,7 @@ def _load_open_clip(spec: ModelSpec, weights: str | Path | None, pretrained: boo
         tokenizer=tokenizer,
         weights_id=weights_id(*id_files) if pretrained and id_files else RANDOM_INIT,
         is_clip=True,
+        weights_file=None if local_dir is not None else weights_file,
     )
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from indexer.artifacts import IndexMismatchError, check_model, encoder_for_manifest, templates_for
+from indexer.artifacts import IndexMismatchError, check_model, encoder_for_manifest, find_artifact, templates_for
 from indexer.info import index_info
 from indexer.store import IndexDirectoryError, IndexStore
 from mapping.encoder import FULL, PropertyEncoder, embed_texts
@@ -177,6 +177,9 @@ class SearchIndex:
                 f"{self.folder} was built with a randomly initialised {name}: its vectors cannot be made again",
                 "query it by id, or rebuild the index with real weights",
             )
+        recorded_file = self.manifest.get("model_weights")
+        if weights is None and recorded_file and recorded_file["id"] == recorded_weights:
+            weights = find_artifact(recorded_file, self.folder)  # None: the usual lookup (weights dir, hub cache)
         return load_model(name, weights=weights, device=self.device)
 
     def _index(self, name: str) -> faiss.Index:
