@@ -28,6 +28,7 @@ def index_info(folder: str | Path) -> dict[str, Any]:
         "skipped_reasons": dict(reasons.most_common(SKIP_REASONS_SHOWN)),
         "duplicates": manifest["counts"].get("duplicates", 0),
         "model": {"name": encoder["model_name"], "weights_id": encoder["model_weights_id"],
+                  "weights_file": (manifest.get("model_weights") or {}).get("path"),
                   "first_block": encoder["first_block"]},
         "space": encoder["space"],
         "aligner": manifest.get("aligner"),
@@ -55,7 +56,8 @@ def format_info(info: dict[str, Any]) -> str:
     model = info["model"]
     lines = [
         f"{info['folder']}: {info['images']} images, {info['skipped']} skipped, {info['duplicates']} duplicates",
-        f"model      {model['name']} (weights {model['weights_id']}), decomposed from {model['first_block']}",
+        f"model      {model['name']} (weights {model['weights_id']}"
+        + (f", {model['weights_file']}" if model["weights_file"] else "") + f"), decomposed from {model['first_block']}",
         f"space      {info['space']}" + (f" — CLIP {info['clip']['name']}" if info["clip"] else ""),
     ]
     if info["aligner"]:

@@ -12,6 +12,7 @@ import timm
 import search
 from indexer.artifacts import encoder_for_build
 from indexer.build import IndexSettings, Indexer
+from indexer.info import format_info, index_info
 from indexer.store import IndexStore
 from indexer.world import get_split, write_split
 from mapping.models import load_model
@@ -39,6 +40,7 @@ def test_the_manifest_records_the_weights_file(root: Path) -> None:
     assert Path(entry["path"]) == (root / "weights" / "deit.safetensors").resolve()
     assert entry["relative_path"] == "../weights/deit.safetensors"
     assert entry["id"] == load_model(MODEL, weights=root / "weights" / "deit.safetensors").weights_id
+    assert f"{entry['path']}), decomposed from" in format_info(index_info(root / "index"))  # `compsearch info` shows it
 
 
 def test_an_image_query_finds_the_recorded_weights(root: Path, tmp_path: Path) -> None:
