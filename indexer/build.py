@@ -30,6 +30,7 @@ from tqdm import tqdm
 from indexer.artifacts import identity_differences
 from indexer.ranking_on_the_fly import ARTIFACTS
 from indexer.faiss_choice import AUTO, build_index as build_faiss_index
+from indexer.known_files import KnownFiles, file_keys
 from indexer.store import (
     DUPLICATES,
     FORMAT_VERSION,
@@ -201,13 +202,10 @@ class Indexer:
         table = self.store.read_table(SHARDS, columns=["id"])
         return int(table.column("id").to_numpy().max()) if table.num_rows else -1
 
-    def _known_files(self) -> dict[str, tuple[int, str | None]]:
-        """sha256 → (id, path) of every file indexed so far."""
-        table = self.store.read_table(SHARDS, columns=["id", "sha256", "path"])
-        if not table.num_rows:
-            return {}
-        return {sha: (image_id, path) for image_id, sha, path in
-                zip(table.column("id").to_pylist(), table.column("sha256").to_pylist(), table.column("path").to_pylist())}
+    def _known_files(self) -> KnownFiles:
+        """Every file indexed so far, by content (streamed from the shards, kept compact)."""
+        dataset = self.store.dataset(SHARDS)
+        return KnownFiles.from_batches(dataset.to_batches(columns=["id", "sha256", "path"])) if dataset else KnownFiles()
 
     # -- the pass -----------------------------------------------------------------------------
     def run(self, images: str | Path | ImageSource, mode: Mode = "resume") -> IndexSummary:
@@ -228,6 +226,7 @@ class Indexer:
                                       self.settings.workers, "skip", chunk_size, skip_chunks=done,
                                       jpeg_device=self._jpeg_device()):
                 self._take(batch, buffer, known, counts)
+                known.settle()
                 bar.update(len(batch) + len(batch.skipped))
                 bar.set_postfix(skipped=counts["skipped"], duplicates=counts["duplicates"], refresh=False)
                 if batch.chunk_done:
@@ -253,25 +252,27 @@ class Indexer:
         device = self.encoder.model.device
         return str(device) if device.type == "cuda" and self.settings.jpeg_on_device else None
 
-    def _take(self, batch: Batch, buffer: _ChunkBuffer, known: dict[str, tuple[int, str | None]],
-              counts: dict[str, int]) -> None:
+    def _take(self, batch: Batch, buffer: _ChunkBuffer, known: KnownFiles, counts: dict[str, int]) -> None:
         """Deduplicate one batch, encode what is new, and add it to its chunk's rows."""
         rows = buffer.get(batch.chunk)
         for record, reason in batch.skipped:
             rows.skipped.append({"key": record.key, "path": str(record.path) if record.path else None, "reason": reason})
         counts["skipped"] += len(batch.skipped)
         fresh = []
-        for position, (record, sha256) in enumerate(zip(batch.records, batch.sha256)):
-            path = listed_path(record)
-            if sha256 in known:  # known: written shards and this run's earlier batches
-                first_id, first_path = known[sha256]
-                if first_path == path:
+        paths = [listed_path(record) for record in batch.records]
+        keys = file_keys(batch.sha256, paths)
+        found = known.find(keys.digests)  # written shards and this run's earlier batches
+        for position, (record, sha256, path) in enumerate(zip(batch.records, batch.sha256, paths)):
+            hit = found[position] or known.recent(keys.digests[position])  # or earlier in this batch
+            if hit is not None:
+                first_id, first_path = hit
+                if first_path == keys.paths[position]:
                     counts["already_indexed"] += 1
                 else:
                     rows.duplicates.append({"key": record.key, "path": path, "sha256": sha256, "duplicate_of": first_id})
                     counts["duplicates"] += 1
                 continue
-            known[sha256] = (buffer.image_id(record), path)
+            known.add(keys.digests[position], buffer.image_id(record), keys.paths[position])
             fresh.append(position)
         if not fresh:
             return
