@@ -1,7 +1,8 @@
 """An index directory opened for queries: ``search.open_index(DIR)`` → :class:`SearchIndex`.
 
 Text terms are embedded by the CLIP the index's aligner maps into, with the property's
-prompt templates (only that CLIP is loaded for them, not the image model); image terms are decomposed by the encoder rebuilt from the manifest
+prompt templates (only that CLIP is loaded for them, not the image model); image terms are
+decomposed by the encoder rebuilt from the manifest, around the weights file it records
 (same model, weights, first block, aligner and components — anything else is refused);
 id terms take the indexed image's stored vector. One term is answered by its property's
 FAISS index directly; several are combined exactly (:mod:`search.combine`).
