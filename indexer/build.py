@@ -11,6 +11,13 @@ again: its finished chunks are skipped without being read, unfinished ones are r
 since an id is the run's offset plus the image's position in the listing, every image ends
 up exactly once. Byte-identical files (sha256) are indexed once; the others are listed in
 ``duplicates`` with the id they duplicate.
+
+Shards: ``IndexSettings.shard = (i, n)`` makes this process take the chunks c with
+c mod n = i of the run, so n processes (machines sharing the folder, or GPUs) split one run;
+ids are listing positions, so they agree without talking. A shard writes its chunks and
+stops; a plain run of the same command afterwards finds every chunk done and builds the FAISS
+indexes. Shards that run at the same time do not see each other's files: byte-identical files
+in different shards can both be indexed (that final run says how many).
 """
 from __future__ import annotations
 
@@ -42,7 +49,7 @@ from indexer.store import (
     IndexStore,
 )
 from mapping.encoder import PropertyEncoder
-from mapping.errors import CompsearchError
+from mapping.errors import CompsearchError, warn
 from mapping.images import DEFAULT_CHUNK_SIZE, Batch, ImageRecord, ImageSource, iter_batches, open_source
 
 Mode = Literal["resume", "append", "overwrite"]
@@ -57,6 +64,7 @@ class IndexSettings:
     memory_budget: int | None = None  # bytes for the FAISS indexes; None: half the machine's memory
     jpeg_on_device: bool = True  # a CUDA model's JPEGs are decoded on its GPU (nvjpeg), not by PIL
     progress: bool = True
+    shard: tuple[int, int] = (0, 1)  # (i, n): this process's share of the run's chunks (module docstring)
 
 
 @dataclass
@@ -73,6 +81,8 @@ class IndexSummary:
     seconds: float
     images_per_second: float
     indexes: dict[str, str] = field(default_factory=dict)  # vector name → index_factory string
+    shard: str | None = None  # "i/n" when this was one shard of the run (its indexes not built yet)
+    chunks_left: int = 0  # chunks of the run no shard has finished yet
 
 
 def compsearch_version() -> str:
@@ -161,11 +171,16 @@ class Indexer:
     def _start(self, source: ImageSource, mode: Mode) -> tuple[dict, dict]:
         """The manifest and the run to work on (a new one, or the interrupted one)."""
         folder = self.store.folder
+        shards = self.settings.shard[1]
+        if shards > 1 and mode == "overwrite":
+            raise CompsearchError("--overwrite with --shard would let each shard delete the others' work",
+                                  f"delete {folder} once, then start the shards without --overwrite")
         if self.store.exists() and mode == "overwrite":
             self._clear()
         if folder.exists() and not folder.is_dir():
             raise CompsearchError(f"--out {folder} is a file", "pass a folder for the index")
-        if not self.store.exists() and folder.is_dir() and any(p.name != ARTIFACTS for p in folder.iterdir()):
+        if not self.store.exists() and folder.is_dir() and any(
+                p.name != ARTIFACTS and not p.name.startswith(".") for p in folder.iterdir()):  # .: a shard's temp file
             raise CompsearchError(f"--out {folder} exists and is not an index",
                                   "pass a new or empty folder, so no other files get mixed with the index")
         run_entry = {"source": source.description, "chunk_size": self.settings.chunk_size}
@@ -193,6 +208,8 @@ class Indexer:
                 )
             run = {"run": last["run"] + 1, "id_offset": self._max_id() + 1, **run_entry}
         run.update(status="running", started=_now())
+        if shards > 1:  # shards starting together write the same run entry; the last write stands
+            run["shards"] = shards
         manifest["runs"].append(run)
         self.store.write_manifest(manifest)  # before any work: a kill leaves a resumable run
         return manifest, run
@@ -213,9 +230,13 @@ class Indexer:
         manifest, run = self._start(source, mode)
         started = time.perf_counter()
         done = self.store.done_chunks(run["run"])
-        total = sum(1 for _ in source.records())
+        total = total_listed = sum(1 for _ in source.records())
         chunk_size = self.settings.chunk_size
-        finished_before = sum(min(chunk_size, total - chunk * chunk_size) for chunk in done if chunk * chunk_size < total)
+        shard, shards = self.settings.shard
+        mine = range(shard, -(-total // chunk_size), shards)  # this shard's chunks (all, unsharded)
+        sizes = {chunk: min(chunk_size, total - chunk * chunk_size) for chunk in mine}
+        finished_before = sum(sizes[chunk] for chunk in done if chunk in sizes)
+        total = sum(sizes.values())
         known = self._known_files()
         counts = {"added": 0, "skipped": 0, "duplicates": 0, "already_indexed": 0}
         buffer = _ChunkBuffer(run["run"], run["id_offset"])
@@ -224,7 +245,7 @@ class Indexer:
         try:
             for batch in iter_batches(source, [self.encoder.model.preprocess], self.settings.batch_size,
                                       self.settings.workers, "skip", chunk_size, skip_chunks=done,
-                                      jpeg_device=self._jpeg_device()):
+                                      partition=self.settings.shard, jpeg_device=self._jpeg_device()):
                 self._take(batch, buffer, known, counts)
                 known.settle()
                 bar.update(len(batch) + len(batch.skipped))
@@ -240,13 +261,21 @@ class Indexer:
         finally:
             bar.close()
         seconds = time.perf_counter() - started
+        summary = dict(folder=str(self.store.folder), run=run["run"], seconds=seconds,
+                       images_per_second=counts["added"] / seconds if seconds > 0 else 0.0, **counts)
+        if shards > 1:  # the other shards may still be writing: a plain run builds the indexes
+            left = set(range(-(-total_listed // chunk_size))) - self.store.done_chunks(run["run"])
+            return IndexSummary(**summary, images=self.store.read_table(SHARDS, columns=["id"]).num_rows,
+                                shard=f"{shard}/{shards}", chunks_left=len(left))
+        if run.get("shards", 1) > 1:
+            repeated = self._known_files().repeated()
+            if repeated:
+                warn(f"{repeated} byte-identical file(s) were indexed more than once, by shards that ran at the "
+                     "same time", "they stay in the index; search results may show them side by side")
         run.update(status="complete", finished=_now(), seconds=round(seconds, 3), **counts)
         self._finish(manifest)
-        return IndexSummary(
-            folder=str(self.store.folder), run=run["run"], images=manifest["counts"]["images"], seconds=seconds,
-            images_per_second=counts["added"] / seconds if seconds > 0 else 0.0,
-            indexes={name: entry["factory"] for name, entry in manifest["indexes"].items()}, **counts,
-        )
+        return IndexSummary(**summary, images=manifest["counts"]["images"],
+                            indexes={name: entry["factory"] for name, entry in manifest["indexes"].items()})
 
     def _jpeg_device(self) -> str | None:
         device = self.encoder.model.device

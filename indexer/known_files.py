@@ -132,6 +132,15 @@ class KnownFiles:
     def add(self, digest: Digest, image_id: int, path_key: int) -> None:
         self._pending[digest] = (image_id, path_key)
 
+    def repeated(self) -> int:
+        """How many entries repeat an earlier one's digest: 0 when every file is indexed once."""
+        pending = np.array(list(self._pending), dtype=np.uint64).reshape(-1, 2)
+        hi = np.concatenate([run["hi"] for run in self._runs] + [pending[:, 0]])
+        lo = np.concatenate([run["lo"] for run in self._runs] + [pending[:, 1]])
+        order = np.lexsort((lo, hi))
+        hi, lo = hi[order], lo[order]
+        return int(((hi[1:] == hi[:-1]) & (lo[1:] == lo[:-1])).sum())
+
     def settle(self) -> None:
         """Move the files added so far into the sorted runs once there are enough of them; call
         between batches (within one, :meth:`recent` finds what the batch added)."""

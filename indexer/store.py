@@ -130,7 +130,7 @@ class IndexStore:
 
     def write_manifest(self, manifest: dict) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        temporary = self.folder / f".{MANIFEST}.tmp"
+        temporary = self.folder / f".{MANIFEST}.{os.getpid()}.tmp"  # shards may write at once
         temporary.write_text(json.dumps(manifest, indent=1) + "\n")
         os.replace(temporary, self.manifest_path)
 

@@ -12,6 +12,18 @@ if TYPE_CHECKING:
     from indexer.build import IndexSummary
 
 
+def _parse_shard(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[int, int]:
+    if value is None:
+        return 0, 1
+    try:
+        shard, shards = (int(part) for part in value.split("/"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not I/N (e.g. 0/4)") from None
+    if not 0 <= shard < shards:
+        raise click.BadParameter(f"{value}: I must be 0 to N-1 (the shards of 4 are 0/4 … 3/4)")
+    return shard, shards
+
+
 @click.command("index")
 @click.argument("images", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
@@ -44,6 +56,10 @@ if TYPE_CHECKING:
 @click.option("--gpu-jpeg/--pil-jpeg", "jpeg_on_device", default=True, show_default=True,
               help="On a GPU, decode JPEGs there (nvjpeg) instead of with PIL in the workers.")
 @click.option("--device", default="auto", show_default=True, help="auto (cuda when available), cpu, cuda, cuda:1 …")
+@click.option("--shard", callback=_parse_shard, metavar="I/N",
+              help="Take share I of N (0 <= I < N) of the collection's chunks, so N processes (GPUs, or "
+                   "machines sharing --out) split one run; then run the same command without --shard "
+                   "to build the FAISS indexes.")
 @click.option("--append", "mode", flag_value="append", help="Add the files not indexed yet to an existing index.")
 @click.option("--overwrite", "mode", flag_value="overwrite", help="Delete the index in --out and rebuild it.")
 @json_option
@@ -51,7 +67,7 @@ def index_command(images: Path, out_dir: Path, model_name: str, weights: Path | 
                   aligner_path: Path | None, ranking_path: Path | None, property_names: tuple[str, ...],
                   clip_name: str | None, clip_weights: Path | None, sample: int,
                   index_type: str, memory_gb: float | None, batch_size: int, workers: int, chunk_size: int,
-                  jpeg_on_device: bool, device: str, mode: str | None, as_json: bool) -> None:
+                  jpeg_on_device: bool, device: str, shard: tuple[int, int], mode: str | None, as_json: bool) -> None:
     """Index the images in IMAGES (a folder, a text file of paths, or a Parquet/CSV file with a
     `path` column whose other columns are kept as metadata) into the directory --out.
 
@@ -73,7 +89,7 @@ def index_command(images: Path, out_dir: Path, model_name: str, weights: Path | 
     settings = IndexSettings(
         index=index_type, batch_size=batch_size, workers=workers, chunk_size=chunk_size,
         memory_budget=int(memory_gb * (1 << 30)) if memory_gb else None, progress=not as_json,
-        jpeg_on_device=jpeg_on_device,
+        jpeg_on_device=jpeg_on_device, shard=shard,
     )
     summary = build_index(images, out_dir, model_name, weights=weights, pretrained=not random_init,
                           aligner=aligner_path, ranking=ranking_path, properties=list(property_names) or None,
@@ -83,6 +99,11 @@ def index_command(images: Path, out_dir: Path, model_name: str, weights: Path | 
 
 
 def format_summary(summary: IndexSummary) -> str:
+    if summary.shard:
+        return (f"{summary.folder}: shard {summary.shard} done ({summary.added} added, {summary.skipped} skipped, "
+                f"{summary.duplicates} duplicates) in {summary.seconds:.1f} s; chunks of the run still to do: "
+                f"{summary.chunks_left}.\nWhen every shard has finished, run the same command without --shard: "
+                "it builds the FAISS indexes.")
     return "\n".join([
         f"{summary.folder}: {summary.images} images indexed ({summary.added} added by this run, "
         f"{summary.skipped} skipped, {summary.duplicates} duplicates, {summary.already_indexed} already there) "

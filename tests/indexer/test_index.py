@@ -1,6 +1,7 @@
 """The indexer: sources in, a valid index directory out; exact vectors; resume, append, refusals."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -18,12 +19,13 @@ import torch
 
 from indexer.build import IndexSettings, Indexer
 from indexer.info import format_info, index_info
+from indexer.known_files import KnownFiles
 from indexer.store import IndexStore
 from indexer.world import get_split, write_split
 from mapping.align import Aligner, AlignerMeta, save_aligner
 from mapping.decompose import decompose
 from mapping.encoder import PropertyEncoder
-from mapping.errors import CompsearchError
+from mapping.errors import CompsearchError, CompsearchWarning
 from mapping.images import read_image
 from mapping.models import LoadedModel, load_model
 from mapping.properties import builtin_property
@@ -186,6 +188,51 @@ def test_identical_files_are_indexed_once(model, world, tmp_path) -> None:
     assert duplicates[0]["key"] == "zz-copy.png" and duplicates[0]["duplicate_of"] == shard_ids["000003.png"]
 
 
+def _sharded(model, images: Path, out: Path, shard: tuple[int, int], mode: str = "resume"):
+    return _index(model, images, out, mode=mode, settings=dataclasses.replace(SETTINGS, chunk_size=3, shard=shard))
+
+
+def test_shards_split_a_run_and_a_plain_run_builds_the_indexes(model, world, tmp_path) -> None:
+    images = world / "train"  # 20 images: chunks of 3 → 7 chunks, dealt 0,3,6 / 1,4 / 2,5
+    unsharded = tmp_path / "whole"
+    _index(model, images, unsharded, settings=dataclasses.replace(SETTINGS, chunk_size=3))
+    out = tmp_path / "sharded"
+    first = _sharded(model, images, out, (1, 3))
+    assert (first.shard, first.added, first.chunks_left) == ("1/3", 6, 5) and not list(out.glob("*.faiss"))
+    assert IndexStore(out).read_manifest()["runs"][0]["status"] == "running"
+    assert _sharded(model, images, out, (1, 3)).added == 0  # a finished shard rerun has nothing to do
+    for shard in (0, 2):
+        _sharded(model, images, out, (shard, 3))
+    summary = _sharded(model, images, out, (0, 1))  # the plain run: nothing to encode, indexes built
+    assert summary.added == 0 and summary.images == 20 and summary.shard is None
+    table = ds.dataset(out / "shards").to_table().sort_by("id")
+    expected = ds.dataset(unsharded / "shards").to_table().sort_by("id")
+    assert table.column("id").to_pylist() == list(range(20)) and table.column("key") == expected.column("key")
+    assert table.column("vector.full") == expected.column("vector.full")  # the same vectors as one process
+    assert faiss.read_index(str(out / "full.faiss")).ntotal == 20
+    assert IndexStore(out).read_manifest()["runs"][0]["status"] == "complete"
+
+
+def test_shards_running_at_once_may_both_index_a_file_and_the_plain_run_says_so(
+        model, world, tmp_path, monkeypatch) -> None:
+    images = tmp_path / "images"
+    shutil.copytree(world / "train", images)
+    shutil.copy(images / "000000.png", images / "000004-copy.png")  # chunk 0 and chunk 1 hold the same bytes
+    out = tmp_path / "index"
+    monkeypatch.setattr(Indexer, "_known_files", lambda self: KnownFiles())  # neither shard sees the other's files
+    _sharded(model, images, out, (0, 2))
+    _sharded(model, images, out, (1, 2))
+    monkeypatch.undo()
+    with pytest.warns(CompsearchWarning, match="1 byte-identical file"):
+        summary = _sharded(model, images, out, (0, 1))
+    assert summary.images == 21
+
+
+def test_overwrite_is_refused_with_shards(model, world, tmp_path) -> None:
+    with pytest.raises(CompsearchError, match="delete"):
+        _sharded(model, world / "train", tmp_path / "index", (0, 2), mode="overwrite")
+
+
 def test_an_index_built_with_another_model_or_ranking_is_refused(model, world, artifacts, tmp_path) -> None:
     out = tmp_path / "index"
     _index(model, world / "train", out)
@@ -243,6 +290,26 @@ def test_killed_run_resumes_with_every_image_exactly_once(world, tmp_path) -> No
     ids = ds.dataset(out / "shards").to_table().column("id").to_pylist()
     assert sorted(ids) == list(range(60))
     assert faiss.read_index(str(out / "full.faiss")).ntotal == 60
+
+
+def test_shards_started_together_from_the_command_line_hold_every_image_once(world, tmp_path) -> None:
+    out = tmp_path / "index"
+    command = _cli("index", str(world / "train"), "--out", str(out), "--model", MODEL, "--random-init",
+                   "--chunk-size", "3", "--workers", "0")
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    shards = [subprocess.Popen([*command, "--shard", f"{i}/2"], env=environment, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True) for i in range(2)]  # racing on the manifest
+    for shard in shards:
+        stdout, stderr = shard.communicate(timeout=300)
+        assert shard.returncode == 0, stderr
+        assert "run the same command without --shard" in stdout
+    assert not list(out.glob("*.faiss"))
+    finished = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    assert sorted(ds.dataset(out / "shards").to_table().column("id").to_pylist()) == list(range(20))
+    assert faiss.read_index(str(out / "full.faiss")).ntotal == 20
+    wrong = subprocess.run([*command, "--shard", "2/2"], env=environment, capture_output=True, text=True, timeout=300)
+    assert wrong.returncode == 2 and "I must be 0 to N-1" in wrong.stderr
 
 
 @pytest.mark.slow
