@@ -6,6 +6,7 @@ run reuses them, so its components cannot drift from those of the run it continu
 """
 from __future__ import annotations
 
+from itertools import islice
 from pathlib import Path
 
 from mapping.errors import CompsearchError
@@ -17,12 +18,15 @@ DEFAULT_SAMPLE = 1000
 
 
 def sample_source(source: ImageSource, count: int) -> PathListSource:
-    """About ``count`` images spread evenly over the listing (every n-th)."""
-    paths = [record.path for record in source.records() if record.path is not None]
-    if not paths:
+    """About ``count`` images spread evenly over the listing (every n-th), in two streaming
+    passes, so only the sample is held in memory however long the listing."""
+    listed = sum(1 for record in source.records() if record.path is not None)
+    if not listed:
         raise CompsearchError(f"no image files listed in {source.description}", "pass a folder or list of image files")
-    step = max(1, len(paths) // count)
-    return PathListSource(paths[::step][:count], f"every {step}th image of {source.description}")
+    step = max(1, listed // count)
+    paths = (record.path for record in source.records() if record.path is not None)
+    which = "every image" if step == 1 else f"one image in {step}"
+    return PathListSource(list(islice(islice(paths, 0, None, step), count)), f"{which} of {source.description}")
 
 
 def rank_on_sample(

@@ -20,13 +20,14 @@ import torch
 from indexer.build import IndexSettings, Indexer
 from indexer.info import format_info, index_info
 from indexer.known_files import KnownFiles
+from indexer.ranking_on_the_fly import sample_source
 from indexer.store import IndexStore
 from indexer.world import get_split, write_split
 from mapping.align import Aligner, AlignerMeta, save_aligner
 from mapping.decompose import decompose
 from mapping.encoder import PropertyEncoder
 from mapping.errors import CompsearchError, CompsearchWarning
-from mapping.images import read_image
+from mapping.images import PathListSource, read_image
 from mapping.models import LoadedModel, load_model
 from mapping.properties import builtin_property
 from mapping.rank import PropertyRanking, Ranking
@@ -369,3 +370,11 @@ def test_properties_without_ranking_or_clip_are_refused(model, world, tmp_path) 
     with pytest.raises(CompsearchError, match="--clip"):
         build_index(world / "train", tmp_path / "index", MODEL, pretrained=False, properties=["colour"],
                     settings=SETTINGS)
+
+
+def test_the_on_the_fly_ranking_sample_is_every_nth_listed_image() -> None:
+    listing = PathListSource([Path(f"/photos/{i}.jpg") for i in range(103)], "a listing")
+    sample = sample_source(listing, 10)
+    assert [record.path for record in sample.records()] == [Path(f"/photos/{i}.jpg") for i in range(0, 100, 10)]
+    assert (sample.description, sample_source(listing, 1000).description) == (
+        "one image in 10 of a listing", "every image of a listing")
