@@ -16,8 +16,9 @@ Shards: ``IndexSettings.shard = (i, n)`` makes this process take the chunks c wi
 c mod n = i of the run, so n processes (machines sharing the folder, or GPUs) split one run;
 ids are listing positions, so they agree without talking. A shard writes its chunks and
 stops; a plain run of the same command afterwards finds every chunk done and builds the FAISS
-indexes. Shards that run at the same time do not see each other's files: byte-identical files
-in different shards can both be indexed (that final run says how many).
+indexes. Shards that run at the same time do not see each other's files, so each may index a
+copy of the same bytes: that final run keeps the smallest id and moves the others to
+``duplicates``.
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ from indexer.store import (
     IndexStore,
 )
 from mapping.encoder import PropertyEncoder
-from mapping.errors import CompsearchError, warn
+from mapping.errors import CompsearchError
 from mapping.images import DEFAULT_CHUNK_SIZE, Batch, ImageRecord, ImageSource, iter_batches, open_source
 
 Mode = Literal["resume", "append", "overwrite"]
@@ -267,11 +268,11 @@ class Indexer:
             left = set(range(-(-total_listed // chunk_size))) - self.store.done_chunks(run["run"])
             return IndexSummary(**summary, images=self.store.read_table(SHARDS, columns=["id"]).num_rows,
                                 shard=f"{shard}/{shards}", chunks_left=len(left))
-        if run.get("shards", 1) > 1:
-            repeated = self._known_files().repeated()
-            if repeated:
-                warn(f"{repeated} byte-identical file(s) were indexed more than once, by shards that ran at the "
-                     "same time", "they stay in the index; search results may show them side by side")
+        if run.get("shards", 1) > 1:  # shards that ran at once may each have indexed a copy
+            repeats = self._known_files().repeats()
+            self.store.move_to_duplicates(repeats)
+            counts["duplicates"] += len(repeats)
+            summary["duplicates"] = counts["duplicates"]
         run.update(status="complete", finished=_now(), seconds=round(seconds, 3), **counts)
         self._finish(manifest)
         return IndexSummary(**summary, images=manifest["counts"]["images"],

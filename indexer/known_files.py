@@ -132,14 +132,19 @@ class KnownFiles:
     def add(self, digest: Digest, image_id: int, path_key: int) -> None:
         self._pending[digest] = (image_id, path_key)
 
-    def repeated(self) -> int:
-        """How many entries repeat an earlier one's digest: 0 when every file is indexed once."""
-        pending = np.array(list(self._pending), dtype=np.uint64).reshape(-1, 2)
+    def repeats(self) -> dict[int, int]:
+        """id → the id it repeats, for every file whose digest a file with a smaller id has (none
+        when every file is indexed once; shards running at once can leave some)."""
+        pending = np.array([(*digest, image_id) for digest, (image_id, _) in self._pending.items()],
+                           dtype=np.uint64).reshape(-1, 3)
         hi = np.concatenate([run["hi"] for run in self._runs] + [pending[:, 0]])
         lo = np.concatenate([run["lo"] for run in self._runs] + [pending[:, 1]])
-        order = np.lexsort((lo, hi))
-        hi, lo = hi[order], lo[order]
-        return int(((hi[1:] == hi[:-1]) & (lo[1:] == lo[:-1])).sum())
+        ids = np.concatenate([run["id"] for run in self._runs] + [pending[:, 2].astype(np.int64)])
+        order = np.lexsort((ids, lo, hi))  # by digest, then id: a group's first is its smallest id
+        hi, lo, ids = hi[order], lo[order], ids[order]
+        starts = np.concatenate([[True], (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])])
+        first = ids[np.flatnonzero(starts)][np.cumsum(starts) - 1]
+        return dict(zip(ids[~starts].tolist(), first[~starts].tolist()))
 
     def settle(self) -> None:
         """Move the files added so far into the sorted runs once there are enough of them; call

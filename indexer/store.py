@@ -148,6 +148,25 @@ class IndexStore:
         """Chunks of ``run`` whose shard is on disk (finished)."""
         return {chunk for r, chunk in map(parse_part_name, (p.name for p in self.shard_paths())) if r == run}
 
+    def move_to_duplicates(self, repeats: dict[int, int]) -> None:
+        """Take the rows of ``repeats``' ids (id → the id it repeats) out of the shards and list
+        them in ``duplicates``, chunk by chunk; the duplicates file is written first, so a kill
+        in between leaves the row in place, and a rerun finds it again (listed once by key)."""
+        for path in self.shard_paths():
+            drop = np.isin(pq.read_table(path, columns=["id"]).column("id").to_numpy(), list(repeats))
+            if not drop.any():
+                continue
+            table = pq.read_table(path)
+            listed = self.folder / DUPLICATES / path.name
+            entries = pq.read_table(listed).to_pylist() if listed.exists() else []
+            known = {entry["key"] for entry in entries}
+            entries += [{"key": row["key"], "path": row["path"], "sha256": row["sha256"], "duplicate_of": repeats[row["id"]]}
+                        for row in table.filter(pa.array(drop)).select(["key", "path", "sha256", "id"]).to_pylist()
+                        if row["key"] not in known]
+            listed.parent.mkdir(parents=True, exist_ok=True)
+            _write_atomically(pa.Table.from_pylist(entries), listed)
+            _write_atomically(table.filter(pa.array(~drop)), path)
+
     def write_chunk(self, rows: ChunkRows) -> None:
         name = part_name(rows.run, rows.chunk)
         for kind, entries in ((SKIPPED, rows.skipped), (DUPLICATES, rows.duplicates)):

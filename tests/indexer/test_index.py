@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import shutil
 import signal
@@ -26,7 +27,7 @@ from indexer.world import get_split, write_split
 from mapping.align import Aligner, AlignerMeta, save_aligner
 from mapping.decompose import decompose
 from mapping.encoder import PropertyEncoder
-from mapping.errors import CompsearchError, CompsearchWarning
+from mapping.errors import CompsearchError
 from mapping.images import PathListSource, read_image
 from mapping.models import LoadedModel, load_model
 from mapping.properties import builtin_property
@@ -214,19 +215,25 @@ def test_shards_split_a_run_and_a_plain_run_builds_the_indexes(model, world, tmp
     assert IndexStore(out).read_manifest()["runs"][0]["status"] == "complete"
 
 
-def test_shards_running_at_once_may_both_index_a_file_and_the_plain_run_says_so(
-        model, world, tmp_path, monkeypatch) -> None:
+def test_a_file_two_shards_both_indexed_is_kept_once_by_the_plain_run(model, world, tmp_path, monkeypatch) -> None:
     images = tmp_path / "images"
     shutil.copytree(world / "train", images)
     shutil.copy(images / "000000.png", images / "000004-copy.png")  # chunk 0 and chunk 1 hold the same bytes
     out = tmp_path / "index"
-    monkeypatch.setattr(Indexer, "_known_files", lambda self: KnownFiles())  # neither shard sees the other's files
+    monkeypatch.setattr(Indexer, "_known_files", lambda self: KnownFiles())  # as if both shards ran at once
     _sharded(model, images, out, (0, 2))
     _sharded(model, images, out, (1, 2))
     monkeypatch.undo()
-    with pytest.warns(CompsearchWarning, match="1 byte-identical file"):
-        summary = _sharded(model, images, out, (0, 1))
-    assert summary.images == 21
+    assert ds.dataset(out / "shards").to_table().num_rows == 21
+    summary = _sharded(model, images, out, (0, 1))
+    assert summary.images == 20 and summary.duplicates == 1
+    ids = {row["key"]: row["id"] for row in ds.dataset(out / "shards").to_table().to_pylist()}
+    assert "000004-copy.png" not in ids and len(ids) == 20
+    assert IndexStore(out).read_table("duplicates").to_pylist() == [{
+        "key": "000004-copy.png", "path": str(images / "000004-copy.png"),
+        "sha256": hashlib.sha256((images / "000000.png").read_bytes()).hexdigest(),
+        "duplicate_of": ids["000000.png"]}]
+    assert faiss.read_index(str(out / "full.faiss")).ntotal == 20
 
 
 def test_overwrite_is_refused_with_shards(model, world, tmp_path) -> None:

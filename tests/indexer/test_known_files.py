@@ -73,3 +73,13 @@ def test_a_paths_key_does_not_depend_on_its_neighbours_and_tells_paths_apart() -
 def test_a_digest_is_the_first_128_bits_of_the_sha256() -> None:
     sha = _sha(42)
     assert _digest(sha) == (int(sha[:16], 16), int(sha[16:32], 16)) == _digest(sha.upper())
+
+
+def test_repeats_map_every_later_copy_to_the_smallest_id_wherever_they_are(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(known_files, "SETTLE_AT", 2)
+    known = KnownFiles.from_batches([pa.record_batch({"id": [5, 1], "sha256": [_sha(7), _sha(1)], "path": ["a", "b"]})])
+    assert known.repeats() == {}
+    for image_id, n in ((2, 7), (3, 3), (9, 7), (4, 1)):  # runs and pending entries alike
+        known.add(_digest(_sha(n)), image_id, path_key(None))
+        known.settle()
+    assert known.repeats() == {5: 2, 9: 2, 4: 1}
