@@ -231,17 +231,17 @@ class Indexer:
         manifest, run = self._start(source, mode)
         started = time.perf_counter()
         done = self.store.done_chunks(run["run"])
-        total = total_listed = sum(1 for _ in source.records())
+        listed = sum(1 for _ in source.records())
         chunk_size = self.settings.chunk_size
+        chunks = -(-listed // chunk_size)
         shard, shards = self.settings.shard
-        mine = range(shard, -(-total // chunk_size), shards)  # this shard's chunks (all, unsharded)
-        sizes = {chunk: min(chunk_size, total - chunk * chunk_size) for chunk in mine}
+        sizes = {chunk: min(chunk_size, listed - chunk * chunk_size)  # this shard's chunks (all, unsharded)
+                 for chunk in range(shard, chunks, shards)}
         finished_before = sum(sizes[chunk] for chunk in done if chunk in sizes)
-        total = sum(sizes.values())
         known = self._known_files()
         counts = {"added": 0, "skipped": 0, "duplicates": 0, "already_indexed": 0}
         buffer = _ChunkBuffer(run["run"], run["id_offset"])
-        bar = tqdm(total=total, initial=finished_before, desc="indexing", unit="img", disable=not self.settings.progress,
+        bar = tqdm(total=sum(sizes.values()), initial=finished_before, desc="indexing", unit="img", disable=not self.settings.progress,
                    smoothing=0.05)
         try:
             for batch in iter_batches(source, [self.encoder.model.preprocess], self.settings.batch_size,
@@ -262,21 +262,23 @@ class Indexer:
         finally:
             bar.close()
         seconds = time.perf_counter() - started
-        summary = dict(folder=str(self.store.folder), run=run["run"], seconds=seconds,
-                       images_per_second=counts["added"] / seconds if seconds > 0 else 0.0, **counts)
         if shards > 1:  # the other shards may still be writing: a plain run builds the indexes
-            left = set(range(-(-total_listed // chunk_size))) - self.store.done_chunks(run["run"])
-            return IndexSummary(**summary, images=self.store.read_table(SHARDS, columns=["id"]).num_rows,
-                                shard=f"{shard}/{shards}", chunks_left=len(left))
+            left = set(range(chunks)) - self.store.done_chunks(run["run"])
+            return IndexSummary(**self._summary(run, seconds, counts), shard=f"{shard}/{shards}", chunks_left=len(left),
+                                images=self.store.read_table(SHARDS, columns=["id"]).num_rows)
         if run.get("shards", 1) > 1:  # shards that ran at once may each have indexed a copy
-            repeats = self._known_files().repeats()
+            repeats = known.repeats()  # read from every shard at the start of this run
             self.store.move_to_duplicates(repeats)
             counts["duplicates"] += len(repeats)
-            summary["duplicates"] = counts["duplicates"]
         run.update(status="complete", finished=_now(), seconds=round(seconds, 3), **counts)
         self._finish(manifest)
-        return IndexSummary(**summary, images=manifest["counts"]["images"],
+        return IndexSummary(**self._summary(run, seconds, counts), images=manifest["counts"]["images"],
                             indexes={name: entry["factory"] for name, entry in manifest["indexes"].items()})
+
+    def _summary(self, run: dict, seconds: float, counts: dict[str, int]) -> dict[str, Any]:
+        """The fields of an :class:`IndexSummary` that every kind of run reports."""
+        return dict(folder=str(self.store.folder), run=run["run"], seconds=seconds,
+                    images_per_second=counts["added"] / seconds if seconds > 0 else 0.0, **counts)
 
     def _jpeg_device(self) -> str | None:
         device = self.encoder.model.device
