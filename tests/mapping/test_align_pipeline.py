@@ -151,12 +151,17 @@ def test_align_rank_describe_commands_on_a_local_clip(tmp_path: Path, world_imag
     assert len(head["texts"]) == 2 and set(head["texts"][0]) == {"text", "share"}
 
 
-def test_example_properties_need_no_aligner(tmp_path: Path, world_images: Path) -> None:
-    clip = _tiny_clip()
+def _parity_examples(folder: Path, world_images: Path) -> None:
+    """``folder/{even,odd}/``: the world images labelled by the parity of their index."""
     for image in world_images.glob("*.png"):
         value = "odd" if int(image.stem[:3]) % 2 else "even"
-        (tmp_path / "parity" / value).mkdir(parents=True, exist_ok=True)
-        (tmp_path / "parity" / value / image.name).symlink_to(image)
+        (folder / value).mkdir(parents=True, exist_ok=True)
+        (folder / value / image.name).symlink_to(image)
+
+
+def test_example_properties_need_no_aligner(tmp_path: Path, world_images: Path) -> None:
+    clip = _tiny_clip()
+    _parity_examples(tmp_path / "parity", world_images)
     ranking = rank(clip, None, examples=[load_examples(tmp_path / "parity")])
     [prop] = ranking.properties
     assert ranking.aligner is None and prop.source == "examples" and prop.values == ["even", "odd"]
@@ -190,10 +195,7 @@ def test_probe_sets_skip_an_unreadable_image_with_a_warning(
 
 def test_a_broken_example_is_dropped_with_its_label(tmp_path: Path, world_images: Path) -> None:
     clip = _tiny_clip()
-    for image in world_images.glob("*.png"):
-        value = "odd" if int(image.stem[:3]) % 2 else "even"
-        (tmp_path / "parity" / value).mkdir(parents=True, exist_ok=True)
-        (tmp_path / "parity" / value / image.name).symlink_to(image)
+    _parity_examples(tmp_path / "parity", world_images)
     clean = rank(clip, None, examples=[load_examples(tmp_path / "parity")]).properties[0]
     (tmp_path / "parity" / "even" / "000_broken.png").write_text("not pixels")  # listed first among evens
     with_broken = rank(clip, None, examples=[load_examples(tmp_path / "parity")]).properties[0]
