@@ -20,8 +20,6 @@ Prints the table and rewrites its section of ``benchmarks/RESULTS.md``.
 from __future__ import annotations
 
 import dataclasses
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -34,7 +32,7 @@ from indexer.world.fixture_clip import fixture_clip_dir
 from mapping.decompose import decompose
 from mapping.explain.debias import DebiasReport, LabelledSet, debias
 from mapping.models import LoadedModel, load_model
-from results_section import write_section
+from results_section import publish, shared_cpu
 
 DEIT_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "models" / "deit_tiny_patch16_224.in1k.safetensors"
 SCENES = ("water", "forest")
@@ -117,8 +115,7 @@ def main(train_count: int, test_count: int, deit_weights: Path) -> None:
         "",
         f"`OMP_NUM_THREADS=2 .venv/bin/python benchmarks/debias.py --train-count {train_count} --test-count {test_count}` "
         f"(label: the shape; spurious: the scene, {' vs '.join(SCENES)}, agreeing {AGREEMENT:.0%} in training, "
-        f"balanced in the test set; {platform.processor() or platform.machine()}, {os.cpu_count()} cores shared, "
-        f"torch threads {torch.get_num_threads()}).",
+        f"balanced in the test set; {shared_cpu()}).",
         "",
         "| model, label shapes | ablated | worst group, same head | average, same head | worst group, refit head "
         "| average, refit head |",
@@ -131,9 +128,7 @@ def main(train_count: int, test_count: int, deit_weights: Path) -> None:
         "(label-variance shares on the training renders). Reference (the paper, real Waterbirds, top 10): "
         "DeiT worst group .733 → .815, CLIP .507 → .744.",
     ]
-    text = "\n".join(lines)
-    click.echo(text)
-    write_section("debias", text)
+    publish("debias", lines)
 
 
 if __name__ == "__main__":

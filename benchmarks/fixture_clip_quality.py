@@ -20,7 +20,7 @@ from indexer.world import FACTORS, SPLITS, render
 from indexer.world.fixture_clip import REPORT_NAME, fixture_clip_dir
 from indexer.world.zero_shot import zero_shot_accuracy
 from mapping.models import load_model
-from results_section import write_section
+from results_section import publish
 
 
 def renders_per_second(size: int, count: int = 200) -> float:
@@ -60,9 +60,7 @@ def main(images: int) -> None:
         f"{report['torch_threads']} torch threads on a shared CPU. World rendering: "
         + ", ".join(f"{rate:.0f} renders/s at {size} px" for size, rate in speed.items()) + " (one core).",
     ]
-    text = "\n".join(lines)
-    click.echo(text)
-    write_section("fixture-clip-quality", text)
+    publish("fixture-clip-quality", lines)
 
 
 if __name__ == "__main__":

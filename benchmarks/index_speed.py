@@ -17,10 +17,8 @@ measured on synthetic 768-d vectors. Writes its section of benchmarks/RESULTS.md
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile

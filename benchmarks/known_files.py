@@ -19,7 +19,7 @@ import click
 import pyarrow as pa
 
 from indexer.known_files import KnownFiles, file_keys
-from results_section import write_section
+from results_section import publish
 
 BATCH = 256
 
@@ -71,9 +71,7 @@ def main(files: int) -> None:
         "",
         f"Lookups in batches of {BATCH} (half known): {lookup_us:.1f} µs per file over {len(known._runs)} sorted run(s).",
     ]
-    text = "\n".join(lines)
-    click.echo(text)
-    write_section("known-files", text)
+    publish("known-files", lines)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -60,7 +59,7 @@ from mapping.rank.retrieval import (
     match_rate,
     sum_components,
 )
-from results_section import write_section
+from results_section import shared_cpu, write_section
 
 DEIT_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "models" / "deit_tiny_patch16_224.in1k.safetensors"
 RENDER_SIZE = 224
@@ -329,8 +328,7 @@ def main(train_images: int, eval_images: int, k: int, draws: int, epochs: int, d
         ("clip", clip_name)) if value is not None)
     lines = [
         "## Property retrieval on the world: precision@10 and leakage", "",
-        f"`{command}` ({platform.processor() or platform.machine()}, {os.cpu_count()} cores shared, "
-        f"torch threads {torch.get_num_threads()}; {seconds:.0f} s, of which {encode_seconds:.0f} s rendering "
+        f"`{command}` ({shared_cpu()}; {seconds:.0f} s, of which {encode_seconds:.0f} s rendering "
         "and decomposing)", "",
         f"{train_images} renders of the world's `train` split (seed 0; aligner training with 10 % held out, and "
         f"the S_p probe set), {eval_images} held-out renders of the `test` split (seed 1) as the gallery, "

@@ -1,8 +1,12 @@
 """Each benchmark owns one section of ``benchmarks/RESULTS.md`` and rewrites only that one."""
 from __future__ import annotations
 
+import os
+import platform
 import re
 from pathlib import Path
+
+import click
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
@@ -29,3 +33,18 @@ def write_section(name: str, text: str) -> None:
     else:
         updated = current.rstrip("\n") + "\n\n" + section + "\n"
     RESULTS.write_text(updated)
+
+
+def shared_cpu() -> str:
+    """The machine as a CPU-bound section states it: processor, cores (shared), torch threads."""
+    import torch  # only the sections that run torch ask
+
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores shared, "
+            f"torch threads {torch.get_num_threads()}")
+
+
+def publish(name: str, lines: list[str]) -> None:
+    """Print a benchmark's section and write it into ``RESULTS.md``."""
+    text = "\n".join(lines)
+    click.echo(text)
+    write_section(name, text)

@@ -41,7 +41,6 @@ import argparse
 import gc
 import json
 import os
-import shutil
 import statistics
 import sys
 import tempfile

@@ -20,8 +20,6 @@ DeiT-tiny weights (``../shared/models``); says so and stops without them.
 """
 from __future__ import annotations
 
-import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -36,7 +34,7 @@ from mapping.explain import explain_images, split_transform
 from mapping.explain.gradcam import grad_cam
 from mapping.explain.segmentation import SegmentationScores, segmentation_scores, upsample
 from mapping.models import LoadedModel, load_model
-from results_section import write_section
+from results_section import publish, shared_cpu
 
 DEIT_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "models" / "deit_tiny_patch16_224.in1k.safetensors"
 GRID = (14, 14)
@@ -103,8 +101,7 @@ def main(count: int, batch_size: int, weights: Path) -> None:
         "",
         f"`OMP_NUM_THREADS=2 .venv/bin/python benchmarks/segmentation.py --count {count}` ({count} renders of the "
         f"world's `test` split at 224 px, real DeiT-tiny weights, predicted class; "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores shared, "
-        f"torch threads {torch.get_num_threads()}). Object share of the pixels: {truth.float().mean():.3f}.",
+        f"{shared_cpu()}). Object share of the pixels: {truth.float().mean():.3f}.",
         "",
         "| method | pixel acc. | mIoU | mAP | ms / image |",
         "|---|---|---|---|---|",
@@ -116,9 +113,7 @@ def main(count: int, batch_size: int, weights: Path) -> None:
         "Reference on real ImageNet masks (the paper, DeiT-base): decomposition .772 / .529 / .831, "
         "Grad-CAM .653 / .463 / .713 (pixel acc. / mIoU / mAP).",
     ]
-    text = "\n".join(lines)
-    click.echo(text)
-    write_section("segmentation", text)
+    publish("segmentation", lines)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ from indexer.store import IndexStore
 from indexer.world import get_split, write_split
 from mapping.align import Aligner, AlignerMeta, save_aligner
 from mapping.decompose import decompose
-from mapping.encoder import PropertyEncoder
 from mapping.errors import CompsearchError
 from mapping.images import PathListSource, read_image
 from mapping.models import LoadedModel, load_model
