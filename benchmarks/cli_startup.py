@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # The console script's entry point, then a report of what the process imported.
 PROBE = """import sys
 sys.argv = ["compsearch", *sys.argv[1:]]
-from search.cli import main
+from compsearch.search.cli import main
 try:
     main()
 finally:
@@ -41,7 +41,7 @@ MISSING_IMAGE = "/nonexistent/photo.jpg"
 def command_lines(tree: Path) -> list[list[str]]:
     """``--help`` of the group and of every registered command (and ``world``'s subcommands),
     plus a path error a user makes on the way in."""
-    listing = subprocess.run([sys.executable, "-c", "from search.cli import COMMANDS; print(*COMMANDS)"],
+    listing = subprocess.run([sys.executable, "-c", "from compsearch.search.cli import COMMANDS; print(*COMMANDS)"],
                              env=_env(tree), capture_output=True, text=True, check=True).stdout.split()
     lines = [["--help"]] + [[name, "--help"] for name in listing]
     lines += [["world", sub, "--help"] for sub in ("render", "fixture-clip")]

@@ -27,11 +27,11 @@ import click
 import numpy as np
 import torch
 
-from indexer.world import WorldItem, draw_item, render_image
-from indexer.world.fixture_clip import fixture_clip_dir
-from mapping.decompose import decompose
-from mapping.explain.debias import DebiasReport, LabelledSet, debias
-from mapping.models import LoadedModel, load_model
+from compsearch.indexer.world import WorldItem, draw_item, render_image
+from compsearch.indexer.world.fixture_clip import fixture_clip_dir
+from compsearch.mapping.decompose import decompose
+from compsearch.mapping.explain.debias import DebiasReport, LabelledSet, debias
+from compsearch.mapping.models import LoadedModel, load_model
 from results_section import publish, shared_cpu
 
 DEIT_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "models" / "deit_tiny_patch16_224.in1k.safetensors"

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-from mapping.decompose import adapter_for, decompose
-from mapping.errors import UnsupportedModelError
-from mapping.models import LoadedModel, load_model
+from compsearch.mapping.decompose import adapter_for, decompose
+from compsearch.mapping.errors import UnsupportedModelError
+from compsearch.mapping.models import LoadedModel, load_model
 from results_section import RESULTS, read_section, write_section
 
 MODES = ("plain", "heads", "heads×tokens")

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import click
 
-from indexer.world import SPLITS, render_image
-from indexer.world.fixture_clip import fixture_clip_dir
-from mapping.explain import Query, components_caption, explain_images, render_overlay
-from mapping.models import LoadedModel, load_model
-from mapping.properties import builtin_property
+from compsearch.indexer.world import SPLITS, render_image
+from compsearch.indexer.world.fixture_clip import fixture_clip_dir
+from compsearch.mapping.explain import Query, components_caption, explain_images, render_overlay
+from compsearch.mapping.models import LoadedModel, load_model
+from compsearch.mapping.properties import builtin_property
 
 OUT = Path(__file__).with_name("examples")
 DEIT_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "models" / "deit_tiny_patch16_224.in1k.safetensors"

@@ -16,10 +16,10 @@ import time
 import click
 import torch
 
-from indexer.world import FACTORS, SPLITS, render
-from indexer.world.fixture_clip import REPORT_NAME, fixture_clip_dir
-from indexer.world.zero_shot import zero_shot_accuracy
-from mapping.models import load_model
+from compsearch.indexer.world import FACTORS, SPLITS, render
+from compsearch.indexer.world.fixture_clip import REPORT_NAME, fixture_clip_dir
+from compsearch.indexer.world.zero_shot import zero_shot_accuracy
+from compsearch.mapping.models import load_model
 from results_section import publish
 
 

@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from indexer.build import IndexSettings, Indexer
-from indexer.faiss_choice import build_index
-from indexer.world import get_split, write_split
-from mapping.encoder import PropertyEncoder
-from mapping.images import iter_batches
-from mapping.models import load_model
+from compsearch.indexer.build import IndexSettings, Indexer
+from compsearch.indexer.faiss_choice import build_index
+from compsearch.indexer.world import get_split, write_split
+from compsearch.mapping.encoder import PropertyEncoder
+from compsearch.mapping.images import iter_batches
+from compsearch.mapping.models import load_model
 from results_section import write_section
 
 CACHE = Path(os.environ.get("COMPSEARCH_CACHE", "~/.cache/compsearch")).expanduser() / "benchmarks"
@@ -89,8 +89,8 @@ def peak_rss_mib(model_name: str, listing: Path, batch_size: int, workers: int) 
     """Peak RSS of an indexing run in a fresh process (main process; workers apart)."""
     code = (
         "import resource, sys, tempfile; from pathlib import Path;"
-        "from indexer.build import IndexSettings, Indexer; from mapping.encoder import PropertyEncoder;"
-        "from mapping.models import load_model;"
+        "from compsearch.indexer.build import IndexSettings, Indexer; from compsearch.mapping.encoder import PropertyEncoder;"
+        "from compsearch.mapping.models import load_model;"
         f"m = load_model({model_name!r}, pretrained=False);"
         "d = tempfile.mkdtemp();"
         f"Indexer(Path(d) / 'i', PropertyEncoder(m), IndexSettings(batch_size={batch_size}, workers={workers},"

@@ -18,7 +18,7 @@ import tracemalloc
 import click
 import pyarrow as pa
 
-from indexer.known_files import KnownFiles, file_keys
+from compsearch.indexer.known_files import KnownFiles, file_keys
 from results_section import publish
 
 BATCH = 256

@@ -42,16 +42,16 @@ from pathlib import Path
 import click
 import torch
 
-from indexer.world import FACTORS, SPLITS, WorldItem, render_image
-from indexer.world.fixture_clip import REPORT_NAME, TrainingConfig, fixture_clip_dir
-from indexer.world.zero_shot import class_embeddings
-from mapping.align import Aligner, AlignerMeta, TensorSource, TrainSettings, train_aligner
-from mapping.decompose import decompose
-from mapping.images import ImageRecord, iter_batches
-from mapping.models import LoadedModel, load_model
-from mapping.properties import orthonormal_basis
-from mapping.rank import PropertyRanking, component_variances, property_rankings, property_scores
-from mapping.rank.retrieval import (
+from compsearch.indexer.world import FACTORS, SPLITS, WorldItem, render_image
+from compsearch.indexer.world.fixture_clip import REPORT_NAME, TrainingConfig, fixture_clip_dir
+from compsearch.indexer.world.zero_shot import class_embeddings
+from compsearch.mapping.align import Aligner, AlignerMeta, TensorSource, TrainSettings, train_aligner
+from compsearch.mapping.decompose import decompose
+from compsearch.mapping.images import ImageRecord, iter_batches
+from compsearch.mapping.models import LoadedModel, load_model
+from compsearch.mapping.properties import orthonormal_basis
+from compsearch.mapping.rank import PropertyRanking, component_variances, property_rankings, property_scores
+from compsearch.mapping.rank.retrieval import (
     agreement_excess,
     chance_match_rate,
     cosine_top_k,

@@ -16,9 +16,9 @@ import time
 
 import torch
 
-from mapping.decompose import decompose
-from mapping.encoder import PropertyEncoder
-from mapping.models import load_model
+from compsearch.mapping.decompose import decompose
+from compsearch.mapping.encoder import PropertyEncoder
+from compsearch.mapping.models import load_model
 from results_section import write_section
 
 MODELS = ("deit_tiny_patch16_224", "deit_base_patch16_224", "vit_small_patch14_reg4_dinov2.lvd142m",

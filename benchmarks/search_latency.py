@@ -78,8 +78,8 @@ def real_vectors() -> np.ndarray:
     """Normalised DeiT-tiny z of the sample photos (what a model-space ``full`` index holds)."""
     import torch
 
-    from mapping.images import preprocess_batch
-    from mapping.models import load_model
+    from compsearch.mapping.images import preprocess_batch
+    from compsearch.mapping.models import load_model
 
     model = load_model("deit_tiny_patch16_224", weights=DEIT_WEIGHTS)
     paths = sorted(SAMPLE.iterdir())
@@ -145,7 +145,7 @@ class Synthetic:
         return chunks
 
     def sample(self, count: int) -> np.ndarray:
-        from indexer.faiss_choice import normalised
+        from compsearch.indexer.faiss_choice import normalised
 
         return normalised(np.concatenate([vectors for _, vectors in self.stream(count)()]))
 
@@ -190,8 +190,8 @@ def built_and_reopened(factory: str, count: int, data: Synthetic, folder: Path) 
     """Build ``factory`` with the indexer's builder, write it, reopen it as the search layer does."""
     import faiss
 
-    from indexer.faiss_choice import build_index
-    from search.index import read_faiss_index
+    from compsearch.indexer.faiss_choice import build_index
+    from compsearch.search.index import read_faiss_index
 
     before = rss_bytes()
     built = build_index(factory, DIM, count, data.stream(count))
@@ -253,14 +253,14 @@ def scale_case(family: str, count: int, spectrum: dict, shape: dict, queries: in
 # -- 3. end to end on real index directories ---------------------------------------------------------
 def end_to_end(repeats: int) -> list[dict]:
     """encode / search / total through SearchIndex, models warm, on a world index and the photos."""
-    from indexer.artifacts import encoder_for_build
-    from indexer.build import IndexSettings, Indexer
-    from indexer.world import get_split, write_split
-    from indexer.world.fixture_clip import fixture_clip_dir
-    from mapping.align import save_aligner
-    from mapping.align.run import identity_aligner
-    from mapping.models import load_model
-    from search import Term, open_index
+    from compsearch.indexer.artifacts import encoder_for_build
+    from compsearch.indexer.build import IndexSettings, Indexer
+    from compsearch.indexer.world import get_split, write_split
+    from compsearch.indexer.world.fixture_clip import fixture_clip_dir
+    from compsearch.mapping.align import save_aligner
+    from compsearch.mapping.align.run import identity_aligner
+    from compsearch.mapping.models import load_model
+    from compsearch.search import Term, open_index
 
     rows = []
     settings = IndexSettings(batch_size=32, workers=0, progress=False)
@@ -318,7 +318,7 @@ def reading(case: dict, default_nprobe: Callable[[int], int], target: float = 0.
 
 
 def report(raw: dict) -> str:
-    from indexer.faiss_choice import default_nprobe
+    from compsearch.indexer.faiss_choice import default_nprobe
 
     spectrum, shape = raw["spectrum"], raw["clustered"]
     real, fitted = spectrum["real_neighbours"], shape["neighbours"]

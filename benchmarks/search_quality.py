@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from results_section import write_section
-from search.demo import _deit_weights, run_demo
+from compsearch.search.demo import _deit_weights, run_demo
 
 
 def table(report) -> list[str]:

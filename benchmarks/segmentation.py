@@ -29,11 +29,11 @@ import click
 import numpy as np
 import torch
 
-from indexer.world import SPLITS, render_image, render_mask
-from mapping.explain import explain_images, split_transform
-from mapping.explain.gradcam import grad_cam
-from mapping.explain.segmentation import SegmentationScores, segmentation_scores, upsample
-from mapping.models import LoadedModel, load_model
+from compsearch.indexer.world import SPLITS, render_image, render_mask
+from compsearch.mapping.explain import explain_images, split_transform
+from compsearch.mapping.explain.gradcam import grad_cam
+from compsearch.mapping.explain.segmentation import SegmentationScores, segmentation_scores, upsample
+from compsearch.mapping.models import LoadedModel, load_model
 from results_section import publish, shared_cpu
 
 DEIT_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "models" / "deit_tiny_patch16_224.in1k.safetensors"

@@ -1,28 +1,19 @@
 """The corpus side: reading collections, decoding images, writing vectors and FAISS indexes.
 
-``indexer.build_index(IMAGES, DIR, model=…)`` builds an index directory and
-``indexer.open_index(DIR)`` reads one (:class:`indexer.store.IndexStore`). Heavy imports
-happen on first use, so ``import indexer`` stays cheap.
+``compsearch.indexer.build_index(IMAGES, DIR, model=…)`` builds an index directory;
+:class:`~compsearch.indexer.store.IndexStore` reads and writes its files. Heavy imports
+happen on first use, so importing this package stays cheap.
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from compsearch.mapping.lazy import lazy_attributes
 
-if TYPE_CHECKING:
-    from indexer.store import IndexStore
+_EXPORTS = {  # exported name -> submodule defining it
+    "build_index": "api",
+    "IndexSettings": "build",
+    "IndexSummary": "build",
+    "IndexStore": "store",
+}
+__all__ = list(_EXPORTS)
 
-
-def build_index(*args: Any, **kwargs: Any):
-    from indexer.api import build_index as build
-
-    return build(*args, **kwargs)
-
-
-def open_index(folder: str | Path) -> IndexStore:
-    """The index directory ``folder``, its manifest checked."""
-    from indexer.store import IndexStore
-
-    store = IndexStore(folder)
-    store.read_manifest()
-    return store
+__getattr__ = lazy_attributes(__name__, _EXPORTS)

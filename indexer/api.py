@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from indexer.artifacts import encoder_for_build
-from indexer.build import IndexSettings, IndexSummary, Indexer, Mode
-from mapping.images import ImageSource
+from compsearch.indexer.artifacts import encoder_for_build
+from compsearch.indexer.build import IndexSettings, IndexSummary, Indexer, Mode
+from compsearch.mapping.images import ImageSource
 
 
 def resolve_device(device: str) -> str:
@@ -40,13 +40,13 @@ def build_index(
     specs (built-in names, ``NAME=desc1,desc2``, YAML files) ranked on the fly on ``sample``
     images of the collection, which needs ``clip`` (and ``aligner`` unless the model is it).
     """
-    from mapping.images import open_source
-    from mapping.models import load_model
+    from compsearch.mapping.images import open_source
+    from compsearch.mapping.models import load_model
 
     source = open_source(images)  # a wrong path fails before any model loads
     loaded = load_model(model, weights=weights, device=resolve_device(device), pretrained=pretrained)
     if properties and ranking is None:
-        from indexer.ranking_on_the_fly import rank_on_sample
+        from compsearch.indexer.ranking_on_the_fly import rank_on_sample
 
         aligner, ranking = rank_on_sample(loaded, source, out, properties, clip, clip_weights, aligner, sample,
                                           settings.batch_size, settings.workers, settings.progress)

@@ -12,14 +12,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from mapping.align import Aligner, load_aligner
-from mapping.align.persist import AlignerMismatchError, aligner_paths
-from mapping.encoder import PropertyEncoder
-from mapping.errors import CompsearchError
-from mapping.models import RANDOM_INIT, LoadedModel, weights_id
-from mapping.properties import PropertyError, builtin_property
-from mapping.properties.vocabulary import default_templates
-from mapping.rank import Ranking
+from compsearch.mapping.align import Aligner, load_aligner
+from compsearch.mapping.align.persist import AlignerMismatchError, aligner_paths
+from compsearch.mapping.encoder import PropertyEncoder
+from compsearch.mapping.errors import CompsearchError
+from compsearch.mapping.models import RANDOM_INIT, LoadedModel, weights_id
+from compsearch.mapping.properties import PropertyError, builtin_property
+from compsearch.mapping.properties.vocabulary import default_templates
+from compsearch.mapping.rank import Ranking
 
 
 class IndexMismatchError(CompsearchError):

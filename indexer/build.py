@@ -35,11 +35,11 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-from indexer.artifacts import identity_differences
-from indexer.ranking_on_the_fly import ARTIFACTS
-from indexer.faiss_choice import AUTO, build_index as build_faiss_index
-from indexer.known_files import KnownFiles, file_keys
-from indexer.store import (
+from compsearch.indexer.artifacts import identity_differences
+from compsearch.indexer.ranking_on_the_fly import ARTIFACTS
+from compsearch.indexer.faiss_choice import AUTO, build_index as build_faiss_index
+from compsearch.indexer.known_files import KnownFiles, file_keys
+from compsearch.indexer.store import (
     DUPLICATES,
     FORMAT_VERSION,
     RESERVED_COLUMNS,
@@ -49,9 +49,9 @@ from indexer.store import (
     IndexDirectoryError,
     IndexStore,
 )
-from mapping.encoder import PropertyEncoder
-from mapping.errors import CompsearchError
-from mapping.images import DEFAULT_CHUNK_SIZE, Batch, ImageRecord, ImageSource, iter_batches, open_source
+from compsearch.mapping.encoder import PropertyEncoder
+from compsearch.mapping.errors import CompsearchError
+from compsearch.mapping.images import DEFAULT_CHUNK_SIZE, Batch, ImageRecord, ImageSource, iter_batches, open_source
 
 Mode = Literal["resume", "append", "overwrite"]
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mapping.errors import CompsearchError
+from compsearch.mapping.errors import CompsearchError
 
 AUTO = "auto"
 EXACT_LIMIT = 20_000  # below this, Flat answers a query in a few ms: no approximation needed

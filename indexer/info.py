@@ -5,7 +5,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from indexer.store import DUPLICATES, SHARDS, SKIPPED, IndexStore
+from compsearch.indexer.store import DUPLICATES, SHARDS, SKIPPED, IndexStore
 
 SKIP_REASONS_SHOWN = 10
 

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mapping.errors import CompsearchError
+from compsearch.mapping.errors import CompsearchError
 
 ENTRY = np.dtype([("hi", "<u8"), ("lo", "<u8"), ("id", "<i8"), ("path", "<u8")])
 SETTLE_AT = 1 << 16  # files added before the pending dict becomes a sorted run

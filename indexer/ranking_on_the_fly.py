@@ -9,9 +9,9 @@ from __future__ import annotations
 from itertools import islice
 from pathlib import Path
 
-from mapping.errors import CompsearchError
-from mapping.images import ImageSource, PathListSource
-from mapping.models import LoadedModel
+from compsearch.mapping.errors import CompsearchError
+from compsearch.mapping.images import ImageSource, PathListSource
+from compsearch.mapping.models import LoadedModel
 
 ARTIFACTS = "artifacts"
 DEFAULT_SAMPLE = 1000
@@ -35,17 +35,17 @@ def rank_on_sample(
     sample: int = DEFAULT_SAMPLE, batch_size: int = 32, workers: int = 0, progress: bool = True,
 ) -> tuple[Path, Path]:
     """``(aligner path, ranking path)`` for ``property_specs`` ranked on a sample of ``source``."""
-    from mapping.align import load_aligner, save_aligner
-    from mapping.align.features import clip_for_aligner
-    from mapping.align.run import identity_aligner, is_same_model
-    from mapping.models import load_model
-    from mapping.properties import resolve_properties
-    from mapping.rank import rank
+    from compsearch.mapping.align import load_aligner, save_aligner
+    from compsearch.mapping.align.features import clip_for_aligner
+    from compsearch.mapping.align.run import identity_aligner, is_same_model
+    from compsearch.mapping.models import load_model
+    from compsearch.mapping.properties import resolve_properties
+    from compsearch.mapping.rank import rank
 
     folder = Path(out).expanduser() / ARTIFACTS
     ranking_path = folder / "ranking.json"
     if ranking_path.is_file():  # a resumed run keeps the components it started with
-        from mapping.rank import Ranking
+        from compsearch.mapping.rank import Ranking
 
         recorded = Ranking.load(ranking_path).aligner
         return Path(aligner_path or recorded), ranking_path

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from mapping.errors import CompsearchError
+from compsearch.mapping.errors import CompsearchError
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1

@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from mapping.align import Aligner
-from mapping.align.features import aligned_batches
-from mapping.errors import CompsearchError, warn_if_few_images
-from mapping.images import SourceSpec
-from mapping.models import LoadedModel
-from mapping.properties.text import TextEncoder
+from compsearch.mapping.align import Aligner
+from compsearch.mapping.align.features import aligned_batches
+from compsearch.mapping.errors import CompsearchError, warn_if_few_images
+from compsearch.mapping.images import SourceSpec
+from compsearch.mapping.models import LoadedModel
+from compsearch.mapping.properties.text import TextEncoder
 
 DEFAULT_BANK = Path(__file__).with_name("text_bank.yaml")
 TEXT_BATCH = 256

@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mapping.align.aligner import Aligner
-from mapping.align.persist import AlignerMismatchError, check_aligner
-from mapping.decompose import adapter_for, decompose
-from mapping.errors import CompsearchError
-from mapping.models import LoadedModel
-from mapping.properties import Property, description_embeddings
+from compsearch.mapping.align.aligner import Aligner
+from compsearch.mapping.align.persist import AlignerMismatchError, check_aligner
+from compsearch.mapping.decompose import adapter_for, decompose
+from compsearch.mapping.errors import CompsearchError
+from compsearch.mapping.models import LoadedModel
+from compsearch.mapping.properties import Property, description_embeddings
 
 FULL = "full"
 

@@ -38,8 +38,8 @@ from timm.data import create_transform, resolve_data_config
 from timm.models._hub import download_cached_file  # timm's torch-hub cache for URL weights
 from torch import nn
 
-from mapping.decompose import model_output
-from mapping.errors import ModelLoadError
+from compsearch.mapping.decompose import model_output
+from compsearch.mapping.errors import ModelLoadError
 
 WEIGHTS_DIR_ENV = "COMPSEARCH_WEIGHTS_DIR"
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".bin")

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import click
 
-from mapping.errors import CompsearchError, CompsearchWarning
+from compsearch.mapping.errors import CompsearchError, CompsearchWarning
 
 
 class Entry(NamedTuple):
@@ -26,28 +26,28 @@ class Entry(NamedTuple):
 
 # Sorted by the order the commands are used in (the group's help says so).
 COMMANDS: dict[str, Entry] = {
-    "demo": Entry("search.commands.demo:demo_command", "Try it all offline: index a world, search by property."),
-    "sample": Entry("mapping.commands.demo:demo", "Decompose one drawn image with DeiT-tiny (no data needed)."),
-    "world": Entry("indexer.commands.world:world",
+    "demo": Entry("compsearch.search.commands.demo:demo_command", "Try it all offline: index a world, search by property."),
+    "sample": Entry("compsearch.mapping.commands.demo:demo", "Decompose one drawn image with DeiT-tiny (no data needed)."),
+    "world": Entry("compsearch.indexer.commands.world:world",
                    "The synthetic world and its fixture CLIP (offline)."),
-    "decompose": Entry("mapping.commands.decompose:decompose_command",
+    "decompose": Entry("compsearch.mapping.commands.decompose:decompose_command",
                        "Split images' representations into named components."),
-    "align": Entry("mapping.commands.align:align_command",
+    "align": Entry("compsearch.mapping.commands.align:align_command",
                    "Map each component into a CLIP's space (an aligner)."),
-    "rank": Entry("mapping.commands.rank:rank_command",
+    "rank": Entry("compsearch.mapping.commands.rank:rank_command",
                   "Rank components per property; write the ranking JSON."),
-    "describe": Entry("mapping.commands.describe:describe_command",
+    "describe": Entry("compsearch.mapping.commands.describe:describe_command",
                       "Describe attention heads in words (TextSpan)."),
-    "explain": Entry("mapping.commands.explain:explain_command",
+    "explain": Entry("compsearch.mapping.commands.explain:explain_command",
                      "Token heatmaps of chosen components over images."),
-    "debias": Entry("mapping.commands.debias:debias_command",
+    "debias": Entry("compsearch.mapping.commands.debias:debias_command",
                     "Mean-ablate the components that carry a spurious attribute."),
-    "index": Entry("indexer.commands.index:index_command",
+    "index": Entry("compsearch.indexer.commands.index:index_command",
                    "Index an image collection: one FAISS index per property."),
-    "info": Entry("indexer.commands.info:info_command", "Describe an index directory."),
-    "search": Entry("search.commands.search:search_command",
+    "info": Entry("compsearch.indexer.commands.info:info_command", "Describe an index directory."),
+    "search": Entry("compsearch.search.commands.search:search_command",
                     "Search an index by text or image, one property at a time."),
-    "serve": Entry("search.commands.serve:serve_command", "Serve an index: HTTP API and web page."),
+    "serve": Entry("compsearch.search.commands.serve:serve_command", "Serve an index: HTTP API and web page."),
 }
 
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from indexer.world import FACTORS, get_split, write_split
-from mapping.properties import Property
+from compsearch.indexer.world import FACTORS, get_split, write_split
+from compsearch.mapping.properties import Property
 
 # The world's factors as properties: one description per value, in the words of its captions.
 DESCRIPTIONS: dict[str, dict[str, str]] = {
@@ -71,8 +71,8 @@ class DemoReport:
 
 def _deit_weights(weights: Path | None) -> Path | None:
     """Real DeiT-tiny weights when any are at hand (a file, ${COMPSEARCH_WEIGHTS_DIR}, ../shared)."""
-    from mapping.errors import ModelLoadError
-    from mapping.models import find_local_weights, parse_model_name
+    from compsearch.mapping.errors import ModelLoadError
+    from compsearch.mapping.models import find_local_weights, parse_model_name
 
     if weights is not None:
         return weights
@@ -115,7 +115,7 @@ def _measure(index, factor: str, kind: str, queries: list[Any], query_labels: di
              labels_of: dict[int, dict[str, str]]) -> QueryFigures:
     """The queries through ``factor``'s index and through ``full``, in one batch (each
     reference image is decomposed once for both), each ranking the whole collection."""
-    from search.query import MAX_K, Query
+    from compsearch.search.query import MAX_K, Query
 
     names = (factor, "full")
     batch = [Query(text=q, property=name) if kind == "text" else Query(image=q, property=name)
@@ -143,22 +143,22 @@ def run_demo(workdir: Path, count: int = 1000, weights: Path | None = None, prog
     ``auto`` (DeiT-tiny when its weights are at hand)."""
     import time
 
-    from indexer.build import IndexSettings, Indexer
-    from indexer.artifacts import encoder_for_build
-    from indexer.store import IndexStore
-    from indexer.world.fixture_clip import fixture_clip_dir
-    from mapping.align import align, load_aligner, save_aligner
-    from mapping.align.run import identity_aligner
-    from mapping.models import load_model, weights_id
-    from mapping.rank import Ranking, rank
-    from search.index import SearchIndex
+    from compsearch.indexer.build import IndexSettings, Indexer
+    from compsearch.indexer.artifacts import encoder_for_build
+    from compsearch.indexer.store import IndexStore
+    from compsearch.indexer.world.fixture_clip import fixture_clip_dir
+    from compsearch.mapping.align import align, load_aligner, save_aligner
+    from compsearch.mapping.align.run import identity_aligner
+    from compsearch.mapping.models import load_model, weights_id
+    from compsearch.mapping.rank import Ranking, rank
+    from compsearch.search.index import SearchIndex
 
     workdir = Path(workdir).expanduser()
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     deit_weights = None if model_choice == "fixture" else _deit_weights(weights)
     if model_choice == "deit" and deit_weights is None:
-        from mapping.errors import ModelLoadError
+        from compsearch.mapping.errors import ModelLoadError
 
         raise ModelLoadError(f"no {DEIT} weights found", "pass --weights FILE, or --model fixture")
     size = 224 if deit_weights else 64

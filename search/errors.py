@@ -2,7 +2,7 @@
 prints them as one line and exits with status 2, the HTTP API answers them as 4xx)."""
 from __future__ import annotations
 
-from mapping.errors import CompsearchError, ImageReadError
+from compsearch.mapping.errors import CompsearchError, ImageReadError
 
 __all__ = ["ImageReadError", "NoTextEncoderError", "QueryError", "UnknownImageError", "UnknownPropertyError"]
 

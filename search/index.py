@@ -24,17 +24,17 @@ import numpy as np
 import PIL.Image
 import torch
 
-from indexer.artifacts import IndexMismatchError, check_model, encoder_for_manifest, find_artifact, templates_for
-from indexer.info import index_info
-from indexer.store import IndexDirectoryError, IndexStore
-from mapping.encoder import FULL, PropertyEncoder, embed_texts
-from mapping.images import decode_image, read_image, to_rgb
-from mapping.models import RANDOM_INIT, LoadedModel, load_model
-from search.combine import Ranked, WeightedVector, combined_top_k
-from search.errors import NoTextEncoderError, QueryError, UnknownPropertyError
-from search.query import ImageInput, Query, Term, check_k, term_labels
-from search.results import Result, SearchResults
-from search.stored import StoredRows, keeps_exact_vectors, split_record
+from compsearch.indexer.artifacts import IndexMismatchError, check_model, encoder_for_manifest, find_artifact, templates_for
+from compsearch.indexer.info import index_info
+from compsearch.indexer.store import IndexDirectoryError, IndexStore
+from compsearch.mapping.encoder import FULL, PropertyEncoder, embed_texts
+from compsearch.mapping.images import decode_image, read_image, to_rgb
+from compsearch.mapping.models import RANDOM_INIT, LoadedModel, load_model
+from compsearch.search.combine import Ranked, WeightedVector, combined_top_k
+from compsearch.search.errors import NoTextEncoderError, QueryError, UnknownPropertyError
+from compsearch.search.query import ImageInput, Query, Term, check_k, term_labels
+from compsearch.search.results import Result, SearchResults
+from compsearch.search.stored import StoredRows, keeps_exact_vectors, split_record
 
 IMAGE_BATCH = 32  # reference images decomposed per forward pass
 T = TypeVar("T")
@@ -76,7 +76,7 @@ class SearchIndex:
     def __init__(self, folder: str | Path, device: str = "cpu", weights: str | Path | None = None,
                  clip_weights: str | Path | None = None, model: LoadedModel | None = None,
                  clip: LoadedModel | None = None) -> None:
-        from indexer.api import resolve_device
+        from compsearch.indexer.api import resolve_device
 
         self.store = IndexStore(folder)
         self.folder = self.store.folder

@@ -15,7 +15,7 @@ from typing import Any, Union
 
 import PIL.Image
 
-from search.errors import QueryError
+from compsearch.search.errors import QueryError
 
 FULL = "full"
 MAX_K = 1000

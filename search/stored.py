@@ -7,9 +7,9 @@ from typing import Any
 import faiss
 import numpy as np
 
-from indexer.faiss_choice import normalised
-from indexer.store import IndexStore, arrow_to_vectors, vector_column
-from search.errors import UnknownImageError
+from compsearch.indexer.faiss_choice import normalised
+from compsearch.indexer.store import IndexStore, arrow_to_vectors, vector_column
+from compsearch.search.errors import UnknownImageError
 
 NOT_METADATA = ("id", "key", "path", "sha256")
 

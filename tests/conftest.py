@@ -34,6 +34,6 @@ def imagenet_sample() -> Path:
 def fixture_clip() -> Path:
     """The world-trained reference CLIP, a ``local-dir:`` folder (written from the copy the
     package ships, then cached; retrain with ``compsearch world fixture-clip --rebuild``)."""
-    from indexer.world.fixture_clip import fixture_clip_dir
+    from compsearch.indexer.world.fixture_clip import fixture_clip_dir
 
     return fixture_clip_dir()

@@ -13,7 +13,7 @@ import click
 import PIL.Image
 import pytest
 
-from search.cli import COMMANDS, cli, main
+from compsearch.search.cli import COMMANDS, cli, main
 from tests.mapping.test_models import (  # noqa: F401  (fixtures, and the tiny CLIP writer)
     _no_weights_dir,
     _save_tiny_clip_folder,
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # The console script's entry point in a fresh interpreter, saying at exit whether torch was imported.
 FRESH = ("import atexit, sys; sys.argv[0] = 'compsearch'; "
          "atexit.register(lambda: print('torch imported:', 'torch' in sys.modules, file=sys.stderr)); "
-         "from search.cli import main; main()")
+         "from compsearch.search.cli import main; main()")
 
 
 def run_fresh(*args: str) -> subprocess.CompletedProcess:
@@ -121,7 +121,7 @@ def test_decompose_table_with_tokens(monkeypatch, capsys, photos) -> None:
 
 
 def test_decompose_token_shares_sum_to_one_over_all_tokens(monkeypatch, capsys, photos) -> None:
-    monkeypatch.setattr("mapping.decompose.report.TOKENS_SHOWN", 10_000)
+    monkeypatch.setattr("compsearch.mapping.decompose.report.TOKENS_SHOWN", 10_000)
     code, out, _ = run_cli(monkeypatch, capsys, "decompose", photos[0], *MODEL, "--tokens", "--json")
     heads = [c for c in json.loads(out)["images"][0]["top"] if c["tokens"] is not None]
     assert code == 0 and heads

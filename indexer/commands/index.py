@@ -6,10 +6,10 @@ from typing import TYPE_CHECKING
 
 import click
 
-from mapping.commands.options import emit, json_option
+from compsearch.mapping.commands.options import emit, json_option
 
 if TYPE_CHECKING:
-    from indexer.build import IndexSummary
+    from compsearch.indexer.build import IndexSummary
 
 
 def _parse_shard(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[int, int]:
@@ -83,8 +83,8 @@ def index_command(images: Path, out_dir: Path, model_name: str, weights: Path | 
       compsearch index ~/photos --out photos.index --model deit_base_patch16_224 \\
           --aligner deit.aligner --ranking ranking.json
     """
-    from indexer.api import build_index
-    from indexer.build import IndexSettings
+    from compsearch.indexer.api import build_index
+    from compsearch.indexer.build import IndexSettings
 
     settings = IndexSettings(
         index=index_type, batch_size=batch_size, workers=workers, chunk_size=chunk_size,

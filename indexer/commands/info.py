@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from mapping.commands.options import emit, json_option
+from compsearch.mapping.commands.options import emit, json_option
 
 
 @click.command("info")
@@ -14,7 +14,7 @@ from mapping.commands.options import emit, json_option
 def info_command(index_dir: Path, as_json: bool) -> None:
     """Describe the index in INDEX_DIR: images indexed, skipped (with reasons), duplicates,
     properties with their k and components, index types and sizes, model, aligner and CLIP."""
-    from indexer.info import format_info, index_info
+    from compsearch.indexer.info import format_info, index_info
 
     info = index_info(index_dir)
     emit(info, as_json, format_info)  # the JSON is what /api/info serves

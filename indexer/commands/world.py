@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from indexer.world.splits import SPLITS, get_split
-from mapping.commands.options import emit, json_option
+from compsearch.indexer.world.splits import SPLITS, get_split
+from compsearch.mapping.commands.options import emit, json_option
 
 
 @click.group()
@@ -24,7 +24,7 @@ def world() -> None:
 @click.option("--seed", type=int, default=None, help="Replace the split's standard seed (a fresh, disjoint draw).")
 def render_command(out_dir: Path, split_name: str, count: int, size: int, seed: int | None) -> None:
     """Write COUNT images of a split as PNG plus <split>.parquet of labels and captions (resumable)."""
-    from indexer.world.dataset import write_split
+    from compsearch.indexer.world.dataset import write_split
 
     started = time.perf_counter()
     labels = write_split(out_dir, get_split(split_name, seed), count, size)
@@ -41,7 +41,7 @@ def fixture_clip_command(rebuild: bool, as_json: bool) -> None:
     it feeds other commands directly: `--clip "$(compsearch world fixture-clip)"`. With
     --json, stdout holds its training report instead, with the name under `model`.
     """
-    from indexer.world.fixture_clip import fixture_clip_dir, training_report
+    from compsearch.indexer.world.fixture_clip import fixture_clip_dir, training_report
 
     report = training_report(fixture_clip_dir(rebuild=rebuild))
     if not as_json:

@@ -6,10 +6,10 @@ on it (:mod:`indexer.world.fixture_clip`) are the instrument that checks the tex
 The Parquet side (:mod:`.dataset`, pyarrow) and the captions load on first use
 (:mod:`mapping.lazy`), so `compsearch world --help` lists the splits without them.
 """
-from indexer.world.factors import FACTORS, HELDOUT_PAIRS, Holdout, WorldItem, draw_item, is_heldout
-from indexer.world.render import render, render_image, render_mask
-from indexer.world.splits import SPLITS, Split, get_split
-from mapping.lazy import lazy_attributes
+from compsearch.indexer.world.factors import FACTORS, HELDOUT_PAIRS, Holdout, WorldItem, draw_item, is_heldout
+from compsearch.indexer.world.render import render, render_image, render_mask
+from compsearch.indexer.world.splits import SPLITS, Split, get_split
+from compsearch.mapping.lazy import lazy_attributes
 
 __getattr__ = lazy_attributes(__name__, {
     "canonical_caption": "captions", "random_caption": "captions", "zero_shot_prompts": "captions",

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from indexer.world.factors import FACTORS
-from mapping.errors import CompsearchError
+from compsearch.indexer.world.factors import FACTORS
+from compsearch.mapping.errors import CompsearchError
 
 SHAPE_NOUNS: dict[str, tuple[str, ...]] = {
     "circle": ("circle", "disc", "circular shape"),

@@ -15,10 +15,10 @@ import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from indexer.world.captions import canonical_caption
-from indexer.world.render import render_image
-from indexer.world.splits import Split
-from mapping.errors import CompsearchError
+from compsearch.indexer.world.captions import canonical_caption
+from compsearch.indexer.world.render import render_image
+from compsearch.indexer.world.splits import Split
+from compsearch.mapping.errors import CompsearchError
 
 
 def _is_valid_image(path: Path, size: int) -> bool:

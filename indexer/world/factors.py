@@ -17,7 +17,7 @@ from enum import Enum
 
 import numpy as np
 
-from mapping.errors import CompsearchError
+from compsearch.mapping.errors import CompsearchError
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "heart", "cross")
 # Saturated, well separated colours; black is kept for the shape outline.

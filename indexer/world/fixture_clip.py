@@ -47,15 +47,15 @@ import torch.nn.functional as F
 from open_clip.push_to_hf_hub import save_config_for_hf
 from tqdm import tqdm
 
-from indexer.world.captions import compose_caption
-from indexer.world.factors import FACTORS
-from indexer.world.fixture_pack import pack, read_metadata, unpack
-from indexer.world.render import render_image
-from indexer.world.splits import SPLITS
-from indexer.world.zero_shot import zero_shot_accuracy
-from mapping.cache import CACHE_ENV, cache_dir
-from mapping.errors import CompsearchError
-from mapping.models import LoadedModel, load_model
+from compsearch.indexer.world.captions import compose_caption
+from compsearch.indexer.world.factors import FACTORS
+from compsearch.indexer.world.fixture_pack import pack, read_metadata, unpack
+from compsearch.indexer.world.render import render_image
+from compsearch.indexer.world.splits import SPLITS
+from compsearch.indexer.world.zero_shot import zero_shot_accuracy
+from compsearch.mapping.cache import CACHE_ENV, cache_dir
+from compsearch.mapping.errors import CompsearchError
+from compsearch.mapping.models import LoadedModel, load_model
 
 MODEL_NAME = "compsearch-world-clip"
 MODEL_CONFIG_PATH = Path(__file__).with_name(f"{MODEL_NAME}.json")

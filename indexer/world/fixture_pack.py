@@ -18,11 +18,11 @@ import safetensors
 import safetensors.torch
 import torch
 
-from indexer.world.captions import caption_pieces, zero_shot_prompts
-from indexer.world.factors import FACTORS
-from mapping.describe import read_text_bank
-from mapping.properties import builtin_property, builtin_property_names
-from mapping.properties.vocabulary import default_templates
+from compsearch.indexer.world.captions import caption_pieces, zero_shot_prompts
+from compsearch.indexer.world.factors import FACTORS
+from compsearch.mapping.describe import read_text_bank
+from compsearch.mapping.properties import builtin_property, builtin_property_names
+from compsearch.mapping.properties.vocabulary import default_templates
 
 TOKEN_TABLE = "token_embedding.weight"
 SHIPPED_IDS = "token_embedding.shipped_ids"

@@ -13,8 +13,8 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
-from indexer.world.factors import COLOURS, WorldItem
-from mapping.errors import CompsearchError
+from compsearch.indexer.world.factors import COLOURS, WorldItem
+from compsearch.mapping.errors import CompsearchError
 
 OUTLINE_RGB = (15, 15, 15)  # a dark rim keeps the silhouette visible on same-coloured scenes
 # The rim's width as a share of the side: 1.5 px at the fixture CLIP's 48-px input, so a white

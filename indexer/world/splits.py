@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from indexer.world.factors import Holdout, WorldItem, draw_item
-from mapping.errors import CompsearchError
+from compsearch.indexer.world.factors import Holdout, WorldItem, draw_item
+from compsearch.mapping.errors import CompsearchError
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from indexer.world.captions import zero_shot_prompts
-from indexer.world.factors import FACTORS, WorldItem
-from indexer.world.render import render_image
-from mapping.models import LoadedModel
+from compsearch.indexer.world.captions import zero_shot_prompts
+from compsearch.indexer.world.factors import FACTORS, WorldItem
+from compsearch.indexer.world.render import render_image
+from compsearch.mapping.models import LoadedModel
 
 
 @torch.no_grad()

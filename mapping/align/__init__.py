@@ -10,9 +10,9 @@ reads the training defaults and checks aligner paths without importing torch.
 """
 from __future__ import annotations
 
-from mapping.align.files import aligner_paths
-from mapping.align.settings import TrainSettings
-from mapping.lazy import lazy_attributes
+from compsearch.mapping.align.files import aligner_paths
+from compsearch.mapping.align.settings import TrainSettings
+from compsearch.mapping.lazy import lazy_attributes
 
 _LAZY = {  # exported name -> submodule defining it
     "Aligner": "aligner",

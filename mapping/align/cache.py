@@ -30,11 +30,11 @@ from typing import Protocol
 import safetensors.torch
 import torch
 
-from mapping.errors import CompsearchError, Interrupted
-from mapping.images import Batch as ImageBatch
-from mapping.images import SourceSpec, open_source
-from mapping.images.loader import Transform
-from mapping.images.probe import probe_batches
+from compsearch.mapping.errors import CompsearchError, Interrupted
+from compsearch.mapping.images import Batch as ImageBatch
+from compsearch.mapping.images import SourceSpec, open_source
+from compsearch.mapping.images.loader import Transform
+from compsearch.mapping.images.probe import probe_batches
 
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import torch
 
-from mapping.align.aligner import Aligner
-from mapping.align.persist import AlignerMismatchError, check_aligner
-from mapping.decompose import Decomposition, adapter_for, decompose
-from mapping.images import ImageRecord, SourceSpec
-from mapping.images.loader import Transform
-from mapping.images.probe import probe_batches
-from mapping.models import LoadedModel, load_model
+from compsearch.mapping.align.aligner import Aligner
+from compsearch.mapping.align.persist import AlignerMismatchError, check_aligner
+from compsearch.mapping.decompose import Decomposition, adapter_for, decompose
+from compsearch.mapping.images import ImageRecord, SourceSpec
+from compsearch.mapping.images.loader import Transform
+from compsearch.mapping.images.probe import probe_batches
+from compsearch.mapping.models import LoadedModel, load_model
 
 
 def resolved_first_block(model: LoadedModel, first_block: str | int | None) -> str:

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from mapping.align.aligner import Aligner
-from mapping.align.features import AlignmentEncoder
-from mapping.errors import warn
-from mapping.images import SourceSpec
-from mapping.images.probe import probe_batches
-from mapping.models import LoadedModel
+from compsearch.mapping.align.aligner import Aligner
+from compsearch.mapping.align.features import AlignmentEncoder
+from compsearch.mapping.errors import warn
+from compsearch.mapping.images import SourceSpec
+from compsearch.mapping.images.probe import probe_batches
+from compsearch.mapping.models import LoadedModel
 
 FIT_SAMPLE = 32  # images: enough for a mean cosine to ±0.02, cheap next to a probe set
 FIT_MARGIN = 0.1  # how far below its held-out cosine an aligner may fall before we warn

@@ -14,9 +14,9 @@ from pathlib import Path
 import safetensors.torch
 from safetensors import SafetensorError
 
-from mapping.align.aligner import Aligner, AlignerMeta
-from mapping.align.files import aligner_paths
-from mapping.errors import CompsearchError
+from compsearch.mapping.align.aligner import Aligner, AlignerMeta
+from compsearch.mapping.align.files import aligner_paths
+from compsearch.mapping.errors import CompsearchError
 
 FORMAT_VERSION = 1
 

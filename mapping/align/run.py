@@ -8,17 +8,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from mapping.align.aligner import Aligner, AlignerMeta
-from mapping.align.cache import build_cache
-from mapping.align.features import AlignmentEncoder, resolved_first_block
-from mapping.align.files import aligner_paths
-from mapping.align.persist import save_aligner
-from mapping.align.train import TrainSettings, train_aligner
-from mapping.decompose import decompose
-from mapping.errors import Interrupted, warn_if_few_images
-from mapping.images import SourceSpec, open_source
-from mapping.images.probe import probe_batches
-from mapping.models import RANDOM_INIT, LoadedModel
+from compsearch.mapping.align.aligner import Aligner, AlignerMeta
+from compsearch.mapping.align.cache import build_cache
+from compsearch.mapping.align.features import AlignmentEncoder, resolved_first_block
+from compsearch.mapping.align.files import aligner_paths
+from compsearch.mapping.align.persist import save_aligner
+from compsearch.mapping.align.train import TrainSettings, train_aligner
+from compsearch.mapping.decompose import decompose
+from compsearch.mapping.errors import Interrupted, warn_if_few_images
+from compsearch.mapping.images import SourceSpec, open_source
+from compsearch.mapping.images.probe import probe_batches
+from compsearch.mapping.models import RANDOM_INIT, LoadedModel
 
 IDENTITY_CHECK_IMAGES = 32
 HELDOUT_ENOUGH = 20  # held-out images below which the cosine says little

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from mapping.align.aligner import alignment_loss, mapped_sum
-from mapping.align.settings import TrainSettings
-from mapping.errors import CompsearchError
+from compsearch.mapping.align.aligner import alignment_loss, mapped_sum
+from compsearch.mapping.align.settings import TrainSettings
+from compsearch.mapping.errors import CompsearchError
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # contributions (rows, C, d_model), targets (rows, d_clip)
 

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from mapping.align import TrainSettings, aligner_paths
-from mapping.commands.options import (
+from compsearch.mapping.align import TrainSettings, aligner_paths
+from compsearch.mapping.commands.options import (
     clip_weights_option,
     emit,
     first_block_option,
@@ -20,7 +20,7 @@ from mapping.commands.options import (
 )
 
 if TYPE_CHECKING:
-    from mapping.align import AlignerMeta
+    from compsearch.mapping.align import AlignerMeta
 
 DEFAULTS = TrainSettings()
 
@@ -55,7 +55,7 @@ def align_command(
     as_json: bool,
 ) -> None:
     """Train one linear map per component into CLIP space and report the held-out cosine."""
-    from mapping.align import align
+    from compsearch.mapping.align import align
 
     model = load_model_from_options(model_name, weights, random_init, device)
     clip = load_clip(clip_name, clip_weights, random_init, device)

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 
 import click
 
-from mapping.commands.options import first_block_option, json_option, load_model_from_options, model_options
+from compsearch.mapping.commands.options import first_block_option, json_option, load_model_from_options, model_options
 
 if TYPE_CHECKING:
-    from mapping.explain.debias import DebiasReport, GroupAccuracy
+    from compsearch.mapping.explain.debias import DebiasReport, GroupAccuracy
 
 RANKED_SHOWN = 5
 
@@ -63,7 +63,7 @@ def debias_command(
 ) -> None:
     """Fit a linear head for LABEL, mean-ablate the components ranked by S_spurious − S_label,
     and report per-group, worst-group and average test accuracy before → after."""
-    from mapping.explain.debias import debias, read_labelled_table
+    from compsearch.mapping.explain.debias import debias, read_labelled_table
 
     model = load_model_from_options(model_name, weights, random_init, device)
     names, train = read_labelled_table(model, train_table, label, spurious, first_block, batch_size)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from mapping.commands.options import emit, first_block_option, json_option, load_model_from_options, model_options
+from compsearch.mapping.commands.options import emit, first_block_option, json_option, load_model_from_options, model_options
 
 
 @click.command("decompose")
@@ -29,8 +29,8 @@ def decompose_command(
     and `bias`. For each image this prints the parts with the largest norm, their share of
     z (⟨c, z⟩/‖z‖², summing to 1), and the relative reconstruction error ‖Σc − z‖/‖z‖.
     """
-    from mapping.decompose.report import decompose_images, format_report
-    from mapping.images import read_image
+    from compsearch.mapping.decompose.report import decompose_images, format_report
+    from compsearch.mapping.images import read_image
 
     pictures = [read_image(path) for path in images]  # fail on a bad file before loading the model
     loaded = load_model_from_options(model_name, weights, random_init, device)

@@ -14,10 +14,10 @@ import click
 import PIL.Image
 from PIL import ImageChops, ImageDraw
 
-from mapping.errors import ModelLoadError
+from compsearch.mapping.errors import ModelLoadError
 
 if TYPE_CHECKING:
-    from mapping.models import LoadedModel
+    from compsearch.mapping.models import LoadedModel
 
 DEMO_MODEL = "deit_tiny_patch16_224"
 EXACTNESS = 1e-5  # DESIGN.md §3: relative error of Σ c_i against z in fp32
@@ -47,7 +47,7 @@ def draw_sample_image(size: int = 224) -> PIL.Image.Image:
 
 def load_demo_model(weights: Path | None) -> tuple[LoadedModel, str | None]:
     """DeiT-tiny with weights when any can be found; else random init and the reason why."""
-    from mapping.models import load_model
+    from compsearch.mapping.models import load_model
 
     try:
         return load_model(DEMO_MODEL, weights=weights), None
@@ -81,8 +81,8 @@ def demo(weights: Path | None, save_image: Path | None) -> None:
     (`init`, `blocks.9.attn.h2`, `blocks.10.mlp`, `bias`), their norms and shares of the
     representation, and checks that they add up to it exactly.
     """
-    from mapping.decompose.report import decompose_images, format_report
-    from mapping.models import WEIGHTS_DIR_ENV
+    from compsearch.mapping.decompose.report import decompose_images, format_report
+    from compsearch.mapping.models import WEIGHTS_DIR_ENV
 
     loaded, missing = load_demo_model(weights)
     if missing:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from mapping.commands.options import (
+from compsearch.mapping.commands.options import (
     aligner_option,
     clip_weights_option,
     emit,
@@ -39,8 +39,8 @@ def describe_command(
     listed above it were projected out: the shares add up to what the texts explain
     together (at most 100 %). Only attention heads are described.
     """
-    from mapping.align import check_aligner_fit, load_aligner
-    from mapping.describe import describe_heads, format_descriptions, read_text_bank, select_heads
+    from compsearch.mapping.align import check_aligner_fit, load_aligner
+    from compsearch.mapping.describe import describe_heads, format_descriptions, read_text_bank, select_heads
 
     aligner = load_aligner(aligner_path)
     texts = read_text_bank(bank)

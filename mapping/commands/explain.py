@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from mapping.commands.options import (
+from compsearch.mapping.commands.options import (
     aligner_option,
     clip_weights_option,
     first_block_option,
@@ -15,11 +15,11 @@ from mapping.commands.options import (
     load_model_from_options,
     model_options,
 )
-from mapping.errors import CompsearchError
+from compsearch.mapping.errors import CompsearchError
 
 if TYPE_CHECKING:
-    from mapping.explain import Query
-    from mapping.rank import Ranking
+    from compsearch.mapping.explain import Query
+    from compsearch.mapping.rank import Ranking
 
 
 def build_query(
@@ -27,7 +27,7 @@ def build_query(
     class_index: int | None,
 ) -> Query:
     """The query the options describe; conflicting or incomplete selectors are one clear error."""
-    from mapping.explain import Query, query_from_ranking
+    from compsearch.mapping.explain import Query, query_from_ranking
 
     if (ranking is None) != (property_name is None):
         raise CompsearchError("--ranking and --property go together",
@@ -82,11 +82,11 @@ def explain_command(
     (--ranking R --property P), or a class of the head (--class N; default: the predicted
     class), and laid on the model's own patch grid.
     """
-    from mapping.align import load_aligner
-    from mapping.explain import components_caption, explain_images, render_overlay
-    from mapping.explain.run import text_encoder
-    from mapping.images import read_image
-    from mapping.rank import Ranking
+    from compsearch.mapping.align import load_aligner
+    from compsearch.mapping.explain import components_caption, explain_images, render_overlay
+    from compsearch.mapping.explain.run import text_encoder
+    from compsearch.mapping.images import read_image
+    from compsearch.mapping.rank import Ranking
 
     ranking = Ranking.load(ranking_path) if ranking_path else None
     query = build_query(ranking, property_name, text, component_patterns, class_index)

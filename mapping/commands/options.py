@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from mapping.align.files import aligner_paths
-from mapping.errors import ModelLoadError
+from compsearch.mapping.align.files import aligner_paths
+from compsearch.mapping.errors import ModelLoadError
 
 if TYPE_CHECKING:
-    from mapping.align import Aligner
-    from mapping.models import LoadedModel
+    from compsearch.mapping.align import Aligner
+    from compsearch.mapping.models import LoadedModel
 
 Result = TypeVar("Result")
 Decorator = Callable[[Callable], Callable]
@@ -93,7 +93,7 @@ json_option = click.option(
 
 
 def load_model_from_options(model_name: str, weights: Path | None, random_init: bool, device: str) -> LoadedModel:
-    from mapping.models import load_model
+    from compsearch.mapping.models import load_model
 
     return load_model(model_name, weights=weights, device=device, pretrained=not random_init)
 
@@ -106,7 +106,7 @@ def load_clip(clip_name: str, clip_weights: Path | None, random_init: bool, devi
 
 def load_clip_for_aligner(aligner: Aligner, model: LoadedModel, clip_weights: Path | None) -> LoadedModel:
     """The CLIP whose space ``aligner`` maps into (for its text encoder)."""
-    from mapping.align.features import clip_for_aligner
+    from compsearch.mapping.align.features import clip_for_aligner
 
     with _naming_clip_weights():
         return clip_for_aligner(aligner, model, clip_weights)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from mapping.commands.options import (
+from compsearch.mapping.commands.options import (
     aligner_option,
     clip_weights_option,
     emit,
@@ -58,9 +58,9 @@ def rank_command(
     --images probe set through --aligner; properties by --examples need no aligner.
     Components that do not vary over the images (`bias`) are listed apart, never ranked.
     """
-    from mapping.align import check_aligner_fit, load_aligner
-    from mapping.properties import load_examples, resolve_properties
-    from mapping.rank import check_rank_inputs, format_ranking, rank
+    from compsearch.mapping.align import check_aligner_fit, load_aligner
+    from compsearch.mapping.properties import load_examples, resolve_properties
+    from compsearch.mapping.rank import check_rank_inputs, format_ranking, rank
 
     # Everything the files and options say is checked before the model loads.
     properties = resolve_properties(list(property_options)) if property_options or not example_specs else []

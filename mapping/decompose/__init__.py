@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mapping.decompose.base import (
+from compsearch.mapping.decompose.base import (
     Adapter,
     Decomposition,
     HookScope,
@@ -21,7 +21,7 @@ from mapping.decompose.base import (
 )
 
 # Importing the family modules registers their adapters.
-from mapping.decompose import families  # noqa: F401  (registration side effect)
+from compsearch.mapping.decompose import families  # noqa: F401  (registration side effect)
 
 
 def decompose(

@@ -34,7 +34,7 @@ from typing import ClassVar, Generic, TypeVar
 import torch
 from torch import nn
 
-from mapping.errors import CompsearchError, UnsupportedModelError
+from compsearch.mapping.errors import CompsearchError, UnsupportedModelError
 
 
 @dataclass

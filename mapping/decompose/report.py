@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import PIL.Image
 import torch
 
-from mapping.decompose import Decomposition, adapter_for, decompose
-from mapping.models import LoadedModel
+from compsearch.mapping.decompose import Decomposition, adapter_for, decompose
+from compsearch.mapping.models import LoadedModel
 
 TOKENS_SHOWN = 3  # per head with --tokens: enough to see where a head looks
 

@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from mapping.align.features import component_contributions
-from mapping.errors import CompsearchError
-from mapping.images import TableSource
-from mapping.models import LoadedModel
-from mapping.rank import label_variance_share, rank_components
+from compsearch.mapping.align.features import component_contributions
+from compsearch.mapping.errors import CompsearchError
+from compsearch.mapping.images import TableSource
+from compsearch.mapping.models import LoadedModel
+from compsearch.mapping.rank import label_variance_share, rank_components
 
 HEAD_STEPS = 200
 HEAD_WEIGHT_DECAY = 1e-3

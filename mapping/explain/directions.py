@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from timm.layers import NormMlpClassifierHead
 from torch import nn
 
-from mapping.align import Aligner
-from mapping.decompose import Decomposition
-from mapping.errors import CompsearchError
+from compsearch.mapping.align import Aligner
+from compsearch.mapping.decompose import Decomposition
+from compsearch.mapping.errors import CompsearchError
 
 
 def class_readout(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:

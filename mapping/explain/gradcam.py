@@ -13,7 +13,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from mapping.errors import UnsupportedModelError
+from compsearch.mapping.errors import UnsupportedModelError
 
 
 def grad_cam(

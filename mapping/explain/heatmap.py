@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
-from mapping.decompose import Decomposition, TokenSplit
-from mapping.errors import CompsearchError
+from compsearch.mapping.decompose import Decomposition, TokenSplit
+from compsearch.mapping.errors import CompsearchError
 
 
 @dataclass

@@ -12,17 +12,17 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 
-from mapping.align import Aligner, check_aligner
-from mapping.align.features import clip_for_aligner
-from mapping.decompose import Decomposition, decompose
-from mapping.errors import CompsearchError
-from mapping.explain.directions import aligned_directions, class_directions, mapped_components, property_directions
-from mapping.explain.heatmap import Heatmap, token_heat
-from mapping.explain.view import split_transform
-from mapping.models import LoadedModel
-from mapping.properties import Property, property_basis
-from mapping.properties.text import TextEncoder
-from mapping.rank import Ranking
+from compsearch.mapping.align import Aligner, check_aligner
+from compsearch.mapping.align.features import clip_for_aligner
+from compsearch.mapping.decompose import Decomposition, decompose
+from compsearch.mapping.errors import CompsearchError
+from compsearch.mapping.explain.directions import aligned_directions, class_directions, mapped_components, property_directions
+from compsearch.mapping.explain.heatmap import Heatmap, token_heat
+from compsearch.mapping.explain.view import split_transform
+from compsearch.mapping.models import LoadedModel
+from compsearch.mapping.properties import Property, property_basis
+from compsearch.mapping.properties.text import TextEncoder
+from compsearch.mapping.rank import Ranking
 
 
 @dataclass

@@ -15,8 +15,8 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 
-from mapping.explain.run import Query, explain_images
-from mapping.models import LoadedModel
+from compsearch.mapping.explain.run import Query, explain_images
+from compsearch.mapping.models import LoadedModel
 
 
 @dataclass

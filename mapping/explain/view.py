@@ -14,7 +14,7 @@ import PIL.Image
 import torch
 from torchvision import transforms
 
-from mapping.errors import CompsearchError
+from compsearch.mapping.errors import CompsearchError
 
 
 @dataclass

@@ -2,10 +2,10 @@
 (:mod:`.decode`), batches decoded in workers (:mod:`.loader`) and probe sets read with
 the skip policy (:mod:`.probe`). Probe sets and collections, the CLI and the server all
 read images through it."""
-from mapping.images.decode import decode_image, read_image, read_image_bytes, to_rgb
-from mapping.images.loader import DEFAULT_CHUNK_SIZE, Batch, iter_batches, preprocess_batch
-from mapping.images.probe import probe_batches
-from mapping.images.sources import (
+from compsearch.mapping.images.decode import decode_image, read_image, read_image_bytes, to_rgb
+from compsearch.mapping.images.loader import DEFAULT_CHUNK_SIZE, Batch, iter_batches, preprocess_batch
+from compsearch.mapping.images.probe import probe_batches
+from compsearch.mapping.images.sources import (
     IMAGE_SUFFIXES,
     FolderSource,
     ImageRecord,

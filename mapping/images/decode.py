@@ -31,7 +31,7 @@ import numpy as np
 import PIL.Image
 from PIL import ImageOps, UnidentifiedImageError
 
-from mapping.errors import ImageReadError
+from compsearch.mapping.errors import ImageReadError
 
 ALPHA_BACKGROUND = (255, 255, 255)  # white: what transparent product shots and logos are drawn on
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})

@@ -24,13 +24,13 @@ import PIL.Image
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from mapping.errors import ImageReadError
-from mapping.images.decode import decode_image, read_image, read_image_bytes, to_rgb
-from mapping.images.device_decode import TensorTransform, decode_jpegs, is_jpeg, tensor_transform
-from mapping.images.sources import ImageRecord, ImageSource, open_source
+from compsearch.mapping.errors import ImageReadError
+from compsearch.mapping.images.decode import decode_image, read_image, read_image_bytes, to_rgb
+from compsearch.mapping.images.device_decode import TensorTransform, decode_jpegs, is_jpeg, tensor_transform
+from compsearch.mapping.images.sources import ImageRecord, ImageSource, open_source
 
 if TYPE_CHECKING:  # reading images needs no model library
-    from mapping.models import LoadedModel
+    from compsearch.mapping.models import LoadedModel
 
 Transform = Callable[[PIL.Image.Image], torch.Tensor]
 DEFAULT_CHUNK_SIZE = 1024

@@ -11,9 +11,9 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from tqdm import tqdm
 
-from mapping.errors import CompsearchError
-from mapping.images.loader import DEFAULT_CHUNK_SIZE, Batch, Transform, iter_batches
-from mapping.images.sources import IMAGE_SUFFIXES, ImageRecord, ImageSource, SourceSpec, open_source
+from compsearch.mapping.errors import CompsearchError
+from compsearch.mapping.images.loader import DEFAULT_CHUNK_SIZE, Batch, Transform, iter_batches
+from compsearch.mapping.images.sources import IMAGE_SUFFIXES, ImageRecord, ImageSource, SourceSpec, open_source
 
 log = logging.getLogger(__name__)  # no logging set up: Python prints warnings as bare lines on stderr
 REASONS_SHOWN = 3

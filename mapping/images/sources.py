@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import PIL.Image
 
-from mapping.errors import CompsearchError
+from compsearch.mapping.errors import CompsearchError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 TABLE_SUFFIXES = frozenset({".parquet", ".csv"})

@@ -1,8 +1,8 @@
 """Properties to score components for: words (built-in YAML vocabularies beside this
 module, or user-defined) turned into a CLIP text subspace, or labelled example images."""
-from mapping.properties.examples import ExampleProperty, load_examples
-from mapping.properties.text import description_embeddings, orthonormal_basis, property_basis
-from mapping.properties.vocabulary import (
+from compsearch.mapping.properties.examples import ExampleProperty, load_examples
+from compsearch.mapping.properties.text import description_embeddings, orthonormal_basis, property_basis
+from compsearch.mapping.properties.vocabulary import (
     Property,
     PropertyError,
     builtin_property,

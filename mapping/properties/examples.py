@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from mapping.images import IMAGE_SUFFIXES, FolderSource
-from mapping.properties.vocabulary import PropertyError
+from compsearch.mapping.images import IMAGE_SUFFIXES, FolderSource
+from compsearch.mapping.properties.vocabulary import PropertyError
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def _table_column(spec: str) -> tuple[Path | None, str]:
 
 
 def _table_examples(table: Path, column: str, name: str | None) -> ExampleProperty:
-    from mapping.images.sources import TableSource
+    from compsearch.mapping.images.sources import TableSource
 
     if not table.is_file():
         raise PropertyError(f"example table {table} does not exist", "pass TABLE.parquet:COLUMN of an existing file")

@@ -6,7 +6,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from mapping.properties.vocabulary import Property
+from compsearch.mapping.properties.vocabulary import Property
 
 TextEncoder = Callable[[list[str]], torch.Tensor]  # texts -> (texts, d_clip) embeddings
 

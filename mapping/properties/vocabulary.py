@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from mapping.errors import CompsearchError
+from compsearch.mapping.errors import CompsearchError
 
 DATA_DIR = Path(__file__).parent
 TEMPLATES_FILE = DATA_DIR / "templates.yaml"

@@ -1,6 +1,6 @@
 """Scoring and ranking components per property: pure tensor functions (:mod:`.scores`),
 the ranking file the indexer reads (:mod:`.ranking`), and the stage on image files (:func:`rank`)."""
-from mapping.rank.ranking import (
+from compsearch.mapping.rank.ranking import (
     PropertyRanking,
     Ranking,
     default_k,
@@ -8,8 +8,8 @@ from mapping.rank.ranking import (
     model_family,
     property_rankings,
 )
-from mapping.rank.run import check_rank_inputs, rank
-from mapping.rank.scores import (
+from compsearch.mapping.rank.run import check_rank_inputs, rank
+from compsearch.mapping.rank.scores import (
     ComponentVariance,
     component_variances,
     constant_components,

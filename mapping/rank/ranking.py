@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from mapping.errors import CompsearchError, warn
-from mapping.rank.scores import constant_components, contrast_scores, rank_components
+from compsearch.mapping.errors import CompsearchError, warn
+from compsearch.mapping.rank.scores import constant_components, contrast_scores, rank_components
 
 FORMAT_VERSION = 2  # 2: per property, the ``constant`` components left out (absent in 1: loads as [])
 TOPK_FILE = Path(__file__).with_name("topk.yaml")

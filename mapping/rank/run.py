@@ -6,15 +6,15 @@ from pathlib import Path
 
 import torch
 
-from mapping.align import Aligner
-from mapping.align.features import aligned_batches, decompose_source, resolved_first_block
-from mapping.errors import warn, warn_if_few_images
-from mapping.images import SourceSpec
-from mapping.models import LoadedModel
-from mapping.properties import ExampleProperty, Property, PropertyError, property_basis
-from mapping.properties.text import TextEncoder
-from mapping.rank.ranking import Ranking, default_k, property_rankings
-from mapping.rank.scores import (
+from compsearch.mapping.align import Aligner
+from compsearch.mapping.align.features import aligned_batches, decompose_source, resolved_first_block
+from compsearch.mapping.errors import warn, warn_if_few_images
+from compsearch.mapping.images import SourceSpec
+from compsearch.mapping.models import LoadedModel
+from compsearch.mapping.properties import ExampleProperty, Property, PropertyError, property_basis
+from compsearch.mapping.properties.text import TextEncoder
+from compsearch.mapping.rank.ranking import Ranking, default_k, property_rankings
+from compsearch.mapping.rank.scores import (
     ComponentVariance,
     component_variances,
     label_variance_share,

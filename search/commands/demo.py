@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from mapping.commands.options import emit, json_option
+from compsearch.mapping.commands.options import emit, json_option
 
 
 def _default_workdir() -> Path:
@@ -39,7 +39,7 @@ def demo_command(weights: Path | None, model_choice: str, count: int, workdir: P
        the full representation gives, plus a few results and the commands for your photos.
     Everything is cached in --workdir: a rerun takes seconds.
     """
-    from search.demo import format_demo, run_demo
+    from compsearch.search.demo import format_demo, run_demo
 
     def say(line: str) -> None:
         if not as_json:

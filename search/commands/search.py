@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from mapping.commands.options import emit, json_option
+from compsearch.mapping.commands.options import emit, json_option
 
 
 @click.command("search")
@@ -44,9 +44,9 @@ def search_command(index_dir: Path, text: str | None, image: str | None, image_i
           --and pattern:text:striped --not pattern:text:plain
       compsearch search photos.index --id 42 -p texture --and '0.5*colour:text:dark red' --json
     """
-    from search.index import open_index
-    from search.query import Query, parse_term
-    from search.results import format_results
+    from compsearch.search.index import open_index
+    from compsearch.search.query import Query, parse_term
+    from compsearch.search.results import format_results
 
     terms = [parse_term(spec) for spec in and_terms] + [parse_term(spec, -1.0) for spec in not_terms]
     query = Query(text=text, image=image, id=image_id, property=property_name, weight=weight, terms=terms)

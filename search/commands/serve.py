@@ -36,10 +36,10 @@ def serve_command(index_dir: Path, host: str, port: int, token: str | None, root
     Example:
       compsearch serve photos.index            # then open http://127.0.0.1:8000/
     """
-    from indexer.api import resolve_device
-    from search.server.app import create_app
-    from search.server.guards import LOOPBACK_NAMES, is_loopback
-    from search.server.run import bind, serve, url
+    from compsearch.indexer.api import resolve_device
+    from compsearch.search.server.app import create_app
+    from compsearch.search.server.guards import LOOPBACK_NAMES, is_loopback
+    from compsearch.search.server.run import bind, serve, url
 
     exposed = not is_loopback(host)
     if exposed:

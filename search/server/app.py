@@ -19,12 +19,12 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
-import search
-from indexer.build import compsearch_version
-from mapping.errors import CompsearchError, ImageReadError
-from search.errors import UnknownImageError
-from search.server.files import CollectionFiles, ImageNotServedError, collection_roots, count_outside
-from search.server.guards import (
+from compsearch import search
+from compsearch.indexer.build import compsearch_version
+from compsearch.mapping.errors import CompsearchError, ImageReadError
+from compsearch.search.errors import UnknownImageError
+from compsearch.search.server.files import CollectionFiles, ImageNotServedError, collection_roots, count_outside
+from compsearch.search.server.guards import (
     LOOPBACK_NAMES,
     BodyLimit,
     HostCheck,
@@ -33,12 +33,12 @@ from search.server.guards import (
     UploadTooLargeError,
     error_response,
 )
-from search.server.routes import SCHEMAS, ServerState, UnsupportedContentError, router
-from search.server.thumbnails import DEFAULT_SIZE, ThumbnailCache
+from compsearch.search.server.routes import SCHEMAS, ServerState, UnsupportedContentError, router
+from compsearch.search.server.thumbnails import DEFAULT_SIZE, ThumbnailCache
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 << 20
 DEFAULT_MAX_PIXELS = 50_000_000  # a 50-megapixel photo decodes to 150 MB of RGB
-STATIC = resources.files("search.server") / "static"
+STATIC = resources.files("compsearch.search.server") / "static"
 # The first class an error is an instance of decides its status.
 ERROR_STATUS: tuple[tuple[type[CompsearchError], int], ...] = (
     (UploadTooLargeError, 413),

@@ -29,9 +29,9 @@ from typing import Any
 
 import PIL.Image
 
-from indexer.store import SHARDS, IndexStore
-from mapping.errors import CompsearchError
-from mapping.images import collection_root
+from compsearch.indexer.store import SHARDS, IndexStore
+from compsearch.mapping.errors import CompsearchError
+from compsearch.mapping.images import collection_root
 
 ID_PATTERN = re.compile(r"[0-9]{1,18}")  # what an id in a URL may look like (int64, no sign)
 

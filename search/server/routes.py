@@ -16,11 +16,11 @@ from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
-from mapping.errors import CompsearchError
-from mapping.images import decode_image
-from search import SearchIndex, Term
-from search.server.files import CollectionFiles, ImageNotServedError, parse_id
-from search.server.thumbnails import ThumbnailCache
+from compsearch.mapping.errors import CompsearchError
+from compsearch.mapping.images import decode_image
+from compsearch.search import SearchIndex, Term
+from compsearch.search.server.files import CollectionFiles, ImageNotServedError, parse_id
+from compsearch.search.server.thumbnails import ThumbnailCache
 
 MAX_TEXT_CHARS = 1000  # CLIP reads 77 tokens; longer texts are a mistake or an attack
 MAX_TERMS = 16

@@ -7,7 +7,7 @@ import socket
 import uvicorn
 from fastapi import FastAPI
 
-from mapping.errors import CompsearchError
+from compsearch.mapping.errors import CompsearchError
 
 
 def bind(host: str, port: int) -> socket.socket:

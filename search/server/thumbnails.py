@@ -13,9 +13,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from mapping.cache import cache_dir
-from mapping.errors import CompsearchError
-from mapping.images import decode_image
+from compsearch.mapping.cache import cache_dir
+from compsearch.mapping.errors import CompsearchError
+from compsearch.mapping.images import decode_image
 
 DEFAULT_SIZE = 256
 QUALITY = 85

@@ -15,21 +15,21 @@ import torch
 from click.testing import CliRunner
 from open_clip.transformer import VisionTransformer
 
-from indexer.world import FACTORS, SPLITS, fixture_clip, random_caption
-from indexer.world.captions import caption_pieces
-from indexer.world.fixture_clip import (
+from compsearch.indexer.world import FACTORS, SPLITS, fixture_clip, random_caption
+from compsearch.indexer.world.captions import caption_pieces
+from compsearch.indexer.world.fixture_clip import (
     CACHE_ENV, CONFIG_NAME, MATERIALISED_FROM, MODEL_NAME, REPORT_NAME, SHIPPED_REPORT, SHIPPED_WEIGHTS, WEIGHTS_NAME,
     TrainingConfig, _batch_sampler, _learning_rate, build_untrained, cache_root, export_fixture, fixture_clip_dir,
     fixture_key, multi_positive_loss, positive_pairs, shipped_key,
 )
-from indexer.world.fixture_pack import (
+from compsearch.indexer.world.fixture_pack import (
     SHIPPED_IDS, TOKEN_TABLE, read_metadata, regenerated_token_table, unpack, used_token_ids,
 )
-from indexer.world.zero_shot import encode_items, zero_shot_accuracy
-from mapping.errors import CompsearchError
-from mapping.models import RANDOM_INIT, load_model
-from search.cli import cli
-from search.demo import world_properties
+from compsearch.indexer.world.zero_shot import encode_items, zero_shot_accuracy
+from compsearch.mapping.errors import CompsearchError
+from compsearch.mapping.models import RANDOM_INIT, load_model
+from compsearch.search.cli import cli
+from compsearch.search.demo import world_properties
 
 TINY = TrainingConfig(steps=2, batch_size=8, group_size=2, warmup_steps=1, train_images=16, captions_per_image=2, eval_images=4)
 

@@ -18,20 +18,20 @@ import pyarrow.dataset as ds
 import pytest
 import torch
 
-from indexer.build import IndexSettings, Indexer
-from indexer.info import format_info, index_info
-from indexer.known_files import KnownFiles
-from indexer.ranking_on_the_fly import sample_source
-from indexer.store import IndexStore
-from indexer.world import get_split, write_split
-from mapping.align import Aligner, AlignerMeta, save_aligner
-from mapping.decompose import decompose
-from mapping.errors import CompsearchError
-from mapping.images import PathListSource, read_image
-from mapping.models import LoadedModel, load_model
-from mapping.properties import builtin_property
-from mapping.rank import PropertyRanking, Ranking
-from indexer.artifacts import encoder_for_build
+from compsearch.indexer.build import IndexSettings, Indexer
+from compsearch.indexer.info import format_info, index_info
+from compsearch.indexer.known_files import KnownFiles
+from compsearch.indexer.ranking_on_the_fly import sample_source
+from compsearch.indexer.store import IndexStore
+from compsearch.indexer.world import get_split, write_split
+from compsearch.mapping.align import Aligner, AlignerMeta, save_aligner
+from compsearch.mapping.decompose import decompose
+from compsearch.mapping.errors import CompsearchError
+from compsearch.mapping.images import PathListSource, read_image
+from compsearch.mapping.models import LoadedModel, load_model
+from compsearch.mapping.properties import builtin_property
+from compsearch.mapping.rank import PropertyRanking, Ranking
+from compsearch.indexer.artifacts import encoder_for_build
 
 MODEL = "deit_tiny_patch16_224"
 SETTINGS = IndexSettings(batch_size=8, workers=0, chunk_size=8, progress=False)
@@ -270,7 +270,7 @@ def test_unreadable_files_are_skipped_with_their_reason(model, world, tmp_path) 
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from search.cli import main; main()", *args]
+    return [sys.executable, "-c", "from compsearch.search.cli import main; main()", *args]
 
 
 def test_killed_run_resumes_with_every_image_exactly_once(world, tmp_path) -> None:
@@ -358,7 +358,7 @@ def test_awkward_corpus_every_good_file_in_every_bad_one_skipped_with_its_reason
 
 
 def test_properties_ranked_on_the_fly_with_the_model_as_its_own_clip(fixture_clip, world, tmp_path) -> None:
-    from indexer.api import build_index
+    from compsearch.indexer.api import build_index
 
     clip = f"local-dir:{fixture_clip}"
     out = tmp_path / "index"
@@ -371,7 +371,7 @@ def test_properties_ranked_on_the_fly_with_the_model_as_its_own_clip(fixture_cli
 
 
 def test_properties_without_ranking_or_clip_are_refused(model, world, tmp_path) -> None:
-    from indexer.api import build_index
+    from compsearch.indexer.api import build_index
 
     with pytest.raises(CompsearchError, match="--clip"):
         build_index(world / "train", tmp_path / "index", MODEL, pretrained=False, properties=["colour"],

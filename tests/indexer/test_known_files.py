@@ -7,8 +7,8 @@ import math
 import pyarrow as pa
 import pytest
 
-from indexer import known_files
-from indexer.known_files import KnownFiles, file_keys
+from compsearch.indexer import known_files
+from compsearch.indexer.known_files import KnownFiles, file_keys
 
 
 def _sha(n: int) -> str:

@@ -8,14 +8,14 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from indexer.world import (
+from compsearch.indexer.world import (
     FACTORS, HELDOUT_PAIRS, SPLITS, Holdout, draw_item, get_split, is_heldout, read_labels, render,
     write_split,
 )
-from indexer.world.factors import COLOURS
-from indexer.world.render import OUTLINE_RGB, SECONDARY_SHADE, render_scene
-from mapping.errors import CompsearchError
-from search.cli import cli
+from compsearch.indexer.world.factors import COLOURS
+from compsearch.indexer.world.render import OUTLINE_RGB, SECONDARY_SHADE, render_scene
+from compsearch.mapping.errors import CompsearchError
+from compsearch.search.cli import cli
 
 SIZE = 64
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from indexer.world import FACTORS, draw_item, random_caption, zero_shot_prompts
-from indexer.world.captions import PATTERN_WORDS, SCENE_ADJECTIVES, SCENE_PHRASES, SHAPE_NOUNS, compose_caption
-from mapping.errors import CompsearchError
+from compsearch.indexer.world import FACTORS, draw_item, random_caption, zero_shot_prompts
+from compsearch.indexer.world.captions import PATTERN_WORDS, SCENE_ADJECTIVES, SCENE_PHRASES, SHAPE_NOUNS, compose_caption
+from compsearch.mapping.errors import CompsearchError
 
 
 def _mentions(caption: str, factor: str, value: str) -> bool:

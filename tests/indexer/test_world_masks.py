@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from indexer.world import SPLITS, render, render_mask
-from indexer.world.render import render_scene
+from compsearch.indexer.world import SPLITS, render, render_mask
+from compsearch.indexer.world.render import render_scene
 
 
 @pytest.mark.parametrize("index", range(6))

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mapping.align import (
+from compsearch.mapping.align import (
     Aligner,
     AlignerMeta,
     AlignerMismatchError,
@@ -21,8 +21,8 @@ from mapping.align import (
     save_aligner,
     train_aligner,
 )
-from mapping.align.files import aligner_paths
-from mapping.errors import CompsearchError
+from compsearch.mapping.align.files import aligner_paths
+from compsearch.mapping.errors import CompsearchError
 
 
 def _meta(names: list[str], model_dim: int, clip_dim: int, identity: bool = False) -> AlignerMeta:

@@ -9,8 +9,8 @@ import PIL.Image
 import pytest
 import torch
 
-from mapping.align.cache import build_cache, is_heldout
-from mapping.errors import CompsearchError, Interrupted
+from compsearch.mapping.align.cache import build_cache, is_heldout
+from compsearch.mapping.errors import CompsearchError, Interrupted
 
 KEY = {"model": "m", "model_weights_id": "1", "clip": "c", "clip_weights_id": "2", "first_block": "blocks.7"}
 COUNT = 23

@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 from open_clip.push_to_hf_hub import save_config_for_hf
 
-from indexer.world.fixture_clip import (
+from compsearch.indexer.world.fixture_clip import (
     CONFIG_NAME,
     MODEL_CONFIG_PATH,
     MODEL_NAME,
@@ -22,9 +22,9 @@ from indexer.world.fixture_clip import (
     build_untrained,
     model_config,
 )
-from indexer.world.render import render_image
-from indexer.world.splits import get_split
-from mapping.align import (
+from compsearch.indexer.world.render import render_image
+from compsearch.indexer.world.splits import get_split
+from compsearch.mapping.align import (
     Aligner,
     AlignerMeta,
     AlignerMismatchError,
@@ -33,13 +33,13 @@ from mapping.align import (
     check_aligner_fit,
     load_aligner,
 )
-from mapping.align.features import component_contributions
-from mapping.describe import describe_heads, read_text_bank
-from mapping.models import LoadedModel, load_model
-from mapping.errors import CompsearchWarning
-from mapping.properties import Property, PropertyError, builtin_property, load_examples
-from mapping.rank import Ranking, rank
-from search.cli import cli
+from compsearch.mapping.align.features import component_contributions
+from compsearch.mapping.describe import describe_heads, read_text_bank
+from compsearch.mapping.models import LoadedModel, load_model
+from compsearch.mapping.errors import CompsearchWarning
+from compsearch.mapping.properties import Property, PropertyError, builtin_property, load_examples
+from compsearch.mapping.rank import Ranking, rank
+from compsearch.search.cli import cli
 
 FAST = TrainSettings(learning_rate=1e-2, max_epochs=2, batch_size=8, heldout_fraction=0.25)
 

@@ -8,17 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from indexer.world.captions import PATTERN_WORDS
-from indexer.world.factors import COLOURS, SHAPES
-from indexer.world.render import render_image
-from indexer.world.splits import get_split
-from indexer.world.zero_shot import class_embeddings
-from mapping.align import TrainSettings, align
-from mapping.align.cache import FeatureCache
-from mapping.align.features import aligned_batches
-from mapping.models import LoadedModel, load_model
-from mapping.properties import Property
-from mapping.rank import rank
+from compsearch.indexer.world.captions import PATTERN_WORDS
+from compsearch.indexer.world.factors import COLOURS, SHAPES
+from compsearch.indexer.world.render import render_image
+from compsearch.indexer.world.splits import get_split
+from compsearch.indexer.world.zero_shot import class_embeddings
+from compsearch.mapping.align import TrainSettings, align
+from compsearch.mapping.align.cache import FeatureCache
+from compsearch.mapping.align.features import aligned_batches
+from compsearch.mapping.models import LoadedModel, load_model
+from compsearch.mapping.properties import Property
+from compsearch.mapping.rank import rank
 
 pytestmark = pytest.mark.slow
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mapping.describe import read_text_bank, select_heads, text_span
-from mapping.errors import CompsearchError
+from compsearch.mapping.describe import read_text_bank, select_heads, text_span
+from compsearch.mapping.errors import CompsearchError
 
 
 def test_text_span_picks_the_planted_directions_in_order() -> None:

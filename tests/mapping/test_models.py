@@ -14,9 +14,9 @@ import torch
 from safetensors.torch import save_file
 from timm.data import ImageNetInfo
 
-from mapping.errors import ModelLoadError
-from mapping.images import preprocess_batch
-from mapping.models import RANDOM_INIT, WEIGHTS_DIR_ENV, load_model
+from compsearch.mapping.errors import ModelLoadError
+from compsearch.mapping.images import preprocess_batch
+from compsearch.mapping.models import RANDOM_INIT, WEIGHTS_DIR_ENV, load_model
 
 DEIT_TINY = "deit_tiny_patch16_224"
 # A CLIP small enough to build in a unit test (the text tower keeps open_clip's vocabulary).
@@ -37,7 +37,7 @@ def offline_empty_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
     """A machine without network and with empty hub caches, whatever this one has."""
     import huggingface_hub.constants as hub_constants
 
-    monkeypatch.setattr("mapping.models._hub_reachable", lambda: False)
+    monkeypatch.setattr("compsearch.mapping.models._hub_reachable", lambda: False)
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
 

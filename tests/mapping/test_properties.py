@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mapping.properties import (
+from compsearch.mapping.properties import (
     Property,
     PropertyError,
     builtin_property,
@@ -96,7 +96,7 @@ def test_example_folders_define_a_property(tmp_path: Path) -> None:
 
 def test_a_labelled_table_defines_a_property(tmp_path: Path) -> None:
     """The world's own labels: `compsearch world render` writes OUT/train.parquet beside the images."""
-    from indexer.world import SPLITS, write_split
+    from compsearch.indexer.world import SPLITS, write_split
 
     table = write_split(tmp_path, SPLITS["train"], 12, 16)
     examples = load_examples(f"{table}:colour")

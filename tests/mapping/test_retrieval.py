@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mapping.rank.retrieval import (
+from compsearch.mapping.rank.retrieval import (
     agreement_excess,
     agreement_rate,
     chance_agreement_rate,

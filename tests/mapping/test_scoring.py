@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from mapping.rank import (
+from compsearch.mapping.rank import (
     ComponentVariance,
     Ranking,
     component_variances,
@@ -18,7 +18,7 @@ from mapping.rank import (
     property_rankings,
     property_scores,
 )
-from mapping.errors import CompsearchError, CompsearchWarning
+from compsearch.mapping.errors import CompsearchError, CompsearchWarning
 
 NAMES = [f"c{i}" for i in range(8)]
 COLOUR_BASIS = torch.eye(16)[0:2]

@@ -17,15 +17,15 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from indexer.artifacts import encoder_for_build
-from indexer.build import IndexSettings, Indexer
-from indexer.world import get_split, write_split
-from indexer.world.render import render_image
-from mapping.align import align
-from mapping.models import load_model
-from mapping.properties import builtin_property
-from mapping.rank import rank
-from search.server.run import bind, url
+from compsearch.indexer.artifacts import encoder_for_build
+from compsearch.indexer.build import IndexSettings, Indexer
+from compsearch.indexer.world import get_split, write_split
+from compsearch.indexer.world.render import render_image
+from compsearch.mapping.align import align
+from compsearch.mapping.models import load_model
+from compsearch.mapping.properties import builtin_property
+from compsearch.mapping.rank import rank
+from compsearch.search.server.run import bind, url
 
 IMAGES = 40
 ESCAPE_KEY = "zz_escape.png"  # sorts last: the symlink that leads out of the collection

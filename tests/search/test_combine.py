@@ -6,8 +6,8 @@ import faiss
 import numpy as np
 import pytest
 
-from indexer.faiss_choice import normalised
-from search.combine import WeightedVector, combined_top_k
+from compsearch.indexer.faiss_choice import normalised
+from compsearch.search.combine import WeightedVector, combined_top_k
 
 COUNT, DIM = 2000, 24
 

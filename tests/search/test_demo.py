@@ -5,9 +5,9 @@ import json
 
 from click.testing import CliRunner
 
-from indexer.store import IndexStore
-from search.cli import cli
-from search.demo import DESCRIPTIONS, run_demo
+from compsearch.indexer.store import IndexStore
+from compsearch.search.cli import cli
+from compsearch.search.demo import DESCRIPTIONS, run_demo
 
 
 def test_demo_runs_the_whole_flow_and_a_rerun_reuses_it(fixture_clip, tmp_path) -> None:

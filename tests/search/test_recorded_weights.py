@@ -9,13 +9,13 @@ import pytest
 import safetensors.torch
 import timm
 
-import search
-from indexer.artifacts import encoder_for_build
-from indexer.build import IndexSettings, Indexer
-from indexer.info import format_info, index_info
-from indexer.store import IndexStore
-from indexer.world import get_split, write_split
-from mapping.models import load_model
+from compsearch import search
+from compsearch.indexer.artifacts import encoder_for_build
+from compsearch.indexer.build import IndexSettings, Indexer
+from compsearch.indexer.info import format_info, index_info
+from compsearch.indexer.store import IndexStore
+from compsearch.indexer.world import get_split, write_split
+from compsearch.mapping.models import load_model
 
 MODEL = "deit_tiny_patch16_224"
 

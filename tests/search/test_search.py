@@ -12,20 +12,20 @@ import PIL.Image
 import pytest
 import torch
 
-import search
-from indexer.artifacts import IndexMismatchError, encoder_for_build
-from indexer.build import IndexSettings, Indexer
-from indexer.faiss_choice import normalised
-from indexer.store import IndexStore
-from indexer.world import get_split, write_split
-from mapping.align import load_aligner, save_aligner
-from mapping.align.run import identity_aligner
-from mapping.models import LoadedModel, load_model
-from mapping.properties.vocabulary import default_templates
-from mapping.rank import PropertyRanking, Ranking
-from search import Term
-from search.errors import NoTextEncoderError, QueryError, UnknownImageError, UnknownPropertyError
-from search.index import SearchIndex
+from compsearch import search
+from compsearch.indexer.artifacts import IndexMismatchError, encoder_for_build
+from compsearch.indexer.build import IndexSettings, Indexer
+from compsearch.indexer.faiss_choice import normalised
+from compsearch.indexer.store import IndexStore
+from compsearch.indexer.world import get_split, write_split
+from compsearch.mapping.align import load_aligner, save_aligner
+from compsearch.mapping.align.run import identity_aligner
+from compsearch.mapping.models import LoadedModel, load_model
+from compsearch.mapping.properties.vocabulary import default_templates
+from compsearch.mapping.rank import PropertyRanking, Ranking
+from compsearch.search import Term
+from compsearch.search.errors import NoTextEncoderError, QueryError, UnknownImageError, UnknownPropertyError
+from compsearch.search.index import SearchIndex
 from tests.test_cli import run_cli
 
 IMAGES = 80

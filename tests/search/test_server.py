@@ -23,14 +23,14 @@ import PIL.Image
 import pytest
 from click.testing import CliRunner
 
-import search
-import search.index
-from indexer.info import index_info
-from indexer.store import IndexStore
-from search.cli import cli
-from search.server.app import create_app
-from search.server.files import CollectionFiles, ImageNotServedError, collection_roots, count_outside
-from search.server.guards import is_loopback
+from compsearch import search
+import compsearch.search.index
+from compsearch.indexer.info import index_info
+from compsearch.indexer.store import IndexStore
+from compsearch.search.cli import cli
+from compsearch.search.server.app import create_app
+from compsearch.search.server.files import CollectionFiles, ImageNotServedError, collection_roots, count_outside
+from compsearch.search.server.guards import is_loopback
 from tests.search.conftest import ESCAPE_KEY, IMAGES, ServedIndex, running
 
 THUMBNAIL_SIZE = 32
@@ -369,7 +369,7 @@ def test_models_load_once_at_start_up_not_per_request(served_index: ServedIndex,
 def test_serve_command_listens_on_loopback_and_asks_for_the_token(served_index: ServedIndex, tmp_path: Path) -> None:
     environment = {**os.environ, "COMPSEARCH_TOKEN": TOKEN, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     process = subprocess.Popen(
-        [sys.executable, "-c", "from search.cli import main; main()", "serve", str(served_index.folder), "--port", "0",
+        [sys.executable, "-c", "from compsearch.search.cli import main; main()", "serve", str(served_index.folder), "--port", "0",
          "--cache-dir", str(tmp_path), "--device", "cpu"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
     )
@@ -391,7 +391,7 @@ def test_serve_command_listens_on_loopback_and_asks_for_the_token(served_index: 
 def test_serve_command_warns_when_listening_beyond_loopback(served_index: ServedIndex, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     served = []
-    monkeypatch.setattr("search.server.run.serve", lambda app, sock: (served.append(sock.getsockname()), sock.close()))
+    monkeypatch.setattr("compsearch.search.server.run.serve", lambda app, sock: (served.append(sock.getsockname()), sock.close()))
     result = CliRunner().invoke(cli, ["serve", str(served_index.folder), "--host", "0.0.0.0", "--port", "0",
                                       "--cache-dir", str(tmp_path), "--device", "cpu"])
     assert result.exit_code == 0, result.output

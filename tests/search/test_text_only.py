@@ -8,16 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import search
-from indexer.artifacts import IndexMismatchError, encoder_for_build
-from indexer.build import IndexSettings, Indexer
-from indexer.faiss_choice import normalised
-from indexer.store import IndexStore
-from indexer.world import get_split, write_split
-from mapping.align import TrainSettings, align
-from mapping.encoder import embed_texts
-from mapping.models import LoadedModel, load_model
-from mapping.rank import PropertyRanking, Ranking
+from compsearch import search
+from compsearch.indexer.artifacts import IndexMismatchError, encoder_for_build
+from compsearch.indexer.build import IndexSettings, Indexer
+from compsearch.indexer.faiss_choice import normalised
+from compsearch.indexer.store import IndexStore
+from compsearch.indexer.world import get_split, write_split
+from compsearch.mapping.align import TrainSettings, align
+from compsearch.mapping.encoder import embed_texts
+from compsearch.mapping.models import LoadedModel, load_model
+from compsearch.mapping.rank import PropertyRanking, Ranking
 
 IMAGES = 24
 pytestmark = pytest.mark.filterwarnings("ignore:the held-out cosine is measured on only")
@@ -52,7 +52,7 @@ def test_a_text_query_loads_only_the_clip(built: tuple[Path, LoadedModel], monke
         loaded.append(name)
         return load_model(name, **options)
 
-    monkeypatch.setattr("search.index.load_model", recording_load)
+    monkeypatch.setattr("compsearch.search.index.load_model", recording_load)
     index = search.open_index(folder)
     results = index.search(text="red", property="colour", k=5).results
     assert loaded == [clip.name]  # not the DeiT, whose random weights could not be made again

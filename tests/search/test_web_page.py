@@ -9,8 +9,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from indexer.store import IndexStore
-from search.server.app import create_app
+from compsearch.indexer.store import IndexStore
+from compsearch.search.server.app import create_app
 from tests.search.conftest import ServedIndex, running
 
 CHROMIUM = Path("/usr/bin/chromium")

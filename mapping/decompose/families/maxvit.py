@@ -62,7 +62,7 @@ from timm.models.maxxvit import (
 )
 from torch import nn
 
-from mapping.decompose.base import (
+from compsearch.mapping.decompose.base import (
     Adapter,
     HookScope,
     Split,

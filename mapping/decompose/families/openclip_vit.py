@@ -35,7 +35,7 @@ from open_clip.transformer import (
 )
 from torch import nn
 
-from mapping.decompose.base import (
+from compsearch.mapping.decompose.base import (
     Adapter,
     HookScope,
     Split,

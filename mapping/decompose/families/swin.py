@@ -56,7 +56,7 @@ from timm.models.swin_transformer import (
 )
 from torch import nn
 
-from mapping.decompose.base import (
+from compsearch.mapping.decompose.base import (
     HookScope,
     Split,
     TimmPreLogitsAdapter,
@@ -65,7 +65,7 @@ from mapping.decompose.base import (
     project_heads,
     register_adapter,
 )
-from mapping.errors import CompsearchError
+from compsearch.mapping.errors import CompsearchError
 
 DEFAULT_PENULTIMATE_BLOCKS = 4  # Swin-B: blocks 14–17 of stage 2, then stage 3 (the paper's range)
 MEAN_POOLS = ("avg", "fast", "fastavg")  # timm's global-pool names that are a plain token mean

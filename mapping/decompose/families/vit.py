@@ -21,7 +21,7 @@ from timm.layers.attention import Attention
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
-from mapping.decompose.base import (
+from compsearch.mapping.decompose.base import (
     HookScope,
     Split,
     TimmPreLogitsAdapter,

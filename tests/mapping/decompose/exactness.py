@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from mapping.decompose import Decomposition
+from compsearch.mapping.decompose import Decomposition
 
 TOLERANCE = 1e-5  # relative error ‖Σ c_i − z‖ / ‖z‖ in float32
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from mapping.decompose import Decomposition, adapter_for, decompose, registered_adapters
-from mapping.decompose.families.openclip_vit import OpenClipViTAdapter
-from mapping.errors import CompsearchError
-from mapping.models import RANDOM_INIT, LoadedModel
+from compsearch.mapping.decompose import Decomposition, adapter_for, decompose, registered_adapters
+from compsearch.mapping.decompose.families.openclip_vit import OpenClipViTAdapter
+from compsearch.mapping.errors import CompsearchError
+from compsearch.mapping.models import RANDOM_INIT, LoadedModel
 from tests.mapping.decompose.exactness import TOLERANCE, assert_exact, relative_error
 from tests.mapping.decompose.tiny_models import CASES, TinyCase
 

@@ -9,9 +9,9 @@ import timm
 import torch
 from timm.models.maxxvit import MaxxVit, model_cfgs
 
-from mapping.decompose import decompose, linearised_layer_norm
-from mapping.decompose.families.maxvit import MaxVitAdapter
-from mapping.errors import CompsearchError, UnsupportedModelError
+from compsearch.mapping.decompose import decompose, linearised_layer_norm
+from compsearch.mapping.decompose.families.maxvit import MaxVitAdapter
+from compsearch.mapping.errors import CompsearchError, UnsupportedModelError
 from tests.mapping.decompose.exactness import assert_exact
 from tests.mapping.decompose.tiny_models import (
     MAXVIT_IMAGE_SIZE,

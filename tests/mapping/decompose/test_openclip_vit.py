@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import torch
 
-from mapping.decompose import adapter_for, decompose, model_output
-from mapping.errors import CompsearchError, UnsupportedModelError
+from compsearch.mapping.decompose import adapter_for, decompose, model_output
+from compsearch.mapping.errors import CompsearchError, UnsupportedModelError
 from tests.mapping.decompose.exactness import assert_exact
 from tests.mapping.decompose.tiny_models import CLIP_IMAGE_SIZE, tiny_clip
 
@@ -132,7 +132,7 @@ def test_unsupported_towers_fail_clearly(variant: dict[str, Any], problem: str) 
 
 @pytest.mark.slow
 def test_trained_fixture_clip_is_exact(fixture_clip: Path) -> None:
-    from mapping.models import load_model
+    from compsearch.mapping.models import load_model
 
     loaded = load_model(f"local-dir:{fixture_clip}")
     split = decompose(loaded.model, images(8, size=loaded.model.visual.image_size[0]), split_tokens=True)

@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from timm.models.swin_transformer import SwinTransformer, window_reverse
 
-from mapping.decompose import adapter_for, decompose, linearised_layer_norm
-from mapping.decompose.families import swin
-from mapping.decompose.families.swin import SwinAdapter
-from mapping.errors import CompsearchError, UnsupportedModelError
+from compsearch.mapping.decompose import adapter_for, decompose, linearised_layer_norm
+from compsearch.mapping.decompose.families import swin
+from compsearch.mapping.decompose.families.swin import SwinAdapter
+from compsearch.mapping.errors import CompsearchError, UnsupportedModelError
 from tests.mapping.decompose.exactness import assert_exact
 from tests.mapping.decompose.tiny_models import SWIN, timm_pre_logits, tiny_swin
 

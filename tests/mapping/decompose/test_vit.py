@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 from timm.models.vision_transformer import ParallelScalingBlock, ResPostBlock, VisionTransformer
 
-from mapping.decompose import decompose, linearised_layer_norm
-from mapping.decompose.families.vit import VitAdapter
-from mapping.errors import UnsupportedModelError
-from mapping.models import load_model
+from compsearch.mapping.decompose import decompose, linearised_layer_norm
+from compsearch.mapping.decompose.families.vit import VitAdapter
+from compsearch.mapping.errors import UnsupportedModelError
+from compsearch.mapping.models import load_model
 from tests.mapping.decompose.exactness import assert_exact
 from tests.mapping.decompose.tiny_models import VIT, VIT_VARIANTS, timm_pre_logits, tiny_vit
 

@@ -18,12 +18,12 @@ from timm.models.swin_transformer import SwinTransformer
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from indexer.world.fixture_clip import build_untrained, model_config
-from mapping.decompose import Adapter
-from mapping.decompose.families.maxvit import MaxVitAdapter
-from mapping.decompose.families.openclip_vit import OpenClipViTAdapter
-from mapping.decompose.families.swin import SwinAdapter
-from mapping.decompose.families.vit import VitAdapter
+from compsearch.indexer.world.fixture_clip import build_untrained, model_config
+from compsearch.mapping.decompose import Adapter
+from compsearch.mapping.decompose.families.maxvit import MaxVitAdapter
+from compsearch.mapping.decompose.families.openclip_vit import OpenClipViTAdapter
+from compsearch.mapping.decompose.families.swin import SwinAdapter
+from compsearch.mapping.decompose.families.vit import VitAdapter
 
 VIT = dict(img_size=32, patch_size=8, embed_dim=32, depth=6, num_heads=4, num_classes=0)
 VIT_VARIANTS = {

@@ -7,10 +7,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from indexer.world import SPLITS, render_image
-from mapping.errors import CompsearchError
-from mapping.explain.debias import LabelledSet, debias, group_accuracy, mean_ablated
-from search.cli import cli
+from compsearch.indexer.world import SPLITS, render_image
+from compsearch.mapping.errors import CompsearchError
+from compsearch.mapping.explain.debias import LabelledSet, debias, group_accuracy, mean_ablated
+from compsearch.search.cli import cli
 
 NAMES = ["core", "spurious", "noise.a", "noise.b", "noise.c"]
 
@@ -83,9 +83,9 @@ def test_cli_reads_labelled_tables_and_prints_the_groups(tmp_path) -> None:
 
 
 def test_a_world_split_folder_reads_through_its_labels_table(tmp_path) -> None:
-    from indexer.world import get_split, write_split
-    from mapping.explain.debias import read_labelled_table
-    from mapping.models import load_model
+    from compsearch.indexer.world import get_split, write_split
+    from compsearch.mapping.explain.debias import read_labelled_table
+    from compsearch.mapping.models import load_model
 
     write_split(tmp_path, get_split("train"), 6, size=32, progress=False)
     model = load_model("deit_tiny_patch16_224", pretrained=False)

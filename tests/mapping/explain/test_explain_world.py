@@ -9,13 +9,13 @@ import PIL.Image
 import pytest
 from click.testing import CliRunner
 
-from indexer.world import SPLITS, render_image, render_mask
-from mapping.align import align
-from mapping.explain import Query, explain_images, split_transform
-from mapping.models import LoadedModel, load_model
-from mapping.properties import builtin_property
-from mapping.rank import rank
-from search.cli import cli
+from compsearch.indexer.world import SPLITS, render_image, render_mask
+from compsearch.mapping.align import align
+from compsearch.mapping.explain import Query, explain_images, split_transform
+from compsearch.mapping.models import LoadedModel, load_model
+from compsearch.mapping.properties import builtin_property
+from compsearch.mapping.rank import rank
+from compsearch.search.cli import cli
 
 ITEMS = SPLITS["test"].items(60)
 

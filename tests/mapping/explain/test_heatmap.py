@@ -9,10 +9,10 @@ import torch
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from timm.models.maxxvit import MaxxVit, model_cfgs
 
-from mapping.align import Aligner, AlignerMeta
-from mapping.decompose import Decomposition, TokenSplit, decompose
-from mapping.errors import CompsearchError
-from mapping.explain import (
+from compsearch.mapping.align import Aligner, AlignerMeta
+from compsearch.mapping.decompose import Decomposition, TokenSplit, decompose
+from compsearch.mapping.errors import CompsearchError
+from compsearch.mapping.explain import (
     aligned_directions, class_directions, class_readout, grid_to_pixels, mapped_components, property_directions, token_heat,
 )
 

@@ -8,12 +8,12 @@ import pytest
 import timm
 import torch
 
-from indexer.world import SPLITS, render_image, render_mask
-from mapping.errors import UnsupportedModelError
-from mapping.explain import split_transform
-from mapping.explain.gradcam import grad_cam
-from mapping.explain.segmentation import average_precision, segment_images, segmentation_scores, threshold_masks
-from mapping.models import load_model
+from compsearch.indexer.world import SPLITS, render_image, render_mask
+from compsearch.mapping.errors import UnsupportedModelError
+from compsearch.mapping.explain import split_transform
+from compsearch.mapping.explain.gradcam import grad_cam
+from compsearch.mapping.explain.segmentation import average_precision, segment_images, segmentation_scores, threshold_masks
+from compsearch.mapping.models import load_model
 
 
 def test_average_precision_counts_ties_as_one_threshold() -> None:

@@ -10,10 +10,10 @@ import PIL.Image
 import pytest
 import torch
 
-from mapping.errors import ImageReadError
-from mapping.images import decode_image, preprocess_batch, read_image, read_image_bytes
-from mapping.images.decode import ALPHA_BACKGROUND, to_rgb
-from mapping.models import load_model
+from compsearch.mapping.errors import ImageReadError
+from compsearch.mapping.images import decode_image, preprocess_batch, read_image, read_image_bytes
+from compsearch.mapping.images.decode import ALPHA_BACKGROUND, to_rgb
+from compsearch.mapping.models import load_model
 from tests.corpus import ALPHA, ALPHA_COLOUR, FIRST_FRAME, RAMP_WIDTH, bomb_png, write_awkward_corpus
 
 

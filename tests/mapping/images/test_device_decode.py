@@ -10,9 +10,9 @@ import PIL.Image
 import pytest
 import torch
 
-from mapping.images import iter_batches
-from mapping.images.device_decode import decode_jpegs, tensor_transform
-from mapping.models import load_model
+from compsearch.mapping.images import iter_batches
+from compsearch.mapping.images.device_decode import decode_jpegs, tensor_transform
+from compsearch.mapping.models import load_model
 from tests.corpus import write_awkward_corpus
 
 # Measured on the ImageNet sample photos (normalised units, ≈ 0.8/255 of a pixel on average):

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torchvision.transforms.functional as TF
 
-from mapping.errors import ImageReadError
-from mapping.images import iter_batches
+from compsearch.mapping.errors import ImageReadError
+from compsearch.mapping.images import iter_batches
 from tests.corpus import write_awkward_corpus
 
 

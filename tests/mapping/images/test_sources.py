@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from mapping.images import FolderSource, ListFileSource, MemorySource, TableSource, collection_root
+from compsearch.mapping.images import FolderSource, ListFileSource, MemorySource, TableSource, collection_root
 
 
 def test_collection_root_of_each_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
