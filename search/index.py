@@ -76,7 +76,7 @@ class SearchIndex:
     def __init__(self, folder: str | Path, device: str = "cpu", weights: str | Path | None = None,
                  clip_weights: str | Path | None = None, model: LoadedModel | None = None,
                  clip: LoadedModel | None = None) -> None:
-        from compsearch.indexer.api import resolve_device
+        from compsearch.mapping.models import resolve_device
 
         self.store = IndexStore(folder)
         self.folder = self.store.folder
