@@ -37,7 +37,9 @@ MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 SHARDS, SKIPPED, DUPLICATES = "shards", "skipped", "duplicates"
 VECTOR_PREFIX = "vector."
-RESERVED_COLUMNS = ("id", "key", "path", "sha256", "width", "height")
+IDENTITY_COLUMNS = ("id", "key", "path", "sha256")  # which file a row is: apart from its metadata in results
+# The indexer's own columns: a listing's column of one of these names is kept as metadata.NAME.
+RESERVED_COLUMNS = (*IDENTITY_COLUMNS, "width", "height")
 
 
 class IndexDirectoryError(CompsearchError):

@@ -115,9 +115,9 @@ def _measure(index, factor: str, kind: str, queries: list[Any], query_labels: di
              labels_of: dict[int, dict[str, str]]) -> QueryFigures:
     """The queries through ``factor``'s index and through ``full``, in one batch (each
     reference image is decomposed once for both), each ranking the whole collection."""
-    from compsearch.search.query import MAX_K, Query
+    from compsearch.search.query import FULL, MAX_K, Query
 
-    names = (factor, "full")
+    names = (factor, FULL)
     batch = [Query(text=q, property=name) if kind == "text" else Query(image=q, property=name)
              for name in names for q in queries]
     answered = index.search_batch(batch, k=min(len(labels_of), MAX_K))
@@ -132,8 +132,8 @@ def _measure(index, factor: str, kind: str, queries: list[Any], query_labels: di
                                   for row, wanted in zip(by_factor[factor], query_labels[factor]))
         figures[name] = (_agreement(top[factor], query_labels[factor]),
                          _leakage(top, query_labels, factor) if kind == "image" else None, mean_ap)
-    return QueryFigures(factor, kind, len(queries), figures[factor][0], figures["full"][0],
-                        figures[factor][1], figures["full"][1], figures[factor][2], figures["full"][2])
+    return QueryFigures(factor, kind, len(queries), figures[factor][0], figures[FULL][0],
+                        figures[factor][1], figures[FULL][1], figures[factor][2], figures[FULL][2])
 
 
 def run_demo(workdir: Path, count: int = 1000, weights: Path | None = None, progress: bool = True,

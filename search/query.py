@@ -15,9 +15,9 @@ from typing import Any, Union
 
 import PIL.Image
 
+from compsearch.mapping.encoder import FULL
 from compsearch.search.errors import QueryError
 
-FULL = "full"
 MAX_K = 1000
 KINDS = ("text", "image", "id")
 TERM_SYNTAX = "[WEIGHT*]PROPERTY:KIND:VALUE with KIND text, image or id (e.g. pattern:text:striped, 0.5*colour:image:a.jpg)"

@@ -55,7 +55,7 @@ from compsearch.indexer.world.splits import SPLITS
 from compsearch.indexer.world.zero_shot import zero_shot_accuracy
 from compsearch.mapping.cache import CACHE_ENV, cache_dir
 from compsearch.mapping.errors import CompsearchError
-from compsearch.mapping.models import LoadedModel, load_model
+from compsearch.mapping.models import LoadedModel
 
 MODEL_NAME = "compsearch-world-clip"
 MODEL_CONFIG_PATH = Path(__file__).with_name(f"{MODEL_NAME}.json")
@@ -328,11 +328,6 @@ def training_report(folder: Path) -> FixtureReport:
     data = json.loads((folder / REPORT_NAME).read_text())
     known = {field.name for field in fields(FixtureReport)}
     return FixtureReport(model=f"local-dir:{folder}", **{key: value for key, value in data.items() if key in known})
-
-
-def load_fixture_clip(config: TrainingConfig = TrainingConfig()) -> LoadedModel:
-    """The fixture through the project's one loader, exactly as a real open_clip model loads."""
-    return load_model(f"local-dir:{fixture_clip_dir(config)}")
 
 
 @click.command()
