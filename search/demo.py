@@ -4,8 +4,8 @@ Renders a collection of the labelled synthetic world, takes the fixture CLIP shi
 the package, ranks components per property, indexes the collection, and answers text and
 reference-image queries by property — measuring each against the world's known labels,
 next to what the full representation gives. With the real DeiT-tiny weights at hand
-(``--weights``, ``$COMPSEARCH_WEIGHTS_DIR`` or ../shared beside a checkout) it decomposes
-DeiT-tiny aligned to the fixture CLIP instead of the fixture's own image tower.
+(``--weights`` or ``$COMPSEARCH_WEIGHTS_DIR``) it decomposes DeiT-tiny aligned to the
+fixture CLIP instead of the fixture's own image tower.
 
 Every stage is cached in the work folder, so a rerun takes seconds.
 """
@@ -35,7 +35,6 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
 }
 DEIT = "deit_tiny_patch16_224"
 TOP = 10
-SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "models" / f"{DEIT}.in1k.safetensors"
 
 
 def world_properties() -> list[Property]:
@@ -70,7 +69,8 @@ class DemoReport:
 
 
 def _deit_weights(weights: Path | None) -> Path | None:
-    """Real DeiT-tiny weights when any are at hand (a file, ${COMPSEARCH_WEIGHTS_DIR}, ../shared)."""
+    """Real DeiT-tiny weights when any are at hand: ``weights``, else ``$COMPSEARCH_WEIGHTS_DIR``
+    (the model loader's own lookup)."""
     from compsearch.mapping.errors import ModelLoadError
     from compsearch.mapping.models import find_local_weights, parse_model_name
 
@@ -80,7 +80,7 @@ def _deit_weights(weights: Path | None) -> Path | None:
         found = find_local_weights(parse_model_name(DEIT), None)
     except ModelLoadError:
         found = None
-    return found or (SHARED_WEIGHTS if SHARED_WEIGHTS.is_file() else None)
+    return found
 
 
 def _labels(parquet: Path) -> tuple[list[str], dict[str, list[str]]]:
