@@ -27,7 +27,7 @@ class Entry(NamedTuple):
 # Sorted by the order the commands are used in (the group's help says so).
 COMMANDS: dict[str, Entry] = {
     "demo": Entry("compsearch.search.commands.demo:demo_command", "Try it all offline: index a world, search by property."),
-    "sample": Entry("compsearch.mapping.commands.demo:demo", "Decompose one drawn image with DeiT-tiny (no data needed)."),
+    "sample": Entry("compsearch.mapping.commands.sample:sample_command", "Decompose one drawn image with DeiT-tiny (no data needed)."),
     "world": Entry("compsearch.indexer.commands.world:world",
                    "The synthetic world and its fixture CLIP (offline)."),
     "decompose": Entry("compsearch.mapping.commands.decompose:decompose_command",

@@ -173,7 +173,7 @@ def _corrupt(folder: Path) -> str:
     return str(path)
 
 
-def test_demo_falls_back_to_random_weights_offline(monkeypatch, capsys, offline_empty_cache) -> None:  # noqa: F811
+def test_sample_falls_back_to_random_weights_offline(monkeypatch, capsys, offline_empty_cache) -> None:  # noqa: F811
     code, out, _ = run_cli(monkeypatch, capsys, "sample")
     assert code == 0
     assert "random initialisation" in out and "weights random-init" in out
@@ -181,7 +181,7 @@ def test_demo_falls_back_to_random_weights_offline(monkeypatch, capsys, offline_
     assert re.search(r"exact: Σ components = z to \d\.\de-0[6-9]", out)
 
 
-def test_demo_with_real_weights_sees_classes(monkeypatch, capsys, deit_tiny_weights, tmp_path) -> None:
+def test_sample_with_real_weights_sees_classes(monkeypatch, capsys, deit_tiny_weights, tmp_path) -> None:
     code, out, _ = run_cli(monkeypatch, capsys, "sample", "--weights", str(deit_tiny_weights),
                            "--save-image", str(tmp_path / "sample.png"))
     assert code == 0 and "random" not in out
