@@ -33,7 +33,6 @@ import os
 import shutil
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -54,7 +53,7 @@ from compsearch.indexer.world.render import render_image
 from compsearch.indexer.world.splits import SPLITS
 from compsearch.indexer.world.zero_shot import zero_shot_accuracy
 from compsearch.mapping.cache import CACHE_ENV, cache_dir
-from compsearch.mapping.errors import CompsearchError
+from compsearch.mapping.errors import CompsearchError, warn
 from compsearch.mapping.models import LoadedModel
 
 MODEL_NAME = "compsearch-world-clip"
@@ -284,8 +283,8 @@ def fixture_clip_dir(config: TrainingConfig = TrainingConfig(), rebuild: bool = 
         shipped = shipped_key()
         if shipped == folder.name:
             return _publish(folder, _materialise, replace=False)
-        warnings.warn(f"the package's fixture CLIP ({shipped or 'missing'}) is not {folder.name}, this code's: "
-                      "training it; then ship it with `python -m indexer.world.fixture_clip --export`", stacklevel=2)
+        warn(f"the package's fixture CLIP ({shipped or 'missing'}) is not {folder.name}, this code's: training it",
+             "then ship it with `python -m compsearch.indexer.world.fixture_clip --export`")
     return _publish(folder, lambda staging: train(config, staging), replace=True)
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from compsearch.mapping.commands.options import device_option
+from compsearch.mapping.errors import warn
 
 TOKEN_ENV = "COMPSEARCH_TOKEN"
 
@@ -44,8 +45,8 @@ def serve_command(index_dir: Path, host: str, port: int, token: str | None, root
 
     exposed = not is_loopback(host)
     if exposed:
-        click.echo(f"warning: listening on {host}: anyone who can reach this machine can search and view the "
-                   f"indexed images{'' if token else f'; set --token or ${TOKEN_ENV} to require a token'}", err=True)
+        warn(f"listening on {host}: anyone who can reach this machine can search and view the indexed images",
+             None if token else f"set --token or ${TOKEN_ENV} to require a token")
     sock = bind(host, port)  # a taken port fails before the models load
     app = create_app(index_dir, token=token, max_upload_bytes=int(max_upload_mb * (1 << 20)), roots=list(roots),
                      cache_dir=cache_dir, allowed_hosts=None if exposed else LOOPBACK_NAMES,
