@@ -107,7 +107,7 @@ def median_seconds(modes: dict[str, Callable[[], object]], repeats: int) -> dict
 
 def time_rows(repeats: int) -> list[str]:
     rows = ["| model | batch | forward img/s | decompose img/s | decompose + store img/s | expand img/s | "
-            "store / decompose | expand / decompose |", "|---" * 8 + "|"]
+            "decompose / forward | store / decompose | expand / decompose |", "|---" * 9 + "|"]
     for name, batch_size in TIMED:
         loaded = load_model(name, pretrained=False)
         model, batch = loaded.model, torch.randn(batch_size, *input_size(loaded))
@@ -125,7 +125,8 @@ def time_rows(repeats: int) -> list[str]:
             }, repeats)
         rate = {mode: batch_size / value for mode, value in seconds.items()}
         rows.append(f"| {name} | {batch_size} | {rate['forward']:.1f} | {rate['decompose']:.1f} | {rate['store']:.1f} "
-                    f"| {rate['expand']:.0f} | {seconds['store'] / seconds['decompose']:.3f} "
+                    f"| {rate['expand']:.0f} | {seconds['decompose'] / seconds['forward']:.2f} "
+                    f"| {seconds['store'] / seconds['decompose']:.3f} "
                     f"| {seconds['expand'] / seconds['decompose']:.3f} |")
         print(rows[-1], flush=True)
     return rows
