@@ -105,3 +105,10 @@ def test_values_that_overflow_fp16_are_refused() -> None:
                               {"init": StoredArray(torch.full((1, 4), 1e6), "stream", ["init"])})
     with pytest.raises(CompsearchError, match="overflows"):
         stored.to("fp16")
+
+
+def test_a_vit_without_a_final_norm_stores_no_scalar() -> None:
+    model, images = tiny_vit(final_norm=False), torch.randn(2, 3, 32, 32)
+    decomposition = decompose(model, images, store=True)
+    assert not [array for array in decomposition.stored.arrays.values() if array.space == SCALAR]
+    torch.testing.assert_close(expand(decomposition.stored, model), decomposition.contributions)
