@@ -39,6 +39,7 @@ to :data:`FP16_RELATIVE_ERROR` of its norm (≤ 6e-4 measured over the contract'
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -108,10 +109,6 @@ class StoredComponents:
             arrays[name] = replace(array, data=data)
         return replace(self, arrays=arrays)
 
-    def rows(self, index: slice | torch.Tensor | list[int]) -> StoredComponents:
-        """The store of the images at ``index`` only."""
-        return replace(self, arrays={name: replace(array, data=array.data[index]) for name, array in self.arrays.items()})
-
     def layout(self) -> dict[str, Any]:
         """The JSON description of the rows (for a manifest): everything but the numbers."""
         values = [array for array in self.arrays.values() if array.space != SCALAR]
@@ -130,10 +127,10 @@ class StoredComponents:
                 {"name": name, "space": array.space, "shape": list(array.shape), "components": array.components}
                 for name, array in self.arrays.items()
             ],
-            "values_per_image": sum(_numel(array.shape) for array in values),
-            "scalars_per_image": sum(_numel(array.shape) for array in scalars),
-            "bytes_per_image": sum(_numel(array.shape) for array in values) * dtype.itemsize
-            + sum(_numel(array.shape) for array in scalars) * SCALAR_DTYPE.itemsize,
+            "values_per_image": sum(math.prod(array.shape) for array in values),
+            "scalars_per_image": sum(math.prod(array.shape) for array in scalars),
+            "bytes_per_image": sum(math.prod(array.shape) for array in values) * dtype.itemsize
+            + sum(math.prod(array.shape) for array in scalars) * SCALAR_DTYPE.itemsize,
         }
 
     def flat(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,7 +163,7 @@ class StoredComponents:
         for entry in layout["arrays"]:
             is_scalar = entry["space"] == SCALAR
             source = scalars if is_scalar else values
-            size = _numel(entry["shape"])
+            size = math.prod(entry["shape"])
             start = offsets[is_scalar]
             data = source[:, start:start + size].reshape(len(source), *entry["shape"])
             offsets[is_scalar] = start + size
@@ -186,9 +183,3 @@ def _torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
-
-def _numel(shape: list[int] | tuple[int, ...]) -> int:
-    count = 1
-    for size in shape:
-        count *= size
-    return count
