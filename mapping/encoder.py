@@ -26,9 +26,9 @@ from compsearch.mapping.align.persist import AlignerMismatchError, check_aligner
 from compsearch.mapping.decompose import adapter_for, decompose
 from compsearch.mapping.errors import CompsearchError
 from compsearch.mapping.models import LoadedModel
+from compsearch.mapping.names import FULL
 from compsearch.mapping.properties import Property, description_embeddings
 
-FULL = "full"
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,8 @@ import torch
 from compsearch.indexer.artifacts import IndexMismatchError, check_model, encoder_for_manifest, find_artifact, templates_for
 from compsearch.indexer.info import index_info
 from compsearch.indexer.store import IndexDirectoryError, IndexStore
-from compsearch.mapping.encoder import FULL, PropertyEncoder, embed_texts
+from compsearch.mapping.encoder import PropertyEncoder, embed_texts
+from compsearch.mapping.names import FULL
 from compsearch.mapping.images import decode_image, read_image, to_rgb
 from compsearch.mapping.models import RANDOM_INIT, LoadedModel, load_model
 from compsearch.search.combine import Ranked, SearchFunction, WeightedVector, combined_top_k

@@ -15,7 +15,7 @@ from typing import Any, Union
 
 import PIL.Image
 
-from compsearch.mapping.encoder import FULL
+from compsearch.mapping.names import FULL
 from compsearch.search.errors import QueryError
 
 MAX_K = 10_000
