@@ -201,8 +201,9 @@ def run_demo(workdir: Path, count: int = 1000, weights: Path | None = None, prog
     store = IndexStore(index_dir)
     say(f"4/5 indexing the {count} world images into {index_dir}")
     manifest = store.read_manifest() if store.exists() else None
-    reusable = manifest is not None and manifest["runs"][-1]["status"] == "complete" \
-        and manifest["counts"].get("images") == count and (manifest.get("ranking") or {}).get("id") == weights_id(ranking_path)
+    reusable = manifest is not None and bool(manifest.runs) and manifest.runs[-1].status == "complete" \
+        and manifest.counts.images == count and manifest.ranking is not None \
+        and manifest.ranking.id == weights_id(ranking_path)
     if not reusable:
         built = encoder_for_build(model, index_dir, aligner_path, ranking_path)
         Indexer(index_dir, built.encoder, IndexSettings(workers=0, progress=progress), built.provenance).run(
