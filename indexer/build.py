@@ -48,7 +48,8 @@ from compsearch.indexer.store import (
     ChunkRows,
     IndexStore,
 )
-from compsearch.mapping.encoder import EncoderIdentity, PropertyEncoder
+from compsearch.mapping.encoder import PropertyEncoder
+from compsearch.mapping.identity import EncoderIdentity
 from compsearch.mapping.errors import CompsearchError
 from compsearch.mapping.images import DEFAULT_CHUNK_SIZE, Batch, ImageRecord, ImageSource, iter_batches, open_source
 

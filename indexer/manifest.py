@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping, Union, get_args, get_origin, get_type_hints
 
-from compsearch.mapping.encoder import EncoderIdentity
+from compsearch.mapping.identity import EncoderIdentity
 from compsearch.mapping.errors import CompsearchError
 
 MANIFEST = "manifest.json"

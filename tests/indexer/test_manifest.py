@@ -26,7 +26,7 @@ from compsearch.indexer.manifest import (
     read_manifest,
     write_manifest,
 )
-from compsearch.mapping.encoder import EncoderIdentity
+from compsearch.mapping.identity import EncoderIdentity
 from compsearch.search.cli import main
 from compsearch.search.server.app import create_app
 
