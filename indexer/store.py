@@ -79,6 +79,12 @@ class ChunkRows:
     vectors: dict[str, np.ndarray]  # name → (rows, dim)
     skipped: list[dict[str, Any]]  # key, path, reason
     duplicates: list[dict[str, Any]]  # key, path, sha256, duplicate_of
+    already_indexed: int = 0  # files found in the index already (same path and bytes): no row
+
+    def counts(self) -> dict[str, int]:
+        """What the chunk did, in an :class:`~indexer.build.IndexSummary`'s terms."""
+        return {"added": len(self.rows), "skipped": len(self.skipped), "duplicates": len(self.duplicates),
+                "already_indexed": self.already_indexed}
 
 
 class IndexStore:

@@ -40,6 +40,7 @@ class Plan:
 
     listed: int  # images in the whole listing
     chunk_size: int
+    partition: Partition
     todo: tuple[WorkUnit, ...]
     done: tuple[WorkUnit, ...]  # this partition's units already finished
 
@@ -47,6 +48,10 @@ class Plan:
     def chunks(self) -> int:
         """Chunks of the whole listing (every partition's)."""
         return -(-self.listed // self.chunk_size)
+
+    @property
+    def done_chunks(self) -> frozenset[int]:
+        return frozenset(unit.chunk for unit in self.done)
 
     @property
     def images_todo(self) -> int:
@@ -92,7 +97,7 @@ def plan_listing(listed: int, chunk_size: int, partition: Partition = EVERYTHING
     finished = frozenset(done)
     mine = [unit_of(chunk, listed, chunk_size) for chunk in range(-(-listed // chunk_size))
             if in_partition(chunk, partition)]
-    return Plan(listed, chunk_size, tuple(u for u in mine if u.chunk not in finished),
+    return Plan(listed, chunk_size, partition, tuple(u for u in mine if u.chunk not in finished),
                 tuple(u for u in mine if u.chunk in finished))
 
 

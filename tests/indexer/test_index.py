@@ -18,6 +18,7 @@ import pyarrow.dataset as ds
 import pytest
 import torch
 
+from compsearch.indexer import build
 from compsearch.indexer.build import IndexSettings, Indexer
 from compsearch.indexer.info import format_info, index_info
 from compsearch.indexer.known_files import KnownFiles
@@ -219,7 +220,7 @@ def test_a_file_two_shards_both_indexed_is_kept_once_by_the_plain_run(model, wor
     shutil.copytree(world / "train", images)
     shutil.copy(images / "000000.png", images / "000004-copy.png")  # chunk 0 and chunk 1 hold the same bytes
     out = tmp_path / "index"
-    monkeypatch.setattr(Indexer, "_known_files", lambda self: KnownFiles())  # as if both shards ran at once
+    monkeypatch.setattr(build, "known_files", lambda store: KnownFiles())  # as if both shards ran at once
     _sharded(model, images, out, (0, 2))
     _sharded(model, images, out, (1, 2))
     monkeypatch.undo()
