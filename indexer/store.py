@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from compsearch.mapping.chunk_store import ChunkStore, read_json, write_atomically, write_json
+from compsearch.mapping.chunk_store import ChunkStore, read_file, read_json, write_atomically, write_json
 from compsearch.mapping.errors import CompsearchError
 
 MANIFEST = "manifest.json"
@@ -38,6 +38,7 @@ FORMAT_VERSION = 1
 SHARDS, SKIPPED, DUPLICATES = "shards", "skipped", "duplicates"
 VECTOR_PREFIX = "vector."
 RESERVED_COLUMNS = ("id", "key", "path", "sha256", "width", "height")
+REBUILD = "rebuild the index with `compsearch index … --overwrite`"
 
 
 class IndexDirectoryError(CompsearchError):
@@ -107,7 +108,7 @@ class IndexStore:
                 f"{self.folder} is not a compsearch index (no {MANIFEST})",
                 "build one with `compsearch index IMAGES --out DIR --model …`",
             )
-        manifest = read_json(self.manifest_path, "rebuild the index with `compsearch index … --overwrite`")
+        manifest = read_json(self.manifest_path, REBUILD)
         if manifest.get("format_version") != FORMAT_VERSION:
             raise IndexDirectoryError(
                 f"{self.folder} has index format {manifest.get('format_version')}, this compsearch reads {FORMAT_VERSION}",
@@ -173,12 +174,16 @@ class IndexStore:
         return inferred.cast(pa.schema([pa.field(f.name, fixed.get(f.name, f.type)) for f in inferred.schema]))
 
     # -- reading ----------------------------------------------------------------------------
+    def _schema(self, path: Path) -> pa.Schema:
+        """A part's schema: reading its footer is where a damaged part shows."""
+        return read_file(path, pq.read_schema, REBUILD)
+
     def dataset(self, kind: str = SHARDS) -> ds.Dataset | None:
         parts = self.parts(kind).parts()
         if not parts:
             return None
         # Shards may differ in schema (a metadata column all null in one of them): unify.
-        schema = pa.unify_schemas([pq.read_schema(p) for p in parts], promote_options="permissive")
+        schema = pa.unify_schemas([self._schema(p) for p in parts], promote_options="permissive")
         return ds.dataset([str(p) for p in parts], format="parquet", schema=schema)
 
     def read_table(self, kind: str = SHARDS, columns: list[str] | None = None) -> pa.Table:
@@ -194,7 +199,7 @@ class IndexStore:
         """``(ids, vectors)`` shard by shard for one vector name (float32, as stored)."""
         column = vector_column(name)
         for path in self.shard_paths():
-            table = pq.read_table(path, columns=["id", column]) if column in pq.read_schema(path).names else None
+            table = pq.read_table(path, columns=["id", column]) if column in self._schema(path).names else None
             if table is None or table.num_rows == 0:
                 continue
             yield table.column("id").to_numpy(), arrow_to_vectors(table.column(column))
