@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import faiss
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from compsearch.indexer.artifacts import identity_differences
@@ -52,6 +53,7 @@ from compsearch.indexer.store import (
 from compsearch.mapping.encoder import PropertyEncoder
 from compsearch.mapping.errors import CompsearchError
 from compsearch.mapping.images import DEFAULT_CHUNK_SIZE, Batch, ImageRecord, ImageSource, iter_batches, open_source
+from compsearch.mapping.images.parallelism import choose_parallelism
 
 Mode = Literal["resume", "append", "overwrite"]
 
@@ -60,7 +62,8 @@ Mode = Literal["resume", "append", "overwrite"]
 class IndexSettings:
     index: str = AUTO  # a faiss index_factory string, or auto
     batch_size: int = 32
-    workers: int = 2
+    workers: int | None = None  # decoding workers; None: chosen from the cores (mapping.images.parallelism)
+    threads: int | None = None  # the model's torch threads; None: chosen from the cores
     chunk_size: int = DEFAULT_CHUNK_SIZE
     memory_budget: int | None = None  # bytes for the FAISS indexes; None: half the machine's memory
     jpeg_on_device: bool = True  # a CUDA model's JPEGs are decoded on its GPU (nvjpeg), not by PIL
@@ -243,9 +246,12 @@ class Indexer:
         buffer = _ChunkBuffer(run["run"], run["id_offset"])
         bar = tqdm(total=sum(sizes.values()), initial=finished_before, desc="indexing", unit="img", disable=not self.settings.progress,
                    smoothing=0.05)
+        parallel = choose_parallelism(self.encoder.model.device, self.settings.workers, self.settings.threads)
+        threads_before = torch.get_num_threads()
+        torch.set_num_threads(parallel.threads)
         try:
             for batch in iter_batches(source, [self.encoder.model.preprocess], self.settings.batch_size,
-                                      self.settings.workers, "skip", chunk_size, skip_chunks=done,
+                                      parallel.workers, "skip", chunk_size, skip_chunks=done,
                                       partition=self.settings.shard, jpeg_device=self._jpeg_device()):
                 self._take(batch, buffer, known, counts)
                 known.settle()
@@ -261,6 +267,7 @@ class Indexer:
             ) from None
         finally:
             bar.close()
+            torch.set_num_threads(threads_before)
         seconds = time.perf_counter() - started
         if shards > 1:  # the other shards may still be writing: a plain run builds the indexes
             left = set(range(chunks)) - self.store.done_chunks(run["run"])

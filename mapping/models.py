@@ -23,6 +23,7 @@ import hashlib
 import os
 import pickle
 import socket
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -284,8 +285,9 @@ def _load_timm(spec: ModelSpec, weights: str | Path | None, pretrained: bool) ->
     weights_file = None
     if pretrained:
         weights_file = find_local_weights(spec, weights) or _timm_hub_file(spec)
+    model = _build_without_init(spec, weights_file) if weights_file else None
     try:
-        model = timm.create_model(
+        model = model or timm.create_model(
             spec.name,
             pretrained=weights_file is not None,
             # timm's own file path: applies the model's checkpoint filter, loads strictly
@@ -303,6 +305,34 @@ def _load_timm(spec: ModelSpec, weights: str | Path | None, pretrained: bool) ->
         is_clip=False,
         weights_file=weights_file,
     )
+
+
+def _build_without_init(spec: ModelSpec, weights_file: Path) -> nn.Module | None:
+    """The timm model holding ``weights_file``'s tensors, built without running its random
+    initialisation (which the weights would overwrite: seconds for a ViT-B): the model is built
+    on the meta device and the checkpoint's tensors are assigned to it. None where that is not
+    safe (the checkpoint needs more than its family's filter, or the model keeps state outside
+    its state dict, such as non-persistent buffers): then it is built and initialised as before."""
+    family = sys.modules[timm.models.model_entrypoint(spec.architecture).__module__]
+    checkpoint_filter = getattr(family, "checkpoint_filter_fn", None)
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(spec.name)
+        state = timm.models.load_state_dict(str(weights_file))
+        if checkpoint_filter is not None:
+            state = checkpoint_filter(state, model)
+        model.load_state_dict(state, strict=True, assign=True)
+    except _LOAD_FAILURES:
+        return None  # the usual path says what is wrong with the file
+    return None if _holds_meta(model) else model
+
+
+def _holds_meta(model: nn.Module) -> bool:
+    """Whether any tensor of ``model`` (parameter, buffer or plain attribute) is still on the
+    meta device, i.e. was computed at construction and not loaded."""
+    return any(isinstance(value, torch.Tensor) and value.is_meta
+               for module in model.modules()
+               for value in (*module.parameters(recurse=False), *module.buffers(recurse=False), *vars(module).values()))
 
 
 def _bad_weights(spec: ModelSpec, weights_file: Path | None, error: Exception) -> ModelLoadError:
