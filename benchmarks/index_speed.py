@@ -122,9 +122,9 @@ def _memory_kib(pid: int) -> tuple[int, int]:
     return values.get("Pss", 0), values.get("Rss", 0)
 
 
-def index_command(listing: Path, model_name: str, batch_size: int) -> dict[str, float]:
-    """`compsearch index` in a subprocess with its defaults: wall seconds and peak memory (MiB)
-    of its process tree."""
+def index_command(listing: Path, model_name: str, batch_size: int, options: list[str]) -> dict[str, float]:
+    """`compsearch index` in a subprocess (its defaults, then ``options``): wall seconds and peak
+    memory (MiB) of its process tree."""
     peaks = {"pss": 0, "rss": 0, "processes": 0}
     done = threading.Event()
 
@@ -139,7 +139,7 @@ def index_command(listing: Path, model_name: str, batch_size: int) -> dict[str, 
     with tempfile.TemporaryDirectory() as out:
         command = [str(Path(sys.executable).with_name("compsearch")), "index", str(listing), "--out", f"{out}/index",
                    "--model", model_name, "--random-init", "--batch-size", str(batch_size), "--device", "cpu",
-                   "--json"]
+                   "--json", *options]
         started = time.perf_counter()
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         sampler = threading.Thread(target=sample, args=(process.pid,), daemon=True)
@@ -252,12 +252,15 @@ def main() -> None:
             *[f"| {c} | {r:.1f} | {s:.2f}× | {f:.2f}× | {b:.2f} |" for c, r, s, f, b in rows], "",
         ]
         if not args.no_command:
-            run = index_command(listing, model_name, args.batch_size)
-            print(f"{model_name}: compsearch index {run}", flush=True)
-            lines += [f"`compsearch index --random-init` over the {count} photos (defaults, a fresh process): "
-                      f"{run['seconds']:.1f} s wall including start-up and model build; peak memory of the "
-                      f"process tree ({run['processes']} processes): {run['pss']:.0f} MiB PSS summed, "
-                      f"{run['rss']:.0f} MiB RSS summed; largest single process (getrusage children max RSS) "
+            lines += [f"`compsearch index --random-init` over the {count} photos in a fresh process (wall time "
+                      "includes start-up and model build; peak memory of the process tree, sampled from /proc):", "",
+                      "| options | wall s | processes | PSS summed MiB | RSS summed MiB |", "|---|---:|---:|---:|---:|"]
+            for options in (["--workers", "auto"], ["--workers", "2", "--threads", "2"]):
+                run = index_command(listing, model_name, args.batch_size, options)
+                print(f"{model_name}: compsearch index {' '.join(options)}: {run}", flush=True)
+                lines.append(f"| `{' '.join(options)}` | {run['seconds']:.1f} | {run['processes']} | {run['pss']:.0f} "
+                             f"| {run['rss']:.0f} |")
+            lines += ["", f"Largest single process over these runs (getrusage children max RSS): "
                       f"{run['child_max_rss']:.0f} MiB.", ""]
         if not args.no_load:
             with_init, without = load_seconds(model_name, out)

@@ -315,7 +315,8 @@ class Indexer:
             fresh.append(position)
         if not fresh:
             return
-        for name, values in self.encoder.encode(batch.pixels[0][fresh]).items():
+        pixels = batch.pixels[0] if len(fresh) == len(batch) else batch.pixels[0][fresh]  # no copy when all are new
+        for name, values in self.encoder.encode(pixels).items():
             buffer.vector_pieces(batch.chunk, name).append(values.numpy())
         rows.rows += [_row(batch.records[i], buffer.image_id(batch.records[i]), batch.sizes[i], batch.sha256[i])
                       for i in fresh]
