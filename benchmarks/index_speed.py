@@ -221,6 +221,17 @@ def main() -> None:
     auto = choose_parallelism("cpu")
     describe = lambda w, t: f"{w}/{t}" if w is not None else f"auto ({auto.workers}/{auto.threads})"  # noqa: E731
 
+    command = ".venv/bin/python benchmarks/index_speed.py " + " ".join(sys.argv[1:])
+
+    def write(lines: list[str], done: bool) -> None:
+        load_now = os.getloadavg()
+        publish("index-speed", [
+            "## Indexing speed on real JPEGs (CPU)", "",
+            f"`{command.rstrip()}` — {cores} usable cores (auto chooses {auto.workers} decoding worker(s), "
+            f"{auto.threads} model thread(s)), torch {torch.__version__}, random weights, batch {args.batch_size}; "
+            f"load average {load_before[0]:.1f} before, {load_now[0]:.1f} {'after' if done else 'so far'} (1 min)"
+            f"{'' if done else '; a partial run: the models below only'}.", "", *lines])
+
     lines = []
     out = Path(tempfile.mkdtemp())
     for model_name, count in zip(args.models, images):
@@ -267,18 +278,12 @@ def main() -> None:
             print(f"{model_name}: load from a weights file {with_init:.2f} s → {without:.2f} s", flush=True)
             lines += [f"Loading {model_name} from a weights file (fresh process, best of 2): {with_init:.2f} s "
                       f"building with random init then loading → {without:.2f} s building without init.", ""]
+        write(lines, done=False)  # a run stopped later still leaves the models measured so far
     if args.build_count:
         builds = index_build_seconds(args.build_count, 768, args.factories)
         lines += [f"FAISS build time over {args.build_count} synthetic 768-d vectors (power-law spectrum):", "",
                   "| index | build s |", "|---|---:|", *[f"| {f} | {s:.1f} |" for f, s in builds.items()], ""]
-    load_after = os.getloadavg()
-    command = ".venv/bin/python benchmarks/index_speed.py " + " ".join(sys.argv[1:])
-    publish("index-speed", [
-        "## Indexing speed on real JPEGs (CPU)", "",
-        f"`{command.rstrip()}` — {cores} usable cores (auto chooses {auto.workers} decoding worker(s), "
-        f"{auto.threads} model thread(s)), torch {torch.__version__}, random weights, batch {args.batch_size}; "
-        f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after (1 min).", "", *lines])
-
+    write(lines, done=True)
 
 if __name__ == "__main__":
     main()
