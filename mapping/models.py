@@ -308,22 +308,24 @@ def _load_timm(spec: ModelSpec, weights: str | Path | None, pretrained: bool) ->
 
 
 def _build_without_init(spec: ModelSpec, weights_file: Path) -> nn.Module | None:
-    """The timm model holding ``weights_file``'s tensors, built without running its random
-    initialisation (which the weights would overwrite: seconds for a ViT-B): the model is built
-    on the meta device and the checkpoint's tensors are assigned to it. None where that is not
-    safe (the checkpoint needs more than its family's filter, or the model keeps state outside
-    its state dict, such as non-persistent buffers): then it is built and initialised as before."""
+    """The timm model holding ``weights_file``'s tensors, built without running the random
+    initialisation that the weights overwrite: built on the meta device, the checkpoint's tensors
+    (through the family's checkpoint filter) assigned to it. None where that is not known to be
+    exact: the filter reshaped a tensor (timm may bind per-model resampling options to it), the
+    model keeps state outside its state dict (non-persistent buffers, tensors computed at
+    construction), or anything failed; the caller then builds and initialises as before."""
     family = sys.modules[timm.models.model_entrypoint(spec.architecture).__module__]
     checkpoint_filter = getattr(family, "checkpoint_filter_fn", None)
     try:
         with torch.device("meta"):
             model = timm.create_model(spec.name)
-        state = timm.models.load_state_dict(str(weights_file))
-        if checkpoint_filter is not None:
-            state = checkpoint_filter(state, model)
+        stored = timm.models.load_state_dict(str(weights_file))
+        state = checkpoint_filter(dict(stored), model) if checkpoint_filter is not None else stored
+        if any(name in stored and stored[name].shape != value.shape for name, value in state.items()):
+            return None
         model.load_state_dict(state, strict=True, assign=True)
-    except _LOAD_FAILURES:
-        return None  # the usual path says what is wrong with the file
+    except Exception:  # noqa: BLE001 - the usual path loads the file, or says what is wrong with it
+        return None
     return None if _holds_meta(model) else model
 
 
