@@ -74,7 +74,8 @@ class UnitEncoder:
         fresh = self._fresh(batch, rows)
         if fresh:
             pieces = self.pieces.setdefault(batch.chunk, {})
-            for name, values in self.encoder.encode(batch.pixels[0][fresh]).items():
+            pixels = batch.pixels[0] if len(fresh) == len(batch) else batch.pixels[0][fresh]  # no copy when all are new
+            for name, values in self.encoder.encode(pixels).items():
                 pieces.setdefault(name, []).append(values.numpy())
             rows.rows += [_row(batch.records[i], self.ids.image_id(batch.records[i]), batch.sizes[i], batch.sha256[i])
                           for i in fresh]
