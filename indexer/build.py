@@ -24,6 +24,9 @@ stops; a plain run of the same command afterwards finds every chunk done and bui
 indexes. Shards that run at the same time do not see each other's files, so each may index a
 copy of the same bytes: that final run keeps the smallest id and moves the others to
 ``duplicates``.
+
+One writer: a run holds the directory's lock (:mod:`indexer.lock`) from start to finish;
+the shards of a run share it, a plain run holds it alone.
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ from typing import Any, Literal
 from compsearch.indexer.artifacts import identity_differences
 from compsearch.indexer.encode import RunIds, UnitEncoder, known_files
 from compsearch.indexer.finish import deduplicate, finish, now
+from compsearch.indexer.lock import writing
 from compsearch.indexer.manifest import IndexDirectoryError, Manifest, Provenance, RunEntry
 from compsearch.indexer.ranking_on_the_fly import ARTIFACTS
 from compsearch.indexer.runners import run_in_process
@@ -122,8 +126,6 @@ class Indexer:
                                   f"delete {folder} once, then start the shards without --overwrite")
         if self.store.exists() and mode == "overwrite":
             self._clear()
-        if folder.exists() and not folder.is_dir():
-            raise CompsearchError(f"--out {folder} is a file", "pass a folder for the index")
         if not self.store.exists() and folder.is_dir() and any(
                 p.name != ARTIFACTS and not p.name.startswith(".") for p in folder.iterdir()):  # .: a shard's temp file
             raise CompsearchError(f"--out {folder} exists and is not an index",
@@ -165,6 +167,13 @@ class Indexer:
     # -- the pass: plan, encode and write (here), finish ---------------------------------------
     def run(self, images: str | Path | ImageSource, mode: Mode = "resume") -> IndexSummary:
         source = open_source(images)
+        folder = self.store.folder
+        if folder.exists() and not folder.is_dir():
+            raise CompsearchError(f"--out {folder} is a file", "pass a folder for the index")
+        with writing(folder, shared=self.settings.shard[1] > 1):  # one writer, or the shards of one run
+            return self._run(source, mode)
+
+    def _run(self, source: ImageSource, mode: Mode) -> IndexSummary:
         manifest, run = self._start(source, mode)
         started = time.perf_counter()
         ids = RunIds(run.run, run.id_offset)

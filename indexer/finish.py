@@ -5,7 +5,7 @@
   smallest id is kept and the others move to ``duplicates``;
 - the FAISS indexes, one per vector name, built from the shards (streamed) and written
   atomically;
-- the manifest's indexes and counts.
+- the manifest's indexes and counts, and a record of every file (:mod:`indexer.integrity`).
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import faiss
 
 from compsearch.indexer.encode import known_files
 from compsearch.indexer.faiss_choice import build_index as build_faiss_index
+from compsearch.indexer.integrity import record_files
 from compsearch.indexer.manifest import Counts, IndexEntry, Manifest
 from compsearch.indexer.settings import IndexSettings
 from compsearch.indexer.store import DUPLICATES, SHARDS, SKIPPED, IndexStore
@@ -34,10 +35,16 @@ def deduplicate(store: IndexStore) -> int:
 
 
 def build_indexes(store: IndexStore, encoder: PropertyEncoder, settings: IndexSettings) -> dict[str, IndexEntry]:
-    """Build and write each vector name's FAISS index; the manifest entry of each."""
+    """Build and write each of the encoder's vector names' FAISS index; the manifest entry of each."""
+    return build_named_indexes(store, encoder.names, encoder.space, settings)
+
+
+def build_named_indexes(store: IndexStore, names: list[str], space: str,
+                        settings: IndexSettings) -> dict[str, IndexEntry]:
+    """Build and write the FAISS index of each vector name in ``names`` from the shards."""
     images = store.read_table(SHARDS, columns=["id"]).num_rows
     entries = {}
-    for name in encoder.names:
+    for name in names:
         dims = next((vectors.shape[1] for _, vectors in store.iter_vectors(name)), None)
         if dims is None:
             continue
@@ -47,7 +54,7 @@ def build_indexes(store: IndexStore, encoder: PropertyEncoder, settings: IndexSe
         write_atomically(path, lambda temporary: faiss.write_index(built.index, str(temporary)))
         entries[name] = IndexEntry(
             file=path.name, factory=built.factory, ntotal=built.count, dim=dims,
-            metric="inner_product", normalised=True, space=encoder.space,
+            metric="inner_product", normalised=True, space=space,
             search_parameters=built.search_parameters, train_seconds=round(built.train_seconds, 3),
             add_seconds=round(built.add_seconds, 3), bytes=path.stat().st_size,
         )
@@ -57,10 +64,16 @@ def build_indexes(store: IndexStore, encoder: PropertyEncoder, settings: IndexSe
 def finish(store: IndexStore, manifest: Manifest, encoder: PropertyEncoder, settings: IndexSettings) -> None:
     """Build the indexes from the shards and record them and the totals in the manifest."""
     manifest.indexes.update(build_indexes(store, encoder, settings))
+    record_totals(store, manifest)
+
+
+def record_totals(store: IndexStore, manifest: Manifest) -> None:
+    """Write the manifest with the directory's totals and the record of its files as they are now."""
     manifest.counts = Counts(
         images=store.read_table(SHARDS, columns=["id"]).num_rows,
         skipped=store.read_table(SKIPPED).num_rows,
         duplicates=store.read_table(DUPLICATES).num_rows,
     )
+    record_files(store, manifest)
     manifest.updated = now()
     store.write_manifest(manifest)

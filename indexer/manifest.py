@@ -12,6 +12,10 @@ Format versions:
   (``bf16`` under autocast on CUDA, else ``fp32``), so queries are encoded the same way.
   Version 1 recorded no device; its queries ran in fp32, so it migrates to ``fp32`` (an index
   built on CUDA in version 1 keeps being queried as before).
+- 3: ``files`` records each file of the index (shard parts, FAISS files) with its size,
+  sha256 and row or vector count, so opening an index can check it and ``compsearch verify``
+  can find damage (:mod:`indexer.integrity`). Older versions recorded none: ``None``
+  ("unknown"), until a finish or ``--repair`` records them.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ from compsearch.mapping.chunk_store import read_json
 from compsearch.mapping.errors import CompsearchError
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 REBUILD = "rebuild the index (`compsearch index … --overwrite`)"
 
 
@@ -109,6 +113,16 @@ class IndexEntry:
 
 
 @dataclass
+class FileRecord:
+    """One file of the index as the finish stage left it (its key in ``Manifest.files`` is its
+    path relative to the index directory)."""
+
+    bytes: int
+    sha256: str
+    count: int  # a Parquet part's rows, a FAISS file's vectors (ntotal)
+
+
+@dataclass
 class Counts:
     images: int = 0
     skipped: int = 0
@@ -130,6 +144,7 @@ class Manifest:
     runs: list[RunEntry]
     indexes: dict[str, IndexEntry]
     counts: Counts
+    files: dict[str, FileRecord] | None = None  # None: not recorded (format 2 and older, or not finished yet)
 
     @classmethod
     def new(cls, encoder: EncoderIdentity, provenance: Provenance, compsearch_version: str, created: str) -> Manifest:
@@ -209,7 +224,13 @@ def _from_version_1(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-MIGRATIONS = {1: _from_version_1}  # version → the data in the next version's shape
+def _from_version_2(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 recorded no files: unknown until a finish or a repair records them."""
+    data.setdefault("files", None)
+    return data
+
+
+MIGRATIONS = {1: _from_version_1, 2: _from_version_2}  # version → the data in the next version's shape
 
 
 def parse_manifest(data: Any, path: Path) -> Manifest:

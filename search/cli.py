@@ -45,6 +45,8 @@ COMMANDS: dict[str, Entry] = {
     "index": Entry("compsearch.indexer.commands.index:index_command",
                    "Index an image collection: one FAISS index per property."),
     "info": Entry("compsearch.indexer.commands.info:info_command", "Describe an index directory."),
+    "verify": Entry("compsearch.indexer.commands.verify:verify_command",
+                    "Check every file of an index against its checksums."),
     "search": Entry("compsearch.search.commands.search:search_command",
                     "Search an index by text or image, one property at a time."),
     "serve": Entry("compsearch.search.commands.serve:serve_command", "Serve an index: HTTP API and web page."),
@@ -86,7 +88,7 @@ def cli(ctx: click.Context) -> None:
     images; `align` maps each component into the CLIP's space (writes an aligner),
     `rank` picks the components of each property (writes ranking.json), `describe`,
     `explain` and `debias` look into components; `index` builds an index directory from a
-    collection and a ranking, `info` describes it, `search` and `serve` query it. Each
+    collection and a ranking, `info` describes it, `verify` checks it, `search` and `serve` query it. Each
     command explains itself: compsearch COMMAND --help.
     """
     ctx.with_resource(_one_line_warnings())

@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import faiss
 import numpy as np
 
-from compsearch.indexer.manifest import IndexDirectoryError
+from compsearch.indexer.integrity import Damage, DamagedIndexError, cheap_check, check_count
 from compsearch.indexer.store import IndexStore
+from compsearch.mapping.chunk_store import read_file
 from compsearch.mapping.names import FULL
 from compsearch.search.combine import Ranked, SearchFunction, WeightedVector, combined_top_k
 from compsearch.search.errors import NoTextEncoderError, QueryError, UnknownPropertyError
@@ -43,15 +44,20 @@ IMAGE_BATCH = 32  # reference images decomposed per forward pass
 T = TypeVar("T")
 
 
+def _read(path: Path) -> faiss.Index:
+    try:
+        return faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+    except RuntimeError:
+        return faiss.read_index(str(path))
+
+
 def read_faiss_index(path: Path, search_parameters: dict[str, Any]) -> faiss.Index:
     """``path`` memory-mapped read-only (read into memory where the type cannot be mapped),
     with the search parameters the build chose (``nprobe`` of IVF indexes)."""
+    repair = Damage(path.name, "").repair(path.parent)
     if not path.is_file():
-        raise IndexDirectoryError(f"{path} is missing", "rebuild the index (`compsearch index … --overwrite`)")
-    try:
-        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
-    except RuntimeError:
-        index = faiss.read_index(str(path))
+        raise DamagedIndexError(f"{path} is missing", repair)
+    index = read_file(path, _read, repair)  # a truncated file: one error naming it
     inner = faiss.downcast_index(index)
     if isinstance(inner, (faiss.IndexIDMap, faiss.IndexIDMap2)):
         inner = faiss.downcast_index(inner.index)
@@ -86,6 +92,7 @@ class SearchIndex:
         self.store = IndexStore(folder)
         self.folder = self.store.folder
         self.manifest = self.store.read_manifest()
+        cheap_check(self.store, self.manifest)  # a missing, resized or swapped file: refused now, not mid-query
         self.device = device  # checked by load_model when a query first needs a model
         self._weights, self._clip_weights = weights, clip_weights
         self._given_model, self._given_clip = model, clip
@@ -203,6 +210,7 @@ class SearchIndex:
                 if name not in self._indexes:
                     entry = self.manifest.indexes[name]
                     index = read_faiss_index(self.folder / entry.file, entry.search_parameters)
+                    check_count(self.store, entry.file, index.ntotal, entry.ntotal)
                     self._exact[name] = keeps_exact_vectors(index)
                     self._indexes[name] = index
         return self._indexes[name]

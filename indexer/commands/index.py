@@ -71,6 +71,10 @@ def _parse_auto_count(_ctx: click.Context, param: click.Parameter, value: str) -
                    "to build the FAISS indexes.")
 @click.option("--append", "mode", flag_value="append", help="Add the files not indexed yet to an existing index.")
 @click.option("--overwrite", "mode", flag_value="overwrite", help="Delete the index in --out and rebuild it.")
+@click.option("--repair", "mode", flag_value="repair",
+              help="Repair the index in --out from its shards (see `compsearch verify`): rebuild damaged FAISS "
+                   "files, remove damaged shard parts (an --append run then encodes their images again). "
+                   "Loads no model.")
 @json_option
 def index_command(images: Path, out_dir: Path, model_name: str, weights: Path | None, random_init: bool,
                   aligner_path: Path | None, ranking_path: Path | None, property_names: tuple[str, ...],
@@ -101,6 +105,11 @@ def index_command(images: Path, out_dir: Path, model_name: str, weights: Path | 
         memory_budget=int(memory_gb * (1 << 30)) if memory_gb else None, progress=not as_json,
         jpeg_on_device=jpeg_on_device, shard=shard,
     )
+    if mode == "repair":
+        from compsearch.indexer.repair import repair_index
+
+        emit(repair_index(out_dir, settings), as_json, lambda report: report.summary())
+        return
     summary = build_index(images, out_dir, model_name, weights=weights, pretrained=not random_init,
                           aligner=aligner_path, ranking=ranking_path, properties=list(property_names) or None,
                           settings=settings, mode=mode or "resume", device=device, clip=clip_name,
