@@ -17,6 +17,7 @@ from compsearch.indexer.manifest import (
     MANIFEST,
     Counts,
     FileEntry,
+    FileRecord,
     IndexDirectoryError,
     IndexEntry,
     Manifest,
@@ -54,6 +55,7 @@ def sample() -> Manifest:
                                           normalised=True, space="clip", search_parameters={}, train_seconds=0.0,
                                           add_seconds=0.01, bytes=18477)
     manifest.counts = Counts(images=9, skipped=1, duplicates=0)
+    manifest.files = {"full.faiss": FileRecord(bytes=18477, sha256="ab" * 32, count=9)}
     manifest.updated = "2026-01-01T00:01:00+00:00"
     return manifest
 
@@ -104,7 +106,7 @@ def test_a_manifest_reads_back_as_written(tmp_path: Path) -> None:
     write_manifest(tmp_path, sample())
     read = read_manifest(tmp_path)
     assert read == sample() and read.encoder.precision == "bf16"
-    assert json.loads((tmp_path / MANIFEST).read_text())["format_version"] == FORMAT_VERSION == 2
+    assert json.loads((tmp_path / MANIFEST).read_text())["format_version"] == FORMAT_VERSION == 3
     assert not list(tmp_path.glob(".*.tmp"))  # written to a temporary name, then renamed
 
 
@@ -146,7 +148,7 @@ def test_a_version_1_manifest_opens_as_computed_in_fp32(tmp_path: Path) -> None:
     data = written(tmp_path)
     data["format_version"] = 1
     del data["encoder"]["precision"], data["updated"], data["aligner"], data["ranking"], data["model_weights"]
-    del data["properties"]
+    del data["properties"], data["files"]
     data["counts"] = {}
     data["runs"][0] = {key: data["runs"][0][key] for key in ("run", "id_offset", "source", "chunk_size", "status", "started")}
     data["runs"][0]["status"] = "running"  # killed before it finished
@@ -154,10 +156,11 @@ def test_a_version_1_manifest_opens_as_computed_in_fp32(tmp_path: Path) -> None:
     read = read_manifest(tmp_path)
     assert read.encoder.precision == "fp32" and read.counts == Counts() and read.properties == {}
     assert read.runs[0].status == "running" and read.runs[0].shards == 1 and read.aligner is None
+    assert read.files is None  # no files recorded before version 3: unknown
 
 
 @pytest.mark.parametrize(("content", "message"), [
-    ('{"format_version": 99}', "has index format 99, this compsearch reads 2 and older"),
+    ('{"format_version": 99}', "has index format 99, this compsearch reads 3 and older"),
     ("[1, 2]", "is not a JSON object"),
     ("{not json", "cannot read"),
 ])
