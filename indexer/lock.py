@@ -2,7 +2,7 @@
 
 A plain run (build, append, resume, repair) takes it exclusively; the processes of a
 ``--shard I/N`` run share it, so they run at once, while a plain run — which finishes the
-index from every shard's parts — waits for none of them and is refused while any runs. The
+index from every shard's parts — is refused while any of them runs. The
 lock is taken without waiting: a second writer is one clear error naming who holds it (pid,
 host and start time, written into the lock file), never two runs racing on one file. The
 kernel drops the lock when its process ends, ``kill -9`` included, so nothing is left to clean.

@@ -47,11 +47,10 @@ def repair_index(folder: str | Path, settings: IndexSettings = IndexSettings()) 
         removed = [d.file for d in damage if not d.is_faiss]
         for name in removed:
             (store.folder / name).unlink(missing_ok=True)
-        rebuilt = []
-        if damage:
-            spaces = {name: entry.space for name, entry in manifest.indexes.items()}
-            for name, space in spaces.items():
-                manifest.indexes.update(build_named_indexes(store, [name], space, settings))
-            rebuilt = [entry.file for entry in manifest.indexes.values()]
+        damaged = {d.file for d in damage}  # a removed part changes every FAISS file; else only the damaged
+        stale = {name: entry.space for name, entry in manifest.indexes.items() if removed or entry.file in damaged}
+        for name, space in stale.items():
+            manifest.indexes.update(build_named_indexes(store, [name], space, settings))
+        rebuilt = [manifest.indexes[name].file for name in stale]
         record_totals(store, manifest)
         return RepairReport(str(store.folder), rebuilt, removed, len(manifest.files or {}))

@@ -7,7 +7,9 @@ decomposed by the encoder rebuilt from the manifest, around the weights file it 
 id terms take the indexed image's stored vector. One term is answered by its property's
 FAISS index directly; several are combined exactly (:mod:`search.combine`).
 
-Opened read-only: FAISS files memory-mapped where the index type allows, the models and
+Opening checks the files against the manifest's record (:mod:`indexer.integrity`: sizes and
+counts, no checksums), so damage is one error naming the file and its repair, not a wrong
+answer mid-query. Opened read-only: FAISS files memory-mapped where the index type allows, the models and
 the rows table loaded on first use, once, under a lock, so one SearchIndex can serve
 queries from several threads.
 """
