@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import faiss
 import numpy as np
 
-from compsearch.indexer.integrity import Damage, DamagedIndexError, cheap_check, check_count
+from compsearch.indexer.integrity import Damage, DamagedIndexError, cheap_check, check_count, read_faiss
 from compsearch.indexer.store import IndexStore
 from compsearch.mapping.chunk_store import read_file
 from compsearch.mapping.names import FULL
@@ -46,20 +46,13 @@ IMAGE_BATCH = 32  # reference images decomposed per forward pass
 T = TypeVar("T")
 
 
-def _read(path: Path) -> faiss.Index:
-    try:
-        return faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
-    except RuntimeError:
-        return faiss.read_index(str(path))
-
-
 def read_faiss_index(path: Path, search_parameters: dict[str, Any]) -> faiss.Index:
     """``path`` memory-mapped read-only (read into memory where the type cannot be mapped),
     with the search parameters the build chose (``nprobe`` of IVF indexes)."""
     repair = Damage(path.name, "").repair(path.parent)
     if not path.is_file():
         raise DamagedIndexError(f"{path} is missing", repair)
-    index = read_file(path, _read, repair)  # a truncated file: one error naming it
+    index = read_file(path, read_faiss, repair)  # a truncated file: one error naming it
     inner = faiss.downcast_index(index)
     if isinstance(inner, (faiss.IndexIDMap, faiss.IndexIDMap2)):
         inner = faiss.downcast_index(inner.index)
