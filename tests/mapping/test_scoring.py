@@ -8,6 +8,7 @@ import torch
 
 from compsearch.mapping.rank import (
     ComponentVariance,
+    PropertyRanking,
     Ranking,
     component_variances,
     constant_components,
@@ -73,6 +74,50 @@ def test_label_variance_share_finds_the_component_that_follows_the_label() -> No
     assert share[4].item() == pytest.approx(1.0, abs=1e-6)
     assert share[2] > 0.95 and share[[0, 1, 3]].max() < 0.05
     assert label_variance_share(torch.ones(6, 1, 2), torch.tensor([0, 1] * 3)).item() == 0.0
+
+
+def _labelled(images: int = 600, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+    """12 components: c0-c2 follow a 6-valued label (strength 3, 2, 1.5), c3-c5 a 4-valued one
+    (3, 2, 1.5), the rest is noise; labels independent of each other."""
+    generator = generator or torch.Generator().manual_seed(0)
+    labels = {"colour": torch.randint(6, (images,), generator=generator),
+              "shape": torch.randint(4, (images,), generator=generator)}
+    mapped = torch.randn(images, 12, 8, generator=generator)
+    for offset, name in ((0, "colour"), (3, "shape")):
+        for component, strength in zip(range(offset, offset + 3), (3.0, 2.0, 1.5)):
+            centres = torch.randn(int(labels[name].max()) + 1, 8, generator=generator)
+            mapped[:, component] += strength * centres[labels[name]]
+    return mapped, labels
+
+
+def _example_rankings(mapped: torch.Tensor, labels: dict[str, torch.Tensor], k: int = 3) -> dict[str, PropertyRanking]:
+    names = [f"c{i}" for i in range(mapped.shape[1])]
+    shares = {name: label_variance_share(mapped, label) for name, label in labels.items()}
+    variances = {name: component_variances(mapped) for name in labels}
+    rankings = property_rankings(names, shares, "examples", {name: [] for name in labels},
+                                 {name: k for name in labels}, variances)
+    return {prop.name: prop for prop in rankings}
+
+
+def test_a_label_with_many_values_does_not_win_by_chance() -> None:
+    mapped, labels = _labelled()
+    unrelated = torch.randperm(600, generator=torch.Generator().manual_seed(1)) % 150  # 150 values × 4 images
+    share = label_variance_share(mapped, unrelated)
+    assert share.abs().max() < 0.05  # η² would be ≈ (C−1)/(N−1) = 0.25 on every component
+    colour = label_variance_share(mapped, labels["colour"])
+    assert colour[0] > 0.8 and colour[3:].abs().max() < 0.05  # a real signal still scores high
+    alone = _example_rankings(mapped, labels)
+    assert {name: prop.top for name, prop in alone.items()} == {"colour": ["c0", "c1", "c2"], "shape": ["c3", "c4", "c5"]}
+    together = _example_rankings(mapped, {**labels, "unrelated": unrelated})
+    for name, prop in alone.items():
+        assert together[name].top == prop.top
+        # With η² the unrelated label's ≈ 0.25 everywhere would lower every contrast by as much.
+        assert together[name].scores[:3] == pytest.approx(prop.scores[:3], abs=0.06)
+
+
+def test_label_variance_share_is_zero_without_room_for_chance() -> None:
+    """Every image its own value: nothing estimates the within-value variance, so no claim."""
+    assert torch.equal(label_variance_share(torch.randn(5, 2, 3), torch.arange(5)), torch.zeros(2))
 
 
 def test_rankings_choose_k_and_round_trip(tmp_path) -> None:
