@@ -166,10 +166,29 @@ def test_example_properties_need_no_aligner(tmp_path: Path, world_images: Path) 
     [prop] = ranking.properties
     assert ranking.aligner is None and prop.source == "examples" and prop.values == ["even", "odd"]
     names, _ = component_contributions(clip, sorted(world_images.glob("*.png"))[:1])
-    assert all(0.0 <= share <= 1.0 for share in prop.own_scores)
+    assert all(-1.0 < share <= 1.0 for share in prop.own_scores)  # ω²: negative when below chance
     assert sorted(prop.components + prop.constant) == sorted(names) and prop.constant == ["bias"]
     with pytest.raises(PropertyError, match="need an aligner"):
         rank(clip, None, world_images, [builtin_property("colour")])
+
+
+def test_rank_k_auto_on_examples_prints_and_keeps_its_curve(tmp_path: Path) -> None:
+    """64 renders labelled by colour, ranked in the model's own space: k is chosen on the 16
+    held out (2 per colour), the curve printed with the scores' legend, and saved."""
+    _tiny_clip()  # registers the fixture architecture with open_clip
+    for item in get_split("train").items(200):
+        folder = tmp_path / "hue" / item.colour
+        folder.mkdir(parents=True, exist_ok=True)
+        if len(list(folder.iterdir())) < 8:
+            render_image(item, size=48).save(folder / f"{item.index:03d}.png")
+    result = CliRunner().invoke(cli, ["rank", "--model", MODEL_NAME, "--random-init", "--examples",
+                                      str(tmp_path / "hue"), "--k", "auto", "--out", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    prop = Ranking.load(tmp_path / "r.json").get("hue")
+    assert prop.k_curve is not None and prop.k == prop.k_curve.best_k() and prop.k_curve.held_out_images == 16
+    assert len(prop.k_curve.ks) == len(prop.k_curve.own) == len(prop.k_curve.leakage) == min(16, len(prop.components))
+    assert f"{MODEL_NAME}: 64 example images, no aligner" in result.output and "ω²" in result.output
+    assert "k chosen on 16 held-out images" in result.output and f"hue (examples, k={prop.k} auto)" in result.output
 
 
 def test_probe_sets_skip_an_unreadable_image_with_a_warning(
