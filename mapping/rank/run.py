@@ -85,22 +85,21 @@ def text_property_scores(
 
 
 def example_contributions(
-    model: LoadedModel, aligner: Aligner | None, examples: ExampleProperty, batch_size: int = 32,
+    model: LoadedModel, aligner: Aligner | None, images: Sequence[Path], batch_size: int = 32,
     workers: int = 0, progress: bool = False,
-) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-    """``(component names, contributions (images, components, d), labels (images,))`` of the
-    example images, in CLIP space when an aligner is given (like text properties), else in
-    the model's own. An unreadable example is skipped (with its label)."""
-    images = list(examples.images)
+) -> tuple[list[str], torch.Tensor, dict[Path, int]]:
+    """``(component names, contributions (read images, components, d), row of each image read)``
+    of example images, in CLIP space when an aligner is given (like text properties), else in
+    the model's own. An unreadable image has no row."""
     if aligner is not None:
-        parts = list(aligned_batches(model, aligner, images, batch_size, workers, progress))
+        parts = list(aligned_batches(model, aligner, list(images), batch_size, workers, progress))
         names = aligner.component_names
     else:
-        decomposed = list(decompose_source(model, images, None, batch_size, workers, progress))
+        decomposed = list(decompose_source(model, list(images), None, batch_size, workers, progress))
         parts = [(records, part.contributions.float().cpu()) for records, part in decomposed]
         names = decomposed[0][1].names
-    labels = torch.tensor([examples.labels[record.position] for records, _ in parts for record in records])
-    return names, torch.cat([mapped for _, mapped in parts]), labels
+    read = [images[record.position] for records, _ in parts for record in records]
+    return names, torch.cat([mapped for _, mapped in parts]), {path: row for row, path in enumerate(read)}
 
 
 def example_property_scores(
@@ -109,13 +108,23 @@ def example_property_scores(
 ) -> Scored:
     """Each example property's chance-corrected label share (:func:`label_variance_share`)
     over its own images; with ``hold_out``, also over the images not held out
-    (:func:`held_out_mask`), and the held-out ones."""
+    (:func:`held_out_mask`), and the held-out ones. Properties labelling the same images
+    (columns of one table, or folders of links to the same files) decompose them once; an
+    unreadable example is skipped with its label."""
     scored = Scored([], {}, {}, 0)
+    decomposed: dict[frozenset[Path], tuple[torch.Tensor, dict[Path, int]]] = {}
     for example in examples:
         warn_if_few_images(len(example.images), f"property {example.name!r} is scored", "--examples")
-        scored.component_names, mapped, labels = example_contributions(
-            model, aligner, example, batch_size, workers, progress)
-        scored.images += len(labels)
+        files = [path.resolve() for path in example.images]
+        if frozenset(files) not in decomposed:
+            scored.component_names, mapped, rows = example_contributions(
+                model, aligner, sorted(set(files)), batch_size, workers, progress)
+            decomposed[frozenset(files)] = mapped, rows
+            scored.images += len(rows)
+        mapped, rows = decomposed[frozenset(files)]
+        kept = [(rows[path], label) for path, label in zip(files, example.labels) if path in rows]
+        mapped = mapped[torch.tensor([row for row, _ in kept])]
+        labels = torch.tensor([label for _, label in kept])
         scored.scores[example.name] = label_variance_share(mapped, labels)
         scored.variances[example.name] = component_variances(mapped)
         if hold_out:

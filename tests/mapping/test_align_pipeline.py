@@ -151,9 +151,9 @@ def test_align_rank_describe_commands_on_a_local_clip(tmp_path: Path, world_imag
     assert len(head["texts"]) == 2 and set(head["texts"][0]) == {"text", "share"}
 
 
-def _parity_examples(folder: Path, world_images: Path) -> None:
+def _parity_examples(folder: Path, world_images: Path, pattern: str = "*.png") -> None:
     """``folder/{even,odd}/``: the world images labelled by the parity of their index."""
-    for image in world_images.glob("*.png"):
+    for image in world_images.glob(pattern):
         value = "odd" if int(image.stem[:3]) % 2 else "even"
         (folder / value).mkdir(parents=True, exist_ok=True)
         (folder / value / image.name).symlink_to(image)
@@ -173,7 +173,8 @@ def test_example_properties_need_no_aligner(tmp_path: Path, world_images: Path) 
 
 
 def test_rank_k_auto_on_examples_prints_and_keeps_its_curve(tmp_path: Path) -> None:
-    """64 renders labelled by colour, ranked in the model's own space: k is chosen on the 16
+    """64 renders labelled by colour (and, through links to the same files, by parity), ranked
+    in the model's own space: the files are decomposed once for both; k is chosen on the 16
     held out (2 per colour), the curve printed with the scores' legend, and saved."""
     _tiny_clip()  # registers the fixture architecture with open_clip
     for item in get_split("train").items(200):
@@ -181,10 +182,14 @@ def test_rank_k_auto_on_examples_prints_and_keeps_its_curve(tmp_path: Path) -> N
         folder.mkdir(parents=True, exist_ok=True)
         if len(list(folder.iterdir())) < 8:
             render_image(item, size=48).save(folder / f"{item.index:03d}.png")
+    _parity_examples(tmp_path / "parity", tmp_path / "hue", "*/*.png")
     result = CliRunner().invoke(cli, ["rank", "--model", MODEL_NAME, "--random-init", "--examples",
-                                      str(tmp_path / "hue"), "--k", "auto", "--out", str(tmp_path / "r.json")])
+                                      str(tmp_path / "hue"), "--examples", str(tmp_path / "parity"), "--k", "auto",
+                                      "--out", str(tmp_path / "r.json")])
     assert result.exit_code == 0, result.output
-    prop = Ranking.load(tmp_path / "r.json").get("hue")
+    ranking = Ranking.load(tmp_path / "r.json")
+    prop = ranking.get("hue")
+    assert ranking.example_images == 64 and ranking.get("parity").k_curve.held_out_images == 16
     assert prop.k_curve is not None and prop.k == prop.k_curve.best_k() and prop.k_curve.held_out_images == 16
     assert len(prop.k_curve.ks) == len(prop.k_curve.own) == len(prop.k_curve.leakage) == min(16, len(prop.components))
     assert f"{MODEL_NAME}: 64 example images, no aligner" in result.output and "ω²" in result.output
