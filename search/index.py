@@ -30,6 +30,7 @@ from compsearch.indexer.store import IndexDirectoryError, IndexStore
 from compsearch.mapping.encoder import FULL, PropertyEncoder, embed_texts
 from compsearch.mapping.images import decode_image, read_image, to_rgb
 from compsearch.mapping.models import RANDOM_INIT, LoadedModel, load_model
+from compsearch.mapping.properties.known_words import warn_unknown_words
 from compsearch.search.combine import Ranked, WeightedVector, combined_top_k
 from compsearch.search.errors import NoTextEncoderError, QueryError, UnknownPropertyError
 from compsearch.search.query import ImageInput, Query, Term, check_k, term_labels
@@ -286,6 +287,7 @@ class SearchIndex:
                 "query it by image or id, or rebuild it with an aligner into a CLIP (`compsearch index --aligner`)",
             )
         for name, members in texts.items():
+            warn_unknown_words(self.text_model.name, [terms[i].text for i in members], "the text query")
             embedded = embed_texts(self.text_model, [terms[i].text for i in members], self._templates(name))
             for i, vector in zip(members, embedded.numpy()):
                 vectors[i] = vector

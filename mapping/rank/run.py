@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from compsearch.mapping.align import Aligner
 from compsearch.mapping.align.features import aligned_batches, decompose_source, resolved_first_block
 from compsearch.mapping.errors import CompsearchError, warn, warn_if_few_images
-from compsearch.mapping.images import SourceSpec
+from compsearch.mapping.images import SourceSpec, open_source
 from compsearch.mapping.models import LoadedModel
 from compsearch.mapping.properties import ExampleProperty, Property, PropertyError, orthonormal_basis
+from compsearch.mapping.properties.known_words import warn_if_photos, warn_unknown_words
 from compsearch.mapping.properties.text import TextEncoder, description_embeddings
 from compsearch.mapping.rank.auto_k import AUTO, HELD_OUT_EVERY, NEIGHBOURS, HeldOut, held_out_mask, k_curve
 from compsearch.mapping.rank.ranking import PropertyRanking, Ranking, default_k, property_rankings
@@ -193,6 +194,20 @@ def check_rank_inputs(
         raise PropertyError(f"property names repeat: {names}", "name each property (and examples folder) once")
 
 
+def _warn_about_the_clip(aligner: Aligner | None, images: SourceSpec | None, properties: Sequence[Property],
+                         examples: Sequence[ExampleProperty]) -> None:
+    """A closed-vocabulary CLIP (the world's fixture) says which descriptions it never learnt
+    and that it knows nothing of photos (:mod:`..properties.known_words`)."""
+    clip_name = aligner.meta.clip_name if aligner else None
+    for prop in properties:
+        warn_unknown_words(clip_name, prop.descriptions, f"property {prop.name!r}")
+    if properties and images is not None:
+        warn_if_photos(clip_name, (record.path for record in open_source(images).records()), "text properties are scored")
+    if examples and aligner is not None:
+        warn_if_photos(clip_name, (path for example in examples for path in example.images),
+                       "example properties are scored")
+
+
 def rank(
     model: LoadedModel,
     aligner: Aligner | None,
@@ -212,6 +227,7 @@ def rank(
     chooses it on held-out images, :mod:`.auto_k`). Unreadable
     probe images are skipped with a warning."""
     check_rank_inputs(properties, examples, aligner, images)
+    _warn_about_the_clip(aligner, images, properties, examples)
     if properties and encode_text is None:
         raise PropertyError("properties described in words need a CLIP text encoder",
                             "pass the aligner's CLIP's encode_text, or define the properties by examples")

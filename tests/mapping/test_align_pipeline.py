@@ -38,6 +38,7 @@ from compsearch.mapping.describe import describe_heads, read_text_bank
 from compsearch.mapping.models import LoadedModel, load_model
 from compsearch.mapping.errors import CompsearchWarning
 from compsearch.mapping.properties import Property, PropertyError, builtin_property, load_examples
+from compsearch.mapping.properties.known_words import write_vocabulary
 from compsearch.mapping.rank import Ranking, rank
 from compsearch.search.cli import cli
 
@@ -139,8 +140,17 @@ def test_align_rank_describe_commands_on_a_local_clip(tmp_path: Path, world_imag
                                  str(world_images), "--property", "colour", "--property", "size=tiny,huge",
                                  "--k", "colour=2", "--out", str(tmp_path / "ranking.json")])
     assert ranked.exit_code == 0, ranked.output
+    assert "never learnt" not in ranked.stderr  # a CLIP that ships no vocabulary knows every word
     ranking = Ranking.load(tmp_path / "ranking.json")
     assert [(p.name, p.k) for p in ranking.properties] == [("colour", 2), ("size", 3)]
+    write_vocabulary(folder, "renders of a test world", ["red orange yellow green blue purple pink white tiny"])
+    closed = runner.invoke(cli, ["rank", "--model", name, "--aligner", str(tmp_path / "identity"), "--images",
+                                 str(world_images), "--property", "colour", "--property", "size=tiny,huge",
+                                 "--out", str(tmp_path / "closed.json")])
+    assert closed.exit_code == 0, closed.output
+    assert "property 'colour' uses words the CLIP never learnt ('black', 'brown', 'grey'" in closed.stderr
+    assert "property 'size' uses words the CLIP never learnt ('huge')" in closed.stderr
+    assert "photos" not in closed.stderr  # world renders are what it knows
     assert f"* {ranking.top('colour')[0]}" in ranked.output and "constant, not ranked: bias" in ranked.output
     described = runner.invoke(cli, ["describe", "--model", name, "--aligner", str(tmp_path / "identity"),
                                     "--images", str(world_images), "--heads", "*.resblocks.2.attn.h1",
