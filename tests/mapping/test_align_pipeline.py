@@ -36,7 +36,7 @@ from compsearch.mapping.align import (
 from compsearch.mapping.align.features import component_contributions
 from compsearch.mapping.describe import describe_heads, read_text_bank
 from compsearch.mapping.models import LoadedModel, load_model
-from compsearch.mapping.errors import CompsearchWarning
+from compsearch.mapping.errors import CompsearchError, CompsearchWarning
 from compsearch.mapping.properties import Property, PropertyError, builtin_property, load_examples
 from compsearch.mapping.properties.known_words import write_vocabulary
 from compsearch.mapping.rank import Ranking, rank
@@ -204,6 +204,22 @@ def test_rank_k_auto_on_examples_prints_and_keeps_its_curve(tmp_path: Path) -> N
     assert len(prop.k_curve.ks) == len(prop.k_curve.own) == len(prop.k_curve.leakage) == min(16, len(prop.components))
     assert f"{MODEL_NAME}: 64 example images, no aligner" in result.output and "ω²" in result.output
     assert "k chosen on 16 held-out images" in result.output and f"hue (examples, k={prop.k} auto)" in result.output
+
+
+def test_rank_k_auto_on_text_properties_holds_out_a_quarter_of_the_probe_set(
+    tmp_path: Path, world_images: Path,
+) -> None:
+    clip = _tiny_clip()
+    for item in get_split("train").items(48):
+        render_image(item, size=48).save(tmp_path / f"{item.index:03d}.png")
+    identity = align(clip, clip, tmp_path, tmp_path / "identity", progress=False)
+    properties = [builtin_property("colour"), Property("size", ("tiny", "huge"))]
+    ranking = rank(clip, identity, tmp_path, properties, encode_text=clip.encode_text, k={"colour": "auto"})
+    colour, size = ranking.properties
+    assert colour.k_curve.held_out_images == 12 and colour.k == colour.k_curve.best_k()
+    assert size.k_curve is None and size.k == 3
+    with pytest.raises(CompsearchError, match="only 6 of its probe images can be held out"):
+        rank(clip, identity, world_images, properties, encode_text=clip.encode_text, k="auto")
 
 
 def test_probe_sets_skip_an_unreadable_image_with_a_warning(
