@@ -171,8 +171,8 @@ LEGEND = (
     "own: how much a component carries the property: S_p, its mean correlation with the property's text "
     "directions over the probe images (text), or ω², the share of its variance the example labels explain "
     "beyond chance (examples; ≈ 0 for an unrelated label, 1 when the label fixes it)\n"
-    "score: own minus the highest own of the other properties of the same source: what components are "
-    "ranked by; * = summed into the property's vector (the top k)"
+    "score: own minus the highest own of the other properties of the same source (own itself when ranked "
+    "alone): what components are ranked by; * = summed into the property's vector (the top k)"
 )
 
 
