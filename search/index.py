@@ -31,9 +31,11 @@ from compsearch.mapping.encoder import FULL, PropertyEncoder, embed_texts
 from compsearch.mapping.images import decode_image, read_image, to_rgb
 from compsearch.mapping.models import RANDOM_INIT, LoadedModel, load_model
 from compsearch.mapping.properties.known_words import warn_unknown_words
-from compsearch.search.combine import Ranked, WeightedVector, combined_top_k
+from compsearch.search.combine import Ranked, SearchFunction, WeightedVector, combined_top_k
 from compsearch.search.errors import NoTextEncoderError, QueryError, UnknownPropertyError
-from compsearch.search.query import ImageInput, Query, Term, check_k, term_labels
+from compsearch.search.filtered import Selection, search_selected
+from compsearch.search.filters import selected_ids
+from compsearch.search.query import ImageInput, Query, Term, check_k, check_offset, term_labels
 from compsearch.search.results import Result, SearchResults
 from compsearch.search.stored import StoredRows, keeps_exact_vectors, split_record
 
@@ -211,18 +213,25 @@ class SearchIndex:
     # -- queries ---------------------------------------------------------------------------------
     def search(self, text: str | None = None, image: ImageInput | None = None, id: int | None = None,
                property: str | None = None, k: int = 20, threshold: float | None = None,
-               terms: list[Term] | None = None) -> SearchResults:
+               terms: list[Term] | None = None, offset: int = 0, where: str | None = None) -> SearchResults:
         """One query: a text, a reference image or an indexed image's id on ``property``
-        (None: ``full``), and/or weighted ``terms``; the ``k`` best with score ≥ ``threshold``."""
+        (None: ``full``), and/or weighted ``terms``; the ``k`` best with score ≥ ``threshold``
+        after the first ``offset`` (a page), among the images the filter ``where`` keeps."""
         query = Query(text=text, image=image, id=id, property=property, terms=list(terms or []))
-        return self.search_batch([query], k, threshold)[0]
+        return self.search_batch([query], k, threshold, offset, where)[0]
 
-    def search_batch(self, queries: list[Query], k: int = 20, threshold: float | None = None) -> list[SearchResults]:
+    def search_batch(self, queries: list[Query], k: int = 20, threshold: float | None = None, offset: int = 0,
+                     where: str | None = None) -> list[SearchResults]:
         """Many queries at once: texts embedded together per property, images decomposed in
         batches, single-term queries searched in one FAISS call per property. Each result's
-        ``seconds`` are the whole batch's."""
+        ``seconds`` are the whole batch's. Results are in a stable order (score, then id), so
+        ``offset`` pages through them; ``where`` (:mod:`search.filters`) restricts every query
+        to the images it keeps, exactly (:mod:`search.filtered`)."""
         started = time.perf_counter()
         check_k(k)
+        check_offset(offset, k)
+        depth = k + offset
+        selection = None if where is None else Selection(selected_ids(self.rows.table, where))
         plans = [query.all_terms() for query in queries]
         flat = [term for terms in plans for term in terms]
         for term in flat:
@@ -234,13 +243,18 @@ class SearchIndex:
             weighted.append([WeightedVector(t.property_name, vectors[position + i], float(t.weight))
                              for i, t in enumerate(terms)])
             position += len(terms)
-        ranked = self._search_single({i: terms[0] for i, terms in enumerate(weighted) if len(terms) == 1}, k)
+        search = self._faiss_search if selection is None else (
+            lambda name, vectors, size: search_selected(self._index(name), vectors, size, selection,
+                                                        lambda ids: self.stored_vectors(name, ids)))
+        count = self.count if selection is None else len(selection)
+        ranked = self._search_single({i: terms[0] for i, terms in enumerate(weighted) if len(terms) == 1}, depth,
+                                     search, count)
         for i, terms in enumerate(weighted):
             if len(terms) > 1:
-                ranked[i] = combined_top_k(terms, self._faiss_search, self.stored_vectors, k, self.count,
-                                           self.oversampling, threshold)
+                ranked[i] = combined_top_k(terms, search, self.stored_vectors, depth, count, self.oversampling,
+                                           threshold)
         searched = time.perf_counter()
-        results = [self._results(terms, ranked[i], k, threshold) for i, terms in enumerate(plans)]
+        results = [self._results(terms, ranked[i], k, threshold, offset, where) for i, terms in enumerate(plans)]
         seconds = {"encode": encoded - started, "search": searched - encoded, "total": time.perf_counter() - started}
         for result in results:
             result.seconds = dict(seconds)
@@ -249,8 +263,9 @@ class SearchIndex:
     def _faiss_search(self, name: str, queries: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
         return self._index(name).search(np.ascontiguousarray(queries, dtype=np.float32), depth)
 
-    def _search_single(self, terms: dict[int, WeightedVector], k: int) -> dict[int, Ranked]:
-        """The single-term queries (query position → term), one FAISS call per property;
+    def _search_single(self, terms: dict[int, WeightedVector], depth: int, search: SearchFunction,
+                       count: int) -> dict[int, Ranked]:
+        """The single-term queries (query position → term), one ``search`` call per property;
         a negative weight searches for the images farthest along the query vector."""
         by_index: dict[str, list[int]] = {}
         for i, term in terms.items():
@@ -259,11 +274,14 @@ class SearchIndex:
         for name, members in by_index.items():
             signs = np.sign([terms[i].weight for i in members]).astype(np.float32)
             queries = np.stack([terms[i].vector for i in members]) * signs[:, None]
-            scores, ids = self._faiss_search(name, queries, min(k, max(self.count, 1)))
+            scores, ids = search(name, queries, min(depth, max(count, 1))) if count else (
+                np.zeros((len(members), 0), np.float32), np.zeros((len(members), 0), np.int64))
             for row, i in enumerate(members):
                 valid = ids[row] >= 0
-                found = scores[row][valid]
-                ranked[i] = Ranked(ids[row][valid], abs(terms[i].weight) * found, (signs[row] * found)[:, None],
+                found_ids, found = ids[row][valid], scores[row][valid]
+                order = np.lexsort((found_ids, -found))  # ties by id: pages stay stable
+                found_ids, found = found_ids[order], found[order]
+                ranked[i] = Ranked(found_ids, abs(terms[i].weight) * found, (signs[row] * found)[:, None],
                                    int(valid.sum()), True)
         return ranked
 
@@ -313,19 +331,22 @@ class SearchIndex:
         entry = (self.manifest.get("properties") or {}).get(name) or {}
         return list(entry.get("templates") or templates_for(name))
 
-    def _results(self, terms: list[Term], ranked: Ranked, k: int, threshold: float | None) -> SearchResults:
+    def _results(self, terms: list[Term], ranked: Ranked, k: int, threshold: float | None, offset: int,
+                 where: str | None) -> SearchResults:
         ids, totals, cosines = ranked.ids, ranked.totals, ranked.cosines
         keep = slice(None) if threshold is None else totals >= threshold
-        ids, totals, cosines = ids[keep][:k], totals[keep][:k], cosines[keep][:k]
+        page = slice(offset, offset + k)
+        ids, totals, cosines = ids[keep][page], totals[keep][page], cosines[keep][page]
         labels = term_labels(terms)
         results = []
-        for rank, (record, total, row) in enumerate(zip(self.rows.records(ids), totals, cosines), start=1):
+        for rank, (record, total, row) in enumerate(zip(self.rows.records(ids), totals, cosines), start=offset + 1):
             identity, metadata = split_record(record)
             results.append(Result(rank=rank, id=int(identity["id"]), key=identity["key"], path=identity["path"],
                                   score=float(total), scores={label: float(c) for label, c in zip(labels, row)},
                                   metadata=metadata))
         query = {"terms": [{**term.describe(), "label": label} for term, label in zip(terms, labels)],
-                 "k": k, "threshold": threshold, "candidates": ranked.candidates, "certified": ranked.certified}
+                 "k": k, "offset": offset, "where": where, "threshold": threshold, "candidates": ranked.candidates,
+                 "certified": ranked.certified}
         return SearchResults(query=query, results=results, seconds={})
 
 

@@ -18,7 +18,8 @@ import PIL.Image
 from compsearch.search.errors import QueryError
 
 FULL = "full"
-MAX_K = 1000
+MAX_K = 10_000
+MAX_DEPTH = 100_000  # offset + k: how deep a page may reach into the ranking
 KINDS = ("text", "image", "id")
 TERM_SYNTAX = "[WEIGHT*]PROPERTY:KIND:VALUE with KIND text, image or id (e.g. pattern:text:striped, 0.5*colour:image:a.jpg)"
 _WEIGHT_PREFIX = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\*(.*)$", re.S)
@@ -117,6 +118,12 @@ def term_labels(terms: list[Term]) -> list[str]:
 def check_k(k: int) -> None:
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
         raise QueryError(f"k = {k!r} is out of range", f"ask for 1 to {MAX_K} results")
+
+
+def check_offset(offset: int, k: int) -> None:
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0 or offset + k > MAX_DEPTH:
+        raise QueryError(f"offset = {offset!r} is out of range",
+                         f"give 0 or more, with offset + k at most {MAX_DEPTH:,}")
 
 
 def parse_term(spec: str, weight: float = 1.0) -> Term:

@@ -65,6 +65,8 @@ class SearchBody(BaseModel):
     id: int | None = None
     property: str | None = None
     k: int = 20
+    offset: int = 0
+    where: str | None = Field(None, max_length=MAX_TEXT_CHARS)
     threshold: float | None = None
     terms: list[TermBody] | None = Field(None, max_length=MAX_TERMS)
 
@@ -81,7 +83,8 @@ SEARCH_REQUEST_BODY = {
         "multipart/form-data": {"schema": {
             "type": "object", "required": ["image"],
             "properties": {"image": {"type": "string", "format": "binary"}, "property": {"type": "string"},
-                           "k": {"type": "integer"}, "threshold": {"type": "number"}},
+                           "k": {"type": "integer"}, "offset": {"type": "integer"}, "where": {"type": "string"},
+                           "threshold": {"type": "number"}},
         }},
     },
 }
@@ -121,7 +124,8 @@ def _search(server: ServerState, query: SearchBody, upload: bytes | None) -> dic
     terms = [Term(term.property, text=term.text, id=term.id, weight=term.weight) for term in query.terms] \
         if query.terms is not None else None
     return server.index.search(text=query.text, image=image, id=query.id, property=query.property, k=query.k,
-                               threshold=query.threshold, terms=terms).to_json()
+                               threshold=query.threshold, terms=terms, offset=query.offset,
+                               where=query.where).to_json()
 
 
 def file_urls(request: Request, server: ServerState, image_id: int) -> dict[str, str | None]:

@@ -180,8 +180,11 @@ def test_malformed_queries_are_refused_clearly(index: SearchIndex, tmp_path: Pat
         (dict(text="  "), QueryError, "empty"),
         (dict(), QueryError, "empty"),
         (dict(text="red", id=3), QueryError, "exactly one"),
-        (dict(text="red", k=0), QueryError, "1 to 1000"),
-        (dict(text="red", k=1001), QueryError, "1 to 1000"),
+        (dict(text="red", k=0), QueryError, "1 to 10000"),
+        (dict(text="red", k=10_001), QueryError, "1 to 10000"),
+        (dict(text="red", offset=-1), QueryError, "offset"),
+        (dict(text="red", k=10, offset=99_991), QueryError, "offset \\+ k at most 100,000"),
+        (dict(text="red", where="lens == 'x'"), QueryError, "no column 'lens'"),
         (dict(id=999), UnknownImageError, "999"),
         (dict(image=tmp_path / "notes.jpg"), search.errors.ImageReadError, "not an image"),
         (dict(image=tmp_path / "missing.png"), search.errors.ImageReadError, "does not exist"),
@@ -224,11 +227,12 @@ def test_cli_table_json_and_one_line_errors(built: Path, index: SearchIndex, mon
     code, out, err = run_cli(monkeypatch, capsys, "search", folder, "--text", "green", "-k", "4")
     assert code == 0, err
     lines = out.splitlines()
-    assert lines[0].startswith("4 results for full:text:green") and lines[1].split() == ["rank", "score", "path"]
+    assert lines[0].startswith("4 results for full:text:green") and lines[1].split() == ["rank", "id", "score", "path"]
     expected = index.search(text="green", k=4).results
     for line, result in zip(lines[2:], expected):
-        rank, score, path = line.split()
-        assert (int(rank), path) == (result.rank, result.path) and float(score) == pytest.approx(result.score, abs=1e-4)
+        rank, image_id, score, path = line.split()
+        assert (int(rank), int(image_id), path) == (result.rank, result.id, result.path)
+        assert float(score) == pytest.approx(result.score, abs=1e-4)
     code, out, err = run_cli(monkeypatch, capsys, "search", folder, "--text", "red", "-p", "colour",
                              "--not", "pattern:text:plain", "--and", "0.5*full:id:3", "-k", "3", "--json")
     assert code == 0, err
@@ -288,3 +292,77 @@ def test_ivf_and_pq_indexes_open_with_their_nprobe_and_rescore_exactly(built: Pa
             assert result.score == pytest.approx(float(expected), abs=1e-4)
         if factory.endswith("Flat"):
             assert [r.id for r in found] == [r.id for r in index.search(terms=terms, k=5).results]
+
+
+def _brute_force(built: Path, terms: list[Term], where_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, totals) of the images in ``where_ids``, best first, ties by id, from the shards."""
+    stored = {name: _stored(built, name) for name in {t.property_name for t in terms}}
+    ids = next(iter(stored.values()))[0]
+    position = {int(i): p for p, i in enumerate(ids)}
+    totals = sum(t.weight * (stored[t.property_name][1] @ stored[t.property_name][1][position[t.id]]) for t in terms)
+    keep = np.isin(ids, where_ids)
+    order = np.lexsort((ids[keep], -totals[keep]))
+    return ids[keep][order], totals[keep][order]
+
+
+FILTERS = {  # where → the ids it keeps, computed from the world's labels by hand
+    "id == 17": lambda rows: [r["id"] for r in rows if r["id"] == 17],
+    "colour == 'red'": lambda rows: [r["id"] for r in rows if r["colour"] == "red"],
+    "colour in ('red', 'blue') and not pattern == 'plain'":
+        lambda rows: [r["id"] for r in rows if r["colour"] in ("red", "blue") and r["pattern"] != "plain"],
+    "id < 40 or shape == 'star'": lambda rows: [r["id"] for r in rows if r["id"] < 40 or r["shape"] == "star"],
+    "id >= 0": lambda rows: [r["id"] for r in rows],
+    "id > 1000": lambda rows: [],
+}
+
+
+@pytest.mark.parametrize("scan", [True, False], ids=["exact-scan", "faiss-selector"])
+@pytest.mark.parametrize("where", list(FILTERS))
+def test_filtered_queries_are_the_top_k_of_the_filtered_set(index: SearchIndex, built: Path, where: str, scan: bool,
+                                                            monkeypatch) -> None:
+    monkeypatch.setattr("compsearch.search.filtered.EXACT_SCAN_MAX", IMAGES if scan else 0)
+    rows = _stored(built, "full")[2]
+    kept = np.array(FILTERS[where](rows), np.int64)
+    for terms in ([Term("colour", id=11)], [Term("colour", id=11), Term("pattern", id=3, weight=-0.5)]):
+        for k in (1, 5, IMAGES):
+            expected_ids, expected_totals = _brute_force(built, terms, kept)
+            found = index.search(terms=terms, k=k, where=where)
+            assert len(found.results) == min(k, len(kept))  # never fewer than k when k match
+            assert [r.id for r in found.results] == list(expected_ids[:k])
+            np.testing.assert_allclose([r.score for r in found.results], expected_totals[:k], atol=1e-4)
+            assert found.query["where"] == where
+
+
+def test_pages_join_into_the_whole_ranking(index: SearchIndex) -> None:
+    whole = [r.id for r in index.search(text="red", property="colour", k=IMAGES).results]
+    pages = [index.search(text="red", property="colour", k=7, offset=offset).results for offset in range(0, IMAGES, 7)]
+    assert [r.id for page in pages for r in page] == whole
+    assert [r.rank for page in pages for r in page] == list(range(1, IMAGES + 1))
+    combined = [Term("colour", text="red"), Term("pattern", id=3, weight=0.5)]
+    whole = [r.id for r in index.search(terms=combined, k=30).results]
+    assert [r.id for r in index.search(terms=combined, k=10, offset=20).results] == whole[20:30]
+
+
+def test_cli_formats_and_copy_to(built: Path, index: SearchIndex, monkeypatch, capsys, tmp_path: Path) -> None:
+    folder = str(built / "index")
+    expected = index.search(text="blue", property="colour", k=5, where="pattern != 'plain'").results
+    query = ["search", folder, "--text", "blue", "-p", "colour", "-k", "5", "--where", "pattern != 'plain'"]
+    code, out, err = run_cli(monkeypatch, capsys, *query, "--format", "paths")
+    assert code == 0, err
+    assert out.splitlines() == [r.path for r in expected]
+    code, out, err = run_cli(monkeypatch, capsys, *query, "--format", "jsonl")
+    assert [json.loads(line)["id"] for line in out.splitlines()] == [r.id for r in expected]
+    code, out, err = run_cli(monkeypatch, capsys, *query, "--format", "csv")
+    table = list(__import__("csv").DictReader(out.splitlines()))
+    assert [int(row["id"]) for row in table] == [r.id for r in expected]
+    assert [row["pattern"] for row in table] == [r.metadata["pattern"] for r in expected]
+    assert all(row["pattern"] != "plain" for row in table)
+    code, out, err = run_cli(monkeypatch, capsys, *query, "--offset", "2", "--copy-to", str(tmp_path / "picked"))
+    assert code == 0, err
+    page = index.search(text="blue", property="colour", k=5, offset=2, where="pattern != 'plain'").results
+    assert [r.id for r in page[:3]] == [r.id for r in expected[2:]]
+    copied = sorted((tmp_path / "picked").iterdir())
+    assert [p.name for p in copied] == [f"{r.rank}-{Path(r.path).name}" for r in page]
+    assert all(p.read_bytes() == Path(r.path).read_bytes() for p, r in zip(copied, page))
+    code, out, err = run_cli(monkeypatch, capsys, *query, "--where", "lens == 'x'")
+    assert code == 2 and "no column 'lens'" in err and len(err.strip().splitlines()) == 1

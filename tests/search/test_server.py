@@ -152,6 +152,18 @@ def test_search_by_id_and_combined_terms(client: httpx.Client, library: search.S
     assert [r["id"] for r in payload["results"]] == [r["id"] for r in expected["results"]]
 
 
+def test_filtered_and_paged_search_is_the_libraries_answer(client: httpx.Client, library: search.SearchIndex) -> None:
+    where = "key < '000020.png' and width == 64"
+    payload = client.post("/api/search", json={"text": "red", "property": "colour", "k": 5, "offset": 3,
+                                               "where": where}).json()
+    expected = library.search(text="red", property="colour", k=5, offset=3, where=where).to_json()
+    assert [r["id"] for r in payload["results"]] == [r["id"] for r in expected["results"]]
+    assert [r["rank"] for r in payload["results"]] == [4, 5, 6, 7, 8]
+    assert all(r["key"] < "000020.png" for r in payload["results"])
+    refused = client.post("/api/search", json={"text": "red", "where": "camera == 'x'"})
+    assert refused.status_code == 400 and "no column 'camera'" in refused.text
+
+
 def test_image_is_the_indexed_file_with_etag_and_cache_headers(client: httpx.Client, served_index: ServedIndex,
                                                                rows: dict[str, dict]) -> None:
     row = rows["000003.png"]
