@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from compsearch.indexer.store import IndexStore
 from compsearch.indexer.world import get_split, write_split
 from compsearch.mapping.align import load_aligner, save_aligner
 from compsearch.mapping.align.run import identity_aligner
+from compsearch.mapping.errors import CompsearchWarning
 from compsearch.mapping.models import LoadedModel, load_model
 from compsearch.mapping.properties.vocabulary import default_templates
 from compsearch.mapping.rank import PropertyRanking, Ranking
@@ -96,6 +98,14 @@ def test_a_colour_word_finds_that_colour(index: SearchIndex, colour: str) -> Non
     assert len(results) == 5
     assert [result.metadata["colour"] for result in results] == [colour] * 5
     assert [r.score for r in results] == sorted((r.score for r in results), reverse=True)
+
+
+def test_a_text_query_names_the_words_the_fixture_never_learnt(index: SearchIndex) -> None:
+    with pytest.warns(CompsearchWarning, match=r"the text query uses words the CLIP never learnt \('turquoise'\)"):
+        index.search(text="turquoise", property="colour", k=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CompsearchWarning)
+        index.search(text="red", property="colour", k=3)
 
 
 def test_text_queries_use_the_property_templates_and_index(index: SearchIndex, clip: LoadedModel, built: Path) -> None:
