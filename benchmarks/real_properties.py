@@ -183,6 +183,24 @@ def with_reference_k(ranking: Ranking) -> Ranking:
     return replace(ranking, properties=[*ranking.properties, *fixed])
 
 
+CARRIED, WEAK = 0.10, 0.03  # the best component's ω² above which an edit counts as carried, weakly carried
+
+
+def verdict(ranking: Ranking, figures: dict) -> str:
+    """Which edits DeiT-tiny carries, by the best component's ω² (and whether the edit's own
+    index then retrieves it better than ``full``)."""
+    groups: dict[str, list[str]] = {"carries": [], "weakly": [], "not": []}
+    for prop in ranking.properties:
+        best = max(prop.own_scores)
+        group = "carries" if best >= CARRIED else "weakly" if best >= WEAK else "not"
+        beats = figures[prop.name][prop.name][0] > figures["full"][prop.name][0]
+        groups[group].append(f"{prop.name} (best ω² {best:.2f}; P@10 {'above' if beats else 'not above'} full)")
+    return (f"DeiT-tiny carries (a component with ω² ≥ {CARRIED}): {', '.join(groups['carries']) or 'none'}; "
+            f"weakly (≥ {WEAK}): {', '.join(groups['weakly']) or 'none'}; not at all: "
+            f"{', '.join(groups['not']) or 'none'}. Where two edits share their best components (ω² of both high "
+            "on the same head), an edit's index cannot leave the other out: compare the leakage columns.")
+
+
 def component_lines(ranking: Ranking) -> list[str]:
     rows = ["| edit | values | k (auto) | top components (ω²; the first 5) | best ω² of the other components | "
             "held-out P@10 over chance at k: own / leakage |", "|---|---:|---:|---|---:|---|"]
@@ -264,6 +282,7 @@ def main() -> None:
         "Component scores (ω², chance-corrected share of the component's variance the edit's values explain, on "
         "the ranking images) and the k `--k auto` chose:", "",
         *component_lines(ranking), "",
+        verdict(ranking, figures), "",
         f"Time: editing {edited:.0f} s, `rank` {rank_seconds:.0f} s, `index` {index_seconds:.0f} s, "
         f"queries {query_seconds:.0f} s (total {time.perf_counter() - started:.0f} s); the CLI's `search` "
         f"{'agrees with' if cli_agrees else 'DIFFERS from'} the API on a query. {shared_cpu()}; load average "
