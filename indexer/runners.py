@@ -8,6 +8,7 @@ same two stages per unit; the finish stage runs once all units are written.
 """
 from __future__ import annotations
 
+import torch
 from tqdm import tqdm
 
 from compsearch.indexer.encode import UnitEncoder
@@ -15,6 +16,7 @@ from compsearch.indexer.settings import IndexSettings
 from compsearch.indexer.store import IndexStore
 from compsearch.mapping.chunk_store import interrupted
 from compsearch.mapping.images import ImageSource, iter_batches
+from compsearch.mapping.images.parallelism import choose_parallelism
 from compsearch.mapping.images.plan import Plan, plan_listing
 
 COUNTS = ("added", "skipped", "duplicates", "already_indexed")
@@ -29,8 +31,11 @@ def run_in_process(store: IndexStore, source: ImageSource, work: Plan, stage: Un
     counts = dict.fromkeys(COUNTS, 0)
     bar = tqdm(total=work.images_todo + work.images_done, initial=work.images_done, desc="indexing", unit="img",
                disable=not settings.progress, smoothing=0.05)
+    parallel = choose_parallelism(stage.encoder.model.device, settings.workers, settings.threads)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(parallel.threads)
     try:
-        for batch in iter_batches(source, [stage.encoder.model.preprocess], settings.batch_size, settings.workers,
+        for batch in iter_batches(source, [stage.encoder.model.preprocess], settings.batch_size, parallel.workers,
                                   "skip", work.chunk_size, skip_chunks=work.done_chunks, partition=work.partition,
                                   jpeg_device=_jpeg_device(stage, settings)):
             rows = stage.take(batch)
@@ -45,6 +50,7 @@ def run_in_process(store: IndexStore, source: ImageSource, work: Plan, stage: Un
         raise interrupted(kept, work.listed, store.folder) from None
     finally:
         bar.close()
+        torch.set_num_threads(threads_before)  # the caller's own setting, for what it runs next
     return counts
 
 

@@ -11,7 +11,8 @@ from compsearch.mapping.images import DEFAULT_CHUNK_SIZE
 class IndexSettings:
     index: str = AUTO  # a faiss index_factory string, or auto
     batch_size: int = 32
-    workers: int = 2
+    workers: int | None = None  # decoding workers; None: chosen from the cores (mapping.images.parallelism)
+    threads: int | None = None  # the model's torch threads; None: chosen from the cores
     chunk_size: int = DEFAULT_CHUNK_SIZE
     memory_budget: int | None = None  # bytes for the FAISS indexes; None: half the machine's memory
     jpeg_on_device: bool = True  # a CUDA model's JPEGs are decoded on its GPU (nvjpeg), not by PIL

@@ -280,6 +280,13 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-c", "from compsearch.search.cli import main; main()", *args]
 
 
+def test_indexing_restores_the_callers_thread_count(model, world, tmp_path) -> None:
+    before = torch.get_num_threads()
+    settings = IndexSettings(batch_size=8, workers=0, threads=1 if before > 1 else 2, progress=False)
+    _index(model, world / "train", tmp_path / "index", settings=settings)
+    assert torch.get_num_threads() == before
+
+
 def test_killed_run_resumes_with_every_image_exactly_once(world, tmp_path) -> None:
     images = tmp_path / "images"
     images.mkdir()
