@@ -34,7 +34,7 @@ from compsearch.search.combine import Ranked, SearchFunction, WeightedVector, co
 from compsearch.search.errors import NoTextEncoderError, QueryError, UnknownPropertyError
 from compsearch.search.filtered import Selection, search_selected
 from compsearch.search.filters import selected_ids
-from compsearch.search.query import ImageInput, Query, Term, check_k, check_offset, term_labels
+from compsearch.search.query import ImageInput, Query, Term, check_k, check_offset, check_threshold, term_labels
 from compsearch.search.results import Result, SearchResults
 from compsearch.search.stored import StoredRows, keeps_exact_vectors, split_record
 
@@ -115,12 +115,14 @@ class SearchIndex:
         """The stored row of ``image_id`` (id, key, path, sha256, width, height, metadata…)."""
         return self.rows.records([image_id])[0]
 
-    def warm(self) -> None:
-        """Load now what the first query would: rows, every FAISS index, the models."""
+    def warm(self, models: bool = True) -> None:
+        """Load now what the first query would: rows, every FAISS index, the models (unless
+        ``models`` is False: id queries need none)."""
         self.rows  # noqa: B018 - loads
         for name in self.properties:
             self._index(name)
-        self.encoder  # noqa: B018 - loads
+        if models:
+            self.encoder  # noqa: B018 - loads
 
     # -- lazily loaded parts ---------------------------------------------------------------------
     def _once(self, attribute: str, build: Callable[[], T]) -> T:
@@ -229,6 +231,7 @@ class SearchIndex:
         started = time.perf_counter()
         check_k(k)
         check_offset(offset, k)
+        check_threshold(threshold)
         depth = k + offset
         selection = None if where is None else Selection(selected_ids(self.rows.table, where))
         plans = [query.all_terms() for query in queries]

@@ -6,6 +6,7 @@ from typing import Any
 
 import faiss
 import numpy as np
+import pyarrow.compute as pc
 
 from compsearch.indexer.faiss_choice import normalised
 from compsearch.indexer.store import IndexStore, arrow_to_vectors, vector_column
@@ -52,6 +53,12 @@ class StoredRows:
     def records(self, ids: np.ndarray | list[int]) -> list[dict[str, Any]]:
         """The stored rows of ``ids``, in that order."""
         return self.table.take(self.positions(ids)).to_pylist()
+
+    def ids_with_sha256(self, sha256: str) -> list[int]:
+        """The ids of the indexed files whose bytes hash to ``sha256`` (byte-identical files)."""
+        if not self.table.num_rows or "sha256" not in self.table.column_names:
+            return []
+        return sorted(self.table.filter(pc.field("sha256") == sha256).column("id").to_pylist())
 
     def vectors(self, name: str, ids: np.ndarray | list[int]) -> np.ndarray:
         """``(len(ids), dim)`` normalised vectors of ``name`` as stored in the shards."""

@@ -6,6 +6,7 @@ files come from :class:`~search.server.files.CollectionFiles`, thumbnails from
 """
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,11 @@ from starlette.datastructures import UploadFile
 from compsearch.mapping.errors import CompsearchError
 from compsearch.mapping.images import decode_image
 from compsearch.search import SearchIndex, Term
+from compsearch.search.browse import DEFAULT_ORDER, browse
+from compsearch.search.errors import QueryError
+from compsearch.search.query import check_threshold
 from compsearch.search.server.files import CollectionFiles, ImageNotServedError, parse_id
+from compsearch.search.server.paths import shown_path, without_paths
 from compsearch.search.server.thumbnails import ThumbnailCache
 
 MAX_TEXT_CHARS = 1000  # CLIP reads 77 tokens; longer texts are a mistake or an attack
@@ -33,6 +38,10 @@ class UnsupportedContentError(CompsearchError):
     """A search request that is neither JSON nor a multipart upload (415)."""
 
 
+class QueriesUnavailableError(CompsearchError):
+    """A query of a kind (image, text) whose model this server could not load (503)."""
+
+
 @dataclass
 class ServerState:
     """What every request reads; built once by :func:`search.server.app.create_app`."""
@@ -43,6 +52,23 @@ class ServerState:
     info: dict[str, Any]
     max_upload_bytes: int
     max_pixels: int
+    unavailable: dict[str, str]  # query kind ("image", "text") → why its model did not load
+    show_paths: bool  # absolute server paths in results, else relative to the collection root
+
+    def require(self, kind: str) -> None:
+        """Refuse a query of ``kind`` whose model is not loaded, saying why."""
+        if kind in self.unavailable:
+            raise QueriesUnavailableError(f"{kind} queries are unavailable on this server: {self.unavailable[kind]}",
+                                          "query by id (or text) here, or restart the server with the model's weights")
+
+    def shown(self, payload: dict[str, Any], request: Request) -> dict[str, Any]:
+        """A results payload as clients see it: each result's path (relative unless
+        ``show_paths``) and its file URLs."""
+        for result in payload["results"]:
+            if not self.show_paths:
+                result["path"] = shown_path(result["path"], self.files.roots)
+            result.update(file_urls(request, self, result["id"]))
+        return payload
 
 
 def state(request: Request) -> ServerState:
@@ -92,14 +118,21 @@ SEARCH_REQUEST_BODY = {
 
 @router.get("/api/health")
 def health(server: ServerState = Depends(state)) -> dict[str, Any]:
+    """Whether the server answers, and which kinds of query it can: id queries always, text
+    and image queries when their models loaded (``unavailable`` says why not)."""
     return {"status": "ok", "images": server.info["images"], "properties": server.index.properties,
-            "text_queries": server.index.has_text, "max_upload_bytes": server.max_upload_bytes,
-            "max_pixels": server.max_pixels}
+            "text_queries": server.index.has_text and "text" not in server.unavailable,
+            "image_queries": "image" not in server.unavailable, "unavailable": server.unavailable,
+            "max_upload_bytes": server.max_upload_bytes, "max_pixels": server.max_pixels}
 
 
 @router.get("/api/info")
 def info(server: ServerState = Depends(state)) -> dict[str, Any]:
-    return server.info
+    """The index's report (paths relative unless ``show_paths``) and ``columns``: what
+    ``where`` and ``order`` may name, with their Arrow types."""
+    report = server.info if server.show_paths else without_paths(server.info, server.files.roots)
+    schema = server.index.rows.table.schema
+    return {**report, "columns": {field.name: str(field.type) for field in schema}}
 
 
 async def _query(request: Request) -> tuple[SearchBody, bytes | None]:
@@ -120,12 +153,26 @@ async def _query(request: Request) -> tuple[SearchBody, bytes | None]:
 
 
 def _search(server: ServerState, query: SearchBody, upload: bytes | None) -> dict[str, Any]:
-    image = None if upload is None else decode_image(upload, "the uploaded image", server.max_pixels)
+    """The search layer's answer; an upload byte-identical to indexed files is said to be
+    them (``identical``: their ids) and left out of its own results."""
+    if query.text is not None or any(term.text is not None for term in query.terms or []):
+        server.require("text")
+    where, identical = query.where, []
+    if upload is not None:
+        server.require("image")
+        identical = server.index.rows.ids_with_sha256(hashlib.sha256(upload).hexdigest())
+        if identical:
+            others = f"id not in ({', '.join(map(str, identical))})"
+            where = others if where is None else f"{others} and ({where})"
     terms = [Term(term.property, text=term.text, id=term.id, weight=term.weight) for term in query.terms] \
         if query.terms is not None else None
-    return server.index.search(text=query.text, image=image, id=query.id, property=query.property, k=query.k,
-                               threshold=query.threshold, terms=terms, offset=query.offset,
-                               where=query.where).to_json()
+    check_threshold(query.threshold)  # before the image is decoded: a bad query costs nothing
+    image = None if upload is None else decode_image(upload, "the uploaded image", server.max_pixels)
+    payload = server.index.search(text=query.text, image=image, id=query.id, property=query.property, k=query.k,
+                                  threshold=query.threshold, terms=terms, offset=query.offset, where=where).to_json()
+    payload["query"]["where"] = query.where
+    payload["identical"] = identical
+    return payload
 
 
 def file_urls(request: Request, server: ServerState, image_id: int) -> dict[str, str | None]:
@@ -144,10 +191,17 @@ def file_urls(request: Request, server: ServerState, image_id: int) -> dict[str,
 async def search(request: Request, server: ServerState = Depends(state)) -> dict[str, Any]:
     """Results as :meth:`SearchResults.to_json` gives them, each with its image's URLs."""
     query, upload = await _query(request)
-    payload = await run_in_threadpool(_search, server, query, upload)
-    for result in payload["results"]:
-        result.update(file_urls(request, server, result["id"]))
-    return payload
+    return server.shown(await run_in_threadpool(_search, server, query, upload), request)
+
+
+@router.get("/api/browse")
+def browse_collection(request: Request, offset: int = 0, limit: int = 60, where: str | None = None,
+                      order: str = DEFAULT_ORDER, server: ServerState = Depends(state)) -> dict[str, Any]:
+    """The collection a page at a time, without a query: the rows ``where`` keeps, ordered
+    by a column (``-column``: descending) then id; results as a search's, without scores."""
+    if where is not None and len(where) > MAX_TEXT_CHARS:
+        raise QueryError(f"the filter is longer than {MAX_TEXT_CHARS} characters", "shorten it")
+    return server.shown(browse(server.index.rows, limit, offset, where, order).to_json(), request)
 
 
 def _etag_matches(request: Request, etag: str) -> bool:
