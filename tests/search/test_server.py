@@ -595,3 +595,20 @@ def test_without_its_weights_the_server_answers_id_queries_and_says_why_not_othe
         for request in ({"files": {"image": ("a.png", data, "image/png")}}, {"json": {"text": "red"}}):
             response = client.post("/api/search", **request)
             assert response.status_code == 503 and "unavailable" in response.json()["error"], response.text
+
+
+def test_browse_pages_the_collection_in_a_stable_order(client: httpx.Client, rows: dict[str, dict]) -> None:
+    pages = [client.get("/api/browse", params={"order": "key", "offset": offset, "limit": 7}).json()
+             for offset in range(0, IMAGES + 1, 7)]
+    browsed = [result for page in pages for result in page["results"]]
+    assert [result["key"] for result in browsed] == sorted(rows)  # every image once, in key order
+    assert [result["rank"] for result in browsed] == list(range(1, IMAGES + 2))
+    assert pages[0]["query"]["total"] == IMAGES + 1
+    assert "score" not in browsed[0] and browsed[0]["thumbnail_url"].startswith(f"/api/thumbnails/{browsed[0]['id']}")
+    newest_first = client.get("/api/browse", params={"order": "-key", "where": "key < '000010.png'", "limit": 3}).json()
+    assert [result["key"] for result in newest_first["results"]] == ["000009.png", "000008.png", "000007.png"]
+    assert newest_first["query"]["total"] == 10
+    for params, problem in (({"order": "camera"}, "no such column"), ({"where": "camera == 'x'"}, "no column"),
+                            ({"limit": 0}, "out of range")):
+        response = client.get("/api/browse", params=params)
+        assert response.status_code == 400 and problem in response.json()["error"], response.text
