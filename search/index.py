@@ -287,6 +287,12 @@ class SearchIndex:
                                    int(valid.sum()), True)
         return ranked
 
+    def query_vectors(self, terms: list[Term]) -> list[np.ndarray]:
+        """Each term's normalised query vector in its property's space (what a search compares)."""
+        for term in terms:
+            self._check_property(term.property_name)
+        return self._term_vectors(terms)
+
     def _term_vectors(self, terms: list[Term]) -> list[np.ndarray]:
         """One normalised query vector per term, each in its property's space."""
         vectors: list[np.ndarray | None] = [None] * len(terms)

@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 
 from compsearch.indexer.faiss_choice import normalised
 from compsearch.indexer.store import IndexStore, arrow_to_vectors, vector_column
-from compsearch.search.errors import UnknownImageError
+from compsearch.search.errors import QueryError, UnknownImageError
 
 NOT_METADATA = ("id", "key", "path", "sha256")
 
@@ -39,8 +39,12 @@ class StoredRows:
         self._sorted_ids = ids[self._order]
 
     def positions(self, ids: np.ndarray | list[int]) -> np.ndarray:
-        """Row positions of ``ids``; raises UnknownImageError for an id not indexed."""
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        """Row positions of ``ids``; raises UnknownImageError for an id not indexed (QueryError
+        for one beyond int64, which no index holds)."""
+        try:
+            ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        except OverflowError:
+            raise QueryError("an image id is out of range", "ids are 64-bit integers: give a result's `id`") from None
         found = np.searchsorted(self._sorted_ids, ids)
         found = np.minimum(found, max(len(self._sorted_ids) - 1, 0))
         missing = ids[(len(self._sorted_ids) == 0) | (self._sorted_ids[found] != ids)] if len(ids) else ids[:0]

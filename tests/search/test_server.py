@@ -2,6 +2,7 @@
 (each asserting its status code and that the server still answers afterwards)."""
 from __future__ import annotations
 
+import base64
 import http.client
 import io
 import json
@@ -21,6 +22,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+import numpy as np
 import PIL.Image
 import pytest
 from click.testing import CliRunner
@@ -592,8 +594,10 @@ def test_without_its_weights_the_server_answers_id_queries_and_says_why_not_othe
         [found] = client.post("/api/search", json={"id": image_id, "k": 1}).json()["results"]
         assert found["id"] == image_id
         data = (served_index.collection / "000004.png").read_bytes()
-        for request in ({"files": {"image": ("a.png", data, "image/png")}}, {"json": {"text": "red"}}):
-            response = client.post("/api/search", **request)
+        for endpoint, request in (("search", {"files": {"image": ("a.png", data, "image/png")}}),
+                                  ("search", {"json": {"text": "red"}}),
+                                  ("explain", {"json": {"id": image_id, "query_id": image_id}})):
+            response = client.post(f"/api/{endpoint}", **request)
             assert response.status_code == 503 and "unavailable" in response.json()["error"], response.text
 
 
@@ -612,3 +616,34 @@ def test_browse_pages_the_collection_in_a_stable_order(client: httpx.Client, row
                             ({"limit": 0}, "out of range")):
         response = client.get("/api/browse", params=params)
         assert response.status_code == 400 and problem in response.json()["error"], response.text
+
+
+def test_why_a_text_result_matched(client: httpx.Client, library: search.SearchIndex) -> None:
+    [top] = library.search(text="red", property="colour", k=1).results
+    response = client.post("/api/explain", json={"id": top.id, "property": "colour", "text": "red"})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["query"] is None and answer["components"] == library.manifest["properties"]["colour"]["components"]
+    result = answer["result"]
+    overlay = PIL.Image.open(io.BytesIO(base64.b64decode(result["png"])))
+    assert overlay.format == "PNG" and result["grid_shape"] == [len(result["grid"]), len(result["grid"][0])]
+    # The heat sums to ⟨v, q⟩ (v: the result's unnormalised property vector), which has the score's sign.
+    assert result["total"] == pytest.approx(sum(map(sum, result["grid"])) + result["prefix"] + result["unlocated"],
+                                            rel=1e-4, abs=1e-6)
+    assert (result["total"] > 0) == (top.score > 0)
+
+
+def test_why_an_image_matched_itself_shows_the_same_heat_on_both_sides(client: httpx.Client, served_index: ServedIndex,
+                                                                        rows: dict[str, dict]) -> None:
+    image_id = rows["000012.png"]["id"]
+    by_id = client.post("/api/explain", json={"id": image_id, "property": "shape", "query_id": image_id}).json()
+    data = (served_index.collection / "000012.png").read_bytes()
+    uploaded = client.post("/api/explain", files={"image": ("q.png", data, "image/png")},
+                           data={"id": str(image_id), "property": "shape"}).json()
+    for answer in (by_id, uploaded):
+        np.testing.assert_allclose(answer["query"]["grid"], answer["result"]["grid"], atol=1e-4)
+        assert answer["result"]["total"] > 0  # an image agrees with itself
+    for body in ({"id": BEYOND_INT64, "text": "red"}, {"id": image_id, "query_id": BEYOND_INT64},
+                 {"id": image_id}, {"id": image_id, "text": "red", "query_id": image_id}):
+        assert client.post("/api/explain", json=body).status_code == 400, body
+    still_serving(client)
