@@ -37,7 +37,7 @@ def browse(rows: StoredRows, limit: int = 60, offset: int = 0, where: str | None
     keys = _sort_keys(table.schema, order)
     if where is not None:
         table = filter_table(table, where)
-    order_of_rows = pc.sort_indices(table, sort_keys=keys, null_placement="at_end")
+    order_of_rows = pc.sort_indices(table, sort_keys=keys)  # nulls last
     page = table.take(order_of_rows[offset:offset + limit]) if table.num_rows else table
     results = []
     for rank, record in enumerate(page.to_pylist(), start=offset + 1):

@@ -33,7 +33,8 @@ def _side(index: SearchIndex, image: PIL.Image.Image, components: list[str] | No
     overlay = render_overlay(explanation.view, explanation.pixel_heat(), title, caption)
     encoded = io.BytesIO()
     overlay.save(encoded, "PNG")
-    return {**explanation.to_json(), "caption": f"{title}: {caption}",
+    return {**explanation.to_json(), "caption": f"{title}: heat {heatmap.total[0]:+.3g} over {len(heatmap.components)} "
+                                                f"components",
             "png": base64.b64encode(encoded.getvalue()).decode("ascii")}
 
 

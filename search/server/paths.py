@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/[^\s'\"()\[\],;]*")  # a POSIX absolute path inside any text
+# A POSIX absolute path inside any text (``local-dir:/x/y`` too), not a URL's ``//host/…``.
+ABSOLUTE_PATH = re.compile(r"(?<![\w./])/(?!/)[^\s'\"()\[\],;]*")
 
 
 def shown_path(path: str | None, roots: Sequence[Path]) -> str | None:

@@ -501,7 +501,8 @@ def test_nan_or_infinity_is_400(client: httpx.Client, case: str, request_argumen
 
 
 def test_results_and_info_show_no_server_paths_unless_asked(client: httpx.Client, served_index: ServedIndex,
-                                                           rows: dict[str, dict], cache_dir: Path) -> None:
+                                                           rows: dict[str, dict], cache_dir: Path,
+                                                           fixture_clip: Path) -> None:
     hidden = str(served_index.collection.parent)
     image_id = rows["000007.png"]["id"]
     escape = rows[ESCAPE_KEY]["id"]
@@ -512,6 +513,7 @@ def test_results_and_info_show_no_server_paths_unless_asked(client: httpx.Client
     browsed = client.get("/api/browse", params={"limit": 100}).text
     info = client.get("/api/info").text
     assert hidden not in browsed and hidden not in info and str(served_index.folder) not in info
+    assert str(fixture_clip) not in info and fixture_clip.name in info  # the model folder: named, not located
     with running(create_app(served_index.folder, cache_dir=cache_dir, show_paths=True)) as url:
         [shown] = httpx.post(f"{url}api/search", json={"id": image_id, "k": 1}, timeout=60).json()["results"]
         assert shown["path"] == rows["000007.png"]["path"]
