@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
+import re
 import socket
 
 import h11
@@ -62,13 +64,30 @@ class HeaderTimeoutProtocol(H11Protocol):
         super().connection_lost(exc)
 
 
+class HideToken(logging.Filter):
+    """Keeps the token out of uvicorn's access log: the page is opened once as ``/?token=…``,
+    and a log line must not carry it to wherever logs go."""
+
+    pattern = re.compile(r"(?<=token=)[^&\s]+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(self.pattern.sub("…", value) if isinstance(value, str) else value
+                                for value in record.args)
+        return True
+
+
 def server_config(app: FastAPI, log_level: str = "info", header_timeout: float = HEADER_TIMEOUT_S,
                   keep_alive_timeout: float = KEEP_ALIVE_TIMEOUT_S) -> uvicorn.Config:
-    """How ``app`` is served: the header deadline above, uvicorn's keep-alive timeout and
-    h11's limit on the size of a request head."""
-    return uvicorn.Config(app, log_level=log_level, http=functools.partial(HeaderTimeoutProtocol,
-                                                                           header_timeout=header_timeout),
-                          timeout_keep_alive=keep_alive_timeout, h11_max_incomplete_event_size=MAX_HEADER_BYTES)
+    """How ``app`` is served: the header deadline above, uvicorn's keep-alive timeout, h11's
+    limit on the size of a request head, and no token in the access log."""
+    config = uvicorn.Config(app, log_level=log_level, http=functools.partial(HeaderTimeoutProtocol,
+                                                                             header_timeout=header_timeout),
+                            timeout_keep_alive=keep_alive_timeout, h11_max_incomplete_event_size=MAX_HEADER_BYTES)
+    access_log = logging.getLogger("uvicorn.access")  # configured by Config() just above
+    if not any(isinstance(existing, HideToken) for existing in access_log.filters):
+        access_log.addFilter(HideToken())
+    return config
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -414,6 +414,7 @@ def test_serve_command_listens_on_loopback_and_asks_for_the_token(served_index: 
         assert line.startswith(f"serving {served_index.folder} at http://127.0.0.1:"), process.stderr.read()
         base = line.split(" at ")[1].split()[0]
         assert TOKEN not in line
+        assert httpx.get(f"{base}?token={TOKEN}", timeout=30).status_code == 303  # logged by the access log
         assert httpx.get(f"{base}api/health", timeout=30).status_code == 401
         response = httpx.get(f"{base}api/health", headers={"authorization": f"Bearer {TOKEN}"}, timeout=30)
         assert response.status_code == 200 and response.json()["images"] == IMAGES + 1
@@ -421,6 +422,7 @@ def test_serve_command_listens_on_loopback_and_asks_for_the_token(served_index: 
         process.send_signal(signal.SIGINT)  # Ctrl-C
         output, errors = process.communicate(timeout=30)
     assert process.returncode == 0 and "Traceback" not in errors, errors
+    assert "GET /?token=" in output + errors and TOKEN not in output + errors  # never printed, not even logged
 
 
 def serve_without_listening(monkeypatch: pytest.MonkeyPatch, arguments: list[str], token: str | None = None):
