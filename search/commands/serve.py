@@ -30,7 +30,8 @@ TOKEN_ENV = "COMPSEARCH_TOKEN"
 def serve_command(index_dir: Path, host: str, port: int, token: str | None, no_token: bool, show_paths: bool,
                   roots: tuple[Path, ...], cache_dir: Path | None, max_upload_mb: float, device: str) -> None:
     """Serve the index in INDEX_DIR over HTTP: a web page at / and a JSON API under /api
-    (health, info, search, images/ID, thumbnails/ID; schema at /api/openapi.json).
+    (health, info, search, browse, explain, images/ID, thumbnails/ID; schema at
+    /api/openapi.json).
 
     \b
     Only files recorded in the index are served, by id, and only from inside the
