@@ -115,6 +115,7 @@ def test_health_and_info(client: httpx.Client, served_index: ServedIndex) -> Non
     health = client.get("/api/health").json()
     assert health["status"] == "ok" and health["images"] == IMAGES + 1  # the renders + the escape symlink
     assert health["properties"] == ["full", "colour", "shape"] and health["text_queries"] is True
+    assert health["image_queries"] is True and health["unavailable"] == {}
     info = client.get("/api/info").json()
     columns = info.pop("columns")
     assert {"id", "key", "path", "sha256", "width", "height"} <= set(columns) and columns["width"].startswith("int")
