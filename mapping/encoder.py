@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
@@ -26,9 +27,19 @@ from compsearch.mapping.align.persist import AlignerMismatchError, check_aligner
 from compsearch.mapping.decompose import adapter_for, decompose
 from compsearch.mapping.errors import CompsearchError
 from compsearch.mapping.models import LoadedModel
+from compsearch.mapping.names import FULL
 from compsearch.mapping.properties import Property, description_embeddings
 
-FULL = "full"
+
+# The arithmetic vectors are computed in: part of an encoder's identity, since bf16 vectors
+# differ from fp32 ones in the third digit and a query should land where its image was indexed.
+Precision = Literal["fp32", "bf16"]
+
+
+def default_precision(device: torch.device | str) -> Precision:
+    """What a build uses unless told: bf16 autocast on CUDA (its tensor cores' fast path), fp32
+    elsewhere."""
+    return "bf16" if torch.device(device).type == "cuda" else "fp32"
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,7 @@ class EncoderIdentity:
     aligner_id: str | None
     clip_name: str | None
     clip_weights_id: str | None
+    precision: Precision
     properties: dict[str, list[str]] = field(default_factory=dict)  # property → summed components
 
 
@@ -56,13 +68,13 @@ class PropertyEncoder:
         properties: Mapping[str, Sequence[str]] | None = None,
         first_block: str | int | None = None,
         aligner_id: str | None = None,
-        autocast: bool = False,
+        precision: Precision = "fp32",
         clip: LoadedModel | None = None,
     ) -> None:
         self.model = model
         self.aligner = aligner
         self.aligner_id = aligner_id
-        self.autocast = autocast
+        self.precision: Precision = precision
         if clip is not None:
             _check_text_side(clip, aligner)
         self.clip = clip  # the text side, for text queries
@@ -95,7 +107,8 @@ class PropertyEncoder:
         return EncoderIdentity(
             model_name=self.model.name, model_weights_id=self.model.weights_id, first_block=self.first_block,
             space=self.space, aligner_id=self.aligner_id, clip_name=meta.clip_name if meta else None,
-            clip_weights_id=meta.clip_weights_id if meta else None, properties=self.properties,
+            clip_weights_id=meta.clip_weights_id if meta else None, precision=self.precision,
+            properties=self.properties,
         )
 
     def _resolve_components(self, names: list[str], model_dim: int) -> None:
@@ -114,9 +127,10 @@ class PropertyEncoder:
         self._component_names = names
 
     def _autocast(self):
-        device = self.model.device
-        if self.autocast and device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        """bf16 autocast on whatever device the model is on: a query on the CPU against an index
+        built in bf16 on a GPU is computed the way its images were."""
+        if self.precision == "bf16":
+            return torch.autocast(self.model.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
     @torch.inference_mode()

@@ -44,8 +44,8 @@ def explain_match(index: SearchIndex, property: str | None, result_id: int, resu
     ``result_id`` (its file read as ``result_image``) of ``query`` on ``property``; ``query_image``:
     the query's own image (an uploaded one, or an id's file), None for a text query."""
     name = property or FULL
-    entry = (index.manifest.get("properties") or {}).get(name)
-    components = list(entry["components"]) if entry else None  # full: every component
+    entry = index.manifest.properties.get(name)
+    components = list(entry.components) if entry else None  # full: every component
     [query_vector] = index.query_vectors([Term(name, text=query.text, image=query.image, id=query.id)])
     result_vector = index.stored_vectors(name, [result_id])[0]
     answer = {"property": name, "components": components,

@@ -26,8 +26,10 @@ import torch
 
 from compsearch.indexer.artifacts import IndexMismatchError, check_model, encoder_for_manifest, find_artifact, templates_for
 from compsearch.indexer.info import index_info
-from compsearch.indexer.store import IndexDirectoryError, IndexStore
-from compsearch.mapping.encoder import FULL, PropertyEncoder, embed_texts
+from compsearch.indexer.manifest import IndexDirectoryError
+from compsearch.indexer.store import IndexStore
+from compsearch.mapping.encoder import PropertyEncoder, embed_texts
+from compsearch.mapping.names import FULL
 from compsearch.mapping.images import decode_image, read_image, to_rgb
 from compsearch.mapping.models import RANDOM_INIT, LoadedModel, load_model
 from compsearch.search.combine import Ranked, SearchFunction, WeightedVector, combined_top_k
@@ -78,7 +80,7 @@ class SearchIndex:
     def __init__(self, folder: str | Path, device: str = "cpu", weights: str | Path | None = None,
                  clip_weights: str | Path | None = None, model: LoadedModel | None = None,
                  clip: LoadedModel | None = None) -> None:
-        from compsearch.indexer.api import resolve_device
+        from compsearch.mapping.models import resolve_device
 
         self.store = IndexStore(folder)
         self.folder = self.store.folder
@@ -96,17 +98,17 @@ class SearchIndex:
     # -- what the index holds ------------------------------------------------------------------
     @property
     def properties(self) -> list[str]:
-        names = list(self.manifest["indexes"])
+        names = list(self.manifest.indexes)
         return [FULL, *[name for name in names if name != FULL]] if FULL in names else names
 
     @property
     def has_text(self) -> bool:
-        encoder = self.manifest["encoder"]
-        return encoder["space"] == "clip" and bool(encoder["clip_name"])
+        encoder = self.manifest.encoder
+        return encoder.space == "clip" and bool(encoder.clip_name)
 
     @property
     def count(self) -> int:
-        return int(self.manifest["counts"].get("images", 0))
+        return self.manifest.counts.images
 
     def info(self) -> dict[str, Any]:
         return index_info(self.folder)
@@ -150,30 +152,29 @@ class SearchIndex:
         return self._once("_text_model", self._load_text_model)
 
     def _clip_is_the_model(self) -> bool:
-        recorded = self.manifest["encoder"]
-        return (recorded["clip_name"], recorded["clip_weights_id"]) == (recorded["model_name"],
-                                                                        recorded["model_weights_id"])
+        recorded = self.manifest.encoder
+        return (recorded.clip_name, recorded.clip_weights_id) == (recorded.model_name, recorded.model_weights_id)
 
     def _load_text_model(self) -> LoadedModel:
-        recorded = self.manifest["encoder"]
+        recorded = self.manifest.encoder
         if self._given_clip is None and self._clip_is_the_model():
-            model = self._given_model or self._load(recorded["model_name"], recorded["model_weights_id"], self._weights)
+            model = self._given_model or self._load(recorded.model_name, recorded.model_weights_id, self._weights)
             check_model(recorded, model, self.folder)
             return model
-        clip = self._given_clip or self._load(recorded["clip_name"], recorded["clip_weights_id"], self._clip_weights)
-        if (clip.name, clip.weights_id) != (recorded["clip_name"], recorded["clip_weights_id"]):
+        clip = self._given_clip or self._load(recorded.clip_name, recorded.clip_weights_id, self._clip_weights)
+        if (clip.name, clip.weights_id) != (recorded.clip_name, recorded.clip_weights_id):
             raise IndexMismatchError(
-                f"{self.folder} embeds text with {recorded['clip_name']} weights {recorded['clip_weights_id']}, "
+                f"{self.folder} embeds text with {recorded.clip_name} weights {recorded.clip_weights_id}, "
                 f"the weights loaded are {clip.name} {clip.weights_id}",
                 "pass the CLIP weights the index's aligner was trained to (--clip-weights)",
             )
         return clip
 
     def _build_encoder(self) -> PropertyEncoder:
-        recorded = self.manifest["encoder"]
+        recorded = self.manifest.encoder
         clip = self.text_model if self.has_text else None
         model = self._given_model or (clip if clip is not None and self._clip_is_the_model() else
-                                      self._load(recorded["model_name"], recorded["model_weights_id"], self._weights))
+                                      self._load(recorded.model_name, recorded.model_weights_id, self._weights))
         return encoder_for_manifest(self.manifest, self.folder, model, clip)
 
     def _load(self, name: str, recorded_weights: str, weights: str | Path | None) -> LoadedModel:
@@ -182,8 +183,8 @@ class SearchIndex:
                 f"{self.folder} was built with a randomly initialised {name}: its vectors cannot be made again",
                 "query it by id, or rebuild the index with real weights",
             )
-        recorded_file = self.manifest.get("model_weights")
-        if weights is None and recorded_file and recorded_file["id"] == recorded_weights:
+        recorded_file = self.manifest.model_weights
+        if weights is None and recorded_file is not None and recorded_file.id == recorded_weights:
             weights = find_artifact(recorded_file, self.folder)  # None: the usual lookup (weights dir, hub cache)
         return load_model(name, weights=weights, device=self.device)
 
@@ -192,14 +193,14 @@ class SearchIndex:
         if name not in self._indexes:
             with self._lock:
                 if name not in self._indexes:
-                    entry = self.manifest["indexes"][name]
-                    index = read_faiss_index(self.folder / entry["file"], entry.get("search_parameters") or {})
+                    entry = self.manifest.indexes[name]
+                    index = read_faiss_index(self.folder / entry.file, entry.search_parameters)
                     self._exact[name] = keeps_exact_vectors(index)
                     self._indexes[name] = index
         return self._indexes[name]
 
     def _check_property(self, name: str) -> None:
-        if name not in self.manifest["indexes"]:
+        if name not in self.manifest.indexes:
             raise UnknownPropertyError(f"no property {name!r} in {self.folder}",
                                        f"this index has {', '.join(self.properties)}")
 
@@ -308,7 +309,7 @@ class SearchIndex:
                 vectors[i] = self.stored_vectors(term.property_name, [term.id])[0]
         if texts and not self.has_text:
             raise NoTextEncoderError(
-                f"{self.folder} holds vectors in {self.manifest['encoder']['model_name']}'s own space: "
+                f"{self.folder} holds vectors in {self.manifest.encoder.model_name}'s own space: "
                 "there is no text encoder for it",
                 "query it by image or id, or rebuild it with an aligner into a CLIP (`compsearch index --aligner`)",
             )
@@ -335,8 +336,8 @@ class SearchIndex:
         return [np.ascontiguousarray(vector, dtype=np.float32) for vector in vectors]
 
     def _templates(self, name: str) -> list[str]:
-        entry = (self.manifest.get("properties") or {}).get(name) or {}
-        return list(entry.get("templates") or templates_for(name))
+        entry = self.manifest.properties.get(name)
+        return list(entry.templates if entry is not None and entry.templates else templates_for(name))
 
     def _results(self, terms: list[Term], ranked: Ranked, k: int, threshold: float | None, offset: int,
                  where: str | None) -> SearchResults:

@@ -100,7 +100,7 @@ def test_a_colour_word_finds_that_colour(index: SearchIndex, colour: str) -> Non
 
 def test_text_queries_use_the_property_templates_and_index(index: SearchIndex, clip: LoadedModel, built: Path) -> None:
     """Independent path: prompt embeddings averaged by hand, brute force over the stored vectors."""
-    templates = IndexStore(built / "index").read_manifest()["properties"]["colour"]["templates"]
+    templates = IndexStore(built / "index").read_manifest().properties["colour"].templates
     for name, used in (("colour", templates), ("full", default_templates())):
         with torch.no_grad():
             prompts = torch.nn.functional.normalize(clip.encode_text([t.replace("{}", "red") for t in used]), dim=-1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import http.client
 import io
 import json
@@ -303,7 +304,7 @@ def test_without_a_recorded_root_nothing_is_served_until_one_is_given(served_ind
     shutil.copytree(served_index.folder, copy)
     store = IndexStore(copy)
     manifest = store.read_manifest()
-    manifest["runs"][0]["source"] = "folder photos"  # as indexes built before sources were absolute
+    manifest.runs[0].source = "folder photos"  # as indexes built before sources were absolute
     store.write_manifest(manifest)
     assert collection_roots(copy) == [] and count_outside(copy, []) == IMAGES + 1
     assert collection_roots(copy, [served_index.collection]) == [served_index.collection.resolve()]
@@ -588,7 +589,7 @@ def test_without_its_weights_the_server_answers_id_queries_and_says_why_not_othe
     store = IndexStore(copy)
     manifest = store.read_manifest()
     gone = f"local-dir:{tmp_path / 'deleted-weights'}"  # the model folder the index was built with, gone
-    manifest["encoder"]["model_name"] = manifest["encoder"]["clip_name"] = gone
+    manifest.encoder = dataclasses.replace(manifest.encoder, model_name=gone, clip_name=gone)
     store.write_manifest(manifest)
     image_id = rows["000004.png"]["id"]
     with running(create_app(copy, cache_dir=cache_dir, roots=[served_index.collection])) as url, \
@@ -628,7 +629,7 @@ def test_why_a_text_result_matched(client: httpx.Client, library: search.SearchI
     response = client.post("/api/explain", json={"id": top.id, "property": "colour", "text": "red"})
     assert response.status_code == 200, response.text
     answer = response.json()
-    assert answer["query"] is None and answer["components"] == library.manifest["properties"]["colour"]["components"]
+    assert answer["query"] is None and answer["components"] == library.manifest.properties["colour"].components
     result = answer["result"]
     overlay = PIL.Image.open(io.BytesIO(base64.b64decode(result["png"])))
     assert overlay.format == "PNG" and result["grid_shape"] == [len(result["grid"]), len(result["grid"][0])]
