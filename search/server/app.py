@@ -80,7 +80,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ValidationError)
     async def invalid_request(request: Request, error: RequestValidationError | ValidationError) -> JSONResponse:
         return error_response(422, f"invalid request: {_validation_problem(error.errors())}",
-                              "fields: text | id | terms, property, k, threshold (see /api/openapi.json)")
+                              "search: text | id | terms, property, k, offset, where, threshold; explain: id, "
+                              "property, text | query_id (see /api/openapi.json)")
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
