@@ -14,7 +14,8 @@ from pathlib import Path
 from compsearch.mapping.align import Aligner, load_aligner
 from compsearch.mapping.align.persist import AlignerMismatchError, aligner_paths
 from compsearch.indexer.manifest import FileEntry, Manifest, PropertyEntry, Provenance
-from compsearch.mapping.encoder import EncoderIdentity, Precision, PropertyEncoder, default_precision
+from compsearch.mapping.encoder import PropertyEncoder, default_precision
+from compsearch.mapping.identity import EncoderIdentity, Precision
 from compsearch.mapping.errors import CompsearchError
 from compsearch.mapping.models import RANDOM_INIT, LoadedModel, weights_id
 from compsearch.mapping.properties import PropertyError, builtin_property

@@ -11,14 +11,12 @@ range once and maps every batch to:
 Only the components some property needs are mapped one by one; ``full`` is one matmul.
 Text queries embed in the same space (:meth:`PropertyEncoder.encode_text`): the text
 embedding of the very CLIP the aligner maps into, averaged over a property's prompt
-templates as DESIGN.md §5 defines t_j. Model-space encoders have no text side.
+templates (docs/architecture.md, Property vectors). Model-space encoders have no text side.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 
@@ -27,35 +25,15 @@ from compsearch.mapping.align.persist import AlignerMismatchError, check_aligner
 from compsearch.mapping.decompose import adapter_for, decompose
 from compsearch.mapping.errors import CompsearchError
 from compsearch.mapping.models import LoadedModel
+from compsearch.mapping.identity import EncoderIdentity, Precision
 from compsearch.mapping.names import FULL
 from compsearch.mapping.properties import Property, description_embeddings
-
-
-# The arithmetic vectors are computed in: part of an encoder's identity, since bf16 vectors
-# differ from fp32 ones in the third digit and a query should land where its image was indexed.
-Precision = Literal["fp32", "bf16"]
 
 
 def default_precision(device: torch.device | str) -> Precision:
     """What a build uses unless told: bf16 autocast on CUDA (its tensor cores' fast path), fp32
     elsewhere."""
     return "bf16" if torch.device(device).type == "cuda" else "fp32"
-
-
-@dataclass(frozen=True)
-class EncoderIdentity:
-    """What makes two encoders produce comparable vectors: recorded in index manifests and
-    checked before a query touches an index."""
-
-    model_name: str
-    model_weights_id: str
-    first_block: str
-    space: str  # "clip" (aligned) or "model"
-    aligner_id: str | None
-    clip_name: str | None
-    clip_weights_id: str | None
-    precision: Precision
-    properties: dict[str, list[str]] = field(default_factory=dict)  # property → summed components
 
 
 class PropertyEncoder:

@@ -17,21 +17,14 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import faiss
 import numpy as np
-import PIL.Image
-import torch
 
-from compsearch.indexer.artifacts import IndexMismatchError, check_model, encoder_for_manifest, find_artifact, templates_for
-from compsearch.indexer.info import index_info
 from compsearch.indexer.manifest import IndexDirectoryError
 from compsearch.indexer.store import IndexStore
-from compsearch.mapping.encoder import PropertyEncoder, embed_texts
 from compsearch.mapping.names import FULL
-from compsearch.mapping.images import decode_image, read_image, to_rgb
-from compsearch.mapping.models import RANDOM_INIT, LoadedModel, load_model
 from compsearch.search.combine import Ranked, SearchFunction, WeightedVector, combined_top_k
 from compsearch.search.errors import NoTextEncoderError, QueryError, UnknownPropertyError
 from compsearch.search.filtered import Selection, search_selected
@@ -39,6 +32,12 @@ from compsearch.search.filters import selected_ids
 from compsearch.search.query import ImageInput, Query, Term, check_k, check_offset, check_threshold, term_labels
 from compsearch.search.results import Result, SearchResults
 from compsearch.search.stored import StoredRows, keeps_exact_vectors, split_record
+
+if TYPE_CHECKING:  # the model side loads on the first query that needs it: an id query never does
+    import PIL.Image
+
+    from compsearch.mapping.encoder import PropertyEncoder
+    from compsearch.mapping.models import LoadedModel
 
 IMAGE_BATCH = 32  # reference images decomposed per forward pass
 T = TypeVar("T")
@@ -63,6 +62,10 @@ def read_faiss_index(path: Path, search_parameters: dict[str, Any]) -> faiss.Ind
 
 def _image(image: ImageInput) -> PIL.Image.Image:
     """A reference image as RGB, read by the indexer's own decoder."""
+    import PIL.Image
+
+    from compsearch.mapping.images import decode_image, read_image, to_rgb
+
     if isinstance(image, PIL.Image.Image):
         return to_rgb(image)  # 16-bit, alpha, palette: converted as the indexer converts files
     if isinstance(image, (bytes, bytearray)):
@@ -80,12 +83,10 @@ class SearchIndex:
     def __init__(self, folder: str | Path, device: str = "cpu", weights: str | Path | None = None,
                  clip_weights: str | Path | None = None, model: LoadedModel | None = None,
                  clip: LoadedModel | None = None) -> None:
-        from compsearch.mapping.models import resolve_device
-
         self.store = IndexStore(folder)
         self.folder = self.store.folder
         self.manifest = self.store.read_manifest()
-        self.device = resolve_device(device)
+        self.device = device  # checked by load_model when a query first needs a model
         self._weights, self._clip_weights = weights, clip_weights
         self._given_model, self._given_clip = model, clip
         self._lock = threading.RLock()
@@ -111,6 +112,8 @@ class SearchIndex:
         return self.manifest.counts.images
 
     def info(self) -> dict[str, Any]:
+        from compsearch.indexer.info import index_info
+
         return index_info(self.folder)
 
     def record(self, image_id: int) -> dict[str, Any]:
@@ -156,6 +159,8 @@ class SearchIndex:
         return (recorded.clip_name, recorded.clip_weights_id) == (recorded.model_name, recorded.model_weights_id)
 
     def _load_text_model(self) -> LoadedModel:
+        from compsearch.indexer.artifacts import IndexMismatchError, check_model
+
         recorded = self.manifest.encoder
         if self._given_clip is None and self._clip_is_the_model():
             model = self._given_model or self._load(recorded.model_name, recorded.model_weights_id, self._weights)
@@ -171,6 +176,8 @@ class SearchIndex:
         return clip
 
     def _build_encoder(self) -> PropertyEncoder:
+        from compsearch.indexer.artifacts import encoder_for_manifest
+
         recorded = self.manifest.encoder
         clip = self.text_model if self.has_text else None
         model = self._given_model or (clip if clip is not None and self._clip_is_the_model() else
@@ -178,6 +185,9 @@ class SearchIndex:
         return encoder_for_manifest(self.manifest, self.folder, model, clip)
 
     def _load(self, name: str, recorded_weights: str, weights: str | Path | None) -> LoadedModel:
+        from compsearch.indexer.artifacts import IndexMismatchError, find_artifact
+        from compsearch.mapping.models import RANDOM_INIT, load_model
+
         if recorded_weights == RANDOM_INIT:
             raise IndexMismatchError(
                 f"{self.folder} was built with a randomly initialised {name}: its vectors cannot be made again",
@@ -314,9 +324,23 @@ class SearchIndex:
                 "query it by image or id, or rebuild it with an aligner into a CLIP (`compsearch index --aligner`)",
             )
         for name, members in texts.items():
-            embedded = embed_texts(self.text_model, [terms[i].text for i in members], self._templates(name))
-            for i, vector in zip(members, embedded.numpy()):
+            for i, vector in zip(members, self._text_vectors(name, [terms[i].text for i in members])):
                 vectors[i] = vector
+        if images:
+            for i, vector in self._image_vectors(terms, images).items():
+                vectors[i] = vector
+        return [np.ascontiguousarray(vector, dtype=np.float32) for vector in vectors]
+
+    def _text_vectors(self, name: str, texts: list[str]) -> np.ndarray:
+        from compsearch.mapping.encoder import embed_texts
+
+        return embed_texts(self.text_model, texts, self._templates(name)).numpy()
+
+    def _image_vectors(self, terms: list[Term], images: list[int]) -> dict[int, np.ndarray]:
+        """The query vector of each image term (by position in ``terms``)."""
+        import torch
+
+        vectors = {}
         # One decomposition per distinct image gives every property's vector: terms naming the
         # same image (a path, or the very same object) share it.
         distinct: dict[object, list[int]] = {}
@@ -333,9 +357,11 @@ class SearchIndex:
             for row, group in enumerate(members):
                 for i in group:
                     vectors[i] = torch.nn.functional.normalize(encoded[terms[i].property_name][row], dim=0).numpy()
-        return [np.ascontiguousarray(vector, dtype=np.float32) for vector in vectors]
+        return vectors
 
     def _templates(self, name: str) -> list[str]:
+        from compsearch.indexer.artifacts import templates_for
+
         entry = self.manifest.properties.get(name)
         return list(entry.templates if entry is not None and entry.templates else templates_for(name))
 

@@ -366,3 +366,16 @@ def test_cli_formats_and_copy_to(built: Path, index: SearchIndex, monkeypatch, c
     assert all(p.read_bytes() == Path(r.path).read_bytes() for p, r in zip(copied, page))
     code, out, err = run_cli(monkeypatch, capsys, *query, "--where", "lens == 'x'")
     assert code == 2 and "no column 'lens'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_id_query_imports_no_model_library(built: Path) -> None:
+    """What keeps `compsearch search DIR --id N` fast from a cold shell: no torch, timm or open_clip."""
+    code = ("import sys; from compsearch.search.cli import main; sys.argv = ['compsearch', 'search', sys.argv[1], "
+            "'--id', '3', '-k', '2', '--format', 'paths']\n"
+            "try:\n    main()\nexcept SystemExit as done:\n    assert not done.code, done.code\n"
+            "heavy = [m for m in ('torch', 'timm', 'open_clip', 'torchvision') if m in sys.modules]\n"
+            "assert not heavy, heavy")
+    answer = __import__("subprocess").run([__import__("sys").executable, "-c", code, str(built / "index")],
+                                          capture_output=True, text=True)
+    assert answer.returncode == 0, answer.stderr
+    assert answer.stdout.splitlines()[0] == str(_path(built, 3))
