@@ -29,9 +29,9 @@ import pytest
 from click.testing import CliRunner
 
 from compsearch import search
-import compsearch.search.index
 from compsearch.indexer.info import index_info
 from compsearch.indexer.store import IndexStore
+from compsearch.mapping import models
 from compsearch.mapping.errors import CompsearchError
 from compsearch.search.cli import cli
 from compsearch.search.server.app import create_app
@@ -390,8 +390,8 @@ def test_token_is_required_on_every_api_call_and_the_page(served_index: ServedIn
 def test_models_load_once_at_start_up_not_per_request(served_index: ServedIndex, cache_dir: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     loads = []
-    load_model = search.index.load_model
-    monkeypatch.setattr(search.index, "load_model", lambda *args, **kwargs: loads.append(args) or load_model(*args, **kwargs))
+    load_model = models.load_model  # search/index.py imports it when a query first needs a model
+    monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: loads.append(args) or load_model(*args, **kwargs))
     app = create_app(served_index.folder, cache_dir=cache_dir)
     at_start = len(loads)
     assert at_start >= 1
