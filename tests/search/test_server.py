@@ -537,7 +537,9 @@ def test_a_silent_or_slow_client_is_disconnected(served_index: ServedIndex, cach
             kept_alive.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             answer = b""
             while not answer.endswith(b"}"):  # the whole JSON answer, however it is split
-                answer += kept_alive.recv(65536)
+                chunk = kept_alive.recv(65536)
+                assert chunk, answer  # closed before answering
+                answer += chunk
             assert answer.startswith(b"HTTP/1.1 200")
             kept_alive.sendall(partial)  # then a second head that never ends
             for connection in (silent, slow, kept_alive):
