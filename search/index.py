@@ -29,7 +29,7 @@ from compsearch.search.combine import Ranked, SearchFunction, WeightedVector, co
 from compsearch.search.errors import NoTextEncoderError, QueryError, UnknownPropertyError
 from compsearch.search.filtered import Selection, search_selected
 from compsearch.search.filters import selected_ids
-from compsearch.search.query import ImageInput, Query, Term, check_k, check_offset, term_labels
+from compsearch.search.query import ImageInput, Query, Term, check_k, check_offset, check_threshold, term_labels
 from compsearch.search.results import Result, SearchResults
 from compsearch.search.stored import StoredRows, keeps_exact_vectors, split_record
 
@@ -120,12 +120,14 @@ class SearchIndex:
         """The stored row of ``image_id`` (id, key, path, sha256, width, height, metadata…)."""
         return self.rows.records([image_id])[0]
 
-    def warm(self) -> None:
-        """Load now what the first query would: rows, every FAISS index, the models."""
+    def warm(self, models: bool = True) -> None:
+        """Load now what the first query would: rows, every FAISS index, the models (unless
+        ``models`` is False: id queries need none)."""
         self.rows  # noqa: B018 - loads
         for name in self.properties:
             self._index(name)
-        self.encoder  # noqa: B018 - loads
+        if models:
+            self.encoder  # noqa: B018 - loads
 
     # -- lazily loaded parts ---------------------------------------------------------------------
     def _once(self, attribute: str, build: Callable[[], T]) -> T:
@@ -240,6 +242,7 @@ class SearchIndex:
         started = time.perf_counter()
         check_k(k)
         check_offset(offset, k)
+        check_threshold(threshold)
         depth = k + offset
         selection = None if where is None else Selection(selected_ids(self.rows.table, where))
         plans = [query.all_terms() for query in queries]
@@ -294,6 +297,12 @@ class SearchIndex:
                 ranked[i] = Ranked(found_ids, abs(terms[i].weight) * found, (signs[row] * found)[:, None],
                                    int(valid.sum()), True)
         return ranked
+
+    def query_vectors(self, terms: list[Term]) -> list[np.ndarray]:
+        """Each term's normalised query vector in its property's space (what a search compares)."""
+        for term in terms:
+            self._check_property(term.property_name)
+        return self._term_vectors(terms)
 
     def _term_vectors(self, terms: list[Term]) -> list[np.ndarray]:
         """One normalised query vector per term, each in its property's space."""
