@@ -31,13 +31,13 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Literal
 
-import faiss
 import numpy as np
 from tqdm import tqdm
 
 from compsearch.indexer.artifacts import identity_differences
 from compsearch.indexer.ranking_on_the_fly import ARTIFACTS
 from compsearch.indexer.faiss_choice import AUTO, build_index as build_faiss_index
+from compsearch.indexer.faiss_ondisk import LISTS_SUFFIX
 from compsearch.indexer.known_files import KnownFiles, file_keys
 from compsearch.indexer.store import (
     DUPLICATES,
@@ -165,8 +165,9 @@ class Indexer:
         """Remove what an index directory holds (only our own files)."""
         for kind in (SHARDS, SKIPPED, DUPLICATES):
             shutil.rmtree(self.store.folder / kind, ignore_errors=True)
-        for path in self.store.folder.glob("*.faiss"):
-            path.unlink()
+        for pattern in ("*.faiss", f"*{LISTS_SUFFIX}"):
+            for path in self.store.folder.glob(pattern):
+                path.unlink()
         self.store.manifest_path.unlink(missing_ok=True)
 
     def _start(self, source: ImageSource, mode: Mode) -> tuple[dict, dict]:
@@ -321,17 +322,14 @@ class Indexer:
             dims = next((vectors.shape[1] for _, vectors in self.store.iter_vectors(name)), None)
             if dims is None:
                 continue
-            built = build_faiss_index(self.settings.index, dims, images, lambda name=name: self.store.iter_vectors(name),
-                                      self.settings.memory_budget)
             path = self.store.faiss_path(name)
-            temporary = path.with_name(f".{path.name}.tmp")
-            faiss.write_index(built.index, str(temporary))
-            temporary.replace(path)
+            built = build_faiss_index(self.settings.index, dims, images, lambda name=name: self.store.iter_vectors(name),
+                                      self.settings.memory_budget, path=path)
             manifest["indexes"][name] = {
                 "file": path.name, "factory": built.factory, "ntotal": built.count, "dim": dims,
                 "metric": "inner_product", "normalised": True, "space": self.encoder.space,
-                "search_parameters": built.search_parameters, "train_seconds": round(built.train_seconds, 3),
-                "add_seconds": round(built.add_seconds, 3), "bytes": path.stat().st_size,
+                **built.manifest_entry(), "train_seconds": round(built.train_seconds, 3),
+                "add_seconds": round(built.add_seconds, 3), "bytes": sum(file.stat().st_size for file in built.files),
             }
         manifest["counts"] = {
             "images": images,
