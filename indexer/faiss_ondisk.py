@@ -123,7 +123,8 @@ def read_faiss(path: Path) -> faiss.Index:
         lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists)
     except RuntimeError:
         return index  # not an inverted file
-    if isinstance(lists, faiss.OnDiskInvertedLists):  # read, but its lists are elsewhere: searching would crash
+    if isinstance(lists, faiss.OnDiskInvertedLists) and lists.filename:  # lists in another file (memory-mapped
+        # lists inside the index file have none): read, but searching would crash
         raise IndexDirectoryError(f"{lists_path(path)} is missing (the inverted lists of {path.name})",
                                   "copy it beside the index file, or rebuild the index")
     return index

@@ -76,6 +76,8 @@ def test_build_to_a_path_equals_the_in_memory_build(collection, tmp_path: Path) 
     ids, vectors = collection
     np.testing.assert_array_equal(on_disk.index.reconstruct(int(ids[5])), normalised(vectors[5:6])[0])  # by store id
     assert sorted(path.name for path in tmp_path.iterdir()) == ["p.faiss", "p.ivfdata"]  # no parts left behind
+    faiss.write_index(in_memory.index, str(tmp_path / "one.faiss"))  # lists inside the file, memory-mapped
+    np.testing.assert_array_equal(read_faiss(tmp_path / "one.faiss").search(queries, 10)[1], expected[1])
 
 
 def test_nprobe_is_the_cheapest_reaching_the_target_recall_and_is_recorded(collection, tmp_path: Path) -> None:
