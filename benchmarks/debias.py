@@ -32,9 +32,8 @@ from compsearch.indexer.world.fixture_clip import fixture_clip_dir
 from compsearch.mapping.decompose import decompose
 from compsearch.mapping.explain.debias import DebiasReport, LabelledSet, debias
 from compsearch.mapping.models import LoadedModel, load_model
-from results_section import publish, shared_cpu
+from results_section import DEIT_WEIGHTS, publish, shared_cpu
 
-DEIT_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "models" / "deit_tiny_patch16_224.in1k.safetensors"
 SCENES = ("water", "forest")
 TRAIN_SEED, TEST_SEED = 11, 12
 AGREEMENT = 0.95

@@ -22,9 +22,9 @@ from compsearch.indexer.world.fixture_clip import fixture_clip_dir
 from compsearch.mapping.explain import Query, components_caption, explain_images, render_overlay
 from compsearch.mapping.models import LoadedModel, load_model
 from compsearch.mapping.properties import builtin_property
+from results_section import DEIT_WEIGHTS
 
 OUT = Path(__file__).with_name("examples")
-DEIT_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "models" / "deit_tiny_patch16_224.in1k.safetensors"
 
 
 def draw(model: LoadedModel, item_index: int, query: Query, name: str) -> Path:

@@ -80,8 +80,8 @@ def end_to_end(model, listing: Path, batch_size: int, workers: int) -> tuple[flo
         started = time.perf_counter()
         summary = indexer.run(listing)
         total = time.perf_counter() - started
-        build = sum(entry["train_seconds"] + entry["add_seconds"]
-                    for entry in indexer.store.read_manifest()["indexes"].values())
+        build = sum(entry.train_seconds + entry.add_seconds
+                    for entry in indexer.store.read_manifest().indexes.values())
     return summary.added / (total - build), build
 
 

@@ -59,9 +59,8 @@ from compsearch.mapping.rank.retrieval import (
     match_rate,
     sum_components,
 )
-from results_section import shared_cpu, write_section
+from results_section import DEIT_WEIGHTS, shared_cpu, write_section
 
-DEIT_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "models" / "deit_tiny_patch16_224.in1k.safetensors"
 RENDER_SIZE = 224
 TOP = 10  # results per query
 INDEXES = ("top-k", "full", "random k")

@@ -50,13 +50,11 @@ from pathlib import Path
 
 import numpy as np
 
-from results_section import RESULTS, write_section
+from results_section import DEIT_WEIGHTS, RESULTS, SHARED, write_section
 
 DIM = 768
 CHUNK = 50_000  # synthetic vectors generated (and streamed to the index builder) per chunk
 TOP = 10
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-DEIT_WEIGHTS = SHARED / "models" / "deit_tiny_patch16_224.in1k.safetensors"
 SAMPLE = SHARED / "data" / "imagenet-sample"
 FIT_RANKS = (2, 128)  # power-law fit range: past the leading direction, before the finite-sample tail
 

@@ -15,8 +15,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from results_section import write_section
-from compsearch.search.demo import _deit_weights, run_demo
+from results_section import DEIT_WEIGHTS, write_section
+from compsearch.search.demo import run_demo
 
 
 def table(report) -> list[str]:
@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="where the demo's artifacts are kept (default: a new temporary "
                         "folder, so the stage times are a first run's)")
     args = parser.parse_args()
-    choices = ["fixture"] + (["deit"] if _deit_weights(None) else [])
+    choices = ["fixture"] + (["deit"] if DEIT_WEIGHTS.is_file() else [])
     lines = ["## Property search quality through the index (world)", "",
              f"`OMP_NUM_THREADS=2 .venv/bin/python benchmarks/search_quality.py` — {args.images} world images "
              "indexed by `compsearch index`'s code path, queried through `search.SearchIndex` (Flat indexes: exact). "
@@ -44,7 +44,8 @@ def main() -> None:
              ""]
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="compsearch-quality-"))
     for choice in choices:
-        report = run_demo(workdir, args.images, progress=False, say=lambda _: None, model_choice=choice)
+        report = run_demo(workdir, args.images, weights=DEIT_WEIGHTS if choice == "deit" else None, progress=False,
+                          say=lambda _: None, model_choice=choice)
         stages = ", ".join(f"{name} {value:.1f} s" for name, value in report.seconds.items())
         lines += [f"**{report.model}** — `compsearch demo --model {choice}` stages: {stages} "
                   f"(total {sum(report.seconds.values()):.0f} s; a first run when --workdir starts empty)", "",

@@ -34,9 +34,8 @@ from compsearch.mapping.explain import explain_images, split_transform
 from compsearch.mapping.explain.gradcam import grad_cam
 from compsearch.mapping.explain.segmentation import SegmentationScores, segmentation_scores, upsample
 from compsearch.mapping.models import LoadedModel, load_model
-from results_section import publish, shared_cpu
+from results_section import DEIT_WEIGHTS, publish, shared_cpu
 
-DEIT_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "models" / "deit_tiny_patch16_224.in1k.safetensors"
 GRID = (14, 14)
 
 

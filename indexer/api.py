@@ -8,15 +8,6 @@ from compsearch.indexer.build import IndexSettings, IndexSummary, Indexer, Mode
 from compsearch.mapping.images import ImageSource
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` → cuda when torch sees a GPU, else cpu."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def build_index(
     images: str | Path | ImageSource,
     out: str | Path,
@@ -44,7 +35,7 @@ def build_index(
     from compsearch.mapping.models import load_model
 
     source = open_source(images)  # a wrong path fails before any model loads
-    loaded = load_model(model, weights=weights, device=resolve_device(device), pretrained=pretrained)
+    loaded = load_model(model, weights=weights, device=device, pretrained=pretrained)
     if properties and ranking is None:
         from compsearch.indexer.ranking_on_the_fly import rank_on_sample
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -35,21 +35,21 @@ import numpy as np
 from tqdm import tqdm
 
 from compsearch.indexer.artifacts import identity_differences
+from compsearch.indexer.manifest import Counts, IndexDirectoryError, IndexEntry, Manifest, Provenance, RunEntry
 from compsearch.indexer.ranking_on_the_fly import ARTIFACTS
 from compsearch.indexer.faiss_choice import AUTO, build_index as build_faiss_index
 from compsearch.indexer.faiss_ondisk import LISTS_SUFFIX
 from compsearch.indexer.known_files import KnownFiles, file_keys
 from compsearch.indexer.store import (
     DUPLICATES,
-    FORMAT_VERSION,
     RESERVED_COLUMNS,
     SHARDS,
     SKIPPED,
     ChunkRows,
-    IndexDirectoryError,
     IndexStore,
 )
 from compsearch.mapping.encoder import PropertyEncoder
+from compsearch.mapping.identity import EncoderIdentity
 from compsearch.mapping.errors import CompsearchError
 from compsearch.mapping.images import DEFAULT_CHUNK_SIZE, Batch, ImageRecord, ImageSource, iter_batches, open_source
 
@@ -142,18 +142,18 @@ class Indexer:
     """Builds or extends one index directory with one encoder (see the module docstring)."""
 
     def __init__(self, out: str | Path, encoder: PropertyEncoder, settings: IndexSettings = IndexSettings(),
-                 provenance: dict[str, Any] | None = None) -> None:
+                 provenance: Provenance | None = None) -> None:
         self.store = IndexStore(out)
         self.encoder = encoder
         self.settings = settings
-        self.provenance = provenance or {}  # aligner / ranking files and ids, for the manifest
+        self.provenance = provenance or Provenance()  # aligner / ranking files and ids, for the manifest
 
     # -- deciding what to do ----------------------------------------------------------------
-    def _identity(self) -> dict[str, Any]:
-        return asdict(self.encoder.identity())
+    def _identity(self) -> EncoderIdentity:
+        return self.encoder.identity()
 
-    def _check_same_encoder(self, manifest: dict) -> None:
-        differing = identity_differences(manifest.get("encoder", {}), self._identity())
+    def _check_same_encoder(self, manifest: Manifest) -> None:
+        differing = identity_differences(manifest.encoder, self._identity())
         if differing:
             raise IndexDirectoryError(
                 f"{self.store.folder} was built with another model, weights, aligner or ranking "
@@ -170,7 +170,7 @@ class Indexer:
                 path.unlink()
         self.store.manifest_path.unlink(missing_ok=True)
 
-    def _start(self, source: ImageSource, mode: Mode) -> tuple[dict, dict]:
+    def _start(self, source: ImageSource, mode: Mode) -> tuple[Manifest, RunEntry]:
         """The manifest and the run to work on (a new one, or the interrupted one)."""
         folder = self.store.folder
         shards = self.settings.shard[1]
@@ -187,32 +187,30 @@ class Indexer:
                                   "pass a new or empty folder, so no other files get mixed with the index")
         run_entry = {"source": source.description, "chunk_size": self.settings.chunk_size}
         if not self.store.exists():
-            manifest = {"format_version": FORMAT_VERSION, "compsearch_version": compsearch_version(),
-                        "created": _now(), "encoder": self._identity(), **self.provenance,
-                        "runs": [], "indexes": {}, "counts": {}}
-            run = {"run": 0, "id_offset": 0, **run_entry}
+            manifest = Manifest.new(self._identity(), self.provenance, compsearch_version(), _now())
+            run_number, id_offset = 0, 0
         else:
             manifest = self.store.read_manifest()
+            self.encoder.precision = manifest.encoder.precision  # every run computes as the first did
             self._check_same_encoder(manifest)
-            last = manifest["runs"][-1] if manifest["runs"] else None
-            unfinished = last is not None and last["status"] != "complete"
-            if unfinished and {k: last[k] for k in run_entry} == run_entry:
+            last = manifest.runs[-1] if manifest.runs else None
+            unfinished = last is not None and last.status != "complete"
+            if unfinished and (last.source, last.chunk_size) == (source.description, self.settings.chunk_size):
                 return manifest, last  # resume it
             if unfinished:
                 raise CompsearchError(
-                    f"{folder} holds an unfinished run over {last['source']} (chunks of {last['chunk_size']})",
+                    f"{folder} holds an unfinished run over {last.source} (chunks of {last.chunk_size})",
                     "rerun that command to finish it first, or --overwrite to rebuild",
                 )
             if mode != "append":
                 raise CompsearchError(
-                    f"{folder} is already a complete index of {last['source']}",
+                    f"{folder} is already a complete index of {last.source}",
                     "pass --append to add new files, or --overwrite to rebuild it",
                 )
-            run = {"run": last["run"] + 1, "id_offset": self._max_id() + 1, **run_entry}
-        run.update(status="running", started=_now())
-        if shards > 1:  # shards starting together write the same run entry; the last write stands
-            run["shards"] = shards
-        manifest["runs"].append(run)
+            run_number, id_offset = last.run + 1, self._max_id() + 1
+        # shards starting together write the same run entry; the last write stands
+        run = RunEntry(run=run_number, id_offset=id_offset, **run_entry, status="running", started=_now(), shards=shards)
+        manifest.runs.append(run)
         self.store.write_manifest(manifest)  # before any work: a kill leaves a resumable run
         return manifest, run
 
@@ -231,7 +229,7 @@ class Indexer:
         source = open_source(images)
         manifest, run = self._start(source, mode)
         started = time.perf_counter()
-        done = self.store.done_chunks(run["run"])
+        done = self.store.done_chunks(run.run)
         listed = sum(1 for _ in source.records())
         chunk_size = self.settings.chunk_size
         chunks = -(-listed // chunk_size)
@@ -241,7 +239,7 @@ class Indexer:
         finished_before = sum(sizes[chunk] for chunk in done if chunk in sizes)
         known = self._known_files()
         counts = {"added": 0, "skipped": 0, "duplicates": 0, "already_indexed": 0}
-        buffer = _ChunkBuffer(run["run"], run["id_offset"])
+        buffer = _ChunkBuffer(run.run, run.id_offset)
         bar = tqdm(total=sum(sizes.values()), initial=finished_before, desc="indexing", unit="img", disable=not self.settings.progress,
                    smoothing=0.05)
         try:
@@ -255,7 +253,7 @@ class Indexer:
                 if batch.chunk_done:
                     self.store.write_chunk(buffer.pop(batch.chunk))
         except KeyboardInterrupt:
-            kept = len(self.store.done_chunks(run["run"]))
+            kept = len(self.store.done_chunks(run.run))
             raise CompsearchError(
                 f"interrupted: {kept} finished chunk(s) of {chunk_size} images are kept in {self.store.folder}",
                 "rerun the same command to continue where it stopped",
@@ -264,21 +262,21 @@ class Indexer:
             bar.close()
         seconds = time.perf_counter() - started
         if shards > 1:  # the other shards may still be writing: a plain run builds the indexes
-            left = set(range(chunks)) - self.store.done_chunks(run["run"])
+            left = set(range(chunks)) - self.store.done_chunks(run.run)
             return IndexSummary(**self._summary(run, seconds, counts), shard=f"{shard}/{shards}", chunks_left=len(left),
                                 images=self.store.read_table(SHARDS, columns=["id"]).num_rows)
-        if run.get("shards", 1) > 1:  # shards that ran at once may each have indexed a copy
+        if run.shards > 1:  # shards that ran at once may each have indexed a copy
             repeats = known.repeats()  # read from every shard at the start of this run
             self.store.move_to_duplicates(repeats)
             counts["duplicates"] += len(repeats)
-        run.update(status="complete", finished=_now(), seconds=round(seconds, 3), **counts)
+        run.complete(_now(), seconds, counts)
         self._finish(manifest)
-        return IndexSummary(**self._summary(run, seconds, counts), images=manifest["counts"]["images"],
-                            indexes={name: entry["factory"] for name, entry in manifest["indexes"].items()})
+        return IndexSummary(**self._summary(run, seconds, counts), images=manifest.counts.images,
+                            indexes={name: entry.factory for name, entry in manifest.indexes.items()})
 
-    def _summary(self, run: dict, seconds: float, counts: dict[str, int]) -> dict[str, Any]:
+    def _summary(self, run: RunEntry, seconds: float, counts: dict[str, int]) -> dict[str, Any]:
         """The fields of an :class:`IndexSummary` that every kind of run reports."""
-        return dict(folder=str(self.store.folder), run=run["run"], seconds=seconds,
+        return dict(folder=str(self.store.folder), run=run.run, seconds=seconds,
                     images_per_second=counts["added"] / seconds if seconds > 0 else 0.0, **counts)
 
     def _jpeg_device(self) -> str | None:
@@ -315,7 +313,7 @@ class Indexer:
                       for i in fresh]
         counts["added"] += len(fresh)
 
-    def _finish(self, manifest: dict) -> None:
+    def _finish(self, manifest: Manifest) -> None:
         """Build every FAISS index from the shards and record the totals."""
         images = self.store.read_table(SHARDS, columns=["id"]).num_rows
         for name in self.encoder.names:
@@ -325,16 +323,16 @@ class Indexer:
             path = self.store.faiss_path(name)
             built = build_faiss_index(self.settings.index, dims, images, lambda name=name: self.store.iter_vectors(name),
                                       self.settings.memory_budget, path=path)
-            manifest["indexes"][name] = {
-                "file": path.name, "factory": built.factory, "ntotal": built.count, "dim": dims,
-                "metric": "inner_product", "normalised": True, "space": self.encoder.space,
-                **built.manifest_entry(), "train_seconds": round(built.train_seconds, 3),
-                "add_seconds": round(built.add_seconds, 3), "bytes": sum(file.stat().st_size for file in built.files),
-            }
-        manifest["counts"] = {
-            "images": images,
-            "skipped": self.store.read_table(SKIPPED).num_rows,
-            "duplicates": self.store.read_table(DUPLICATES).num_rows,
-        }
-        manifest["updated"] = _now()
+            manifest.indexes[name] = IndexEntry(
+                file=path.name, factory=built.factory, ntotal=built.count, dim=dims,
+                metric="inner_product", normalised=True, space=self.encoder.space,
+                search_parameters=built.search_parameters, train_seconds=round(built.train_seconds, 3),
+                add_seconds=round(built.add_seconds, 3), bytes=sum(file.stat().st_size for file in built.files),
+            )
+        manifest.counts = Counts(
+            images=images,
+            skipped=self.store.read_table(SKIPPED).num_rows,
+            duplicates=self.store.read_table(DUPLICATES).num_rows,
+        )
+        manifest.updated = _now()
         self.store.write_manifest(manifest)

@@ -25,7 +25,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from compsearch.indexer.store import IndexDirectoryError
+from compsearch.indexer.manifest import IndexDirectoryError
 
 LISTS_SUFFIX = ".ivfdata"
 

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from compsearch.indexer.manifest import FileEntry
 from compsearch.indexer.store import DUPLICATES, SHARDS, SKIPPED, IndexStore
 
 SKIP_REASONS_SHOWN = 10
@@ -14,36 +16,42 @@ def _size_on_disk(folder: Path) -> int:
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
 
 
+def _as_dict(entry: FileEntry | None) -> dict[str, str] | None:
+    return asdict(entry) if entry is not None else None
+
+
 def index_info(folder: str | Path) -> dict[str, Any]:
     """Counts, properties (k, components), indexes (type, size), models, skipped reasons."""
     store = IndexStore(folder)
     manifest = store.read_manifest()
     skipped = store.read_table(SKIPPED)
     reasons = Counter(skipped.column("reason").to_pylist()) if skipped.num_rows else Counter()
-    encoder = manifest["encoder"]
+    encoder = manifest.encoder
     return {
         "folder": str(store.folder),
-        "images": manifest["counts"].get("images", 0),
-        "skipped": manifest["counts"].get("skipped", 0),
+        "images": manifest.counts.images,
+        "skipped": manifest.counts.skipped,
         "skipped_reasons": dict(reasons.most_common(SKIP_REASONS_SHOWN)),
-        "duplicates": manifest["counts"].get("duplicates", 0),
-        "model": {"name": encoder["model_name"], "weights_id": encoder["model_weights_id"],
-                  "weights_file": (manifest.get("model_weights") or {}).get("path"),
-                  "first_block": encoder["first_block"]},
-        "space": encoder["space"],
-        "aligner": manifest.get("aligner"),
-        "clip": {"name": encoder["clip_name"], "weights_id": encoder["clip_weights_id"]} if encoder["clip_name"] else None,
-        "ranking": manifest.get("ranking"),
-        "properties": {name: {"k": entry["k"], "components": entry["components"], "source": entry["source"]}
-                       for name, entry in (manifest.get("properties") or {}).items()},
-        "indexes": {name: {key: entry[key] for key in ("factory", "ntotal", "dim", "bytes", "search_parameters")}
-                    for name, entry in manifest["indexes"].items()},
-        "runs": manifest["runs"],
+        "duplicates": manifest.counts.duplicates,
+        "model": {"name": encoder.model_name, "weights_id": encoder.model_weights_id,
+                  "weights_file": manifest.model_weights.path if manifest.model_weights else None,
+                  "first_block": encoder.first_block},
+        "space": encoder.space,
+        "precision": encoder.precision,
+        "aligner": _as_dict(manifest.aligner),
+        "clip": {"name": encoder.clip_name, "weights_id": encoder.clip_weights_id} if encoder.clip_name else None,
+        "ranking": _as_dict(manifest.ranking),
+        "properties": {name: {"k": entry.k, "components": entry.components, "source": entry.source}
+                       for name, entry in manifest.properties.items()},
+        "indexes": {name: {"factory": entry.factory, "ntotal": entry.ntotal, "dim": entry.dim, "bytes": entry.bytes,
+                           "search_parameters": entry.search_parameters}
+                    for name, entry in manifest.indexes.items()},
+        "runs": [asdict(run) for run in manifest.runs],
         "bytes_on_disk": {kind: _size_on_disk(store.folder / kind) for kind in (SHARDS, SKIPPED, DUPLICATES)
                           if (store.folder / kind).is_dir()},
-        "created": manifest.get("created"),
-        "updated": manifest.get("updated"),
-        "compsearch_version": manifest.get("compsearch_version"),
+        "created": manifest.created,
+        "updated": manifest.updated,
+        "compsearch_version": manifest.compsearch_version,
     }
 
 
@@ -58,7 +66,8 @@ def format_info(info: dict[str, Any]) -> str:
         f"{info['folder']}: {info['images']} images, {info['skipped']} skipped, {info['duplicates']} duplicates",
         f"model      {model['name']} (weights {model['weights_id']}"
         + (f", {model['weights_file']}" if model["weights_file"] else "") + f"), decomposed from {model['first_block']}",
-        f"space      {info['space']}" + (f" — CLIP {info['clip']['name']}" if info["clip"] else ""),
+        f"space      {info['space']}" + (f" — CLIP {info['clip']['name']}" if info["clip"] else "")
+        + f", computed in {info['precision']}",
     ]
     if info["aligner"]:
         lines.append(f"aligner    {info['aligner']['path']} (id {info['aligner']['id']})")

@@ -1,7 +1,7 @@
 """An index directory on disk, in open formats a user can read without compsearch.
 
 ```
-DIR/manifest.json            what was indexed, how, and with what (models, aligner, ranking)
+DIR/manifest.json            what was indexed, how, and with what (indexer/manifest.py)
 DIR/shards/part-RRR-CCCCCC.parquet
                              one file per chunk of the listing (run R, chunk C): id, key,
                              path, sha256, width, height, carried metadata, and one vector
@@ -19,7 +19,6 @@ Ids are stable int64: a run's ``id_offset`` plus the image's position in its lis
 """
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,17 +30,13 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from compsearch.mapping.errors import CompsearchError
+from compsearch.indexer.manifest import MANIFEST, Manifest, read_manifest, write_manifest
 
-MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
 SHARDS, SKIPPED, DUPLICATES = "shards", "skipped", "duplicates"
 VECTOR_PREFIX = "vector."
-RESERVED_COLUMNS = ("id", "key", "path", "sha256", "width", "height")
-
-
-class IndexDirectoryError(CompsearchError):
-    """An index directory that is missing, damaged, or built with other settings."""
+IDENTITY_COLUMNS = ("id", "key", "path", "sha256")  # which file a row is: apart from its metadata in results
+# The indexer's own columns: a listing's column of one of these names is kept as metadata.NAME.
+RESERVED_COLUMNS = (*IDENTITY_COLUMNS, "width", "height")
 
 
 def part_name(run: int, chunk: int) -> str:
@@ -110,29 +105,11 @@ class IndexStore:
     def exists(self) -> bool:
         return self.manifest_path.is_file()
 
-    def read_manifest(self) -> dict:
-        if not self.exists():
-            raise IndexDirectoryError(
-                f"{self.folder} is not a compsearch index (no {MANIFEST})",
-                "build one with `compsearch index IMAGES --out DIR --model …`",
-            )
-        try:
-            manifest = json.loads(self.manifest_path.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise IndexDirectoryError(f"cannot read {self.manifest_path} ({error})",
-                              "rebuild the index with `compsearch index … --overwrite`") from error
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise IndexDirectoryError(
-                f"{self.folder} has index format {manifest.get('format_version')}, this compsearch reads {FORMAT_VERSION}",
-                "rebuild the index with this version (`compsearch index … --overwrite`)",
-            )
-        return manifest
+    def read_manifest(self) -> Manifest:
+        return read_manifest(self.folder)
 
-    def write_manifest(self, manifest: dict) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        temporary = self.folder / f".{MANIFEST}.{os.getpid()}.tmp"  # shards may write at once
-        temporary.write_text(json.dumps(manifest, indent=1) + "\n")
-        os.replace(temporary, self.manifest_path)
+    def write_manifest(self, manifest: Manifest) -> None:
+        write_manifest(self.folder, manifest)
 
     # -- chunks -----------------------------------------------------------------------------
     def _parts(self, kind: str) -> list[Path]:

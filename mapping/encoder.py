@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 
 import torch
 
@@ -26,24 +25,15 @@ from compsearch.mapping.align.persist import AlignerMismatchError, check_aligner
 from compsearch.mapping.decompose import adapter_for, decompose
 from compsearch.mapping.errors import CompsearchError
 from compsearch.mapping.models import LoadedModel
+from compsearch.mapping.identity import EncoderIdentity, Precision
+from compsearch.mapping.names import FULL
 from compsearch.mapping.properties import Property, description_embeddings
 
-FULL = "full"
 
-
-@dataclass(frozen=True)
-class EncoderIdentity:
-    """What makes two encoders produce comparable vectors: recorded in index manifests and
-    checked before a query touches an index."""
-
-    model_name: str
-    model_weights_id: str
-    first_block: str
-    space: str  # "clip" (aligned) or "model"
-    aligner_id: str | None
-    clip_name: str | None
-    clip_weights_id: str | None
-    properties: dict[str, list[str]] = field(default_factory=dict)  # property → summed components
+def default_precision(device: torch.device | str) -> Precision:
+    """What a build uses unless told: bf16 autocast on CUDA (its tensor cores' fast path), fp32
+    elsewhere."""
+    return "bf16" if torch.device(device).type == "cuda" else "fp32"
 
 
 class PropertyEncoder:
@@ -56,13 +46,13 @@ class PropertyEncoder:
         properties: Mapping[str, Sequence[str]] | None = None,
         first_block: str | int | None = None,
         aligner_id: str | None = None,
-        autocast: bool = False,
+        precision: Precision = "fp32",
         clip: LoadedModel | None = None,
     ) -> None:
         self.model = model
         self.aligner = aligner
         self.aligner_id = aligner_id
-        self.autocast = autocast
+        self.precision: Precision = precision
         if clip is not None:
             _check_text_side(clip, aligner)
         self.clip = clip  # the text side, for text queries
@@ -95,7 +85,8 @@ class PropertyEncoder:
         return EncoderIdentity(
             model_name=self.model.name, model_weights_id=self.model.weights_id, first_block=self.first_block,
             space=self.space, aligner_id=self.aligner_id, clip_name=meta.clip_name if meta else None,
-            clip_weights_id=meta.clip_weights_id if meta else None, properties=self.properties,
+            clip_weights_id=meta.clip_weights_id if meta else None, precision=self.precision,
+            properties=self.properties,
         )
 
     def _resolve_components(self, names: list[str], model_dim: int) -> None:
@@ -114,9 +105,10 @@ class PropertyEncoder:
         self._component_names = names
 
     def _autocast(self):
-        device = self.model.device
-        if self.autocast and device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        """bf16 autocast on whatever device the model is on: a query on the CPU against an index
+        built in bf16 on a GPU is computed the way its images were."""
+        if self.precision == "bf16":
+            return torch.autocast(self.model.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
     @torch.inference_mode()

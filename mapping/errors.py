@@ -3,11 +3,12 @@
 Every error a user can cause (bad file, unknown model, missing weights, mismatched
 artifacts, malformed query) is a :class:`CompsearchError` carrying what went wrong and
 what to do about it. The CLI prints it as one line and exits non-zero; the API raises it.
-Input that is accepted but likely a mistake gets a :class:`CompsearchWarning` instead.
+Input that is accepted but likely a mistake, or work done only in part (images skipped), gets
+a warning instead, through :func:`warn`: the one way warnings go out.
 """
 from __future__ import annotations
 
-import warnings
+import logging
 
 
 class CompsearchError(Exception):
@@ -36,19 +37,16 @@ class Interrupted(CompsearchError):
     what was kept, ``hint`` how to resume."""
 
 
-class CompsearchWarning(UserWarning):
-    """Input that is accepted but probably not what the user meant: like an error, ``problem``
-    and ``hint`` say what and what to do. The CLI prints it as one ``warning:`` line."""
-
-    def __init__(self, problem: str, hint: str | None = None) -> None:
-        self.problem = problem
-        self.hint = hint
-        super().__init__(f"{problem} — {hint}" if hint else problem)
+WARNINGS = logging.getLogger("compsearch")
 
 
 def warn(problem: str, hint: str | None = None) -> None:
-    """Issue a :class:`CompsearchWarning` (attributed to the caller's caller)."""
-    warnings.warn(CompsearchWarning(problem, hint), stacklevel=3)
+    """Warn that ``problem`` (and what to do: ``hint``) as a record of the ``compsearch`` logger.
+
+    Logging rather than :mod:`warnings`, so a server's and a library caller's warnings go where
+    their logging sends them, and none is dropped as a repeat. The CLI prints each as one
+    ``warning: …`` line on stderr; with no logging set up, Python prints the bare line there."""
+    WARNINGS.warning(f"{problem} — {hint}" if hint else problem)
 
 
 ENOUGH_IMAGES = 50  # fewer, and correlations, variances and cosines over them are mostly noise

@@ -39,7 +39,7 @@ from timm.models._hub import download_cached_file  # timm's torch-hub cache for 
 from torch import nn
 
 from compsearch.mapping.decompose import model_output
-from compsearch.mapping.errors import ModelLoadError
+from compsearch.mapping.errors import CompsearchError, ModelLoadError
 
 WEIGHTS_DIR_ENV = "COMPSEARCH_WEIGHTS_DIR"
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".bin")
@@ -48,6 +48,28 @@ LOCAL_DIR_PREFIX = "local-dir:"
 _LOAD_FAILURES = (RuntimeError, OSError, ValueError, KeyError, pickle.UnpicklingError, SafetensorError)
 _WEIGHTS_HINT = f"pass --weights PATH (a file or a folder) or set {WEIGHTS_DIR_ENV} to a folder holding it"
 _RANDOM_HINT = "pass --random-init (Python: pretrained=False) to run with random weights"
+_DEVICE_HINT = "use --device auto (a GPU when torch sees one, else the CPU), cpu, cuda or cuda:N"
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` → ``cuda`` when torch sees a GPU, else ``cpu``; any other name is checked to be
+    a device this machine has, so a typo or a missing GPU is one clear error before any model
+    loads rather than a traceback from ``model.to``."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise CompsearchError(f"unknown device {device!r}", _DEVICE_HINT) from None
+    seen = torch.cuda.device_count() if parsed.type == "cuda" else 0
+    if parsed.type == "cuda" and (parsed.index or 0) >= seen:
+        raise CompsearchError(f"--device {device}, but torch sees {seen or 'no'} GPU{'s' if seen > 1 else ''}",
+                              _DEVICE_HINT)
+    try:
+        torch.empty(0, device=parsed)  # reaches the device: no driver, a CPU-only build, a backend missing
+    except (RuntimeError, AssertionError):  # AssertionError: a torch built without CUDA
+        raise CompsearchError(f"--device {device}, but this machine's torch cannot use it", _DEVICE_HINT) from None
+    return device
 
 
 @dataclass
@@ -113,6 +135,7 @@ def load_model(
 ) -> LoadedModel:
     """Build ``name`` with its weights (see the module docstring for the name forms and the
     resolution order); ``pretrained=False`` gives random initialisation."""
+    device = resolve_device(device)  # a bad device fails before the (slow) model build
     spec = parse_model_name(name)
     loaded = _load_open_clip(spec, weights, pretrained) if spec.is_clip else _load_timm(spec, weights, pretrained)
     loaded.model.to(device).eval()

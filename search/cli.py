@@ -8,15 +8,15 @@ Each command module is thin: parse, call one library function, print.
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NamedTuple
 
 import click
 
-from compsearch.mapping.errors import CompsearchError, CompsearchWarning
+from compsearch.mapping.errors import WARNINGS, CompsearchError
 
 
 class Entry(NamedTuple):
@@ -27,7 +27,7 @@ class Entry(NamedTuple):
 # Sorted by the order the commands are used in (the group's help says so).
 COMMANDS: dict[str, Entry] = {
     "demo": Entry("compsearch.search.commands.demo:demo_command", "Try it all offline: index a world, search by property."),
-    "sample": Entry("compsearch.mapping.commands.demo:demo", "Decompose one drawn image with DeiT-tiny (no data needed)."),
+    "sample": Entry("compsearch.mapping.commands.sample:sample_command", "Decompose one drawn image with DeiT-tiny (no data needed)."),
     "world": Entry("compsearch.indexer.commands.world:world",
                    "The synthetic world and its fixture CLIP (offline)."),
     "decompose": Entry("compsearch.mapping.commands.decompose:decompose_command",
@@ -92,21 +92,23 @@ def cli(ctx: click.Context) -> None:
     ctx.with_resource(_one_line_warnings())
 
 
+class _WarningLines(logging.Handler):
+    """compsearch's warnings (:func:`mapping.errors.warn`) as one ``warning: …`` line each on
+    stderr, the stream looked up per line (click's test runner swaps it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"warning: {record.getMessage()}", err=True)
+
+
 @contextmanager
 def _one_line_warnings() -> Iterator[None]:
-    """While a command runs, a CompsearchWarning prints as one ``warning:`` line on stderr
-    (other warnings as Python shows them)."""
-    with warnings.catch_warnings():
-        python_show = warnings.showwarning
-
-        def show(message, category, *where) -> None:  # noqa: ANN001  (warnings.showwarning's signature)
-            if issubclass(category, CompsearchWarning):
-                click.echo(f"warning: {message}", err=True)
-            else:
-                python_show(message, category, *where)
-
-        warnings.showwarning = show
+    """While a command runs, every compsearch warning prints as one ``warning:`` line."""
+    handler = _WarningLines(logging.WARNING)
+    WARNINGS.addHandler(handler)
+    try:
         yield
+    finally:
+        WARNINGS.removeHandler(handler)
 
 
 def main() -> None:

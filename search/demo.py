@@ -4,8 +4,8 @@ Renders a collection of the labelled synthetic world, takes the fixture CLIP shi
 the package, ranks components per property, indexes the collection, and answers text and
 reference-image queries by property — measuring each against the world's known labels,
 next to what the full representation gives. With the real DeiT-tiny weights at hand
-(``--weights``, ``$COMPSEARCH_WEIGHTS_DIR`` or ../shared beside a checkout) it decomposes
-DeiT-tiny aligned to the fixture CLIP instead of the fixture's own image tower.
+(``--weights`` or ``$COMPSEARCH_WEIGHTS_DIR``) it decomposes DeiT-tiny aligned to the
+fixture CLIP instead of the fixture's own image tower.
 
 Every stage is cached in the work folder, so a rerun takes seconds.
 """
@@ -35,7 +35,6 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
 }
 DEIT = "deit_tiny_patch16_224"
 TOP = 10
-SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "models" / f"{DEIT}.in1k.safetensors"
 
 
 def world_properties() -> list[Property]:
@@ -70,7 +69,8 @@ class DemoReport:
 
 
 def _deit_weights(weights: Path | None) -> Path | None:
-    """Real DeiT-tiny weights when any are at hand (a file, ${COMPSEARCH_WEIGHTS_DIR}, ../shared)."""
+    """Real DeiT-tiny weights when any are at hand: ``weights``, else ``$COMPSEARCH_WEIGHTS_DIR``
+    (the model loader's own lookup)."""
     from compsearch.mapping.errors import ModelLoadError
     from compsearch.mapping.models import find_local_weights, parse_model_name
 
@@ -80,7 +80,7 @@ def _deit_weights(weights: Path | None) -> Path | None:
         found = find_local_weights(parse_model_name(DEIT), None)
     except ModelLoadError:
         found = None
-    return found or (SHARED_WEIGHTS if SHARED_WEIGHTS.is_file() else None)
+    return found
 
 
 def _labels(parquet: Path) -> tuple[list[str], dict[str, list[str]]]:
@@ -115,9 +115,9 @@ def _measure(index, factor: str, kind: str, queries: list[Any], query_labels: di
              labels_of: dict[int, dict[str, str]]) -> QueryFigures:
     """The queries through ``factor``'s index and through ``full``, in one batch (each
     reference image is decomposed once for both), each ranking the whole collection."""
-    from compsearch.search.query import MAX_K, Query
+    from compsearch.search.query import FULL, MAX_K, Query
 
-    names = (factor, "full")
+    names = (factor, FULL)
     batch = [Query(text=q, property=name) if kind == "text" else Query(image=q, property=name)
              for name in names for q in queries]
     answered = index.search_batch(batch, k=min(len(labels_of), MAX_K))
@@ -132,8 +132,8 @@ def _measure(index, factor: str, kind: str, queries: list[Any], query_labels: di
                                   for row, wanted in zip(by_factor[factor], query_labels[factor]))
         figures[name] = (_agreement(top[factor], query_labels[factor]),
                          _leakage(top, query_labels, factor) if kind == "image" else None, mean_ap)
-    return QueryFigures(factor, kind, len(queries), figures[factor][0], figures["full"][0],
-                        figures[factor][1], figures["full"][1], figures[factor][2], figures["full"][2])
+    return QueryFigures(factor, kind, len(queries), figures[factor][0], figures[FULL][0],
+                        figures[factor][1], figures[FULL][1], figures[factor][2], figures[FULL][2])
 
 
 def run_demo(workdir: Path, count: int = 1000, weights: Path | None = None, progress: bool = True,
@@ -201,8 +201,9 @@ def run_demo(workdir: Path, count: int = 1000, weights: Path | None = None, prog
     store = IndexStore(index_dir)
     say(f"4/5 indexing the {count} world images into {index_dir}")
     manifest = store.read_manifest() if store.exists() else None
-    reusable = manifest is not None and manifest["runs"][-1]["status"] == "complete" \
-        and manifest["counts"].get("images") == count and (manifest.get("ranking") or {}).get("id") == weights_id(ranking_path)
+    reusable = manifest is not None and bool(manifest.runs) and manifest.runs[-1].status == "complete" \
+        and manifest.counts.images == count and manifest.ranking is not None \
+        and manifest.ranking.id == weights_id(ranking_path)
     if not reusable:
         built = encoder_for_build(model, index_dir, aligner_path, ranking_path)
         Indexer(index_dir, built.encoder, IndexSettings(workers=0, progress=progress), built.provenance).run(

@@ -17,21 +17,16 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import faiss
 import numpy as np
-import PIL.Image
-import torch
 
-from compsearch.indexer.artifacts import IndexMismatchError, check_model, encoder_for_manifest, find_artifact, templates_for
 from compsearch.indexer.faiss_ondisk import read_faiss
 from compsearch.indexer.faiss_tuning import set_search_parameters
-from compsearch.indexer.info import index_info
-from compsearch.indexer.store import IndexDirectoryError, IndexStore
-from compsearch.mapping.encoder import FULL, PropertyEncoder, embed_texts
-from compsearch.mapping.images import decode_image, read_image, to_rgb
-from compsearch.mapping.models import RANDOM_INIT, LoadedModel, load_model
+from compsearch.indexer.manifest import IndexDirectoryError
+from compsearch.indexer.store import IndexStore
+from compsearch.mapping.names import FULL
 from compsearch.search.combine import Ranked, SearchFunction, WeightedVector, combined_top_k
 from compsearch.search.errors import NoTextEncoderError, QueryError, UnknownPropertyError
 from compsearch.search.filtered import Selection, search_selected
@@ -39,6 +34,12 @@ from compsearch.search.filters import selected_ids
 from compsearch.search.query import ImageInput, Query, Term, check_k, check_offset, term_labels
 from compsearch.search.results import Result, SearchResults
 from compsearch.search.stored import StoredRows, keeps_exact_vectors, split_record
+
+if TYPE_CHECKING:  # the model side loads on the first query that needs it: an id query never does
+    import PIL.Image
+
+    from compsearch.mapping.encoder import PropertyEncoder
+    from compsearch.mapping.models import LoadedModel
 
 IMAGE_BATCH = 32  # reference images decomposed per forward pass
 T = TypeVar("T")
@@ -56,6 +57,10 @@ def read_faiss_index(path: Path, search_parameters: dict[str, Any]) -> faiss.Ind
 
 def _image(image: ImageInput) -> PIL.Image.Image:
     """A reference image as RGB, read by the indexer's own decoder."""
+    import PIL.Image
+
+    from compsearch.mapping.images import decode_image, read_image, to_rgb
+
     if isinstance(image, PIL.Image.Image):
         return to_rgb(image)  # 16-bit, alpha, palette: converted as the indexer converts files
     if isinstance(image, (bytes, bytearray)):
@@ -73,12 +78,10 @@ class SearchIndex:
     def __init__(self, folder: str | Path, device: str = "cpu", weights: str | Path | None = None,
                  clip_weights: str | Path | None = None, model: LoadedModel | None = None,
                  clip: LoadedModel | None = None) -> None:
-        from compsearch.indexer.api import resolve_device
-
         self.store = IndexStore(folder)
         self.folder = self.store.folder
         self.manifest = self.store.read_manifest()
-        self.device = resolve_device(device)
+        self.device = device  # checked by load_model when a query first needs a model
         self._weights, self._clip_weights = weights, clip_weights
         self._given_model, self._given_clip = model, clip
         self._lock = threading.RLock()
@@ -91,19 +94,21 @@ class SearchIndex:
     # -- what the index holds ------------------------------------------------------------------
     @property
     def properties(self) -> list[str]:
-        names = list(self.manifest["indexes"])
+        names = list(self.manifest.indexes)
         return [FULL, *[name for name in names if name != FULL]] if FULL in names else names
 
     @property
     def has_text(self) -> bool:
-        encoder = self.manifest["encoder"]
-        return encoder["space"] == "clip" and bool(encoder["clip_name"])
+        encoder = self.manifest.encoder
+        return encoder.space == "clip" and bool(encoder.clip_name)
 
     @property
     def count(self) -> int:
-        return int(self.manifest["counts"].get("images", 0))
+        return self.manifest.counts.images
 
     def info(self) -> dict[str, Any]:
+        from compsearch.indexer.info import index_info
+
         return index_info(self.folder)
 
     def record(self, image_id: int) -> dict[str, Any]:
@@ -143,40 +148,46 @@ class SearchIndex:
         return self._once("_text_model", self._load_text_model)
 
     def _clip_is_the_model(self) -> bool:
-        recorded = self.manifest["encoder"]
-        return (recorded["clip_name"], recorded["clip_weights_id"]) == (recorded["model_name"],
-                                                                        recorded["model_weights_id"])
+        recorded = self.manifest.encoder
+        return (recorded.clip_name, recorded.clip_weights_id) == (recorded.model_name, recorded.model_weights_id)
 
     def _load_text_model(self) -> LoadedModel:
-        recorded = self.manifest["encoder"]
+        from compsearch.indexer.artifacts import IndexMismatchError, check_model
+
+        recorded = self.manifest.encoder
         if self._given_clip is None and self._clip_is_the_model():
-            model = self._given_model or self._load(recorded["model_name"], recorded["model_weights_id"], self._weights)
+            model = self._given_model or self._load(recorded.model_name, recorded.model_weights_id, self._weights)
             check_model(recorded, model, self.folder)
             return model
-        clip = self._given_clip or self._load(recorded["clip_name"], recorded["clip_weights_id"], self._clip_weights)
-        if (clip.name, clip.weights_id) != (recorded["clip_name"], recorded["clip_weights_id"]):
+        clip = self._given_clip or self._load(recorded.clip_name, recorded.clip_weights_id, self._clip_weights)
+        if (clip.name, clip.weights_id) != (recorded.clip_name, recorded.clip_weights_id):
             raise IndexMismatchError(
-                f"{self.folder} embeds text with {recorded['clip_name']} weights {recorded['clip_weights_id']}, "
+                f"{self.folder} embeds text with {recorded.clip_name} weights {recorded.clip_weights_id}, "
                 f"the weights loaded are {clip.name} {clip.weights_id}",
                 "pass the CLIP weights the index's aligner was trained to (--clip-weights)",
             )
         return clip
 
     def _build_encoder(self) -> PropertyEncoder:
-        recorded = self.manifest["encoder"]
+        from compsearch.indexer.artifacts import encoder_for_manifest
+
+        recorded = self.manifest.encoder
         clip = self.text_model if self.has_text else None
         model = self._given_model or (clip if clip is not None and self._clip_is_the_model() else
-                                      self._load(recorded["model_name"], recorded["model_weights_id"], self._weights))
+                                      self._load(recorded.model_name, recorded.model_weights_id, self._weights))
         return encoder_for_manifest(self.manifest, self.folder, model, clip)
 
     def _load(self, name: str, recorded_weights: str, weights: str | Path | None) -> LoadedModel:
+        from compsearch.indexer.artifacts import IndexMismatchError, find_artifact
+        from compsearch.mapping.models import RANDOM_INIT, load_model
+
         if recorded_weights == RANDOM_INIT:
             raise IndexMismatchError(
                 f"{self.folder} was built with a randomly initialised {name}: its vectors cannot be made again",
                 "query it by id, or rebuild the index with real weights",
             )
-        recorded_file = self.manifest.get("model_weights")
-        if weights is None and recorded_file and recorded_file["id"] == recorded_weights:
+        recorded_file = self.manifest.model_weights
+        if weights is None and recorded_file is not None and recorded_file.id == recorded_weights:
             weights = find_artifact(recorded_file, self.folder)  # None: the usual lookup (weights dir, hub cache)
         return load_model(name, weights=weights, device=self.device)
 
@@ -185,14 +196,14 @@ class SearchIndex:
         if name not in self._indexes:
             with self._lock:
                 if name not in self._indexes:
-                    entry = self.manifest["indexes"][name]
-                    index = read_faiss_index(self.folder / entry["file"], entry.get("search_parameters") or {})
+                    entry = self.manifest.indexes[name]
+                    index = read_faiss_index(self.folder / entry.file, entry.search_parameters)
                     self._exact[name] = keeps_exact_vectors(index)
                     self._indexes[name] = index
         return self._indexes[name]
 
     def _check_property(self, name: str) -> None:
-        if name not in self.manifest["indexes"]:
+        if name not in self.manifest.indexes:
             raise UnknownPropertyError(f"no property {name!r} in {self.folder}",
                                        f"this index has {', '.join(self.properties)}")
 
@@ -294,14 +305,28 @@ class SearchIndex:
                 vectors[i] = self.stored_vectors(term.property_name, [term.id])[0]
         if texts and not self.has_text:
             raise NoTextEncoderError(
-                f"{self.folder} holds vectors in {self.manifest['encoder']['model_name']}'s own space: "
+                f"{self.folder} holds vectors in {self.manifest.encoder.model_name}'s own space: "
                 "there is no text encoder for it",
                 "query it by image or id, or rebuild it with an aligner into a CLIP (`compsearch index --aligner`)",
             )
         for name, members in texts.items():
-            embedded = embed_texts(self.text_model, [terms[i].text for i in members], self._templates(name))
-            for i, vector in zip(members, embedded.numpy()):
+            for i, vector in zip(members, self._text_vectors(name, [terms[i].text for i in members])):
                 vectors[i] = vector
+        if images:
+            for i, vector in self._image_vectors(terms, images).items():
+                vectors[i] = vector
+        return [np.ascontiguousarray(vector, dtype=np.float32) for vector in vectors]
+
+    def _text_vectors(self, name: str, texts: list[str]) -> np.ndarray:
+        from compsearch.mapping.encoder import embed_texts
+
+        return embed_texts(self.text_model, texts, self._templates(name)).numpy()
+
+    def _image_vectors(self, terms: list[Term], images: list[int]) -> dict[int, np.ndarray]:
+        """The query vector of each image term (by position in ``terms``)."""
+        import torch
+
+        vectors = {}
         # One decomposition per distinct image gives every property's vector: terms naming the
         # same image (a path, or the very same object) share it.
         distinct: dict[object, list[int]] = {}
@@ -318,11 +343,13 @@ class SearchIndex:
             for row, group in enumerate(members):
                 for i in group:
                     vectors[i] = torch.nn.functional.normalize(encoded[terms[i].property_name][row], dim=0).numpy()
-        return [np.ascontiguousarray(vector, dtype=np.float32) for vector in vectors]
+        return vectors
 
     def _templates(self, name: str) -> list[str]:
-        entry = (self.manifest.get("properties") or {}).get(name) or {}
-        return list(entry.get("templates") or templates_for(name))
+        from compsearch.indexer.artifacts import templates_for
+
+        entry = self.manifest.properties.get(name)
+        return list(entry.templates if entry is not None and entry.templates else templates_for(name))
 
     def _results(self, terms: list[Term], ranked: Ranked, k: int, threshold: float | None, offset: int,
                  where: str | None) -> SearchResults:

@@ -15,9 +15,9 @@ from typing import Any, Union
 
 import PIL.Image
 
+from compsearch.mapping.names import FULL
 from compsearch.search.errors import QueryError
 
-FULL = "full"
 MAX_K = 10_000
 MAX_DEPTH = 100_000  # offset + k: how deep a page may reach into the ranking
 KINDS = ("text", "image", "id")

@@ -8,10 +8,8 @@ import faiss
 import numpy as np
 
 from compsearch.indexer.faiss_choice import normalised
-from compsearch.indexer.store import IndexStore, arrow_to_vectors, vector_column
+from compsearch.indexer.store import IDENTITY_COLUMNS, IndexStore, arrow_to_vectors, vector_column
 from compsearch.search.errors import UnknownImageError
-
-NOT_METADATA = ("id", "key", "path", "sha256")
 
 
 def keeps_exact_vectors(index: faiss.Index) -> bool:
@@ -61,5 +59,5 @@ class StoredRows:
 
 def split_record(record: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(identity, metadata)`` of a stored row: id/key/path/sha256 apart from the carried rest."""
-    identity = {key: record.get(key) for key in NOT_METADATA}
-    return identity, {key: value for key, value in record.items() if key not in NOT_METADATA}
+    identity = {key: record.get(key) for key in IDENTITY_COLUMNS}
+    return identity, {key: value for key, value in record.items() if key not in IDENTITY_COLUMNS}

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 import PIL.Image
 import pytest
+import torch
 
 from compsearch.search.cli import COMMANDS, cli, main
 from tests.mapping.test_models import (  # noqa: F401  (fixtures, and the tiny CLIP writer)
@@ -107,6 +108,14 @@ def test_decompose_json_is_exact_and_sorted(monkeypatch, capsys, photos) -> None
         assert sum(component["share"] for component in image["top"]) == pytest.approx(1, abs=1e-6)
 
 
+@pytest.mark.parametrize("device", ["auto", "cpu"])
+def test_decompose_on_a_named_or_resolved_device(monkeypatch, capsys, photos, device: str) -> None:
+    """``auto`` is resolved (a GPU when torch sees one, else the CPU) before the model moves."""
+    code, out, err = run_cli(monkeypatch, capsys, "decompose", photos[0], *MODEL, "--device", device, "--json")
+    assert code == 0, err
+    assert json.loads(out)["images"][0]["relative_error"] < 1e-5
+
+
 def test_decompose_table_with_tokens(monkeypatch, capsys, photos) -> None:
     code, out, _ = run_cli(monkeypatch, capsys, "decompose", photos[0], *MODEL,
                            "--first-block", "-2", "--tokens", "--top", "3")
@@ -140,8 +149,14 @@ def test_decompose_token_shares_sum_to_one_over_all_tokens(monkeypatch, capsys, 
          "not a decomposable block"),
         (lambda tmp, photos: ["decompose", photos[0], "--model", "deit_tiny_patch16_224"], "--weights PATH"),
         (lambda tmp, photos: ["sample", "--weights", str(tmp / "none.safetensors")], "does not exist"),
+        (lambda tmp, photos: ["index", str(tmp), "--out", str(tmp / "out"), "--model", "deit_tiny_patch16_224",
+                              "--weights", str(tmp / "none.safetensors")], "does not exist"),
+        (lambda tmp, photos: ["decompose", photos[0], *MODEL, "--device", "nonsense"], "unknown device 'nonsense'"),
+        pytest.param(lambda tmp, photos: ["decompose", photos[0], *MODEL, "--device", "cuda"], "torch sees no GPU",
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
     ],
-    ids=["missing-image", "corrupt-image", "unknown-model", "bad-block", "missing-weights", "sample-bad-weights"],
+    ids=["missing-image", "corrupt-image", "unknown-model", "bad-block", "missing-weights", "sample-bad-weights",
+         "index-bad-weights", "unknown-device", "no-gpu"],
 )
 def test_user_errors_are_one_line_and_exit_2(
     monkeypatch, capsys, tmp_path, photos, offline_empty_cache, make_args, message  # noqa: F811
@@ -158,7 +173,7 @@ def _corrupt(folder: Path) -> str:
     return str(path)
 
 
-def test_demo_falls_back_to_random_weights_offline(monkeypatch, capsys, offline_empty_cache) -> None:  # noqa: F811
+def test_sample_falls_back_to_random_weights_offline(monkeypatch, capsys, offline_empty_cache) -> None:  # noqa: F811
     code, out, _ = run_cli(monkeypatch, capsys, "sample")
     assert code == 0
     assert "random initialisation" in out and "weights random-init" in out
@@ -166,7 +181,7 @@ def test_demo_falls_back_to_random_weights_offline(monkeypatch, capsys, offline_
     assert re.search(r"exact: Σ components = z to \d\.\de-0[6-9]", out)
 
 
-def test_demo_with_real_weights_sees_classes(monkeypatch, capsys, deit_tiny_weights, tmp_path) -> None:
+def test_sample_with_real_weights_sees_classes(monkeypatch, capsys, deit_tiny_weights, tmp_path) -> None:
     code, out, _ = run_cli(monkeypatch, capsys, "sample", "--weights", str(deit_tiny_weights),
                            "--save-image", str(tmp_path / "sample.png"))
     assert code == 0 and "random" not in out

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from compsearch.mapping.commands.options import emit, json_option
+from compsearch.mapping.commands.options import aligner_option, clip_weights_option, emit, json_option, model_options
 
 if TYPE_CHECKING:
     from compsearch.indexer.build import IndexSummary
@@ -28,12 +28,9 @@ def _parse_shard(_ctx: click.Context, _param: click.Parameter, value: str | None
 @click.argument("images", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="Index directory to create (or resume, or --append to).")
-@click.option("--model", "model_name", required=True, help="timm or open_clip name of the model to decompose.")
-@click.option("--weights", type=click.Path(path_type=Path), help="Local weights file or folder of the model.")
-@click.option("--random-init", is_flag=True, help="Random weights (trying the commands without files).")
-@click.option("--aligner", "aligner_path", type=click.Path(path_type=Path),
-              help="Aligner from `compsearch align`: vectors in CLIP space (text queries need it). "
-                   "Without one, vectors stay in the model's own space.")
+@model_options
+@aligner_option(purpose=": vectors in CLIP space (text queries need it); without one, vectors stay in the "
+                        "model's own space")
 @click.option("--ranking", "ranking_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Ranking from `compsearch rank`: one index per property (its top-k components summed).")
 @click.option("--property", "property_names", multiple=True, metavar="NAME|NAME=desc1,desc2|FILE",
@@ -41,21 +38,19 @@ def _parse_shard(_ctx: click.Context, _param: click.Parameter, value: str | None
                    "properties on the fly on --sample images of the collection (needs --clip, and --aligner "
                    "unless --model is that CLIP).")
 @click.option("--clip", "clip_name", help="open_clip model whose text encoder scores --property (on-the-fly ranking).")
-@click.option("--clip-weights", type=click.Path(path_type=Path), help="Local weights of --clip.")
+@clip_weights_option
 @click.option("--sample", default=1000, show_default=True, type=click.IntRange(min=2),
               help="Images of the collection the on-the-fly ranking is scored on.")
 @click.option("--index", "index_type", default="auto", show_default=True,
               help="faiss index_factory string (Flat, HNSW32, IVF4096,Flat, IVF4096,PQ64) or auto "
                    "(from the collection's size and --memory).")
 @click.option("--memory", "memory_gb", type=float, help="Memory budget of each FAISS index in GiB (default: half the RAM).")
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Images per forward pass.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0),
               help="Decoding processes beside the model (0: decode in the main process).")
 @click.option("--chunk-size", default=1024, show_default=True, type=click.IntRange(min=1),
               help="Images per shard: the most an interruption can lose.")
 @click.option("--gpu-jpeg/--pil-jpeg", "jpeg_on_device", default=True, show_default=True,
               help="On a GPU, decode JPEGs there (nvjpeg) instead of with PIL in the workers.")
-@click.option("--device", default="auto", show_default=True, help="auto (cuda when available), cpu, cuda, cuda:1 …")
 @click.option("--shard", callback=_parse_shard, metavar="I/N",
               help="Take share I of N (0 <= I < N) of the collection's chunks, so N processes (GPUs, or "
                    "machines sharing --out) split one run; then run the same command without --shard "

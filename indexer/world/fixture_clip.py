@@ -33,7 +33,6 @@ import os
 import shutil
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -54,8 +53,8 @@ from compsearch.indexer.world.render import render_image
 from compsearch.indexer.world.splits import SPLITS
 from compsearch.indexer.world.zero_shot import zero_shot_accuracy
 from compsearch.mapping.cache import CACHE_ENV, cache_dir
-from compsearch.mapping.errors import CompsearchError
-from compsearch.mapping.models import LoadedModel, load_model
+from compsearch.mapping.errors import CompsearchError, warn
+from compsearch.mapping.models import LoadedModel
 
 MODEL_NAME = "compsearch-world-clip"
 MODEL_CONFIG_PATH = Path(__file__).with_name(f"{MODEL_NAME}.json")
@@ -284,8 +283,8 @@ def fixture_clip_dir(config: TrainingConfig = TrainingConfig(), rebuild: bool = 
         shipped = shipped_key()
         if shipped == folder.name:
             return _publish(folder, _materialise, replace=False)
-        warnings.warn(f"the package's fixture CLIP ({shipped or 'missing'}) is not {folder.name}, this code's: "
-                      "training it; then ship it with `python -m indexer.world.fixture_clip --export`", stacklevel=2)
+        warn(f"the package's fixture CLIP ({shipped or 'missing'}) is not {folder.name}, this code's: training it",
+             "then ship it with `python -m compsearch.indexer.world.fixture_clip --export`")
     return _publish(folder, lambda staging: train(config, staging), replace=True)
 
 
@@ -328,11 +327,6 @@ def training_report(folder: Path) -> FixtureReport:
     data = json.loads((folder / REPORT_NAME).read_text())
     known = {field.name for field in fields(FixtureReport)}
     return FixtureReport(model=f"local-dir:{folder}", **{key: value for key, value in data.items() if key in known})
-
-
-def load_fixture_clip(config: TrainingConfig = TrainingConfig()) -> LoadedModel:
-    """The fixture through the project's one loader, exactly as a real open_clip model loads."""
-    return load_model(f"local-dir:{fixture_clip_dir(config)}")
 
 
 @click.command()

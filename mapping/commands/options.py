@@ -51,6 +51,9 @@ def _existing_aligner(ctx: click.Context, param: click.Parameter, value: Path | 
     return value
 
 
+# Every command's --device: checked (and ``auto`` resolved) by mapping.models.resolve_device.
+device_option = click.option("--device", default="auto", show_default=True,
+                             help="torch device: auto (a GPU when torch sees one, else the CPU), cpu, cuda, cuda:1 …")
 model_options = options(
     click.option("--model", "model_name", required=True, metavar="NAME",
                  help="timm name (deit_base_patch16_224, vit_base_patch16_224.dino, …), open_clip NAME:PRETRAINED "
@@ -60,7 +63,7 @@ model_options = options(
     click.option("--random-init", is_flag=True,
                  help="Random weights (in align, the CLIP's too): try commands without weight files; the "
                       "components then mean nothing."),
-    click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cuda."),
+    device_option,
     click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
                  help="Images per forward pass."),
 )

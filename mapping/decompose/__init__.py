@@ -19,6 +19,7 @@ from compsearch.mapping.decompose.base import (
     register_adapter,
     registered_adapters,
 )
+from compsearch.mapping.decompose.store import StoredArray, StoredComponents
 
 # Importing the family modules registers their adapters.
 from compsearch.mapping.decompose import families  # noqa: F401  (registration side effect)
@@ -30,16 +31,39 @@ def decompose(
     first_block: str | int | None = None,
     split_tokens: bool = False,
     model_name: str | None = None,
+    store: bool = False,
 ) -> Decomposition:
     """Decompose ``model``'s representation of ``images`` (a preprocessed batch).
 
     ``first_block``: name or index of the first decomposed block, ``"all"``, or None for
-    the paper's default range. ``split_tokens`` also splits every head by token.
+    the paper's default range. ``split_tokens`` also splits every head by token. ``store``
+    also keeps the compact form as ``Decomposition.stored`` (from the same pass, at no cost:
+    the components are computed from it).
     Cheap to call per batch or per query: the model's adapter is built once and kept on
     the model; calls on one model run one at a time (its hooks live on the model).
     """
     adapter = adapter_for(model, model_name or model_display_name(model))
-    return adapter.decompose(images, adapter.resolve_first_block(first_block), split_tokens)
+    return adapter.decompose(images, adapter.resolve_first_block(first_block), split_tokens, store)
+
+
+def store_rows(
+    model: nn.Module,
+    images: torch.Tensor,
+    first_block: str | int | None = None,
+    dtype: str = "fp16",
+    model_name: str | None = None,
+) -> StoredComponents:
+    """The component store of ``images``: what :func:`expand` rebuilds their components from,
+    arrays in ``dtype`` ("fp16" or "fp32"), scalars in fp32. One forward pass; to keep the
+    decomposition too, call ``decompose(..., store=True)`` and ``.stored.to(dtype)``."""
+    return decompose(model, images, first_block, model_name=model_name, store=True).stored.to(dtype)
+
+
+def expand(stored: StoredComponents, model: nn.Module) -> torch.Tensor:
+    """The components (batch, components, dim) in z-space that ``stored`` holds, equal to
+    ``decompose(...).contributions`` of the same images (names: ``stored.names``), from the
+    weights of ``model`` alone: no image passes through the model."""
+    return adapter_for(model, stored.model_name).expand(stored)
 
 
 def model_output(model: nn.Module, images: torch.Tensor, model_name: str | None = None) -> torch.Tensor:
@@ -58,12 +82,16 @@ __all__ = [
     "Adapter",
     "Decomposition",
     "HookScope",
+    "StoredArray",
+    "StoredComponents",
     "TokenSplit",
     "adapter_for",
     "cached_adapter",
     "decompose",
+    "expand",
     "linearised_layer_norm",
     "model_output",
     "register_adapter",
     "registered_adapters",
+    "store_rows",
 ]

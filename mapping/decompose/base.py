@@ -34,6 +34,7 @@ from typing import ClassVar, Generic, TypeVar
 import torch
 from torch import nn
 
+from compsearch.mapping.decompose.store import StoredArray, StoredComponents
 from compsearch.mapping.errors import CompsearchError, UnsupportedModelError
 
 
@@ -62,6 +63,7 @@ class Decomposition:
     contributions: torch.Tensor  # (batch, components, dim)
     output: torch.Tensor  # (batch, dim): the model's own output z
     token_splits: list[TokenSplit] | None = None
+    stored: StoredComponents | None = None  # the compact form, on request (``store=True``)
 
     def __post_init__(self) -> None:
         if self.contributions.shape[1] != len(self.names):
@@ -94,8 +96,9 @@ class Decomposition:
 
 
 CaptureT = TypeVar("CaptureT")
-# What a family's ``_split`` returns: names, contributions (batch, components, dim), token splits.
-Split = tuple[list[str], torch.Tensor, list[TokenSplit] | None]
+# What a family's ``_compact`` returns: the component names, the stored arrays in forward
+# order, and the geometry (JSON values) its ``_expand`` needs besides the weights.
+Compact = tuple[list[str], dict[str, StoredArray], dict]
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -146,7 +149,10 @@ class Adapter(Generic[CaptureT]):
       ``LoadedModel.encode_images``);
     - :meth:`_check_supported`: raises :meth:`unsupported` for configurations it cannot split;
     - :meth:`_hook`: installs the hooks of one pass and returns what they will fill;
-    - :meth:`_split`: turns that and z into named components.
+    - :meth:`_compact`: turns that into the compact, exact form of the components (the
+      component store, see ``store.py``), and :meth:`_expand` that form into the components:
+      ``decompose`` runs both, so the store and the decomposition are one computation;
+    - :meth:`_token_splits`: the heads split by token, on request.
     """
 
     module_classes: ClassVar[tuple[type[nn.Module], ...]] = ()
@@ -186,8 +192,17 @@ class Adapter(Generic[CaptureT]):
         """Install, on ``hooks``, what one forward pass must keep from ``block_names()[first:]``."""
         raise NotImplementedError
 
-    def _split(self, captured: CaptureT, images: torch.Tensor, z: torch.Tensor, split_tokens: bool) -> Split:
-        """The named components (and token splits) from what the hooks kept, in inference mode."""
+    def _compact(self, captured: CaptureT, images: torch.Tensor) -> Compact:
+        """The stored form of the components from what the hooks kept, in inference mode."""
+        raise NotImplementedError
+
+    def _expand(self, stored: StoredComponents, captured: CaptureT | None) -> torch.Tensor:
+        """The components (batch, components, dim) from their stored form; ``captured`` is the
+        pass's own capture when there is one (what it already holds need not be rebuilt)."""
+        raise NotImplementedError
+
+    def _token_splits(self, captured: CaptureT, images: torch.Tensor) -> list[TokenSplit]:
+        """Every decomposed attention's heads split by token, after :meth:`_compact`."""
         raise NotImplementedError
 
     def output(self, images: torch.Tensor) -> torch.Tensor:
@@ -196,17 +211,40 @@ class Adapter(Generic[CaptureT]):
             return self._forward(images)
 
     def decompose(
-        self, images: torch.Tensor, first_block: str, split_tokens: bool
+        self, images: torch.Tensor, first_block: str, split_tokens: bool, store: bool = False
     ) -> Decomposition:
-        """Split z of ``images`` from the block named ``first_block`` on (see :meth:`resolve_first_block`)."""
+        """Split z of ``images`` from the block named ``first_block`` on (see :meth:`resolve_first_block`);
+        with ``store`` the decomposition also carries its compact form (in the model's dtype)."""
         self.require_eval_mode()
         first = self.block_names().index(first_block)
         with self._lock, torch.inference_mode():
             with HookScope() as hooks:
                 captured = self._hook(hooks, first, split_tokens)
                 z = self._forward(images)
-            names, contributions, token_splits = self._split(captured, images, z, split_tokens)
-        return Decomposition(self.model_name, names, contributions, z, token_splits)
+            names, arrays, geometry = self._compact(captured, images)
+            stored = StoredComponents(self.model_name, self.family, first_block, names, arrays, geometry)
+            contributions = self._expand(stored, captured)
+            token_splits = self._token_splits(captured, images) if split_tokens else None
+        return Decomposition(self.model_name, names, contributions, z, token_splits, stored if store else None)
+
+    def expand(self, stored: StoredComponents) -> torch.Tensor:
+        """The components (batch, components, dim) that ``stored`` holds, in the model's dtype."""
+        if stored.family != self.family or stored.first_block not in self.block_names():
+            raise CompsearchError(
+                f"the component store is from a {stored.family} model decomposed from {stored.first_block}, "
+                f"not from {self.model_name} ({self.family})",
+                "expand a store with the model that wrote it, or rebuild the store",
+            )
+        parameter = next(self.model.parameters())
+        stored = stored.to(parameter.dtype, parameter.device)
+        with self._lock, torch.inference_mode():
+            try:
+                return self._expand(stored, None)
+            except (RuntimeError, AttributeError, KeyError, IndexError) as error:
+                raise CompsearchError(
+                    f"the component store does not fit {self.model_name} ({error})",
+                    "expand a store with the model that wrote it, or rebuild the store",
+                ) from None
 
     def unsupported(self, what: str, hint: str | None = None) -> UnsupportedModelError:
         """The refusal of a model configuration: ``what`` it has, and what to use instead."""
@@ -323,14 +361,19 @@ def linearised_layer_norm(
     and divided by the *stream's* σ (biased variance, the module's eps) and scaled by γ;
     β is returned apart so the caller can route it to the ``bias`` component.
     """
-    inverse_sigma = layer_norm_inverse_sigma(stream, norm).unsqueeze(-2)
+    return frozen_layer_norm(components, layer_norm_inverse_sigma(stream, norm), norm)
+
+
+def frozen_layer_norm(
+    components: torch.Tensor, inverse_sigma: torch.Tensor, norm: nn.LayerNorm | nn.Module
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`linearised_layer_norm` with the stream's 1/σ (…, 1) given (e.g. stored) rather than computed."""
     centred = components - components.mean(dim=-1, keepdim=True)
     weight = norm.weight if getattr(norm, "weight", None) is not None else 1.0
-    normalised = centred * inverse_sigma * weight
-    beta = norm.bias if getattr(norm, "bias", None) is not None else torch.zeros(
-        stream.shape[-1], dtype=stream.dtype, device=stream.device
-    )
-    return normalised, beta.expand_as(stream)
+    normalised = centred * inverse_sigma.unsqueeze(-2) * weight
+    shape = (*components.shape[:-2], components.shape[-1])
+    beta = norm.bias if getattr(norm, "bias", None) is not None else components.new_zeros(components.shape[-1])
+    return normalised, beta.expand(shape)
 
 
 

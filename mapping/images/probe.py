@@ -6,16 +6,14 @@ not the run, and the files skipped are reported in one warning with their count.
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Iterator, Sequence
 
 from tqdm import tqdm
 
-from compsearch.mapping.errors import CompsearchError
+from compsearch.mapping.errors import CompsearchError, warn
 from compsearch.mapping.images.loader import DEFAULT_CHUNK_SIZE, Batch, Transform, iter_batches
 from compsearch.mapping.images.sources import IMAGE_SUFFIXES, ImageRecord, ImageSource, SourceSpec, open_source
 
-log = logging.getLogger(__name__)  # no logging set up: Python prints warnings as bare lines on stderr
 REASONS_SHOWN = 3
 
 
@@ -36,8 +34,8 @@ def warn_skipped(source: ImageSource, skipped: Sequence[tuple[ImageRecord, str]]
         return
     reasons = "; ".join(reason for _, reason in skipped[:REASONS_SHOWN])
     more = f"; and {len(skipped) - REASONS_SHOWN} more" if len(skipped) > REASONS_SHOWN else ""
-    log.warning("warning: skipped %d of %d images of %s that could not be read (%s%s); "
-                "the others were used", len(skipped), total, source.description, reasons, more)
+    warn(f"skipped {len(skipped)} of {total} images of {source.description} that could not be read "
+         f"({reasons}{more}); the others were used")
 
 
 def probe_batches(

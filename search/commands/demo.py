@@ -17,7 +17,7 @@ def _default_workdir() -> Path:
 @click.command("demo")
 @click.option("--weights", type=click.Path(path_type=Path, exists=True),
               help="Real DeiT-tiny weights (file or folder): decompose DeiT-tiny aligned to the fixture CLIP. "
-                   "Found by itself in $COMPSEARCH_WEIGHTS_DIR or ../shared beside a checkout.")
+                   "Found by itself in $COMPSEARCH_WEIGHTS_DIR.")
 @click.option("--model", "model_choice", type=click.Choice(["auto", "deit", "fixture"]), default="auto",
               show_default=True, help="deit: real DeiT-tiny aligned to the fixture CLIP; fixture: the fixture "
                                       "CLIP decomposes itself; auto: deit when its weights are found.")

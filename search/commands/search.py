@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from compsearch.mapping.commands.options import json_option
+from compsearch.mapping.commands.options import device_option, json_option
 from compsearch.search.results import FORMATS
 
 
@@ -33,7 +33,7 @@ from compsearch.search.results import FORMATS
 @click.option("--threshold", type=float, help="Keep only results whose total score is at least this.")
 @click.option("--weights", type=click.Path(path_type=Path), help="The model's weights file, if not found where it was when indexing.")
 @click.option("--clip-weights", type=click.Path(path_type=Path), help="The CLIP's weights file (for --text), likewise.")
-@click.option("--device", default="cpu", show_default=True, help="Where reference images are decomposed: cpu, cuda, auto.")
+@device_option
 @json_option
 def search_command(index_dir: Path, text: str | None, image: str | None, image_id: int | None,
                    property_name: str | None, weight: float, and_terms: tuple[str, ...], not_terms: tuple[str, ...],

@@ -5,6 +5,9 @@ from pathlib import Path
 
 import click
 
+from compsearch.mapping.commands.options import device_option
+from compsearch.mapping.errors import warn
+
 TOKEN_ENV = "COMPSEARCH_TOKEN"
 
 
@@ -22,7 +25,7 @@ TOKEN_ENV = "COMPSEARCH_TOKEN"
               help="Folder for thumbnails (default: $COMPSEARCH_CACHE/thumbnails).")
 @click.option("--max-upload-mb", default=20.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Largest reference image accepted, in MB.")
-@click.option("--device", default="auto", show_default=True, help="auto (cuda when available), cpu, cuda, …")
+@device_option
 def serve_command(index_dir: Path, host: str, port: int, token: str | None, roots: tuple[Path, ...],
                   cache_dir: Path | None, max_upload_mb: float, device: str) -> None:
     """Serve the index in INDEX_DIR over HTTP: a web page at / and a JSON API under /api
@@ -36,18 +39,17 @@ def serve_command(index_dir: Path, host: str, port: int, token: str | None, root
     Example:
       compsearch serve photos.index            # then open http://127.0.0.1:8000/
     """
-    from compsearch.indexer.api import resolve_device
     from compsearch.search.server.app import create_app
     from compsearch.search.server.guards import LOOPBACK_NAMES, is_loopback
     from compsearch.search.server.run import bind, serve, url
 
     exposed = not is_loopback(host)
     if exposed:
-        click.echo(f"warning: listening on {host}: anyone who can reach this machine can search and view the "
-                   f"indexed images{'' if token else f'; set --token or ${TOKEN_ENV} to require a token'}", err=True)
+        warn(f"listening on {host}: anyone who can reach this machine can search and view the indexed images",
+             None if token else f"set --token or ${TOKEN_ENV} to require a token")
     sock = bind(host, port)  # a taken port fails before the models load
     app = create_app(index_dir, token=token, max_upload_bytes=int(max_upload_mb * (1 << 20)), roots=list(roots),
                      cache_dir=cache_dir, allowed_hosts=None if exposed else LOOPBACK_NAMES,
-                     device=resolve_device(device))
+                     device=device)
     click.echo(f"serving {index_dir} at {url(sock)}{f'?token={token}' if token else ''}")
     serve(app, sock)

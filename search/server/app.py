@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 
 from compsearch import search
 from compsearch.indexer.build import compsearch_version
-from compsearch.mapping.errors import CompsearchError, ImageReadError
+from compsearch.mapping.errors import CompsearchError, ImageReadError, warn
 from compsearch.search.errors import UnknownImageError
 from compsearch.search.server.files import CollectionFiles, ImageNotServedError, collection_roots, count_outside
 from compsearch.search.server.guards import (
@@ -118,9 +118,9 @@ def create_app(
     served_roots = collection_roots(index_dir, roots)
     refused = count_outside(index_dir, served_roots)
     if refused:
-        log.warning("%d indexed file(s) lie outside the collection folder(s) (%s) and will not be served; "
-                    "pass their folder with --root to serve them", refused,
-                    ", ".join(map(str, served_roots)) or "the index records none")
+        warn(f"{refused} indexed file(s) lie outside the collection folder(s) "
+             f"({', '.join(map(str, served_roots)) or 'the index records none'}) and will not be served",
+             "pass their folder with --root to serve them")
     files = CollectionFiles(index.record, served_roots)
     app = FastAPI(title="compsearch", version=compsearch_version(), docs_url=None, redoc_url=None,
                   openapi_url="/api/openapi.json")  # no /docs: the Swagger page loads from a CDN

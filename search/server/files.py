@@ -56,7 +56,7 @@ def collection_roots(index_dir: str | Path, roots: Sequence[str | Path] | None =
     until ``roots`` names their folder)."""
     if roots:
         return sorted({Path(os.path.realpath(Path(root).expanduser())) for root in roots})
-    recorded = (collection_root(run["source"]) for run in IndexStore(index_dir).read_manifest()["runs"])
+    recorded = (collection_root(run.source) for run in IndexStore(index_dir).read_manifest().runs)
     return sorted({Path(os.path.realpath(root)) for root in recorded if root is not None})
 
 

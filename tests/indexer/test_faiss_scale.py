@@ -11,7 +11,7 @@ import pytest
 from compsearch.indexer.faiss_choice import build_index, choose_factory, new_index, normalised
 from compsearch.indexer.faiss_ondisk import add_parts, lists_path, merge_parts, read_faiss
 from compsearch.indexer.faiss_tuning import HeldOut, set_search_parameters
-from compsearch.indexer.store import IndexDirectoryError
+from compsearch.indexer.manifest import IndexDirectoryError
 from compsearch.search.index import read_faiss_index
 
 DIM = 32

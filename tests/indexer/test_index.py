@@ -21,6 +21,7 @@ import torch
 from compsearch.indexer.build import IndexSettings, Indexer
 from compsearch.indexer.info import format_info, index_info
 from compsearch.indexer.known_files import KnownFiles
+from compsearch.indexer.manifest import Counts
 from compsearch.indexer.ranking_on_the_fly import sample_source
 from compsearch.indexer.store import IndexStore
 from compsearch.indexer.world import get_split, write_split
@@ -86,12 +87,12 @@ def test_world_folder_indexes_into_a_valid_directory(model, world, artifacts, tm
     assert summary.images == summary.added == 20 and summary.skipped == 0
     store = IndexStore(out)
     manifest = store.read_manifest()
-    assert set(manifest["indexes"]) == {"full", "colour", "shape"}
-    assert manifest["properties"]["shape"]["components"] == ["blocks.9.attn.h2", "blocks.11.mlp", "init"]
+    assert set(manifest.indexes) == {"full", "colour", "shape"}
+    assert manifest.properties["shape"].components == ["blocks.9.attn.h2", "blocks.11.mlp", "init"]
     # text queries embed a property's values as the ranking scored them, else with the built-in templates
-    assert manifest["properties"]["shape"]["templates"] == ["the outline of a {} thing."]
-    assert manifest["properties"]["colour"]["templates"] == list(builtin_property("colour").templates)
-    assert manifest["aligner"]["id"] and manifest["ranking"]["id"] and manifest["encoder"]["space"] == "clip"
+    assert manifest.properties["shape"].templates == ["the outline of a {} thing."]
+    assert manifest.properties["colour"].templates == list(builtin_property("colour").templates)
+    assert manifest.aligner.id and manifest.ranking.id and manifest.encoder.space == "clip"
     table = ds.dataset(out / "shards").to_table()  # readable without compsearch
     assert sorted(table.column("id").to_pylist()) == list(range(20))
     for name in ("full", "colour", "shape"):
@@ -136,7 +137,7 @@ def test_model_space_index_without_aligner_holds_z(model, world, tmp_path) -> No
     row = table.to_pylist()[0]
     z = model.encode_images(model.preprocess(read_image(row["path"]))[None])[0]
     torch.testing.assert_close(torch.tensor(row["vector.full"], dtype=torch.float32), z, rtol=2e-3, atol=5e-3)
-    assert IndexStore(out).read_manifest()["encoder"]["space"] == "model"
+    assert IndexStore(out).read_manifest().encoder.space == "model"
 
 
 def test_parquet_and_csv_and_list_sources_carry_metadata(model, world, tmp_path) -> None:
@@ -153,7 +154,7 @@ def test_parquet_and_csv_and_list_sources_carry_metadata(model, world, tmp_path)
     listing = tmp_path / "list.txt"
     listing.write_text("# world renders\n" + "\n".join(f"train/{i:06d}.png" for i in range(5)) + "\n\n")
     _index(model, listing, tmp_path / "list")
-    assert IndexStore(tmp_path / "list").read_manifest()["counts"]["images"] == 5
+    assert IndexStore(tmp_path / "list").read_manifest().counts.images == 5
 
 
 def test_append_adds_only_new_files_and_keeps_ids(model, world, tmp_path) -> None:
@@ -200,7 +201,7 @@ def test_shards_split_a_run_and_a_plain_run_builds_the_indexes(model, world, tmp
     out = tmp_path / "sharded"
     first = _sharded(model, images, out, (1, 3))
     assert (first.shard, first.added, first.chunks_left) == ("1/3", 6, 5) and not list(out.glob("*.faiss"))
-    assert IndexStore(out).read_manifest()["runs"][0]["status"] == "running"
+    assert IndexStore(out).read_manifest().runs[0].status == "running"
     assert _sharded(model, images, out, (1, 3)).added == 0  # a finished shard rerun has nothing to do
     for shard in (0, 2):
         _sharded(model, images, out, (shard, 3))
@@ -211,7 +212,7 @@ def test_shards_split_a_run_and_a_plain_run_builds_the_indexes(model, world, tmp
     assert table.column("id").to_pylist() == list(range(20)) and table.column("key") == expected.column("key")
     assert table.column("vector.full") == expected.column("vector.full")  # the same vectors as one process
     assert faiss.read_index(str(out / "full.faiss")).ntotal == 20
-    assert IndexStore(out).read_manifest()["runs"][0]["status"] == "complete"
+    assert IndexStore(out).read_manifest().runs[0].status == "complete"
 
 
 def test_a_file_two_shards_both_indexed_is_kept_once_by_the_plain_run(model, world, tmp_path, monkeypatch) -> None:
@@ -246,7 +247,7 @@ def test_an_index_built_with_another_model_or_ranking_is_refused(model, world, a
     with pytest.raises(CompsearchError, match="another model, weights, aligner or ranking"):
         _index(model, world / "train", out, artifacts, mode="append")
     summary = _index(model, world / "train", out, artifacts, mode="overwrite")
-    assert summary.images == 20 and IndexStore(out).read_manifest()["encoder"]["space"] == "clip"
+    assert summary.images == 20 and IndexStore(out).read_manifest().encoder.space == "clip"
 
 
 def test_out_folder_with_other_files_is_refused(model, world, tmp_path) -> None:
@@ -328,7 +329,7 @@ def test_imagenet_sample_indexes_with_real_weights(deit_tiny_weights, imagenet_s
                               capture_output=True, text=True, timeout=1800)
     assert finished.returncode == 0, finished.stderr
     store = IndexStore(out)
-    assert store.read_manifest()["counts"] == {"images": 800, "skipped": 0, "duplicates": 0}
+    assert store.read_manifest().counts == Counts(images=800, skipped=0, duplicates=0)
     index = faiss.read_index(str(out / "full.faiss"))
     ids = np.arange(0, 800, 37)
     queries = np.stack([index.reconstruct(int(i)) for i in ids])
@@ -365,9 +366,9 @@ def test_properties_ranked_on_the_fly_with_the_model_as_its_own_clip(fixture_cli
     summary = build_index(world / "train", out, clip, properties=["colour=red,green,blue", "shape=circle,star"],
                           clip=clip, settings=SETTINGS, sample=12)
     manifest = IndexStore(out).read_manifest()
-    assert summary.images == 20 and set(manifest["indexes"]) == {"full", "colour", "shape"}
-    assert manifest["properties"]["colour"]["components"] and "bias" not in manifest["properties"]["colour"]["components"]
-    assert (out / "artifacts" / "ranking.json").is_file() and manifest["aligner"]["relative_path"].startswith("artifacts")
+    assert summary.images == 20 and set(manifest.indexes) == {"full", "colour", "shape"}
+    assert manifest.properties["colour"].components and "bias" not in manifest.properties["colour"].components
+    assert (out / "artifacts" / "ranking.json").is_file() and manifest.aligner.relative_path.startswith("artifacts")
 
 
 def test_properties_without_ranking_or_clip_are_refused(model, world, tmp_path) -> None:

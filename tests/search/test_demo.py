@@ -21,12 +21,12 @@ def test_demo_runs_the_whole_flow_and_a_rerun_reuses_it(fixture_clip, tmp_path) 
     assert all(0 <= f.precision_full_index <= 1 for f in report.figures)
     assert report.examples and all(len(example["results"]) == 5 for example in report.examples)
     manifest = IndexStore(report.index_dir).read_manifest()
-    assert set(manifest["indexes"]) == {"full", *DESCRIPTIONS} and manifest["counts"]["images"] == 60
+    assert set(manifest.indexes) == {"full", *DESCRIPTIONS} and manifest.counts.images == 60
 
     result = CliRunner().invoke(cli, ["demo", "--model", "fixture", "--images", "60", "--workdir", str(tmp_path),
                                       "--json"])
     assert result.exit_code == 0, result.output
     rerun = json.loads(result.stdout)
-    assert IndexStore(report.index_dir).read_manifest()["runs"] == manifest["runs"]  # nothing rebuilt
+    assert IndexStore(report.index_dir).read_manifest().runs == manifest.runs  # nothing rebuilt
     assert [f["precision_property_index"] for f in rerun["figures"]] == [f.precision_property_index
                                                                           for f in report.figures]

@@ -36,11 +36,11 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_manifest_records_the_weights_file(root: Path) -> None:
-    entry = IndexStore(root / "index").read_manifest()["model_weights"]
-    assert Path(entry["path"]) == (root / "weights" / "deit.safetensors").resolve()
-    assert entry["relative_path"] == "../weights/deit.safetensors"
-    assert entry["id"] == load_model(MODEL, weights=root / "weights" / "deit.safetensors").weights_id
-    assert f"{entry['path']}), decomposed from" in format_info(index_info(root / "index"))  # `compsearch info` shows it
+    entry = IndexStore(root / "index").read_manifest().model_weights
+    assert Path(entry.path) == (root / "weights" / "deit.safetensors").resolve()
+    assert entry.relative_path == "../weights/deit.safetensors"
+    assert entry.id == load_model(MODEL, weights=root / "weights" / "deit.safetensors").weights_id
+    assert f"{entry.path}), decomposed from" in format_info(index_info(root / "index"))  # `compsearch info` shows it
 
 
 def test_an_image_query_finds_the_recorded_weights(root: Path, tmp_path: Path) -> None:

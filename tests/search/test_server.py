@@ -278,7 +278,7 @@ def test_without_a_recorded_root_nothing_is_served_until_one_is_given(served_ind
     shutil.copytree(served_index.folder, copy)
     store = IndexStore(copy)
     manifest = store.read_manifest()
-    manifest["runs"][0]["source"] = "folder photos"  # as indexes built before sources were absolute
+    manifest.runs[0].source = "folder photos"  # as indexes built before sources were absolute
     store.write_manifest(manifest)
     assert collection_roots(copy) == [] and count_outside(copy, []) == IMAGES + 1
     assert collection_roots(copy, [served_index.collection]) == [served_index.collection.resolve()]

@@ -52,7 +52,7 @@ def test_a_text_query_loads_only_the_clip(built: tuple[Path, LoadedModel], monke
         loaded.append(name)
         return load_model(name, **options)
 
-    monkeypatch.setattr("compsearch.search.index.load_model", recording_load)
+    monkeypatch.setattr("compsearch.mapping.models.load_model", recording_load)
     index = search.open_index(folder)
     results = index.search(text="red", property="colour", k=5).results
     assert loaded == [clip.name]  # not the DeiT, whose random weights could not be made again

@@ -64,16 +64,20 @@ from torch import nn
 
 from compsearch.mapping.decompose.base import (
     Adapter,
+    Compact,
     HookScope,
-    Split,
     TokenSplit,
+    frozen_layer_norm,
     head_contributions,
+    layer_norm_inverse_sigma,
     linearised_layer_norm,
     project_heads,
     register_adapter,
 )
+from compsearch.mapping.decompose.store import HEAD, SCALAR, STREAM, StoredArray, StoredComponents
 
 PARTITIONS = ("attn_block", "attn_grid")
+HEAD_NORM_SCALE = "head.norm.inverse_sigma"  # the stored scalar: 1/σ of the pooled stream
 
 
 @dataclass
@@ -101,7 +105,7 @@ class _Landing:
 class _PartitionCapture:
     """One partition attention's branches, already pooled inside the hooks."""
 
-    heads: torch.Tensor | None = None  # (B, heads, C_here) before LayerScale
+    heads: torch.Tensor | None = None  # (B, heads, head_dim): A·V pooled over the queries, before proj
     tokens: torch.Tensor | None = None  # (B, heads, H·W, C_here) before LayerScale
     mlp: torch.Tensor | None = None  # (B, C_final)
     attention: torch.Tensor | None = None  # (B·windows, heads, keys): A weighted over queries
@@ -121,6 +125,7 @@ class _Captured:
     blocks: list[tuple[str, MaxxVitBlock]]  # the decomposed blocks, in forward order
     captures: list[_BlockCapture]
     landings: dict[str, _Landing] = field(default_factory=dict)  # planned when the stream enters the range
+    grid: tuple[int, int] = (0, 0)  # (H, W) of the stream entering the range: what the landings depend on
     init: torch.Tensor | None = None  # (B, C_final): the stream entering the range, pooled
     pooled: torch.Tensor | None = None  # (B, C_final): the head's pooled stream, the norm's input
 
@@ -199,6 +204,7 @@ class MaxVitAdapter(Adapter[_Captured]):
         captured = _Captured(blocks, [_BlockCapture() for _ in blocks])
 
         def plan_landings(stream: torch.Tensor) -> None:
+            captured.grid = tuple(stream.shape[-2:])
             captured.landings.update(self._plan_landings(blocks, stream))
             captured.init = captured.landings["init"].pool(stream.permute(0, 2, 3, 1))
 
@@ -214,34 +220,56 @@ class MaxVitAdapter(Adapter[_Captured]):
                 self._hook_partition(hooks, block_name, partition, partition_capture, landings, split_tokens)
         return captured
 
-    def _split(self, captured: _Captured, images: torch.Tensor, z: torch.Tensor, split_tokens: bool) -> Split:
-        blocks, landings = captured.blocks, captured.landings
-        names, parts = ["init"], [captured.init.unsqueeze(1)]
-        for (block_name, block), capture in zip(blocks, captured.captures):
-            landing = landings[block_name]
+    def _compact(self, captured: _Captured, images: torch.Tensor) -> Compact:
+        """Per head its A·V pooled over the queries with the landing's weights (head_dim), the
+        conv and MLP branches and ``init`` pooled into the final channels (width), and the head
+        norm's 1/σ of the pooled stream; the grid entering the range fixes the landings."""
+        names, arrays = ["init"], {"init": StoredArray(captured.init, STREAM, ["init"])}
+        for (block_name, block), capture in zip(captured.blocks, captured.captures):
+            arrays[f"{block_name}.conv"] = StoredArray(capture.conv, STREAM, [f"{block_name}.conv"])
             names.append(f"{block_name}.conv")
-            parts.append(capture.conv.unsqueeze(1))
             for partition_name, partition in self._partitions(block):
                 partition_capture = capture.partitions[partition_name]
-                heads = landing.to_final(partition.ls1(partition_capture.heads))
-                names += [f"{block_name}.{partition_name}.attn.h{k}" for k in range(heads.shape[1])]
-                names.append(f"{block_name}.{partition_name}.mlp")
-                parts += [heads, partition_capture.mlp.unsqueeze(1)]
-        # The downsampling biases join the stream (and its norm) as one more summand.
-        parts.append(self._shortcut_biases(blocks, landings, images.shape[0]).unsqueeze(1))
-        normalised, beta = linearised_layer_norm(torch.cat(parts, dim=1), captured.pooled, self.model.head.norm)
-        contributions = torch.cat([normalised[:, :-1], (normalised[:, -1] + beta).unsqueeze(1)], dim=1)
-        names.append("bias")
+                prefix = f"{block_name}.{partition_name}"
+                head_names = [f"{prefix}.attn.h{k}" for k in range(partition.attn.num_heads)]
+                arrays[f"{prefix}.attn"] = StoredArray(partition_capture.heads, HEAD, head_names)
+                arrays[f"{prefix}.mlp"] = StoredArray(partition_capture.mlp, STREAM, [f"{prefix}.mlp"])
+                names += [*head_names, f"{prefix}.mlp"]
+        arrays[HEAD_NORM_SCALE] = StoredArray(layer_norm_inverse_sigma(captured.pooled, self.model.head.norm), SCALAR)
+        return [*names, "bias"], arrays, {"grid": list(captured.grid)}
 
-        token_splits = None
-        if split_tokens:
-            token_splits = [
-                self._token_split(f"{block_name}.{partition_name}", partition, capture.partitions[partition_name],
-                                  landings[block_name], captured.pooled)
-                for (block_name, block), capture in zip(blocks, captured.captures)
-                for partition_name, partition in self._partitions(block)
-            ]
-        return names, contributions, token_splits
+    def _expand(self, stored: StoredComponents, captured: _Captured | None) -> torch.Tensor:
+        if captured is not None:
+            blocks, landings = captured.blocks, captured.landings
+        else:
+            blocks = self._blocks()[self.block_names().index(stored.first_block):]
+            scalar = stored.arrays[HEAD_NORM_SCALE].data
+            landings = self._plan_landings(blocks, scalar.new_zeros(1, 1, *stored.geometry["grid"]))
+        parts = []
+        for name, array in stored.arrays.items():
+            if array.space == HEAD:
+                block_name, partition_name, _ = name.rsplit(".", 2)
+                attn = self.model.get_submodule(f"{block_name}.{partition_name}.attn")
+                landing = landings[block_name]
+                # b_O / H per head, times the landing's mass (Σ_q w_q: 1 for plain average pools).
+                bias = attn.proj.bias * landing.mass if attn.proj.bias is not None else None
+                heads = project_heads(array.data, attn.proj.weight, bias)
+                parts.append(landing.to_final(self.model.get_submodule(f"{block_name}.{partition_name}").ls1(heads)))
+            elif array.space == STREAM:
+                parts.append(array.data.unsqueeze(1))
+        # The downsampling biases join the stream (and its norm) as one more summand.
+        parts.append(self._shortcut_biases(blocks, landings, stored.batch).unsqueeze(1))
+        normalised, beta = frozen_layer_norm(torch.cat(parts, dim=1), stored.arrays[HEAD_NORM_SCALE].data,
+                                             self.model.head.norm)
+        return torch.cat([normalised[:, :-1], (normalised[:, -1] + beta).unsqueeze(1)], dim=1)
+
+    def _token_splits(self, captured: _Captured, images: torch.Tensor) -> list[TokenSplit]:
+        return [
+            self._token_split(f"{block_name}.{partition_name}", partition, capture.partitions[partition_name],
+                              captured.landings[block_name], captured.pooled)
+            for (block_name, block), capture in zip(captured.blocks, captured.captures)
+            for partition_name, partition in self._partitions(block)
+        ]
 
     @staticmethod
     def _plan_landings(blocks: list[tuple[str, MaxxVitBlock]], stream: torch.Tensor) -> dict[str, _Landing]:
@@ -298,16 +326,12 @@ class MaxVitAdapter(Adapter[_Captured]):
 
         def keep_heads(windows: torch.Tensor) -> None:
             # Input of proj: per-head A·V, concatenated head-major, one row per query.
-            if split_tokens:
-                capture.tokens, capture.heads = _split_by_key(partition, capture, windows.shape, landings[block_name])
-                capture.attention = capture.values = None
-                return
             batch = windows.shape[0] // _windows_per_image(partition, landings[block_name])
             per_head = torch.einsum("wnd,wn->wd", windows.flatten(1, 2), spatial_weights(batch))
-            per_head = per_head.view(batch, -1, attn.num_heads, attn.dim_head).sum(1)
-            # b_O / H per head, times the landing's mass (Σ_q w_q: 1 for plain average pools).
-            bias = attn.proj.bias * landings[block_name].mass if attn.proj.bias is not None else None
-            capture.heads = project_heads(per_head, attn.proj.weight, bias)
+            capture.heads = per_head.view(batch, -1, attn.num_heads, attn.dim_head).sum(1)
+            if split_tokens:
+                capture.tokens = _split_by_key(partition, capture, windows.shape, landings[block_name])
+                capture.attention = capture.values = None
 
         hooks.on_input(attn.proj, keep_heads)
         # drop_path2 (an identity in eval) outputs ls2(mlp(·)), the branch added to the stream.
@@ -379,11 +403,10 @@ def _split_by_key(
     capture: _PartitionCapture,
     windows_shape: torch.Size,
     landing: _Landing,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> torch.Tensor:
     """Heads split by key token, tokens in row-major order of the feature map.
 
-    Returns ``(tokens (B, heads, H·W, C), heads (B, heads, C))`` with heads = tokens summed,
-    both before LayerScale and the channel landing (the caller applies those).
+    Returns (B, heads, H·W, C), before LayerScale and the channel landing (the caller applies those).
     """
     attn = partition.attn
     _, per_token = head_contributions(
@@ -393,5 +416,4 @@ def _split_by_key(
     windowed = per_token.permute(0, 2, 1, 3).reshape(*windows_shape[:3], -1)
     reverse = window_reverse if partition.partition_block else grid_reverse
     spatial = reverse(windowed, partition.partition_size, (height, width))  # (B, H, W, heads·C)
-    tokens = spatial.flatten(1, 2).unflatten(-1, (attn.num_heads, -1)).transpose(1, 2)
-    return tokens, tokens.sum(2)
+    return spatial.flatten(1, 2).unflatten(-1, (attn.num_heads, -1)).transpose(1, 2)

@@ -37,25 +37,31 @@ from torch import nn
 
 from compsearch.mapping.decompose.base import (
     Adapter,
+    Compact,
     HookScope,
-    Split,
     TokenSplit,
+    frozen_layer_norm,
     head_contributions,
+    layer_norm_inverse_sigma,
     linearised_layer_norm,
     project_heads,
     register_adapter,
 )
+from compsearch.mapping.decompose.store import HEAD, SCALAR, STREAM, StoredArray, StoredComponents
 
 BLOCKS = "visual.transformer.resblocks"
 DEFAULT_DECOMPOSED_BLOCKS = 5  # the paper's range for 12-block ViTs: blocks 7–11
 CLS = 0  # 'tok' pooling reads the class token, the first token
+# The stored scalars: ln_post's 1/σ at CLS, and ‖proj(ln_post(x)[CLS])‖ that z is divided by.
+LN_POST_SCALE = "visual.ln_post.inverse_sigma"
+EMBEDDING_NORM = "embedding_norm"
 
 
 @dataclass
 class _BlockCapture:
     """What one decomposed block's hooks keep, all at the CLS position unless noted."""
 
-    heads: torch.Tensor | None = None  # (batch, heads, width), LayerScale applied
+    mixed: torch.Tensor | None = None  # (batch, heads, head_dim): Σ_t A_t v_t, before out_proj
     mlp: torch.Tensor | None = None  # (batch, width), LayerScale applied
     attention: torch.Tensor | None = None  # (batch, heads, tokens), only for the token split
     attention_input: torch.Tensor | None = None  # (batch, tokens, width), idem
@@ -132,25 +138,39 @@ class OpenClipViTAdapter(Adapter[_TowerCapture]):
             hooks.keep_output(block.ls_2, capture, "mlp", at_cls)
         return tower
 
-    def _split(self, tower: _TowerCapture, images: torch.Tensor, z: torch.Tensor, split_tokens: bool) -> Split:
-        names = ["init"]
-        parts = [tower.init.unsqueeze(1)]
+    def _compact(self, tower: _TowerCapture, images: torch.Tensor) -> Compact:
+        """Per head its CLS A·V (head_dim), the MLP branches and ``init`` at CLS (width), and
+        the two scalars after them: ln_post's 1/σ and the embedding's norm."""
+        names, arrays = ["init"], {"init": StoredArray(tower.init, STREAM, ["init"])}
         for i, capture in tower.blocks.items():
-            names += [f"{BLOCKS}.{i}.attn.h{h}" for h in range(capture.heads.shape[1])]
-            names.append(f"{BLOCKS}.{i}.mlp")
-            parts += [capture.heads, capture.mlp.unsqueeze(1)]
-        normalised, beta = linearised_layer_norm(torch.cat(parts, 1), tower.stream, self.visual.ln_post)
-        norm = _embedding_norm(tower.features)
-        contributions = self._project(torch.cat([normalised, beta.unsqueeze(1)], 1), norm)
+            head_names = [f"{BLOCKS}.{i}.attn.h{h}" for h in range(capture.mixed.shape[1])]
+            arrays[f"{BLOCKS}.{i}.attn"] = StoredArray(capture.mixed, HEAD, head_names)
+            arrays[f"{BLOCKS}.{i}.mlp"] = StoredArray(capture.mlp, STREAM, [f"{BLOCKS}.{i}.mlp"])
+            names += [*head_names, f"{BLOCKS}.{i}.mlp"]
+        arrays[LN_POST_SCALE] = StoredArray(layer_norm_inverse_sigma(tower.stream, self.visual.ln_post), SCALAR)
+        arrays[EMBEDDING_NORM] = StoredArray(_embedding_norm(tower.features).unsqueeze(-1), SCALAR)
+        return [*names, "bias"], arrays, {}
 
-        token_splits = None
-        if split_tokens:
-            resblocks = self.visual.transformer.resblocks
-            token_splits = [
-                self._token_split(resblocks[i], f"{BLOCKS}.{i}", capture, tower.stream, norm)
-                for i, capture in tower.blocks.items()
-            ]
-        return names + ["bias"], contributions, token_splits
+    def _expand(self, stored: StoredComponents, tower: _TowerCapture | None) -> torch.Tensor:
+        parts = []
+        for name, array in stored.arrays.items():
+            if array.space == HEAD:
+                block = self.model.get_submodule(name.removesuffix(".attn"))
+                attn = block.attn
+                parts.append(block.ls_1(project_heads(array.data, attn.out_proj.weight, attn.out_proj.bias)))
+            elif array.space == STREAM:
+                parts.append(array.data.unsqueeze(1))
+        normalised, beta = frozen_layer_norm(torch.cat(parts, 1), stored.arrays[LN_POST_SCALE].data,
+                                             self.visual.ln_post)
+        return self._project(torch.cat([normalised, beta.unsqueeze(1)], 1), stored.arrays[EMBEDDING_NORM].data[:, 0])
+
+    def _token_splits(self, tower: _TowerCapture, images: torch.Tensor) -> list[TokenSplit]:
+        resblocks = self.visual.transformer.resblocks
+        norm = _embedding_norm(tower.features)
+        return [
+            self._token_split(resblocks[i], f"{BLOCKS}.{i}", capture, tower.stream, norm)
+            for i, capture in tower.blocks.items()
+        ]
 
     def _check_block(self, block: nn.Module, name: str) -> None:
         if not _splits_per_head(block):
@@ -208,12 +228,11 @@ def _splits_per_head(block: nn.Module) -> bool:
 def _capture_heads(
     block: nn.Module, capture: _BlockCapture, batch_first: bool, split_tokens: bool, attention_input: torch.Tensor
 ) -> None:
-    """Fill ``capture.heads`` (and the token split's inputs) from the block's attention input."""
+    """Fill ``capture.mixed`` (and the token split's inputs) from the block's attention input."""
     attn = block.attn
     attention_input = _tokens_first(attention_input, batch_first)
     attention = _cls_attention(attn, attention_input)
-    mixed = _cls_mixed_values(attn, attention, attention_input)
-    capture.heads = block.ls_1(project_heads(mixed, attn.out_proj.weight, attn.out_proj.bias))
+    capture.mixed = _cls_mixed_values(attn, attention, attention_input)
     if split_tokens:
         capture.attention, capture.attention_input = attention, attention_input
 

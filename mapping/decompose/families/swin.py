@@ -57,14 +57,15 @@ from timm.models.swin_transformer import (
 from torch import nn
 
 from compsearch.mapping.decompose.base import (
+    Compact,
     HookScope,
-    Split,
     TimmPreLogitsAdapter,
     TokenSplit,
     layer_norm_inverse_sigma,
     project_heads,
     register_adapter,
 )
+from compsearch.mapping.decompose.store import HEAD_SLOTS, MODEL, SCALAR, StoredArray, StoredComponents
 from compsearch.mapping.errors import CompsearchError
 
 DEFAULT_PENULTIMATE_BLOCKS = 4  # Swin-B: blocks 14–17 of stage 2, then stage 3 (the paper's range)
@@ -109,6 +110,7 @@ class _Captured:
     blocks: dict[tuple[int, int], _BlockCapture]  # (stage, index) → capture, in forward order
     init: torch.Tensor | None = None  # (batch, H, W, dim): the stream entering the first decomposed block
     inverse_sigmas: dict[int, torch.Tensor] = field(default_factory=dict)  # stage → (batch, H, W); -1: final norm
+    readouts: dict[int, "_Readout"] = field(default_factory=dict)  # stage → readout, set by _compact
 
     @property
     def first_stage(self) -> int:
@@ -192,51 +194,89 @@ class SwinAdapter(TimmPreLogitsAdapter[_Captured]):
                                   lambda qkv, attn=attn: qkv.unflatten(-1, (3, attn.num_heads, -1))[:, :, 2])
         return captured
 
-    def _split(self, captured: _Captured, images: torch.Tensor, z: torch.Tensor, split_tokens: bool) -> Split:
+    def _compact(self, captured: _Captured, images: torch.Tensor) -> Compact:
+        """Heads as per-slot A·V means (slots × head_dim) where that is smaller than z, else as
+        c_i; MLP branches and ``init`` as c_i; every stage's per-slot masses as scalars."""
         first_stage = captured.first_stage
         grids = _stage_grids(captured.init, first_stage, len(self.model.layers))
-        readouts, bias = self._readouts(first_stage, grids, captured.inverse_sigmas)
-        # Per stage, the components pooled per slot (batch, components, slots·dim), in forward order.
-        pooled = {first_stage: [readouts[first_stage].pool(captured.init).unsqueeze(1)]}
-        names = ["init"]
-        token_splits = [] if split_tokens else None
+        readouts = captured.readouts = self._readouts(first_stage, grids, captured.inverse_sigmas)
+        # Per stage, what is stored as c_i: (array name, components, pooled per slot (batch, n, slots·dim)).
+        to_read_out: dict[int, list[tuple[str, list[str], torch.Tensor]]] = {
+            first_stage: [("init", ["init"], readouts[first_stage].pool(captured.init).unsqueeze(1))]
+        }
+        names, arrays = ["init"], {}
         for (stage, index), capture in captured.blocks.items():
             block_name = f"layers.{stage}.blocks.{index}"
             block = self.model.layers[stage].blocks[index]
-            heads = self._pooled_heads(block, capture, readouts[stage])
-            names += [f"{block_name}.attn.h{head}" for head in range(heads.shape[1])]
-            names.append(f"{block_name}.mlp")
-            pooled.setdefault(stage, []).extend([heads, readouts[stage].pool(capture.mlp).unsqueeze(1)])
-            if split_tokens:
-                token_splits.append(self._token_split(block_name, block, capture, readouts[stage]))
-        parts = [readouts[stage].read_out(torch.cat(stage_parts, dim=1)) for stage, stage_parts in pooled.items()]
-        contributions = torch.cat([*parts, bias.unsqueeze(1)], dim=1)
-        return [*names, "bias"], contributions, token_splits
+            readout = readouts[stage]
+            head_names = [f"{block_name}.attn.h{head}" for head in range(block.attn.num_heads)]
+            mixed = self._pooled_mixed(block, capture, readout)  # (batch, heads, slots, head_dim)
+            if mixed[0].numel() < self.model.num_features * block.attn.num_heads:
+                arrays[f"{block_name}.attn"] = StoredArray(mixed, HEAD_SLOTS, head_names)
+            else:
+                pooled = _project_pooled(block.attn, mixed, readout.mass)
+                to_read_out.setdefault(stage, []).append((f"{block_name}.attn", head_names, pooled))
+                arrays[f"{block_name}.attn"] = None  # keeps the forward order; filled below
+            to_read_out.setdefault(stage, []).append(
+                (f"{block_name}.mlp", [f"{block_name}.mlp"], readout.pool(capture.mlp).unsqueeze(1))
+            )
+            arrays[f"{block_name}.mlp"] = None
+            names += [*head_names, f"{block_name}.mlp"]
+        arrays = {"init": None, **arrays}
+        for stage, entries in to_read_out.items():
+            # One matmul per stage reads its slot maps once.
+            read = readouts[stage].read_out(torch.cat([pooled for _, _, pooled in entries], dim=1))
+            for (name, components, _), part in zip(entries, read.split([len(c) for _, c, _ in entries], dim=1)):
+                arrays[name] = StoredArray(part, MODEL, components)
+        for stage, readout in readouts.items():
+            arrays[f"layers.{stage}.slot_mass"] = StoredArray(readout.mass, SCALAR)
+        return [*names, "bias"], arrays, {}
+
+    def _expand(self, stored: StoredComponents, captured: _Captured | None) -> torch.Tensor:
+        masses = {int(name.split(".")[1]): array.data for name, array in stored.arrays.items() if array.space == SCALAR}
+        slot_maps = self._slot_maps(min(masses))
+        parts = []
+        for name, array in stored.arrays.items():
+            if array.space == MODEL:
+                parts.append(array.data)
+            elif array.space == HEAD_SLOTS:
+                stage = int(name.split(".")[1])
+                pooled = _project_pooled(self.model.get_submodule(name), array.data, masses[stage])
+                parts.append(pooled @ slot_maps.maps[stage].flatten(0, 1))
+        bias = slot_maps.final_beta.expand(stored.batch, -1)
+        for stage in range(len(self.model.layers) - 1, min(masses), -1):
+            bias = bias + masses[stage] @ slot_maps.merge_biases[stage]
+        return torch.cat([*parts, bias.unsqueeze(1)], dim=1)
+
+    def _token_splits(self, captured: _Captured, images: torch.Tensor) -> list[TokenSplit]:
+        return [
+            self._token_split(f"layers.{stage}.blocks.{index}", self.model.layers[stage].blocks[index], capture,
+                              captured.readouts[stage])
+            for (stage, index), capture in captured.blocks.items()
+        ]
 
     def _readouts(
         self, first_stage: int, grids: list[tuple[int, int]], inverse_sigmas: dict[int, torch.Tensor]
-    ) -> tuple[dict[int, _Readout], torch.Tensor]:
-        """Each decomposed stage's readout, built back from the final norm, and the ``bias`` component.
+    ) -> dict[int, _Readout]:
+        """Each decomposed stage's readout, built back from the final norm.
 
         Last stage: a_t = (1/σ_t)/T for the final norm and the mean. Going back through the
         merge that starts stage s+1, a child token takes its merged token's a times that
         token's 1/σ of the merge norm, in the slot of its quarter. The slot maps are the
-        image-independent part (:meth:`_slot_maps`).
+        image-independent part (:meth:`_slot_maps`); a merge's β is read with its stage's mass.
         """
         slot_maps = self._slot_maps(first_stage)
         last = len(self.model.layers) - 1
         inverse_sigma = inverse_sigmas[-1]
         readout = _Readout(weights=(inverse_sigma / inverse_sigma[0].numel()).unsqueeze(-1), maps=slot_maps.maps[last])
-        bias = slot_maps.final_beta.expand(len(inverse_sigma), -1)
         readouts = {last: readout}
         for stage in range(last, first_stage, -1):
-            bias = bias + readout.mass @ slot_maps.merge_biases[stage]
             readout = _Readout(
                 weights=_spread_to_quarters(readout.weights * inverse_sigmas[stage].unsqueeze(-1), grids[stage - 1]),
                 maps=slot_maps.maps[stage - 1],
             )
             readouts[stage - 1] = readout
-        return readouts, bias
+        return readouts
 
     def _slot_maps(self, first_stage: int) -> _SlotMaps:
         """The slot maps down to ``first_stage``, from the cache while the parameters they are
@@ -254,21 +294,16 @@ class SwinAdapter(TimmPreLogitsAdapter[_Captured]):
         return cached
 
     @staticmethod
-    def _pooled_heads(block: SwinTransformerBlock, capture: _BlockCapture, readout: _Readout) -> torch.Tensor:
-        """(batch, heads, slots·dim): every head's output at every query, pooled per slot.
-
-        Each slot's queries are averaged with weights a / mass, so proj.bias / H enters once
-        per slot (``project_heads``); the mass then scales the slot back.
-        """
+    def _pooled_mixed(block: SwinTransformerBlock, capture: _BlockCapture, readout: _Readout) -> torch.Tensor:
+        """(batch, heads, slots, head_dim): every head's A·V at every query, averaged per slot
+        with weights a / mass (so proj.bias / H enters once per slot, see :func:`_project_pooled`)."""
         attn = block.attn
         batch, slots = readout.mass.shape
         query_weights = _to_windows(block, readout.weights).reshape(batch, -1, slots)
         head_inputs = capture.head_inputs.reshape(batch, -1, capture.head_inputs.shape[-1])
         mass = readout.mass.clamp_min(torch.finfo(readout.mass.dtype).tiny)  # empty slots only past odd edges
         mixed = torch.einsum("btj,btk->bjk", query_weights, head_inputs) / mass.unsqueeze(-1)
-        heads = project_heads(mixed.flatten(0, 1).unflatten(-1, (attn.num_heads, -1)), attn.proj.weight, attn.proj.bias)
-        heads = heads.unflatten(0, (batch, slots)) * readout.mass[..., None, None]
-        return heads.transpose(1, 2).flatten(2)
+        return mixed.unflatten(-1, (attn.num_heads, -1)).transpose(1, 2)
 
     def _token_split(
         self, block_name: str, block: SwinTransformerBlock, capture: _BlockCapture, readout: _Readout
@@ -300,6 +335,15 @@ class SwinAdapter(TimmPreLogitsAdapter[_Captured]):
             contributions=contributions,
             grid=tuple(grid),
         )
+
+
+def _project_pooled(attn: WindowAttention, mixed: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
+    """Per-slot head means (batch, heads, slots, head_dim) → the heads pooled per slot in the
+    stage's stream (batch, heads, slots·dim): W_O^h m + proj.bias / H, scaled back by the mass."""
+    batch, heads, slots, _ = mixed.shape
+    projected = project_heads(mixed.transpose(1, 2).flatten(0, 1), attn.proj.weight, attn.proj.bias)
+    projected = projected.unflatten(0, (batch, slots)) * mass[..., None, None]
+    return projected.transpose(1, 2).flatten(2)
 
 
 def _stage_grids(init: torch.Tensor, first_stage: int, num_stages: int) -> list[tuple[int, int]]:

@@ -22,18 +22,22 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from compsearch.mapping.decompose.base import (
+    Compact,
     HookScope,
-    Split,
     TimmPreLogitsAdapter,
     TokenSplit,
+    frozen_layer_norm,
     head_contributions,
+    layer_norm_inverse_sigma,
     linearised_layer_norm,
     project_heads,
     register_adapter,
 )
+from compsearch.mapping.decompose.store import HEAD, SCALAR, STREAM, StoredArray, StoredComponents
 
 # Last five blocks: the paper's default range for its 12-block ViTs (blocks 7–11).
 DEFAULT_DECOMPOSED_BLOCKS = 5
+FINAL_SCALE = "final_norm.inverse_sigma"  # the stored scalar: 1/σ of the pooled stream
 
 
 @dataclass
@@ -132,25 +136,48 @@ class VitAdapter(TimmPreLogitsAdapter[_Captured]):
                                   lambda qkv, attn=attn: qkv.unflatten(-1, (3, attn.num_heads, attn.head_dim))[:, :, 2])
         return captured
 
-    def _split(self, captured: _Captured, images: torch.Tensor, z: torch.Tensor, split_tokens: bool) -> Split:
-        names, parts = ["init"], [captured.init.unsqueeze(1)]
-        token_splits: list[TokenSplit] | None = [] if split_tokens else None
+    def _compact(self, captured: _Captured, images: torch.Tensor) -> Compact:
+        """Per head its pooled A·V (head_dim), the pooled MLP branches and ``init`` (width), and
+        the final norm's 1/σ of the pooled stream: everything after them is fixed and linear."""
+        names, arrays = ["init"], {"init": StoredArray(captured.init, STREAM, ["init"])}
         blocks = list(self.model.blocks)[captured.first:]
         for index, (block, capture) in enumerate(zip(blocks, captured.blocks), start=captured.first):
             block_name = f"blocks.{index}"
             head_names = [f"{block_name}.attn.h{head}" for head in range(block.attn.num_heads)]
-            out_weight, out_bias = self._scaled_output_projection(block)
             mixed = capture.head_outputs.unflatten(-1, (block.attn.num_heads, block.attn.head_dim))
-            parts += [project_heads(mixed, out_weight, out_bias), capture.mlp.unsqueeze(1)]
+            arrays[f"{block_name}.attn"] = StoredArray(mixed, HEAD, head_names)
+            arrays[f"{block_name}.mlp"] = StoredArray(capture.mlp, STREAM, [f"{block_name}.mlp"])
             names += [*head_names, f"{block_name}.mlp"]
-            if token_splits is not None:
-                _, per_token = head_contributions(
-                    capture.attention, capture.values, out_weight, out_bias, split_tokens=True
-                )
-                token_splits.append(self._token_split(block_name, head_names, images, per_token, captured.final))
-        components, beta = self._normalise(torch.cat(parts, dim=1), captured.final)
-        names.append("bias")
-        return names, torch.cat([components, beta.unsqueeze(1)], dim=1), token_splits
+        if not isinstance(self._final_norm, nn.Identity):
+            inverse_sigma = layer_norm_inverse_sigma(captured.final, self._final_norm)
+            arrays[FINAL_SCALE] = StoredArray(inverse_sigma, SCALAR)
+        return [*names, "bias"], arrays, {}
+
+    def _expand(self, stored: StoredComponents, captured: _Captured | None) -> torch.Tensor:
+        parts = []
+        for name, array in stored.arrays.items():
+            if array.space == HEAD:
+                block = self.model.get_submodule(name.removesuffix(".attn"))
+                parts.append(project_heads(array.data, *self._scaled_output_projection(block)))
+            elif array.space == STREAM:
+                parts.append(array.data.unsqueeze(1))
+        components = torch.cat(parts, dim=1)
+        if isinstance(self._final_norm, nn.Identity):
+            return torch.cat([components, components.new_zeros(len(components), 1, components.shape[-1])], dim=1)
+        components, beta = frozen_layer_norm(components, stored.arrays[FINAL_SCALE].data, self._final_norm)
+        return torch.cat([components, beta.unsqueeze(1)], dim=1)
+
+    def _token_splits(self, captured: _Captured, images: torch.Tensor) -> list[TokenSplit]:
+        splits = []
+        blocks = list(self.model.blocks)[captured.first:]
+        for index, (block, capture) in enumerate(zip(blocks, captured.blocks), start=captured.first):
+            block_name = f"blocks.{index}"
+            head_names = [f"{block_name}.attn.h{head}" for head in range(block.attn.num_heads)]
+            _, per_token = head_contributions(
+                capture.attention, capture.values, *self._scaled_output_projection(block), split_tokens=True
+            )
+            splits.append(self._token_split(block_name, head_names, images, per_token, captured.final))
+        return splits
 
     @staticmethod
     def _scaled_output_projection(block: Block) -> tuple[torch.Tensor, torch.Tensor | None]:

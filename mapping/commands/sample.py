@@ -1,7 +1,7 @@
 """``compsearch sample``: decompose a drawn sample image with DeiT-tiny, offline.
 
 Works on a fresh machine: weights come from ``--weights``, ``$COMPSEARCH_WEIGHTS_DIR`` or
-the hub cache when present; otherwise the demo says so and uses random initialisation, for
+the hub cache when present; otherwise the command says so and uses random initialisation, for
 which the decomposition is just as exact.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from compsearch.mapping.errors import ModelLoadError
 if TYPE_CHECKING:
     from compsearch.mapping.models import LoadedModel
 
-DEMO_MODEL = "deit_tiny_patch16_224"
+SAMPLE_MODEL = "deit_tiny_patch16_224"
 EXACTNESS = 1e-5  # DESIGN.md §3: relative error of Σ c_i against z in fp32
 
 
@@ -45,16 +45,16 @@ def draw_sample_image(size: int = 224) -> PIL.Image.Image:
     return image
 
 
-def load_demo_model(weights: Path | None) -> tuple[LoadedModel, str | None]:
+def load_sample_model(weights: Path | None) -> tuple[LoadedModel, str | None]:
     """DeiT-tiny with weights when any can be found; else random init and the reason why."""
     from compsearch.mapping.models import load_model
 
     try:
-        return load_model(DEMO_MODEL, weights=weights), None
+        return load_model(SAMPLE_MODEL, weights=weights), None
     except ModelLoadError as error:
         if weights is not None:  # the user named weights: failing to use them is an error
             raise
-        return load_model(DEMO_MODEL, pretrained=False), error.problem
+        return load_model(SAMPLE_MODEL, pretrained=False), error.problem
 
 
 def top_classes(loaded: LoadedModel, image: PIL.Image.Image, count: int = 3) -> list[tuple[str, float]]:
@@ -74,7 +74,7 @@ def top_classes(loaded: LoadedModel, image: PIL.Image.Image, count: int = 3) -> 
               help="DeiT-tiny weights file or folder (otherwise $COMPSEARCH_WEIGHTS_DIR, then the hub cache; "
                    "without any, random weights).")
 @click.option("--save-image", type=click.Path(path_type=Path), help="Also save the drawn sample image here.")
-def demo(weights: Path | None, save_image: Path | None) -> None:
+def sample_command(weights: Path | None, save_image: Path | None) -> None:
     """Decompose a drawn sample image with DeiT-tiny and show its largest components.
 
     Needs no network and no data: the image is drawn by code. Shows the component names
@@ -84,13 +84,13 @@ def demo(weights: Path | None, save_image: Path | None) -> None:
     from compsearch.mapping.decompose.report import decompose_images, format_report
     from compsearch.mapping.models import WEIGHTS_DIR_ENV
 
-    loaded, missing = load_demo_model(weights)
+    loaded, missing = load_sample_model(weights)
     if missing:
         click.echo(
             f"note: {missing}.\n"
             f"      Using random initialisation: the split below is still exact, but the components "
             f"carry no meaning.\n      For real weights, pass --weights FILE or put "
-            f"{DEMO_MODEL}.safetensors in ${WEIGHTS_DIR_ENV}.\n"
+            f"{SAMPLE_MODEL}.safetensors in ${WEIGHTS_DIR_ENV}.\n"
         )
     image = draw_sample_image()
     if save_image:
@@ -103,7 +103,7 @@ def demo(weights: Path | None, save_image: Path | None) -> None:
     error = report.images[0].relative_error
     if error > EXACTNESS:
         raise click.ClickException(f"reconstruction error {error:.2e} exceeds the {EXACTNESS:g} contract")
-    # The next command must find the same weights the demo used, or say it runs without.
+    # The next command must find the same weights this one used, or say it runs without.
     weights_option = f" --weights {weights}" if weights else " --random-init" if missing else ""
     click.echo(f"exact: Σ components = z to {error:.1e} (contract ≤ {EXACTNESS:g}).\n"
-               f"Next: compsearch decompose YOUR.jpg --model {DEMO_MODEL}{weights_option} --tokens")
+               f"Next: compsearch decompose YOUR.jpg --model {SAMPLE_MODEL}{weights_option} --tokens")
