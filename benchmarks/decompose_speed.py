@@ -10,7 +10,7 @@ writes (or replaces) its own section of benchmarks/RESULTS.md.
 
 ``--models`` / ``--batches`` rerun only those cases; the section keeps the other rows.
 
-Targets (DESIGN.md §3): head split ≤ +10 % of the forward for ViT-B at batch 32 and
+Targets: head split ≤ +10 % of the forward for ViT-B at batch 32 and
 ≤ +20 % at batch 1; head×token ≤ 2×.
 """
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Property retrieval on the synthetic world: does a property index retrieve by its property
-and ignore the others? (DESIGN.md §5–§6)
+and ignore the others? (docs/architecture.md, Property vectors and Search)
 
     .venv/bin/python benchmarks/property_retrieval.py [--train-images 600] [--eval-images 400] [--k 3]
 

@@ -29,7 +29,7 @@ _EXPORTS = {  # public name -> module defining it, relative to this package
     "Ranking": "mapping.rank",
     "CompsearchError": "mapping.errors",
     "build_index": "indexer.api",
-    "IndexSettings": "indexer.build",
+    "IndexSettings": "indexer.settings",
     "open_index": "search.index",
     "SearchIndex": "search.index",
     "Query": "search.query",

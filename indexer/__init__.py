@@ -10,7 +10,7 @@ from compsearch.mapping.lazy import lazy_attributes
 
 _EXPORTS = {  # exported name -> submodule defining it
     "build_index": "api",
-    "IndexSettings": "build",
+    "IndexSettings": "settings",
     "IndexSummary": "build",
     "IndexStore": "store",
 }

@@ -38,9 +38,11 @@ def build_index(
     loaded = load_model(model, weights=weights, device=device, pretrained=pretrained)
     if properties and ranking is None:
         from compsearch.indexer.ranking_on_the_fly import rank_on_sample
+        from compsearch.mapping.images.parallelism import choose_parallelism
 
+        workers = choose_parallelism(loaded.device, settings.workers, settings.threads).workers
         aligner, ranking = rank_on_sample(loaded, source, out, properties, clip, clip_weights, aligner, sample,
-                                          settings.batch_size, settings.workers, settings.progress)
+                                          settings.batch_size, workers, settings.progress)
         properties = None  # every property just ranked
     artifacts = encoder_for_build(loaded, out, aligner, ranking, properties, first_block)
     return Indexer(out, artifacts.encoder, settings, artifacts.provenance).run(source, mode)

@@ -29,6 +29,7 @@ import numpy as np
 
 from compsearch.indexer.faiss_ondisk import LISTS_SUFFIX, add_parts, lists_path, merge_parts
 from compsearch.indexer.faiss_tuning import HeldOut, tune
+from compsearch.mapping.chunk_store import write_atomically
 from compsearch.mapping.errors import CompsearchError
 
 AUTO = "auto"
@@ -168,9 +169,7 @@ def _normalised_chunks(stream: VectorStream, held_out) -> Iterator[tuple[np.ndar
 def _write(index, path: Path) -> None:
     import faiss
 
-    temporary = path.with_name(f".{path.name}.tmp")
-    faiss.write_index(index, str(temporary))
-    temporary.replace(path)
+    write_atomically(path, lambda temporary: faiss.write_index(index, str(temporary)))
     if lists_path(path).exists():
         lists_path(path).unlink()  # an earlier on-disk index's lists
 

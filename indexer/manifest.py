@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, Union, get_args, get_origin, get_type_hints
 
 from compsearch.mapping.identity import EncoderIdentity
+from compsearch.mapping.chunk_store import read_json
 from compsearch.mapping.errors import CompsearchError
 
 MANIFEST = "manifest.json"
@@ -236,11 +237,7 @@ def read_manifest(folder: Path) -> Manifest:
     if not path.is_file():
         raise IndexDirectoryError(f"{folder} is not a compsearch index (no {MANIFEST})",
                                   "build one with `compsearch index IMAGES --out DIR --model …`")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise IndexDirectoryError(f"cannot read {path} ({error})", REBUILD) from None
-    return parse_manifest(data, path)
+    return parse_manifest(read_json(path, REBUILD), path)  # unparsable: the chunk store's DamagedFileError
 
 
 # -- writing ------------------------------------------------------------------------------------

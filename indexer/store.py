@@ -13,13 +13,13 @@ DIR/duplicates/part-RRR-CCCCCC.parquet  byte-identical files, with the id they d
 DIR/full.faiss, DIR/<property>.faiss    inner product on L2-normalised vectors, ids = ``id``
 ```
 
-A chunk's shard is written to a temporary name and renamed, after its skipped and
-duplicates files: a shard on disk is a finished chunk, whatever moment a run was killed at.
+Each folder of parts is a :class:`~mapping.chunk_store.ChunkStore`: a chunk's shard is
+written to a temporary name and renamed, after its skipped and duplicates files, so a shard
+on disk is a finished chunk, whatever moment a run was killed at.
 Ids are stable int64: a run's ``id_offset`` plus the image's position in its listing.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,34 +31,19 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from compsearch.indexer.manifest import MANIFEST, Manifest, read_manifest, write_manifest
+from compsearch.mapping.chunk_store import ChunkStore, read_file, write_atomically
 
 SHARDS, SKIPPED, DUPLICATES = "shards", "skipped", "duplicates"
 VECTOR_PREFIX = "vector."
 IDENTITY_COLUMNS = ("id", "key", "path", "sha256")  # which file a row is: apart from its metadata in results
 # The indexer's own columns: a listing's column of one of these names is kept as metadata.NAME.
 RESERVED_COLUMNS = (*IDENTITY_COLUMNS, "width", "height")
+REBUILD = "rebuild the index with `compsearch index … --overwrite`"
+PARQUET = ".parquet"
 
 
-def part_name(run: int, chunk: int) -> str:
-    return f"part-{run:03d}-{chunk:06d}.parquet"
-
-
-def parse_part_name(name: str) -> tuple[int, int] | None:
-    """``(run, chunk)`` of a part file name, None for anything else (temporary files)."""
-    stem = name.removesuffix(".parquet")
-    pieces = stem.split("-")
-    if len(pieces) != 3 or pieces[0] != "part" or not name.endswith(".parquet"):
-        return None
-    try:
-        return int(pieces[1]), int(pieces[2])
-    except ValueError:
-        return None
-
-
-def _write_atomically(table: pa.Table, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, temporary)
-    os.replace(temporary, path)
+def _write_table(table: pa.Table, path: Path) -> None:
+    write_atomically(path, lambda temporary: pq.write_table(table, temporary))
 
 
 def vector_column(name: str) -> str:
@@ -89,6 +74,12 @@ class ChunkRows:
     vectors: dict[str, np.ndarray]  # name → (rows, dim)
     skipped: list[dict[str, Any]]  # key, path, reason
     duplicates: list[dict[str, Any]]  # key, path, sha256, duplicate_of
+    already_indexed: int = 0  # files found in the index already (same path and bytes): no row
+
+    def counts(self) -> dict[str, int]:
+        """What the chunk did, in an :class:`~indexer.build.IndexSummary`'s terms."""
+        return {"added": len(self.rows), "skipped": len(self.skipped), "duplicates": len(self.duplicates),
+                "already_indexed": self.already_indexed}
 
 
 class IndexStore:
@@ -112,18 +103,16 @@ class IndexStore:
         write_manifest(self.folder, manifest)
 
     # -- chunks -----------------------------------------------------------------------------
-    def _parts(self, kind: str) -> list[Path]:
-        folder = self.folder / kind
-        if not folder.is_dir():
-            return []
-        return sorted(path for path in folder.iterdir() if parse_part_name(path.name) is not None)
+    def parts(self, kind: str) -> ChunkStore:
+        """The chunk store of ``kind`` (shards, skipped, duplicates)."""
+        return ChunkStore(self.folder / kind, PARQUET)
 
     def shard_paths(self) -> list[Path]:
-        return self._parts(SHARDS)
+        return self.parts(SHARDS).parts()
 
     def done_chunks(self, run: int) -> set[int]:
         """Chunks of ``run`` whose shard is on disk (finished)."""
-        return {chunk for r, chunk in map(parse_part_name, (p.name for p in self.shard_paths())) if r == run}
+        return self.parts(SHARDS).done(run)
 
     def move_to_duplicates(self, repeats: dict[int, int]) -> None:
         """Take the rows of ``repeats``' ids (id → the id it repeats) out of the shards and list
@@ -140,17 +129,16 @@ class IndexStore:
             entries += [{"key": row["key"], "path": row["path"], "sha256": row["sha256"], "duplicate_of": repeats[row["id"]]}
                         for row in table.filter(pa.array(drop)).select(["key", "path", "sha256", "id"]).to_pylist()
                         if row["key"] not in known]
-            listed.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomically(pa.Table.from_pylist(entries), listed)
-            _write_atomically(table.filter(pa.array(~drop)), path)
+            _write_table(pa.Table.from_pylist(entries), listed)
+            _write_table(table.filter(pa.array(~drop)), path)
 
     def write_chunk(self, rows: ChunkRows) -> None:
-        name = part_name(rows.run, rows.chunk)
+        """The write stage: one chunk's rows → its parts, the shard last (it marks the chunk
+        finished, so a kill before it leaves the chunk to redo)."""
         for kind, entries in ((SKIPPED, rows.skipped), (DUPLICATES, rows.duplicates)):
-            path = self.folder / kind / name
+            path = self.parts(kind).path(rows.run, rows.chunk)
             if entries:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                _write_atomically(pa.Table.from_pylist(entries), path)
+                _write_table(pa.Table.from_pylist(entries), path)
             elif path.exists():  # left by an interrupted earlier attempt at this chunk
                 path.unlink()
         table = self._row_table(rows.rows) if rows.rows else None
@@ -159,8 +147,7 @@ class IndexStore:
         for vector_name, vectors in rows.vectors.items():
             columns[vector_column(vector_name)] = vectors_to_arrow(vectors.reshape(count, -1))
         shard = pa.table(columns) if columns else pa.table({"id": pa.array([], pa.int64())})
-        (self.folder / SHARDS).mkdir(parents=True, exist_ok=True)
-        _write_atomically(shard, self.folder / SHARDS / name)  # last: marks the chunk finished
+        self.parts(SHARDS).write(rows.run, rows.chunk, lambda temporary: pq.write_table(shard, temporary))
 
     @staticmethod
     def _row_table(rows: list[dict[str, Any]]) -> pa.Table:
@@ -170,12 +157,16 @@ class IndexStore:
         return inferred.cast(pa.schema([pa.field(f.name, fixed.get(f.name, f.type)) for f in inferred.schema]))
 
     # -- reading ----------------------------------------------------------------------------
+    def _schema(self, path: Path) -> pa.Schema:
+        """A part's schema: reading its footer is where a damaged part shows."""
+        return read_file(path, pq.read_schema, REBUILD)
+
     def dataset(self, kind: str = SHARDS) -> ds.Dataset | None:
-        parts = self._parts(kind)
+        parts = self.parts(kind).parts()
         if not parts:
             return None
         # Shards may differ in schema (a metadata column all null in one of them): unify.
-        schema = pa.unify_schemas([pq.read_schema(p) for p in parts], promote_options="permissive")
+        schema = pa.unify_schemas([self._schema(p) for p in parts], promote_options="permissive")
         return ds.dataset([str(p) for p in parts], format="parquet", schema=schema)
 
     def read_table(self, kind: str = SHARDS, columns: list[str] | None = None) -> pa.Table:
@@ -191,7 +182,7 @@ class IndexStore:
         """``(ids, vectors)`` shard by shard for one vector name (float32, as stored)."""
         column = vector_column(name)
         for path in self.shard_paths():
-            table = pq.read_table(path, columns=["id", column]) if column in pq.read_schema(path).names else None
+            table = pq.read_table(path, columns=["id", column]) if column in self._schema(path).names else None
             if table is None or table.num_rows == 0:
                 continue
             yield table.column("id").to_numpy(), arrow_to_vectors(table.column(column))

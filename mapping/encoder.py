@@ -11,7 +11,7 @@ range once and maps every batch to:
 Only the components some property needs are mapped one by one; ``full`` is one matmul.
 Text queries embed in the same space (:meth:`PropertyEncoder.encode_text`): the text
 embedding of the very CLIP the aligner maps into, averaged over a property's prompt
-templates as DESIGN.md §5 defines t_j. Model-space encoders have no text side.
+templates (docs/architecture.md, Property vectors). Model-space encoders have no text side.
 """
 from __future__ import annotations
 

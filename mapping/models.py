@@ -23,6 +23,7 @@ import hashlib
 import os
 import pickle
 import socket
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -307,8 +308,9 @@ def _load_timm(spec: ModelSpec, weights: str | Path | None, pretrained: bool) ->
     weights_file = None
     if pretrained:
         weights_file = find_local_weights(spec, weights) or _timm_hub_file(spec)
+    model = _build_without_init(spec, weights_file) if weights_file else None
     try:
-        model = timm.create_model(
+        model = model or timm.create_model(
             spec.name,
             pretrained=weights_file is not None,
             # timm's own file path: applies the model's checkpoint filter, loads strictly
@@ -326,6 +328,36 @@ def _load_timm(spec: ModelSpec, weights: str | Path | None, pretrained: bool) ->
         is_clip=False,
         weights_file=weights_file,
     )
+
+
+def _build_without_init(spec: ModelSpec, weights_file: Path) -> nn.Module | None:
+    """The timm model holding ``weights_file``'s tensors, built without running the random
+    initialisation that the weights overwrite: built on the meta device, the checkpoint's tensors
+    (through the family's checkpoint filter) assigned to it. None where that is not known to be
+    exact: the filter reshaped a tensor (timm may bind per-model resampling options to it), the
+    model keeps state outside its state dict (non-persistent buffers, tensors computed at
+    construction), or anything failed; the caller then builds and initialises as before."""
+    family = sys.modules[timm.models.model_entrypoint(spec.architecture).__module__]
+    checkpoint_filter = getattr(family, "checkpoint_filter_fn", None)
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(spec.name)
+        stored = timm.models.load_state_dict(str(weights_file))
+        state = checkpoint_filter(dict(stored), model) if checkpoint_filter is not None else stored
+        if any(name in stored and stored[name].shape != value.shape for name, value in state.items()):
+            return None
+        model.load_state_dict(state, strict=True, assign=True)
+    except Exception:  # noqa: BLE001 - the usual path loads the file, or says what is wrong with it
+        return None
+    return None if _holds_meta(model) else model
+
+
+def _holds_meta(model: nn.Module) -> bool:
+    """Whether any tensor of ``model`` (parameter, buffer or plain attribute) is still on the
+    meta device, i.e. was computed at construction and not loaded."""
+    return any(isinstance(value, torch.Tensor) and value.is_meta
+               for module in model.modules()
+               for value in (*module.parameters(recurse=False), *module.buffers(recurse=False), *vars(module).values()))
 
 
 def _bad_weights(spec: ModelSpec, weights_file: Path | None, error: Exception) -> ModelLoadError:

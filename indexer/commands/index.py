@@ -24,6 +24,16 @@ def _parse_shard(_ctx: click.Context, _param: click.Parameter, value: str | None
     return shard, shards
 
 
+def _parse_auto_count(_ctx: click.Context, param: click.Parameter, value: str) -> int | None:
+    """``auto`` → None (chosen from the cores), otherwise a count of at least the option's minimum."""
+    if value == "auto":
+        return None
+    least = 0 if param.name == "workers" else 1
+    if not value.isdigit() or int(value) < least:
+        raise click.BadParameter(f"{value!r} is not auto or a whole number ≥ {least}")
+    return int(value)
+
+
 @click.command("index")
 @click.argument("images", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
@@ -45,8 +55,12 @@ def _parse_shard(_ctx: click.Context, _param: click.Parameter, value: str | None
               help="faiss index_factory string (Flat, HNSW32, IVF4096,Flat, IVF4096,PQ64) or auto "
                    "(from the collection's size and --memory).")
 @click.option("--memory", "memory_gb", type=float, help="Memory budget of each FAISS index in GiB (default: half the RAM).")
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0),
-              help="Decoding processes beside the model (0: decode in the main process).")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Images per forward pass.")
+@click.option("--workers", default="auto", show_default=True, callback=_parse_auto_count,
+              help="Decoding processes beside the model (0: decode in the main process; auto: from the "
+                   "cores, one on a CPU so decoding overlaps the model).")
+@click.option("--threads", default="auto", show_default=True, callback=_parse_auto_count,
+              help="The model's torch threads (auto: every usable core on a CPU).")
 @click.option("--chunk-size", default=1024, show_default=True, type=click.IntRange(min=1),
               help="Images per shard: the most an interruption can lose.")
 @click.option("--gpu-jpeg/--pil-jpeg", "jpeg_on_device", default=True, show_default=True,
@@ -61,7 +75,8 @@ def _parse_shard(_ctx: click.Context, _param: click.Parameter, value: str | None
 def index_command(images: Path, out_dir: Path, model_name: str, weights: Path | None, random_init: bool,
                   aligner_path: Path | None, ranking_path: Path | None, property_names: tuple[str, ...],
                   clip_name: str | None, clip_weights: Path | None, sample: int,
-                  index_type: str, memory_gb: float | None, batch_size: int, workers: int, chunk_size: int,
+                  index_type: str, memory_gb: float | None, batch_size: int, workers: int | None,
+                  threads: int | None, chunk_size: int,
                   jpeg_on_device: bool, device: str, shard: tuple[int, int], mode: str | None, as_json: bool) -> None:
     """Index the images in IMAGES (a folder, a text file of paths, or a Parquet/CSV file with a
     `path` column whose other columns are kept as metadata) into the directory --out.
@@ -82,7 +97,7 @@ def index_command(images: Path, out_dir: Path, model_name: str, weights: Path | 
     from compsearch.indexer.build import IndexSettings
 
     settings = IndexSettings(
-        index=index_type, batch_size=batch_size, workers=workers, chunk_size=chunk_size,
+        index=index_type, batch_size=batch_size, workers=workers, threads=threads, chunk_size=chunk_size,
         memory_budget=int(memory_gb * (1 << 30)) if memory_gb else None, progress=not as_json,
         jpeg_on_device=jpeg_on_device, shard=shard,
     )

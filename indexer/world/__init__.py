@@ -1,6 +1,6 @@
 """A labelled synthetic world (shapes × colours × patterns × scenes) for offline measurement.
 
-No real CLIP weights are reachable here (DESIGN §7); this world and the small CLIP trained
+No real CLIP weights are reachable here (docs/architecture.md, Offline measurement); this world and the small CLIP trained
 on it (:mod:`indexer.world.fixture_clip`) are the instrument that checks the text side.
 
 The Parquet side (:mod:`.dataset`, pyarrow) and the captions load on first use

@@ -2,7 +2,7 @@
 
 A caption names any non-empty subset of an item's factors, e.g. "a red striped star on a
 beach", "striped red star, sandy background", "a photo of something on a beach", "a star".
-The words include the project's default property vocabularies (DESIGN §5: "circular",
+The words include the project's default property vocabularies (docs/architecture.md, Property vectors: "circular",
 "polka dot", "checkered", "beach", "city", …) so the fixture CLIP can be probed with them.
 """
 from __future__ import annotations

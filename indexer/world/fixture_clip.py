@@ -6,7 +6,7 @@ to it). Training is contrastive on world renders with full and partial captions.
 partial caption ("a star") truly describes many images in a batch, the loss treats every
 caption that is true of an image as a positive (soft targets over all of them) instead of
 pretending only the diagonal matches: this removes the false negatives that otherwise drown
-the weak shape and pattern signal in the few steps a CPU budget allows (DESIGN §8).
+the weak shape and pattern signal in the few steps a CPU budget allows (docs/architecture.md, Offline measurement).
 
 The fixture lives in open_clip's ``local-dir:`` format (``open_clip_config.json`` +
 ``open_clip_model.safetensors``) under ``$COMPSEARCH_CACHE/fixtures/<key>``, where the key

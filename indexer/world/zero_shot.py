@@ -14,7 +14,7 @@ from compsearch.mapping.models import LoadedModel
 
 @torch.no_grad()
 def class_embeddings(model: LoadedModel, factor: str) -> torch.Tensor:
-    """(values, d): per value, the normalised mean of its normalised prompt embeddings (DESIGN §5)."""
+    """(values, d): per value, the normalised mean of its normalised prompt embeddings."""
     rows = [model.encode_text(zero_shot_prompts(factor, value)).mean(dim=0) for value in FACTORS[factor]]
     return torch.nn.functional.normalize(torch.stack(rows), dim=-1)
 

@@ -1,4 +1,4 @@
-"""CompAlign: map each component's contribution into a CLIP embedding space (DESIGN.md §4).
+"""CompAlign: map each component's contribution into a CLIP embedding space (docs/architecture.md, Alignment).
 
 Pure functions on tensors (:mod:`~mapping.align.aligner`, :mod:`~mapping.align.train`),
 the row-aligned feature cache (:mod:`~mapping.align.cache`), persistence

@@ -1,4 +1,4 @@
-"""CompAlign: one linear map per component into CLIP space, and its objective (DESIGN.md §4).
+"""CompAlign: one linear map per component into CLIP space, and its objective (docs/architecture.md, Alignment).
 
 ``f_i(c) = W_iᵀ c + b/n`` with ``W`` stored as one (components, d_model, d_clip) tensor so
 every component is mapped by one einsum; ``weight=None`` is the identity aligner (a CLIP

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """The reference settings (DESIGN.md §4); ``patience`` counts batches, not epochs."""
+    """The reference settings (docs/architecture.md, Alignment); ``patience`` counts batches, not epochs."""
 
     learning_rate: float = 3e-4
     weight_decay: float = 1e-6

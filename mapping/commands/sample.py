@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from compsearch.mapping.models import LoadedModel
 
 SAMPLE_MODEL = "deit_tiny_patch16_224"
-EXACTNESS = 1e-5  # DESIGN.md §3: relative error of Σ c_i against z in fp32
+EXACTNESS = 1e-5  # docs/architecture.md, Decomposition: relative error of Σ c_i against z in fp32
 
 
 def draw_sample_image(size: int = 224) -> PIL.Image.Image:

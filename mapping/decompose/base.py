@@ -2,7 +2,7 @@
 
 An adapter wraps one architecture family's real timm / open_clip modules (no
 re-implementation): it hooks the forward pass, and returns the model's own output ``z``
-together with its exact split into named component contributions (DESIGN.md §3).
+together with its exact split into named component contributions (docs/architecture.md, Decomposition).
 
 Conventions shared by every adapter:
 - z, what the components sum to, is the representation the adapter's ``output()`` defines,

@@ -1,4 +1,4 @@
-"""Removing a spurious feature by mean-ablating the components that carry it (DESIGN.md §6).
+"""Removing a spurious feature by mean-ablating the components that carry it (docs/architecture.md, Search).
 
 A linear head is fitted on the model's output z = Σ_i c_i over a training set where a
 *spurious* attribute (the scene) agrees with the *label* (the shape) most of the time, so the

@@ -1,6 +1,6 @@
 """JPEGs decoded where the model runs (nvjpeg on a GPU) and preprocessed as tensors there.
 
-On a GPU, PIL decoding in CPU workers — not the model — bounds indexing (DESIGN: ~790 img/s
+On a GPU, PIL decoding in CPU workers — not the model — bounds indexing (~790 img/s
 with 15 workers against ~8,000 img/s for a ViT-B/16 bf16 forward on an H100). So the loader
 can hand JPEG *bytes* to the main process, which decodes a batch at once with
 ``torchvision.io.decode_jpeg(..., device=…)`` and applies the model's own eval transform as

@@ -1,7 +1,7 @@
 """Batches of decoded, preprocessed images from a source, decoded in DataLoader workers.
 
-The listing is cut into *chunks* of ``chunk_size`` consecutive positions. A worker takes
-whole chunks (chunk c goes to worker c mod W), reads each file once, hashes and decodes
+The listing is cut into chunks by :mod:`.plan` (the one chunk/partition rule). A worker
+takes whole chunks (dealt round robin), reads each file once, hashes and decodes
 those bytes once, applies every transform to the one decoded image, and yields batches
 tagged with their chunk; the last batch of a chunk says so. A writer that stores one shard
 per chunk therefore resumes by skipping the chunks it has (``skip_chunks``), and several
@@ -16,7 +16,6 @@ import hashlib
 import io
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import groupby
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -27,6 +26,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from compsearch.mapping.errors import ImageReadError
 from compsearch.mapping.images.decode import decode_image, read_image, read_image_bytes, to_rgb
 from compsearch.mapping.images.device_decode import TensorTransform, decode_jpegs, is_jpeg, tensor_transform
+from compsearch.mapping.images.plan import check_partition, units
 from compsearch.mapping.images.sources import ImageRecord, ImageSource, open_source
 
 if TYPE_CHECKING:  # reading images needs no model library
@@ -142,14 +142,11 @@ class _ChunkedImages(IterableDataset):
     def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        index, count = self.partition
-        mine = 0  # chunks of this partition seen so far: dealt round robin to the workers
-        for chunk, records in groupby(self.source.records(), key=lambda record: record.position // self.chunk_size):
-            if chunk % count != index or chunk in self.skip_chunks:
-                continue
-            mine += 1
-            if (mine - 1) % workers == worker:
-                yield from self._chunk_batches(chunk, list(records))
+        # This partition's units still to do, dealt round robin to the workers.
+        mine = units(self.source.records(), self.chunk_size, self.partition, self.skip_chunks)
+        for number, (unit, records) in enumerate(mine):
+            if number % workers == worker:
+                yield from self._chunk_batches(unit.chunk, records)
 
     def _chunk_batches(self, chunk: int, records: list[ImageRecord]) -> Iterator[Batch]:
         for start in range(0, len(records), self.batch_size):
@@ -187,8 +184,7 @@ def iter_batches(
     tensors (:mod:`mapping.images.device_decode`), the pixels returned on that device — when
     every transform has a tensor equivalent; otherwise everything takes the PIL path.
     """
-    if not 0 <= partition[0] < partition[1]:
-        raise ValueError(f"partition {partition} is not (index, count) with 0 <= index < count")
+    check_partition(partition)
     pipelines = [tensor_transform(transform) for transform in transforms] if jpeg_device else []
     defer_jpeg = bool(pipelines) and all(pipeline is not None for pipeline in pipelines)
     dataset = _ChunkedImages(open_source(source), transforms, batch_size, chunk_size, frozenset(skip_chunks),

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from compsearch.mapping.errors import CompsearchError, warn
 from compsearch.mapping.images.loader import DEFAULT_CHUNK_SIZE, Batch, Transform, iter_batches
+from compsearch.mapping.images.plan import plan
 from compsearch.mapping.images.sources import IMAGE_SUFFIXES, ImageRecord, ImageSource, SourceSpec, open_source
 
 REASONS_SHOWN = 3
@@ -20,12 +21,8 @@ REASONS_SHOWN = 3
 def count_images(source: ImageSource, chunk_size: int = DEFAULT_CHUNK_SIZE,
                  skip_chunks: Iterable[int] = ()) -> tuple[int, int]:
     """``(listed, to read)``: images ``source`` lists, and those outside ``skip_chunks``."""
-    skip = frozenset(skip_chunks)
-    listed = remaining = 0
-    for record in source.records():
-        listed += 1
-        remaining += record.position // chunk_size not in skip
-    return listed, remaining
+    cut = plan(source, chunk_size, done=skip_chunks)
+    return cut.listed, cut.images_todo
 
 
 def warn_skipped(source: ImageSource, skipped: Sequence[tuple[ImageRecord, str]], total: int) -> None:

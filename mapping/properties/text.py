@@ -1,4 +1,4 @@
-"""A property's subspace of CLIP text space (DESIGN.md §5)."""
+"""A property's subspace of CLIP text space (docs/architecture.md, Property vectors)."""
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -1,5 +1,5 @@
 """Measuring property retrieval: brute-force cosine search and how its results agree with
-labelled factors (DESIGN.md §6). Pure functions on tensors.
+labelled factors (docs/architecture.md, Search). Pure functions on tensors.
 
 A property index should retrieve by its property and ignore the others. Two numbers say so:
 

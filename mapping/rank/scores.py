@@ -1,4 +1,4 @@
-"""Scoring components for a property: pure functions on tensors (DESIGN.md §5).
+"""Scoring components for a property: pure functions on tensors (docs/architecture.md, Property vectors).
 
 ``mapped`` is always (images, components, d_clip): the aligned contributions f_i(c_i(x)) of
 a probe set. Scores are per component, higher meaning "carries more of the property".

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import pyarrow.dataset as ds
 import pytest
 import torch
 
+from compsearch.indexer import build
 from compsearch.indexer.build import IndexSettings, Indexer
 from compsearch.indexer.info import format_info, index_info
 from compsearch.indexer.known_files import KnownFiles
@@ -27,12 +29,16 @@ from compsearch.indexer.store import IndexStore
 from compsearch.indexer.world import get_split, write_split
 from compsearch.mapping.align import Aligner, AlignerMeta, save_aligner
 from compsearch.mapping.decompose import decompose
-from compsearch.mapping.errors import CompsearchError
+from compsearch.mapping.align.cache import build_cache
+from compsearch.mapping.chunk_store import DamagedFileError
+from compsearch.mapping.errors import CompsearchError, Interrupted
 from compsearch.mapping.images import PathListSource, read_image
 from compsearch.mapping.models import LoadedModel, load_model
 from compsearch.mapping.properties import builtin_property
 from compsearch.mapping.rank import PropertyRanking, Ranking
 from compsearch.indexer.artifacts import encoder_for_build
+from tests.mapping.test_align_cache import KEY as CACHE_KEY
+from tests.mapping.test_align_cache import Encoder as CacheEncoder
 
 MODEL = "deit_tiny_patch16_224"
 SETTINGS = IndexSettings(batch_size=8, workers=0, chunk_size=8, progress=False)
@@ -220,7 +226,7 @@ def test_a_file_two_shards_both_indexed_is_kept_once_by_the_plain_run(model, wor
     shutil.copytree(world / "train", images)
     shutil.copy(images / "000000.png", images / "000004-copy.png")  # chunk 0 and chunk 1 hold the same bytes
     out = tmp_path / "index"
-    monkeypatch.setattr(Indexer, "_known_files", lambda self: KnownFiles())  # as if both shards ran at once
+    monkeypatch.setattr(build, "known_files", lambda store: KnownFiles())  # as if both shards ran at once
     _sharded(model, images, out, (0, 2))
     _sharded(model, images, out, (1, 2))
     monkeypatch.undo()
@@ -272,6 +278,13 @@ def test_unreadable_files_are_skipped_with_their_reason(model, world, tmp_path) 
 
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-c", "from compsearch.search.cli import main; main()", *args]
+
+
+def test_indexing_restores_the_callers_thread_count(model, world, tmp_path) -> None:
+    before = torch.get_num_threads()
+    settings = IndexSettings(batch_size=8, workers=0, threads=1 if before > 1 else 2, progress=False)
+    _index(model, world / "train", tmp_path / "index", settings=settings)
+    assert torch.get_num_threads() == before
 
 
 def test_killed_run_resumes_with_every_image_exactly_once(world, tmp_path) -> None:
@@ -385,3 +398,46 @@ def test_the_on_the_fly_ranking_sample_is_every_nth_listed_image() -> None:
     assert [record.path for record in sample.records()] == [Path(f"/photos/{i}.jpg") for i in range(0, 100, 10)]
     assert (sample.description, sample_source(listing, 1000).description) == (
         "one image in 10 of a listing", "every image of a listing")
+
+
+INTERRUPTED = (r"^interrupted: (\d+) of (\d+) images are done and kept in (.+) — "
+               r"rerun the same command to continue where it stopped$")
+
+
+def test_ctrl_c_in_the_indexer_and_the_feature_cache_is_one_error_and_a_rerun_finishes(
+        model, world, tmp_path, monkeypatch) -> None:
+    built = encoder_for_build(model, tmp_path / "index")
+    encode = built.encoder.encode
+    calls = []
+
+    def interrupted_on_the_third_batch(pixels):
+        calls.append(len(pixels))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return encode(pixels)
+
+    monkeypatch.setattr(built.encoder, "encode", interrupted_on_the_third_batch)
+    settings = dataclasses.replace(SETTINGS, batch_size=4, chunk_size=4)
+    with pytest.raises(Interrupted) as indexing:
+        Indexer(tmp_path / "index", built.encoder, settings, built.provenance).run(world / "train")
+    with pytest.raises(Interrupted) as caching:  # the cache's encoder stops on its third batch of 2
+        build_cache(tmp_path / "cache", world / "train", CacheEncoder(interrupt_after=3), CACHE_KEY, chunk_size=4,
+                    batch_size=2, progress=False)
+    for error, folder, chunks_done in ((indexing, tmp_path / "index", 2), (caching, tmp_path / "cache", 1)):
+        kept, listed, where = re.match(INTERRUPTED, str(error.value)).groups()
+        assert (int(kept), int(listed), where) == (4 * chunks_done, 20, str(folder))
+    monkeypatch.undo()
+    summary = Indexer(tmp_path / "index", built.encoder, settings, built.provenance).run(world / "train")
+    assert summary.added == 12 and summary.images == 20  # the two written chunks were not redone
+
+
+def test_a_damaged_manifest_or_shard_is_one_error_naming_the_file(model, world, tmp_path) -> None:
+    out = tmp_path / "index"
+    _index(model, world / "train", out)
+    shard = IndexStore(out).shard_paths()[1]
+    shard.write_bytes(shard.read_bytes()[:100])  # truncated, as a disk may leave it
+    with pytest.raises(DamagedFileError, match=rf"^cannot read {shard} \(.*\) — rebuild the index"):
+        IndexStore(out).read_table()
+    (out / "manifest.json").write_text("{")
+    with pytest.raises(DamagedFileError, match=rf"^cannot read {out / 'manifest.json'} \(.*\) — rebuild the index"):
+        _index(model, world / "train", out)

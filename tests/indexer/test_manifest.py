@@ -26,6 +26,7 @@ from compsearch.indexer.manifest import (
     read_manifest,
     write_manifest,
 )
+from compsearch.mapping.errors import CompsearchError
 from compsearch.mapping.identity import EncoderIdentity
 from compsearch.search.cli import main
 from compsearch.search.server.app import create_app
@@ -162,7 +163,7 @@ def test_a_version_1_manifest_opens_as_computed_in_fp32(tmp_path: Path) -> None:
 ])
 def test_an_unreadable_manifest_is_one_error(tmp_path: Path, content: str, message: str) -> None:
     (tmp_path / MANIFEST).write_text(content)
-    with pytest.raises(IndexDirectoryError, match=re.escape(message)):
+    with pytest.raises(CompsearchError, match=re.escape(message)):  # IndexDirectoryError, or DamagedFileError
         read_manifest(tmp_path)
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from compsearch.mapping.align.cache import build_cache, is_heldout
+from compsearch.mapping.chunk_store import DamagedFileError
 from compsearch.mapping.errors import CompsearchError, Interrupted
 
 KEY = {"model": "m", "model_weights_id": "1", "clip": "c", "clip_weights_id": "2", "first_block": "blocks.7"}
@@ -54,7 +55,7 @@ def images(tmp_path: Path) -> Path:
 
 
 def _build(tmp_path: Path, images: Path, encode: Encoder | None = None, **options):
-    settings = {"shard_size": 5, "chunk_size": 3, "batch_size": 2, "progress": False, **options}
+    settings = {"shuffle_window": 5, "chunk_size": 3, "batch_size": 2, "progress": False, **options}
     return build_cache(tmp_path / "cache", images, encode or Encoder(), KEY, **settings)
 
 
@@ -93,11 +94,12 @@ def test_unreadable_images_are_skipped_recorded_and_warned_about(
 
 
 def test_ctrl_c_keeps_the_complete_chunks_and_a_rerun_reads_only_the_rest(tmp_path: Path, images: Path) -> None:
-    with pytest.raises(Interrupted, match=r"features of 9 of 23 images are kept") as interrupted:
+    with pytest.raises(Interrupted, match=r"interrupted: 9 of 23 images are done and kept in") as interrupted:
         _build(tmp_path, images, Encoder(interrupt_after=10))  # in the middle of the fourth 3-image chunk
     assert "rerun the same command" in str(interrupted.value)
     manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
-    assert sorted(chunk for shard in manifest["shards"] for chunk in shard["chunks"]) == [0, 1, 2]
+    assert sorted(path.name for path in (tmp_path / "cache").glob("part-*")) == [
+        f"part-000-00000{chunk}.safetensors" for chunk in range(3)]
     kept = {_number(image) for image in manifest["images"][:9]}
     resumed = Encoder()
     cache = _build(tmp_path, images, resumed)
@@ -111,19 +113,19 @@ def test_ctrl_c_keeps_the_complete_chunks_and_a_rerun_reads_only_the_rest(tmp_pa
 def test_a_cache_for_other_models_or_images_is_refused(tmp_path: Path, images: Path) -> None:
     _build(tmp_path, images)
     with pytest.raises(CompsearchError, match="built for other models"):
-        build_cache(tmp_path / "cache", images, Encoder(), {**KEY, "clip_weights_id": "3"}, shard_size=5,
+        build_cache(tmp_path / "cache", images, Encoder(), {**KEY, "clip_weights_id": "3"}, shuffle_window=5,
                     chunk_size=3, progress=False)
     PIL.Image.new("RGB", (4, 4)).save(images / "new.png")
     with pytest.raises(CompsearchError, match="built for other models, images"):
         _build(tmp_path, images)
 
 
-def test_a_shard_holding_other_images_is_detected(tmp_path: Path, images: Path) -> None:
+def test_a_part_holding_other_images_is_detected(tmp_path: Path, images: Path) -> None:
     cache = _build(tmp_path, images)
-    first, second = (tmp_path / "cache" / shard["file"] for shard in cache.manifest["shards"][:2])
-    first.write_bytes(second.read_bytes())  # e.g. a shard copied in from another run
-    with pytest.raises(CompsearchError, match="does not hold the images"):
-        cache.read_shard(0)
+    first, second = (cache.parts.path(0, chunk) for chunk in (0, 1))
+    first.write_bytes(second.read_bytes())  # e.g. a part copied in from another run
+    with pytest.raises(DamagedFileError, match="does not hold the images of its chunk"):
+        cache.read_chunk(0)
 
 
 def test_a_folder_without_images_is_refused(tmp_path: Path) -> None:

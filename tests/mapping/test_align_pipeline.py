@@ -75,7 +75,7 @@ def test_align_trains_caches_and_persists_a_model_to_clip_aligner(tmp_path: Path
     assert aligner.weight.shape == (len(names), contributions.shape[-1], model_config()["embed_dim"])
     assert aligner.meta.train_images + aligner.meta.heldout_images == 24 and aligner.meta.heldout_images > 0
     assert -1.0 <= aligner.meta.heldout_cosine <= 1.0 and aligner.meta.settings["max_epochs"] == 2
-    assert len(list((tmp_path / "a.cache").glob("shard-*.safetensors"))) == 1
+    assert len(list((tmp_path / "a.cache").glob("part-*.safetensors"))) == 1  # 24 images: one chunk
     reloaded = load_aligner(tmp_path / "a.safetensors")
     assert torch.equal(reloaded.weight, aligner.weight)
     reloaded.meta.first_block = "visual.transformer.resblocks.2"  # fewer blocks than it was trained on

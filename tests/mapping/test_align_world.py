@@ -2,7 +2,6 @@
 properties ranked on the world-trained fixture CLIP keep their own factor."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -73,8 +72,7 @@ def test_real_deit_tiny_finds_a_planted_exact_alignment(tmp_path: Path, deit_tin
     settings = TrainSettings(learning_rate=1e-3, max_epochs=60, heldout_fraction=0.2)
     aligner = align(model, target, images, tmp_path / "deit", settings=settings, progress=False)
     # Baseline: predicting the mean training target for every held-out image.
-    cache = FeatureCache(tmp_path / "deit.cache", json.loads((tmp_path / "deit.cache" / "manifest.json").read_text()),
-                         settings.heldout_fraction)
+    cache = FeatureCache(tmp_path / "deit.cache", settings.heldout_fraction)
     mean_target = torch.cat([t for _, t in cache.batches(256, heldout=False)]).mean(0)
     heldout_targets = torch.cat([t for _, t in cache.batches(256, heldout=True)])
     baseline = torch.nn.functional.cosine_similarity(heldout_targets, mean_target[None], dim=-1).mean().item()

@@ -79,6 +79,42 @@ def test_real_deit_tiny_accuracy_on_whole_sample(deit_tiny_weights: Path, imagen
     assert correct / len(photos) >= 0.75  # the shared weights' documented ≈0.80
 
 
+def test_weights_load_without_init_bit_identical_to_init_then_load(deit_tiny_weights: Path) -> None:
+    """The model built on the meta device with the weights assigned computes exactly what the
+    model initialised at random and then loaded computes (nothing left uninitialised)."""
+    loaded = load_model(DEIT_TINY, weights=deit_tiny_weights)
+    reference = timm.create_model(DEIT_TINY, pretrained=True,
+                                  pretrained_cfg_overlay={"file": str(deit_tiny_weights)}).eval()
+    assert not any(t.is_meta for t in (*loaded.model.parameters(), *loaded.model.buffers()))
+    images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(loaded.model(images), reference(images))
+        assert torch.equal(loaded.encode_images(images), reference.forward_head(reference.forward_features(images),
+                                                                                 pre_logits=True))
+
+
+@pytest.mark.parametrize("kind", ["non-persistent buffer", "tensor attribute"])
+def test_state_computed_at_construction_is_seen_as_unloaded(kind: str) -> None:
+    """What the weights do not hold (a rotary table, a causal mask) stays on the meta device
+    after assigning them, and is detected, so such a model is built and initialised as before."""
+    from compsearch.mapping.models import _holds_meta
+
+    class WithTable(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(2))
+            if kind == "tensor attribute":
+                self.table = torch.arange(3.0)
+            else:
+                self.register_buffer("table", torch.arange(3.0), persistent=False)
+
+    with torch.device("meta"):
+        built = WithTable()
+    built.load_state_dict({"weight": torch.zeros(2)}, assign=True)
+    assert _holds_meta(built)
+    assert not _holds_meta(WithTable())
+
+
 def test_random_init_model_is_named_and_in_eval_mode() -> None:
     loaded = load_model(DEIT_TINY, pretrained=False)
     assert loaded.weights_id == RANDOM_INIT and not loaded.is_clip and loaded.tokenizer is None

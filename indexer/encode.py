@@ -1,0 +1,108 @@
+"""The encode stage: batches of a work unit's images → the unit's rows, ready to write.
+
+Each batch (decoded by :func:`mapping.images.iter_batches`, tagged with its unit's chunk) is
+de-duplicated against the files known so far (:class:`~indexer.known_files.KnownFiles`: the
+index's shards and what this stage has added), its new images are encoded by the
+:class:`~mapping.encoder.PropertyEncoder` into every property's vector in one forward pass,
+and their rows (id, key, path, sha256, size, carried metadata) are collected per unit. When a
+unit's last batch has been taken, its :class:`~indexer.store.ChunkRows` are handed back, for
+the write stage. Nothing here is global: the encoder, the known files and where ids start
+are passed in, so a process, a shard or a task can each run its own.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from compsearch.indexer.known_files import KnownFiles, file_keys
+from compsearch.indexer.store import RESERVED_COLUMNS, SHARDS, ChunkRows, IndexStore
+from compsearch.mapping.encoder import PropertyEncoder
+from compsearch.mapping.images import Batch, ImageRecord
+
+
+@dataclass(frozen=True)
+class RunIds:
+    """Where a run's rows go: its number, and the id of listing position 0 (ids are the
+    run's offset plus the image's position, so every process agrees on them)."""
+
+    run: int
+    id_offset: int
+
+    def image_id(self, record: ImageRecord) -> int:
+        return self.id_offset + record.position
+
+
+def listed_path(record: ImageRecord) -> str | None:
+    """The absolute path as listed, symlinks kept: a link is its own entry (a duplicate of
+    its target), and the server decides what a link may point to."""
+    return os.path.abspath(record.path) if record.path else None
+
+
+def _row(record: ImageRecord, image_id: int, size: tuple[int, int], sha256: str) -> dict[str, Any]:
+    row = {"id": image_id, "key": record.key, "path": listed_path(record),
+           "sha256": sha256, "width": size[0], "height": size[1]}
+    for name, value in record.metadata.items():  # carried columns never shadow ours
+        row[f"metadata.{name}" if name in RESERVED_COLUMNS else name] = value
+    return row
+
+
+def known_files(store: IndexStore) -> KnownFiles:
+    """Every file an index holds, by content (streamed from its shards, kept compact)."""
+    dataset = store.dataset(SHARDS)
+    return KnownFiles.from_batches(dataset.to_batches(columns=["id", "sha256", "path"])) if dataset else KnownFiles()
+
+
+class UnitEncoder:
+    """Takes batches of any number of units, interleaved as loader workers yield them, and
+    returns each unit's rows once its last batch is in."""
+
+    def __init__(self, encoder: PropertyEncoder, known: KnownFiles, ids: RunIds) -> None:
+        self.encoder = encoder
+        self.known = known
+        self.ids = ids
+        self.open: dict[int, ChunkRows] = {}  # units still being read, by chunk
+        self.pieces: dict[int, dict[str, list[np.ndarray]]] = {}  # per unit, each batch's vectors
+
+    def take(self, batch: Batch) -> ChunkRows | None:
+        """De-duplicate and encode one batch; the unit's rows when this was its last batch."""
+        rows = self.open.setdefault(batch.chunk, ChunkRows(self.ids.run, batch.chunk, [], {}, [], []))
+        rows.skipped += [{"key": record.key, "path": str(record.path) if record.path else None, "reason": reason}
+                         for record, reason in batch.skipped]
+        fresh = self._fresh(batch, rows)
+        if fresh:
+            pieces = self.pieces.setdefault(batch.chunk, {})
+            pixels = batch.pixels[0] if len(fresh) == len(batch) else batch.pixels[0][fresh]  # no copy when all are new
+            for name, values in self.encoder.encode(pixels).items():
+                pieces.setdefault(name, []).append(values.numpy())
+            rows.rows += [_row(batch.records[i], self.ids.image_id(batch.records[i]), batch.sizes[i], batch.sha256[i])
+                          for i in fresh]
+        self.known.settle()
+        if not batch.chunk_done:
+            return None
+        rows = self.open.pop(batch.chunk)  # its vectors joined once, not re-copied per batch
+        rows.vectors = {name: np.concatenate(parts) for name, parts in self.pieces.pop(batch.chunk, {}).items()}
+        return rows
+
+    def _fresh(self, batch: Batch, rows: ChunkRows) -> list[int]:
+        """Positions in ``batch`` of the files not known yet; the others are counted as
+        already indexed (same path and bytes) or listed as duplicates (other path)."""
+        fresh = []
+        paths = [listed_path(record) for record in batch.records]
+        keys = file_keys(batch.sha256, paths)
+        found = self.known.find(keys.digests)  # written shards and earlier batches
+        for position, (record, sha256, path) in enumerate(zip(batch.records, batch.sha256, paths)):
+            hit = found[position] or self.known.recent(keys.digests[position])  # or earlier in this batch
+            if hit is not None:
+                first_id, first_path = hit
+                if first_path == keys.paths[position]:
+                    rows.already_indexed += 1
+                else:
+                    rows.duplicates.append({"key": record.key, "path": path, "sha256": sha256, "duplicate_of": first_id})
+                continue
+            self.known.add(keys.digests[position], self.ids.image_id(record), keys.paths[position])
+            fresh.append(position)
+        return fresh
+

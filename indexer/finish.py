@@ -1,0 +1,62 @@
+"""The finish stage: once every unit of a run is written, one pass over the shards.
+
+- de-duplication across shards: processes of a ``--shard I/N`` run that ran at the same time
+  did not see each other's files, so each may have indexed a copy of the same bytes; the
+  smallest id is kept and the others move to ``duplicates``;
+- the FAISS indexes, one per vector name, built from the shards (streamed) and written
+  atomically (inverted files part by part, merged on disk: :mod:`indexer.faiss_choice`);
+- the manifest's indexes and counts.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from compsearch.indexer.encode import known_files
+from compsearch.indexer.faiss_choice import build_index as build_faiss_index
+from compsearch.indexer.manifest import Counts, IndexEntry, Manifest
+from compsearch.indexer.settings import IndexSettings
+from compsearch.indexer.store import DUPLICATES, SHARDS, SKIPPED, IndexStore
+from compsearch.mapping.encoder import PropertyEncoder
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def deduplicate(store: IndexStore) -> int:
+    """Move every repeated file's rows but the first's to ``duplicates``; how many moved."""
+    repeats = known_files(store).repeats()
+    store.move_to_duplicates(repeats)
+    return len(repeats)
+
+
+def build_indexes(store: IndexStore, encoder: PropertyEncoder, settings: IndexSettings) -> dict[str, IndexEntry]:
+    """Build and write each vector name's FAISS index; the manifest entry of each."""
+    images = store.read_table(SHARDS, columns=["id"]).num_rows
+    entries = {}
+    for name in encoder.names:
+        dims = next((vectors.shape[1] for _, vectors in store.iter_vectors(name)), None)
+        if dims is None:
+            continue
+        path = store.faiss_path(name)  # an inverted file's lists go beside it, merged on disk
+        built = build_faiss_index(settings.index, dims, images, lambda name=name: store.iter_vectors(name),
+                                  settings.memory_budget, path=path)
+        entries[name] = IndexEntry(
+            file=path.name, factory=built.factory, ntotal=built.count, dim=dims,
+            metric="inner_product", normalised=True, space=encoder.space,
+            search_parameters=built.search_parameters, train_seconds=round(built.train_seconds, 3),
+            add_seconds=round(built.add_seconds, 3), bytes=sum(file.stat().st_size for file in built.files),
+        )
+    return entries
+
+
+def finish(store: IndexStore, manifest: Manifest, encoder: PropertyEncoder, settings: IndexSettings) -> None:
+    """Build the indexes from the shards and record them and the totals in the manifest."""
+    manifest.indexes.update(build_indexes(store, encoder, settings))
+    manifest.counts = Counts(
+        images=store.read_table(SHARDS, columns=["id"]).num_rows,
+        skipped=store.read_table(SKIPPED).num_rows,
+        duplicates=store.read_table(DUPLICATES).num_rows,
+    )
+    manifest.updated = now()
+    store.write_manifest(manifest)
