@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 from compsearch.indexer.artifacts import identity_differences
 from compsearch.indexer.encode import RunIds, UnitEncoder, known_files
+from compsearch.indexer.faiss_ondisk import LISTS_SUFFIX
 from compsearch.indexer.finish import deduplicate, finish, now
 from compsearch.indexer.manifest import IndexDirectoryError, Manifest, Provenance, RunEntry
 from compsearch.indexer.ranking_on_the_fly import ARTIFACTS
@@ -109,8 +110,9 @@ class Indexer:
         """Remove what an index directory holds (only our own files)."""
         for kind in (SHARDS, SKIPPED, DUPLICATES):
             shutil.rmtree(self.store.folder / kind, ignore_errors=True)
-        for path in self.store.folder.glob("*.faiss"):
-            path.unlink()
+        for pattern in ("*.faiss", f"*{LISTS_SUFFIX}"):
+            for path in self.store.folder.glob(pattern):
+                path.unlink()
         self.store.manifest_path.unlink(missing_ok=True)
 
     def _start(self, source: ImageSource, mode: Mode) -> tuple[Manifest, RunEntry]:

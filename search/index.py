@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import faiss
 import numpy as np
 
+from compsearch.indexer.faiss_ondisk import read_faiss
+from compsearch.indexer.faiss_tuning import set_search_parameters
 from compsearch.indexer.manifest import IndexDirectoryError
 from compsearch.indexer.store import IndexStore
 from compsearch.mapping.names import FULL
@@ -44,19 +46,12 @@ T = TypeVar("T")
 
 
 def read_faiss_index(path: Path, search_parameters: dict[str, Any]) -> faiss.Index:
-    """``path`` memory-mapped read-only (read into memory where the type cannot be mapped),
-    with the search parameters the build chose (``nprobe`` of IVF indexes)."""
+    """``path`` opened memory-mapped (an on-disk index's lists from the file beside it, wherever
+    the folder now is), with the search parameters the build chose (``nprobe``, ``efSearch``)."""
     if not path.is_file():
         raise IndexDirectoryError(f"{path} is missing", "rebuild the index (`compsearch index … --overwrite`)")
-    try:
-        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
-    except RuntimeError:
-        index = faiss.read_index(str(path))
-    inner = faiss.downcast_index(index)
-    if isinstance(inner, (faiss.IndexIDMap, faiss.IndexIDMap2)):
-        inner = faiss.downcast_index(inner.index)
-    for name, value in search_parameters.items():
-        faiss.ParameterSpace().set_index_parameter(inner, name, value)
+    index = read_faiss(path)
+    set_search_parameters(index, search_parameters)
     return index
 
 
