@@ -55,7 +55,6 @@ def _parse_auto_count(_ctx: click.Context, param: click.Parameter, value: str) -
               help="faiss index_factory string (Flat, HNSW32, IVF4096,Flat, IVF4096,PQ64) or auto "
                    "(from the collection's size and --memory).")
 @click.option("--memory", "memory_gb", type=float, help="Memory budget of each FAISS index in GiB (default: half the RAM).")
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Images per forward pass.")
 @click.option("--workers", default="auto", show_default=True, callback=_parse_auto_count,
               help="Decoding processes beside the model (0: decode in the main process; auto: from the "
                    "cores, one on a CPU so decoding overlaps the model).")

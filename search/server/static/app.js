@@ -248,7 +248,8 @@ function showColumns(found) {
   columns = found;
   const names = Object.keys(columns).filter((name) => name !== "sha256");
   $("filter-column").append(...names.map((name) => new Option(name, name)));
-  const dates = names.filter((name) => isDate(columns[name]));
+  // When a photo was taken (EXIF) before when its file last changed: the date people mean.
+  const dates = names.filter((name) => isDate(columns[name])).sort((a, b) => (b === "taken") - (a === "taken"));
   $("date-column").replaceChildren(...dates.map((name) => new Option(name, name)));
   $("dates").hidden = dates.length === 0;
   const orders = [["path", "folder"], ...dates.map((name) => [`-${name}`, `${name}, newest first`]),
