@@ -3,7 +3,7 @@
 the skip policy (:mod:`.probe`). Probe sets and collections, the CLI and the server all
 read images through it."""
 from compsearch.mapping.images.decode import decode_image, read_image, read_image_bytes, to_rgb
-from compsearch.mapping.images.loader import DEFAULT_CHUNK_SIZE, Batch, iter_batches, preprocess_batch
+from compsearch.mapping.images.loader import DEFAULT_CHUNK_SIZE, Batch, iter_batches, iter_unit_batches, preprocess_batch
 from compsearch.mapping.images.probe import probe_batches
 from compsearch.mapping.images.sources import (
     IMAGE_SUFFIXES,
@@ -34,6 +34,7 @@ __all__ = [
     "collection_root",
     "decode_image",
     "iter_batches",
+    "iter_unit_batches",
     "open_source",
     "preprocess_batch",
     "probe_batches",
