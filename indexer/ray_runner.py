@@ -15,7 +15,8 @@ small value) flows through three steps, each one of our stages handed to Ray unc
 A unit is de-duplicated against the files known when the run was planned and against itself,
 never against units running beside it, so which copy is kept does not depend on scheduling:
 the finish stage keeps the smallest id, as after a sharded run — the single process's choice.
-A worker that dies has its unit redone (Ray's retries); parts are written only for complete
+A worker that dies has its unit redone (Ray Data's own retries: lost tasks are resubmitted, dead
+actors restarted; an exception raised by our code is not retried but stops the run); parts are written only for complete
 units, so nothing is written twice, and a rerun plans only the units with no shard on disk.
 Only this module imports ray, and only when the backend is asked for.
 """
@@ -42,8 +43,6 @@ from compsearch.mapping.images import ImageSource, iter_unit_batches
 from compsearch.mapping.images.loader import Transform
 from compsearch.mapping.images.plan import Plan, WorkUnit
 from compsearch.mapping.models import RANDOM_INIT, load_model
-
-RETRIES = 3  # per unit: a worker (or its node) lost this many times stops the run, its finished units kept
 
 
 def import_ray() -> ModuleType:
@@ -161,15 +160,14 @@ def run_on_ray(store: IndexStore, source: ImageSource, work: Plan, stage: UnitEn
         folder = str(store.folder.resolve())
         units = ray.data.from_items([{"chunk": u.chunk, "start": u.start, "stop": u.stop} for u in work.todo],
                                     override_num_blocks=len(work.todo))
-        decoded = units.map_batches(decode_units, batch_size=1, num_cpus=1, max_retries=RETRIES, fn_kwargs=dict(
+        decoded = units.map_batches(decode_units, batch_size=1, num_cpus=1, fn_kwargs=dict(
             source=source, transforms=[stage.encoder.model.preprocess], batch_size=settings.batch_size))
         encoded = decoded.map_batches(
             EncodeUnits, batch_size=1, compute=ActorPoolStrategy(size=pool["size"]), num_gpus=pool["num_gpus"],
-            num_cpus=pool["num_cpus"], max_restarts=RETRIES, max_task_retries=RETRIES,
+            num_cpus=pool["num_cpus"],
             fn_constructor_kwargs=dict(folder=folder, device=pool["device"], threads=pool["threads"],
                                        known=stage.known, ids=stage.ids))
-        written = encoded.map_batches(write_units, batch_size=1, num_cpus=0.5, max_retries=RETRIES,
-                                      fn_kwargs=dict(folder=folder))
+        written = encoded.map_batches(write_units, batch_size=1, num_cpus=0.5, fn_kwargs=dict(folder=folder))
         counts = _execute(written)
     except KeyboardInterrupt:
         raise stopped(store, work, stage.ids.run) from None

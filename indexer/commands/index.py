@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from compsearch.mapping.errors import CompsearchError
 from compsearch.mapping.commands.options import aligner_option, clip_weights_option, emit, json_option, model_options
 
 if TYPE_CHECKING:
@@ -103,7 +104,7 @@ def index_command(images: Path, out_dir: Path, model_name: str, weights: Path | 
     from compsearch.indexer.build import IndexSettings
 
     if address and backend != "ray":
-        raise click.BadParameter("--address is the Ray cluster's: pass it with --backend ray", param_hint="--address")
+        raise CompsearchError("--address names a Ray cluster, and this run is not on Ray", "add --backend ray")
 
     settings = IndexSettings(
         index=index_type, batch_size=batch_size, workers=workers, threads=threads, chunk_size=chunk_size,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,14 +15,12 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from compsearch.indexer import ray_runner
 from compsearch.indexer.artifacts import encoder_for_build
 from compsearch.indexer.build import IndexSettings, IndexSummary, Indexer
 from compsearch.indexer.store import DUPLICATES, SHARDS, IndexStore
 from compsearch.mapping.errors import CompsearchError, Interrupted
 from compsearch.mapping.models import load_model
-
-ray = pytest.importorskip("ray", reason="the Ray backend's tests need Ray: pip install 'compsearch[ray]'")
-ray_runner = pytest.importorskip("compsearch.indexer.ray_runner")
 
 MODEL = "deit_tiny_patch16_224"
 IN_PROCESS = IndexSettings(batch_size=3, workers=0, threads=1, chunk_size=4, progress=False)
@@ -30,6 +29,7 @@ ON_RAY = dataclasses.replace(IN_PROCESS, backend="ray")
 
 @pytest.fixture(scope="module")
 def cluster() -> None:
+    ray = pytest.importorskip("ray", reason="the Ray backend's tests need Ray: pip install 'compsearch[ray]'")
     ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
              logging_level="error", log_to_driver=False)
     yield
@@ -100,6 +100,7 @@ def test_a_ray_run_equals_the_single_process_run(cluster, weights, images, refer
     assert (summary.images, summary.skipped, summary.duplicates) == (12, 1, 1)  # the copy: moved by the finish
 
 
+@pytest.mark.slow  # each Ray test takes a minute on a loaded 2-core machine; the equality test stays fast
 def test_a_worker_that_dies_is_retried_without_duplicates(cluster, weights, images, reference, tmp_path,
                                                           monkeypatch) -> None:
     marker = tmp_path / "died"
@@ -117,6 +118,7 @@ def test_a_worker_that_dies_is_retried_without_duplicates(cluster, weights, imag
     _assert_same_index(tmp_path / "index", reference)
 
 
+@pytest.mark.slow
 def test_a_rerun_finishes_an_interrupted_ray_run(cluster, weights, images, reference, tmp_path, monkeypatch) -> None:
     class FailsOnChunkTwo(ray_runner.EncodeUnits):
         def __call__(self, units):
@@ -139,3 +141,9 @@ def test_a_randomly_initialised_model_is_refused(weights, images, tmp_path) -> N
     encoder = encoder_for_build(load_model(MODEL, pretrained=False), tmp_path / "index").encoder
     with pytest.raises(CompsearchError, match="weights file"):
         Indexer(tmp_path / "index", encoder, ON_RAY).run(images)
+
+
+def test_without_ray_the_backend_says_how_to_install_it(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed: importing it raises ImportError
+    with pytest.raises(CompsearchError, match=r"compsearch\[ray\]"):
+        ray_runner.import_ray()
