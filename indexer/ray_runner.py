@@ -44,6 +44,8 @@ from compsearch.mapping.images.loader import Transform
 from compsearch.mapping.images.plan import Plan, WorkUnit
 from compsearch.mapping.models import RANDOM_INIT, load_model
 
+DECODE_CPUS = 0.5  # what one decode task asks for (see run_on_ray)
+
 
 def import_ray() -> ModuleType:
     try:
@@ -116,7 +118,7 @@ def _pool(ray: ModuleType) -> dict[str, Any]:
     gpus = int(resources.get("GPU", 0))
     if gpus:
         return dict(size=gpus, num_gpus=1, num_cpus=1, device="cuda", threads=1)
-    cpus = max(1, int(resources.get("CPU", 1)))
+    cpus = max(1, int(resources.get("CPU", 1)))  # actors ask whole cores: never DECODE_CPUS, so never fused
     threads = min(4, max(1, cpus // 2))
     return dict(size=max(1, cpus // (2 * threads)), num_gpus=0, num_cpus=threads, device="cpu", threads=threads)
 
@@ -160,7 +162,10 @@ def run_on_ray(store: IndexStore, source: ImageSource, work: Plan, stage: UnitEn
         folder = str(store.folder.resolve())
         units = ray.data.from_items([{"chunk": u.chunk, "start": u.start, "stop": u.stop} for u in work.todo],
                                     override_num_blocks=len(work.todo))
-        decoded = units.map_batches(decode_units, batch_size=1, num_cpus=1, fn_kwargs=dict(
+        # Half a core per decode task: reading waits on the disk, and a request unlike the
+        # actors' keeps Ray Data from fusing decoding into them (they would decode and encode
+        # in turn, one unit at a time, instead of beside each other).
+        decoded = units.map_batches(decode_units, batch_size=1, num_cpus=DECODE_CPUS, fn_kwargs=dict(
             source=source, transforms=[stage.encoder.model.preprocess], batch_size=settings.batch_size))
         encoded = decoded.map_batches(
             EncodeUnits, batch_size=1, compute=ActorPoolStrategy(size=pool["size"]), num_gpus=pool["num_gpus"],
