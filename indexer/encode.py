@@ -12,6 +12,7 @@ are passed in, so a process, a shard or a task can each run its own.
 from __future__ import annotations
 
 import os
+import posixpath
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,9 +42,9 @@ def listed_path(record: ImageRecord) -> str | None:
     return os.path.abspath(record.path) if record.path else None
 
 
-def _row(record: ImageRecord, image_id: int, size: tuple[int, int], sha256: str) -> dict[str, Any]:
-    row = {"id": image_id, "key": record.key, "path": listed_path(record),
-           "sha256": sha256, "width": size[0], "height": size[1]}
+def _row(record: ImageRecord, image_id: int, size: tuple[int, int], sha256: str, facts: dict[str, Any]) -> dict[str, Any]:
+    row = {"id": image_id, "key": record.key, "path": listed_path(record), "sha256": sha256, "width": size[0],
+           "height": size[1], "folder": posixpath.dirname(record.key) if record.path else None, **facts}
     for name, value in record.metadata.items():  # carried columns never shadow ours
         row[f"metadata.{name}" if name in RESERVED_COLUMNS else name] = value
     return row
@@ -77,8 +78,8 @@ class UnitEncoder:
             pixels = batch.pixels[0] if len(fresh) == len(batch) else batch.pixels[0][fresh]  # no copy when all are new
             for name, values in self.encoder.encode(pixels).items():
                 pieces.setdefault(name, []).append(values.numpy())
-            rows.rows += [_row(batch.records[i], self.ids.image_id(batch.records[i]), batch.sizes[i], batch.sha256[i])
-                          for i in fresh]
+            rows.rows += [_row(batch.records[i], self.ids.image_id(batch.records[i]), batch.sizes[i], batch.sha256[i],
+                               batch.facts[i]) for i in fresh]
         self.known.settle()
         if not batch.chunk_done:
             return None
