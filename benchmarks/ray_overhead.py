@@ -2,7 +2,8 @@
 
 Side by side in one run, on the sample photos (real JPEGs) with the real DeiT-tiny weights:
 the in-process runner (the loader's workers, the model in this process, its default
-parallelism) and the Ray runner on a local cluster of this machine's cores (decode tasks,
+parallelism) and the same with one model thread (what each Ray actor runs on a 2-core cluster), and
+the Ray runner on a local cluster of this machine's cores (decode tasks,
 CPU encoder actors, write tasks), each a whole `Indexer.run` (FAISS build included, the same
 in both). The cluster's start is timed apart (a real cluster is up already); the Ray run's
 wall time includes starting its actors and loading the model in them. The 1-minute load
@@ -51,6 +52,8 @@ def main() -> None:
         listing = listing_of(PHOTOS, args.images, Path(folder))
         load_before = os.getloadavg()[0]
         process_s, process_images, process_load = timed_run(listing, Path(folder) / "process", settings)
+        # the same threads as the Ray actor on this cluster (ray_runner._pool): a fair pair under load
+        one_s, _, one_load = timed_run(listing, Path(folder) / "one-thread", dataclasses.replace(settings, threads=1))
         started = time.perf_counter()
         ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
                  logging_level="error", log_to_driver=False)
@@ -73,13 +76,18 @@ def main() -> None:
         "|---|---|---|---|",
         f"| one process (loader workers + model here) | {process_s:.1f} | {process_images / process_s:.1f} | "
         f"{process_load:.1f} (before: {load_before:.1f}) |",
+        f"| one process, 1 model thread (as each Ray actor here) | {one_s:.1f} | {process_images / one_s:.1f} | "
+        f"{one_load:.1f} |",
         f"| Ray Data (decode tasks → encoder actors → write tasks) | {ray_s:.1f} | {ray_images / ray_s:.1f} | "
         f"{ray_load:.1f} |",
         f"| local cluster start (apart; a real cluster is up already) | {cluster_s:.1f} | | |",
         "",
-        f"Ray / one process: **{ray_s / process_s:.2f}×** the wall time for the same {ray_images} images "
-        "(same ids and rows). On one machine Ray only adds: actor start and a model load per actor, "
-        "pickled batches through the object store, and scheduling; what it buys is more machines and GPUs.",
+        f"Ray / one process: **{ray_s / process_s:.2f}×** the wall time (default threads), "
+        f"**{ray_s / one_s:.2f}×** against 1 model thread, for the same {ray_images} images (same ids and rows). "
+        "On a quiet machine Ray can only add (actor start and a model load per actor, pickled batches through "
+        "the object store, scheduling); what it buys is more machines and GPUs. With the load average far above "
+        "the cores, the ratios mostly measure contention: a model running several torch threads waits on each "
+        "of them when other processes hold the cores.",
     ])
 
 
