@@ -40,7 +40,7 @@ from compsearch.indexer.faiss_ondisk import LISTS_SUFFIX
 from compsearch.indexer.finish import deduplicate, finish, now
 from compsearch.indexer.manifest import IndexDirectoryError, Manifest, Provenance, RunEntry
 from compsearch.indexer.ranking_on_the_fly import ARTIFACTS
-from compsearch.indexer.runners import run_in_process
+from compsearch.indexer.runners import Runner, run_in_process
 from compsearch.indexer.settings import IndexSettings
 from compsearch.indexer.store import (
     DUPLICATES,
@@ -172,19 +172,26 @@ class Indexer:
         ids = RunIds(run.run, run.id_offset)
         work = plan(source, self.settings.chunk_size, self.settings.shard, self.store.done_chunks(ids.run))
         stage = UnitEncoder(self.encoder, known_files(self.store), ids)
-        counts = run_in_process(self.store, source, work, stage, self.settings)
+        counts = self._runner()(self.store, source, work, stage, self.settings)
         seconds = time.perf_counter() - started
         shard, shards = self.settings.shard
         if shards > 1:  # the other shards may still be writing: a plain run builds the indexes
             left = set(range(work.chunks)) - self.store.done_chunks(ids.run)
             return IndexSummary(**self._summary(run, seconds, counts), shard=f"{shard}/{shards}", chunks_left=len(left),
                                 images=self.store.read_table(SHARDS, columns=["id"]).num_rows)
-        if run.shards > 1:  # shards that ran at once may each have indexed a copy
+        if run.shards > 1 or self.settings.backend == "ray":  # units that ran at once may each have indexed a copy
             counts["duplicates"] += deduplicate(self.store)
         run.complete(now(), seconds, counts)
         finish(self.store, manifest, self.encoder, self.settings)
         return IndexSummary(**self._summary(run, seconds, counts), images=manifest.counts.images,
                             indexes={name: entry.factory for name, entry in manifest.indexes.items()})
+
+    def _runner(self) -> Runner:
+        if self.settings.backend == "ray":  # Ray is imported only when asked for
+            from compsearch.indexer.ray_runner import run_on_ray
+
+            return run_on_ray
+        return run_in_process
 
     def _summary(self, run: RunEntry, seconds: float, counts: dict[str, int]) -> dict[str, Any]:
         """The fields of an :class:`IndexSummary` that every kind of run reports."""

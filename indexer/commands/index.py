@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from compsearch.mapping.errors import CompsearchError
 from compsearch.mapping.commands.options import aligner_option, clip_weights_option, emit, json_option, model_options
 
 if TYPE_CHECKING:
@@ -68,6 +69,11 @@ def _parse_auto_count(_ctx: click.Context, param: click.Parameter, value: str) -
               help="Take share I of N (0 <= I < N) of the collection's chunks, so N processes (GPUs, or "
                    "machines sharing --out) split one run; then run the same command without --shard "
                    "to build the FAISS indexes.")
+@click.option("--backend", type=click.Choice(["process", "ray"]), default="process", show_default=True,
+              help="Who runs decoding, the model and writing: this process, or Ray Data on a cluster "
+                   "(decode tasks, one model actor per GPU or a CPU pool, write tasks; pip install 'compsearch[ray]').")
+@click.option("--address", help="With --backend ray: the cluster (auto, or HOST:PORT of its head); default: "
+                                "$RAY_ADDRESS, else a local cluster started for this run.")
 @click.option("--append", "mode", flag_value="append", help="Add the files not indexed yet to an existing index.")
 @click.option("--overwrite", "mode", flag_value="overwrite", help="Delete the index in --out and rebuild it.")
 @json_option
@@ -76,7 +82,8 @@ def index_command(images: Path, out_dir: Path, model_name: str, weights: Path | 
                   clip_name: str | None, clip_weights: Path | None, sample: int,
                   index_type: str, memory_gb: float | None, batch_size: int, workers: int | None,
                   threads: int | None, chunk_size: int,
-                  jpeg_on_device: bool, device: str, shard: tuple[int, int], mode: str | None, as_json: bool) -> None:
+                  jpeg_on_device: bool, device: str, shard: tuple[int, int], backend: str, address: str | None,
+                  mode: str | None, as_json: bool) -> None:
     """Index the images in IMAGES (a folder, a text file of paths, or a Parquet/CSV file with a
     `path` column whose other columns are kept as metadata) into the directory --out.
 
@@ -95,10 +102,13 @@ def index_command(images: Path, out_dir: Path, model_name: str, weights: Path | 
     from compsearch.indexer.api import build_index
     from compsearch.indexer.build import IndexSettings
 
+    if address and backend != "ray":
+        raise CompsearchError("--address names a Ray cluster, and this run is not on Ray", "add --backend ray")
+
     settings = IndexSettings(
         index=index_type, batch_size=batch_size, workers=workers, threads=threads, chunk_size=chunk_size,
         memory_budget=int(memory_gb * (1 << 30)) if memory_gb else None, progress=not as_json,
-        jpeg_on_device=jpeg_on_device, shard=shard,
+        jpeg_on_device=jpeg_on_device, shard=shard, backend=backend, address=address,
     )
     summary = build_index(images, out_dir, model_name, weights=weights, pretrained=not random_init,
                           aligner=aligner_path, ranking=ranking_path, properties=list(property_names) or None,

@@ -11,7 +11,8 @@ from compsearch.mapping.lazy import lazy_attributes
 
 _EXPORTS = {  # exported name -> submodule defining it
     "decode_image": "decode", "read_image": "decode", "read_image_bytes": "decode", "to_rgb": "decode",
-    "DEFAULT_CHUNK_SIZE": "loader", "Batch": "loader", "iter_batches": "loader", "preprocess_batch": "loader",
+    "DEFAULT_CHUNK_SIZE": "loader", "Batch": "loader", "iter_batches": "loader", "iter_unit_batches": "loader",
+    "preprocess_batch": "loader",
     "probe_batches": "probe",
     "IMAGE_SUFFIXES": "sources", "FolderSource": "sources", "ImageRecord": "sources", "ImageSource": "sources",
     "ListFileSource": "sources", "MemorySource": "sources", "PathListSource": "sources", "SourceSpec": "sources",
