@@ -18,3 +18,4 @@ class IndexSettings:
     jpeg_on_device: bool = True  # a CUDA model's JPEGs are decoded on its GPU (nvjpeg), not by PIL
     progress: bool = True
     shard: tuple[int, int] = (0, 1)  # (i, n): this process's share of the run's chunks (indexer.build)
+    store: str | None = "fp16"  # the component store's arrays (fp16, fp32) beside the shards; None: none

@@ -69,6 +69,9 @@ def _parse_auto_count(_ctx: click.Context, param: click.Parameter, value: str) -
               help="Take share I of N (0 <= I < N) of the collection's chunks, so N processes (GPUs, or "
                    "machines sharing --out) split one run; then run the same command without --shard "
                    "to build the FAISS indexes.")
+@click.option("--store", "store", default="fp16", show_default=True, type=click.Choice(["fp16", "fp32", "none"]),
+              help="Keep each image's components in compact exact form beside the shards (DIR/store), so "
+                   "`add-property` and `reindex` need no pass over the images; none: keep nothing.")
 @click.option("--append", "mode", flag_value="append", help="Add the files not indexed yet to an existing index.")
 @click.option("--overwrite", "mode", flag_value="overwrite", help="Delete the index in --out and rebuild it.")
 @json_option
@@ -77,7 +80,8 @@ def index_command(images: Path, out_dir: Path, model_name: str, weights: Path | 
                   clip_name: str | None, clip_weights: Path | None, sample: int,
                   index_type: str, memory_gb: float | None, batch_size: int, workers: int | None,
                   threads: int | None, chunk_size: int,
-                  jpeg_on_device: bool, device: str, shard: tuple[int, int], mode: str | None, as_json: bool) -> None:
+                  jpeg_on_device: bool, device: str, shard: tuple[int, int], store: str, mode: str | None,
+                  as_json: bool) -> None:
     """Index the images in IMAGES (a folder, a text file of paths, or a Parquet/CSV file with a
     `path` column whose other columns are kept as metadata) into the directory --out.
 
@@ -99,7 +103,7 @@ def index_command(images: Path, out_dir: Path, model_name: str, weights: Path | 
     settings = IndexSettings(
         index=index_type, batch_size=batch_size, workers=workers, threads=threads, chunk_size=chunk_size,
         memory_budget=int(memory_gb * (1 << 30)) if memory_gb else None, progress=not as_json,
-        jpeg_on_device=jpeg_on_device, shard=shard,
+        jpeg_on_device=jpeg_on_device, shard=shard, store=None if store == "none" else store,
     )
     summary = build_index(images, out_dir, model_name, weights=weights, pretrained=not random_init,
                           aligner=aligner_path, ranking=ranking_path, properties=list(property_names) or None,
