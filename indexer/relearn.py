@@ -1,4 +1,5 @@
-"""Changing an index's mind without the ViT: property indexes rebuilt from the component store.
+"""Changing an index's mind without the ViT: property indexes rebuilt from the component store,
+and rankings scored on the stored images.
 
 The store holds every image's components in compact form (:mod:`indexer.component_store`);
 :func:`~mapping.decompose.expand` rebuilds them from the image model's *weights* alone (no
@@ -11,10 +12,12 @@ the FAISS indexes are built by the finish stage's own :func:`~indexer.finish.bui
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from compsearch.indexer.artifacts import EncoderArtifacts, check_model, encoder_for_build, locate_artifact
 from compsearch.indexer.component_store import iter_components, require_store, write_vectors
@@ -22,10 +25,14 @@ from compsearch.indexer.finish import build_indexes, now
 from compsearch.indexer.manifest import Manifest
 from compsearch.indexer.settings import IndexSettings
 from compsearch.indexer.store import IndexStore
+from compsearch.mapping.align import Aligner
+from compsearch.mapping.align.persist import check_aligner
 from compsearch.mapping.errors import CompsearchError
 from compsearch.mapping.identity import EncoderIdentity
 from compsearch.mapping.models import RANDOM_INIT, LoadedModel
 from compsearch.mapping.names import FULL
+from compsearch.mapping.properties import Property
+from compsearch.mapping.rank import Ranking
 
 
 @dataclass
@@ -50,6 +57,46 @@ def model_for_index(manifest: Manifest, folder: Path, weights: str | Path | None
     model = load_model(recorded.model_name, weights=weights, device=device)
     check_model(recorded, model, folder)
     return model
+
+
+def stored_aligned_batches(folder: Path, model: LoadedModel, aligner: Aligner, sample: int | None = None,
+                           batch_size: int = 512) -> Iterator[torch.Tensor]:
+    """The index's images' components from its store, mapped by ``aligner`` (batch, components,
+    d_clip): the first ``sample`` images in shard order, or all — probe images for a ranking."""
+    manifest = IndexStore(folder).read_manifest()
+    entry = require_store(manifest, folder, model)
+    left = sample
+    for _, _, components, names in iter_components(IndexStore(folder), entry.layout, model, batch_size):
+        check_aligner(aligner, names, components.shape[-1], model.name, model.weights_id)
+        batch = aligner.map_components(components.float().cpu())
+        if left is not None:
+            batch, left = batch[:left], left - min(left, len(batch))
+        yield batch
+        if left == 0:
+            return
+
+
+def rank_from_index(folder: str | Path, properties: Sequence[Property], k: int | dict[str, int] | None = None,
+                    aligner_path: str | Path | None = None, sample: int | None = None,
+                    model: LoadedModel | None = None, weights: str | Path | None = None,
+                    clip_weights: str | Path | None = None, device: str = "cpu") -> Ranking:
+    """Rank components for text ``properties`` on the index's stored images (or ``sample`` of
+    them) through its aligner (or ``aligner_path``), instead of passing probe images through the model."""
+    from compsearch.mapping.align import load_aligner
+    from compsearch.mapping.align.features import clip_for_aligner
+    from compsearch.mapping.rank import rank
+
+    folder = Path(folder).expanduser()
+    manifest = IndexStore(folder).read_manifest()
+    aligner_path = aligner_path or _artifact(manifest, folder, "aligner")
+    if aligner_path is None:
+        raise CompsearchError(f"{folder} was built without an aligner: properties in words need one",
+                              "pass --aligner (trained for the index's model)")
+    model = model or model_for_index(manifest, folder, weights, device)
+    aligner = load_aligner(aligner_path)
+    clip = clip_for_aligner(aligner, model, clip_weights)
+    return rank(model, aligner, None, properties, (), clip.encode_text, k, aligner_path,
+                mapped=stored_aligned_batches(folder, model, aligner, sample))
 
 
 def _artifact(manifest: Manifest, folder: Path, kind: str) -> Path | None:
@@ -109,8 +156,6 @@ def reindex(folder: str | Path, aligner: str | Path | None = None, ranking: str 
 
 def _ranked_components(built: EncoderArtifacts, name: str) -> list[str]:
     """Every component the ranking ranked for ``name``, best first."""
-    from compsearch.mapping.rank import Ranking
-
     ranking = built.provenance.ranking
     return Ranking.load(ranking.path).get(name).components
 

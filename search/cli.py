@@ -34,7 +34,7 @@ COMMANDS: dict[str, Entry] = {
                        "Split images' representations into named components."),
     "align": Entry("compsearch.mapping.commands.align:align_command",
                    "Map each component into a CLIP's space (an aligner)."),
-    "rank": Entry("compsearch.mapping.commands.rank:rank_command",
+    "rank": Entry("compsearch.indexer.commands.rank:rank_command",
                   "Rank components per property; write the ranking JSON."),
     "describe": Entry("compsearch.mapping.commands.describe:describe_command",
                       "Describe attention heads in words (TextSpan)."),

@@ -1,7 +1,12 @@
-"""The ranking stage on image files: decompose a probe set, align, score, rank."""
+"""The ranking stage on image files: decompose a probe set, align, score, rank.
+
+Text properties can also be scored on components that come from elsewhere than a forward
+pass (an index's component store, :mod:`indexer.relearn`): ``mapped`` batches of aligned
+components stand in for the probe images.
+"""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -24,11 +29,13 @@ from compsearch.mapping.rank.scores import (
 
 
 def text_property_scores(
-    model: LoadedModel, aligner: Aligner, images: SourceSpec, properties: Sequence[Property],
+    model: LoadedModel, aligner: Aligner, images: SourceSpec | None, properties: Sequence[Property],
     encode_text: TextEncoder, batch_size: int = 32, workers: int = 0, progress: bool = False,
+    mapped: Iterable[torch.Tensor] | None = None,
 ) -> tuple[list[str], dict[str, torch.Tensor], torch.Tensor, int]:
     """``(component names, {property: S_p}, variances, images read)`` over the probe set
-    ``images``, with each component's variance over it (:class:`ComponentVariance`).
+    ``images`` (or the aligned component batches ``mapped``), with each component's variance
+    over it (:class:`ComponentVariance`).
 
     All properties' bases are stacked so each batch is projected once and only the small
     coordinates a_i(x) are kept, whatever the size of the probe set.
@@ -37,9 +44,11 @@ def text_property_scores(
     stacked = torch.cat(bases)
     variance = ComponentVariance()
     coordinates = []
-    for _, mapped in aligned_batches(model, aligner, images, batch_size, workers, progress):
-        variance.update(mapped)
-        coordinates.append(property_coordinates(mapped, stacked))
+    if mapped is None:
+        mapped = (batch for _, batch in aligned_batches(model, aligner, images, batch_size, workers, progress))
+    for batch in mapped:
+        variance.update(batch)
+        coordinates.append(property_coordinates(batch, stacked))
     per_property = torch.cat(coordinates).split([len(basis) for basis in bases], dim=-1)
     scores = {prop.name: scores_from_coordinates(part) for prop, part in zip(properties, per_property)}
     return aligner.component_names, scores, variance.variances, sum(len(part) for part in coordinates)
@@ -79,7 +88,7 @@ def _chosen_k(model_name: str, names: Sequence[str], k: int | dict[str, int] | N
 
 def check_rank_inputs(
     properties: Sequence[Property], examples: Sequence[ExampleProperty], aligner: Aligner | None,
-    images: SourceSpec | None,
+    images: SourceSpec | Iterable[torch.Tensor] | None,
 ) -> None:
     """Refuse what :func:`rank` cannot do, before any model runs (the CLI calls it before it
     even loads the model)."""
@@ -107,12 +116,13 @@ def rank(
     batch_size: int = 32,
     progress: bool = False,
     workers: int = 0,
+    mapped: Iterable[torch.Tensor] | None = None,
 ) -> Ranking:
     """Rank ``model``'s components for each text property (scored on the probe set
-    ``images``: a folder, a list or Parquet file, …) and each example property; ``k``
-    overrides the reference top-k (one number for all, or per property name). Unreadable
-    probe images are skipped with a warning."""
-    check_rank_inputs(properties, examples, aligner, images)
+    ``images``: a folder, a list or Parquet file, …, or on the aligned component batches
+    ``mapped``) and each example property; ``k`` overrides the reference top-k (one number
+    for all, or per property name). Unreadable probe images are skipped with a warning."""
+    check_rank_inputs(properties, examples, aligner, images if mapped is None else mapped)
     if properties and encode_text is None:
         raise PropertyError("properties described in words need a CLIP text encoder",
                             "pass the aligner's CLIP's encode_text, or define the properties by examples")
@@ -131,7 +141,7 @@ def rank(
     )
     if properties:
         component_names, scores, variances, ranking.probe_images = text_property_scores(
-            model, aligner, images, properties, encode_text, batch_size, workers, progress
+            model, aligner, images, properties, encode_text, batch_size, workers, progress, mapped
         )
         warn_if_few_images(ranking.probe_images, "text properties are scored", "--images")
         values = {prop.name: list(prop.descriptions) for prop in properties}

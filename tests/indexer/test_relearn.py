@@ -144,3 +144,24 @@ def test_no_store_or_another_model_is_refused(clip: LoadedModel, world: Path, mo
     (folder / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(CompsearchError, match="component store holds"):
         reindex(folder, k={"colour": 2}, model=clip)
+
+
+def test_rank_on_the_stored_images_equals_ranking_the_images(clip: LoadedModel, world: Path, monkeypatch,
+                                                             capsys) -> None:
+    from compsearch.mapping.align import load_aligner
+    from compsearch.mapping.properties import builtin_property
+    from compsearch.mapping.rank import rank
+
+    folder = _index(clip, world, "rank32", world / "ranking.json", ["colour"], store="fp32")
+    properties = [builtin_property("colour"), builtin_property("shape")]
+    aligner = load_aligner(world / "identity.safetensors")
+    expected = rank(clip, aligner, world / "world" / "train", properties, encode_text=clip.encode_text, k=3)
+    code, out, err = run_cli(monkeypatch, capsys, "rank", "--index", str(folder), "--property", "colour",
+                             "--property", "shape", "--k", "3", "--out", str(world / "stored-ranking.json"), "--json")
+    assert code == 0, err
+    ranked = Ranking.load(world / "stored-ranking.json")
+    assert ranked.probe_images == IMAGES  # every stored image, none read from disk
+    for prop in expected.properties:
+        ours = ranked.get(prop.name)
+        assert ours.top == prop.top
+        assert np.allclose(ours.scores, prop.scores, atol=1e-4)
