@@ -138,6 +138,7 @@ def test_no_store_or_another_model_is_refused(clip: LoadedModel, world: Path, mo
     assert not (bare / "store").exists() and json.loads((bare / "manifest.json").read_text())["store"] is None
     code, _, err = run_cli(monkeypatch, capsys, "add-property", str(bare), "--property", "pattern")
     assert code == 2 and "has no component store" in err and "Traceback" not in err
+    assert "store      none" in run_cli(monkeypatch, capsys, "info", str(bare))[1]
     folder = _index(clip, world, "other", world / "ranking.json", ["colour"])
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["store"]["model_weights_id"] = "0123456789ab"
