@@ -13,6 +13,7 @@ batch's component store comes from the same forward pass and is kept per unit to
 from __future__ import annotations
 
 import os
+import posixpath
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,9 +45,9 @@ def listed_path(record: ImageRecord) -> str | None:
     return os.path.abspath(record.path) if record.path else None
 
 
-def _row(record: ImageRecord, image_id: int, size: tuple[int, int], sha256: str) -> dict[str, Any]:
-    row = {"id": image_id, "key": record.key, "path": listed_path(record),
-           "sha256": sha256, "width": size[0], "height": size[1]}
+def _row(record: ImageRecord, image_id: int, size: tuple[int, int], sha256: str, facts: dict[str, Any]) -> dict[str, Any]:
+    row = {"id": image_id, "key": record.key, "path": listed_path(record), "sha256": sha256, "width": size[0],
+           "height": size[1], "folder": posixpath.dirname(record.key) if record.path else None, **facts}
     for name, value in record.metadata.items():  # carried columns never shadow ours
         row[f"metadata.{name}" if name in RESERVED_COLUMNS else name] = value
     return row
@@ -85,8 +86,8 @@ class UnitEncoder:
                 pieces.setdefault(name, []).append(values.numpy())
             if stored is not None:
                 self.stored.setdefault(batch.chunk, []).append(stored)
-            rows.rows += [_row(batch.records[i], self.ids.image_id(batch.records[i]), batch.sizes[i], batch.sha256[i])
-                          for i in fresh]
+            rows.rows += [_row(batch.records[i], self.ids.image_id(batch.records[i]), batch.sizes[i], batch.sha256[i],
+                               batch.facts[i]) for i in fresh]
         self.known.settle()
         if not batch.chunk_done:
             return None
