@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 from compsearch.indexer.artifacts import identity_differences
 from compsearch.indexer.encode import RunIds, UnitEncoder, known_files
+from compsearch.indexer.faiss_ondisk import LISTS_SUFFIX
 from compsearch.indexer.finish import deduplicate, finish, now
 from compsearch.indexer.manifest import IndexDirectoryError, Manifest, Provenance, RunEntry, StoreEntry
 from compsearch.indexer.ranking_on_the_fly import ARTIFACTS
@@ -112,8 +113,9 @@ class Indexer:
         """Remove what an index directory holds (only our own files)."""
         for kind in (SHARDS, SKIPPED, DUPLICATES, STORE, VECTORS):
             shutil.rmtree(self.store.folder / kind, ignore_errors=True)
-        for path in self.store.folder.glob("*.faiss"):
-            path.unlink()
+        for pattern in ("*.faiss", f"*{LISTS_SUFFIX}"):
+            for path in self.store.folder.glob(pattern):
+                path.unlink()
         self.store.manifest_path.unlink(missing_ok=True)
 
     def _start(self, source: ImageSource, mode: Mode) -> tuple[Manifest, RunEntry]:

@@ -4,14 +4,12 @@
   did not see each other's files, so each may have indexed a copy of the same bytes; the
   smallest id is kept and the others move to ``duplicates``;
 - the FAISS indexes, one per vector name, built from the shards (streamed) and written
-  atomically;
+  atomically (inverted files part by part, merged on disk: :mod:`indexer.faiss_choice`);
 - the manifest's indexes and counts, and the component store's layout.
 """
 from __future__ import annotations
 
 from datetime import datetime, timezone
-
-import faiss
 
 from compsearch.indexer.component_store import written_layout
 from compsearch.indexer.encode import known_files
@@ -19,7 +17,6 @@ from compsearch.indexer.faiss_choice import build_index as build_faiss_index
 from compsearch.indexer.manifest import Counts, IndexEntry, Manifest
 from compsearch.indexer.settings import IndexSettings
 from compsearch.indexer.store import DUPLICATES, SHARDS, SKIPPED, IndexStore
-from compsearch.mapping.chunk_store import write_atomically
 from compsearch.mapping.encoder import PropertyEncoder
 
 
@@ -42,15 +39,14 @@ def build_indexes(store: IndexStore, names: list[str], space: str, settings: Ind
         dims = next((vectors.shape[1] for _, vectors in store.iter_vectors(name)), None)
         if dims is None:
             continue
+        path = store.faiss_path(name)  # an inverted file's lists go beside it, merged on disk
         built = build_faiss_index(settings.index, dims, images, lambda name=name: store.iter_vectors(name),
-                                  settings.memory_budget)
-        path = store.faiss_path(name)
-        write_atomically(path, lambda temporary: faiss.write_index(built.index, str(temporary)))
+                                  settings.memory_budget, path=path)
         entries[name] = IndexEntry(
             file=path.name, factory=built.factory, ntotal=built.count, dim=dims,
             metric="inner_product", normalised=True, space=space,
             search_parameters=built.search_parameters, train_seconds=round(built.train_seconds, 3),
-            add_seconds=round(built.add_seconds, 3), bytes=path.stat().st_size,
+            add_seconds=round(built.add_seconds, 3), bytes=sum(file.stat().st_size for file in built.files),
         )
     return entries
 

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import faiss
 import numpy as np
 
+from compsearch.indexer.faiss_ondisk import read_faiss
+from compsearch.indexer.faiss_tuning import set_search_parameters
 from compsearch.indexer.manifest import IndexDirectoryError
 from compsearch.indexer.store import IndexStore
 from compsearch.mapping.names import FULL
@@ -29,7 +31,7 @@ from compsearch.search.combine import Ranked, SearchFunction, WeightedVector, co
 from compsearch.search.errors import NoTextEncoderError, QueryError, UnknownPropertyError
 from compsearch.search.filtered import Selection, search_selected
 from compsearch.search.filters import selected_ids
-from compsearch.search.query import ImageInput, Query, Term, check_k, check_offset, term_labels
+from compsearch.search.query import ImageInput, Query, Term, check_k, check_offset, check_threshold, term_labels
 from compsearch.search.results import Result, SearchResults
 from compsearch.search.stored import StoredRows, keeps_exact_vectors, split_record
 
@@ -44,19 +46,12 @@ T = TypeVar("T")
 
 
 def read_faiss_index(path: Path, search_parameters: dict[str, Any]) -> faiss.Index:
-    """``path`` memory-mapped read-only (read into memory where the type cannot be mapped),
-    with the search parameters the build chose (``nprobe`` of IVF indexes)."""
+    """``path`` opened memory-mapped (an on-disk index's lists from the file beside it, wherever
+    the folder now is), with the search parameters the build chose (``nprobe``, ``efSearch``)."""
     if not path.is_file():
         raise IndexDirectoryError(f"{path} is missing", "rebuild the index (`compsearch index … --overwrite`)")
-    try:
-        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
-    except RuntimeError:
-        index = faiss.read_index(str(path))
-    inner = faiss.downcast_index(index)
-    if isinstance(inner, (faiss.IndexIDMap, faiss.IndexIDMap2)):
-        inner = faiss.downcast_index(inner.index)
-    for name, value in search_parameters.items():
-        faiss.ParameterSpace().set_index_parameter(inner, name, value)
+    index = read_faiss(path)
+    set_search_parameters(index, search_parameters)
     return index
 
 
@@ -120,12 +115,14 @@ class SearchIndex:
         """The stored row of ``image_id`` (id, key, path, sha256, width, height, metadata…)."""
         return self.rows.records([image_id])[0]
 
-    def warm(self) -> None:
-        """Load now what the first query would: rows, every FAISS index, the models."""
+    def warm(self, models: bool = True) -> None:
+        """Load now what the first query would: rows, every FAISS index, the models (unless
+        ``models`` is False: id queries need none)."""
         self.rows  # noqa: B018 - loads
         for name in self.properties:
             self._index(name)
-        self.encoder  # noqa: B018 - loads
+        if models:
+            self.encoder  # noqa: B018 - loads
 
     # -- lazily loaded parts ---------------------------------------------------------------------
     def _once(self, attribute: str, build: Callable[[], T]) -> T:
@@ -240,6 +237,7 @@ class SearchIndex:
         started = time.perf_counter()
         check_k(k)
         check_offset(offset, k)
+        check_threshold(threshold)
         depth = k + offset
         selection = None if where is None else Selection(selected_ids(self.rows.table, where))
         plans = [query.all_terms() for query in queries]
@@ -294,6 +292,12 @@ class SearchIndex:
                 ranked[i] = Ranked(found_ids, abs(terms[i].weight) * found, (signs[row] * found)[:, None],
                                    int(valid.sum()), True)
         return ranked
+
+    def query_vectors(self, terms: list[Term]) -> list[np.ndarray]:
+        """Each term's normalised query vector in its property's space (what a search compares)."""
+        for term in terms:
+            self._check_property(term.property_name)
+        return self._term_vectors(terms)
 
     def _term_vectors(self, terms: list[Term]) -> list[np.ndarray]:
         """One normalised query vector per term, each in its property's space."""
