@@ -5,12 +5,13 @@
   smallest id is kept and the others move to ``duplicates``;
 - the FAISS indexes, one per vector name, built from the shards (streamed) and written
   atomically (inverted files part by part, merged on disk: :mod:`indexer.faiss_choice`);
-- the manifest's indexes and counts.
+- the manifest's indexes and counts, and the component store's layout.
 """
 from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from compsearch.indexer.component_store import written_layout
 from compsearch.indexer.encode import known_files
 from compsearch.indexer.faiss_choice import build_index as build_faiss_index
 from compsearch.indexer.manifest import Counts, IndexEntry, Manifest
@@ -30,11 +31,11 @@ def deduplicate(store: IndexStore) -> int:
     return len(repeats)
 
 
-def build_indexes(store: IndexStore, encoder: PropertyEncoder, settings: IndexSettings) -> dict[str, IndexEntry]:
-    """Build and write each vector name's FAISS index; the manifest entry of each."""
+def build_indexes(store: IndexStore, names: list[str], space: str, settings: IndexSettings) -> dict[str, IndexEntry]:
+    """Build and write each vector name's FAISS index (vectors in ``space``); the manifest entry of each."""
     images = store.read_table(SHARDS, columns=["id"]).num_rows
     entries = {}
-    for name in encoder.names:
+    for name in names:
         dims = next((vectors.shape[1] for _, vectors in store.iter_vectors(name)), None)
         if dims is None:
             continue
@@ -43,7 +44,7 @@ def build_indexes(store: IndexStore, encoder: PropertyEncoder, settings: IndexSe
                                   settings.memory_budget, path=path)
         entries[name] = IndexEntry(
             file=path.name, factory=built.factory, ntotal=built.count, dim=dims,
-            metric="inner_product", normalised=True, space=encoder.space,
+            metric="inner_product", normalised=True, space=space,
             search_parameters=built.search_parameters, train_seconds=round(built.train_seconds, 3),
             add_seconds=round(built.add_seconds, 3), bytes=sum(file.stat().st_size for file in built.files),
         )
@@ -52,11 +53,13 @@ def build_indexes(store: IndexStore, encoder: PropertyEncoder, settings: IndexSe
 
 def finish(store: IndexStore, manifest: Manifest, encoder: PropertyEncoder, settings: IndexSettings) -> None:
     """Build the indexes from the shards and record them and the totals in the manifest."""
-    manifest.indexes.update(build_indexes(store, encoder, settings))
+    manifest.indexes.update(build_indexes(store, encoder.names, encoder.space, settings))
     manifest.counts = Counts(
         images=store.read_table(SHARDS, columns=["id"]).num_rows,
         skipped=store.read_table(SKIPPED).num_rows,
         duplicates=store.read_table(DUPLICATES).num_rows,
     )
+    if manifest.store is not None:
+        manifest.store.layout = written_layout(store)
     manifest.updated = now()
     store.write_manifest(manifest)

@@ -12,6 +12,8 @@ Format versions:
   (``bf16`` under autocast on CUDA, else ``fp32``), so queries are encoded the same way.
   Version 1 recorded no device; its queries ran in fp32, so it migrates to ``fp32`` (an index
   built on CUDA in version 1 keeps being queried as before).
+- 3: ``store``, the component store written beside the shards (:class:`StoreEntry`); older
+  indexes have none.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from compsearch.mapping.chunk_store import read_json
 from compsearch.mapping.errors import CompsearchError
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 REBUILD = "rebuild the index (`compsearch index … --overwrite`)"
 
 
@@ -109,6 +111,16 @@ class IndexEntry:
 
 
 @dataclass
+class StoreEntry:
+    """The component store (``DIR/store``, :mod:`indexer.component_store`): its arrays' dtype
+    and, once a part is written, the layout of its rows (:meth:`StoredComponents.layout`)."""
+
+    dtype: str  # "fp16" or "fp32" (scalars always fp32)
+    model_weights_id: str  # the weights whose decomposition it holds: expand needs the same
+    layout: dict[str, object] | None = None
+
+
+@dataclass
 class Counts:
     images: int = 0
     skipped: int = 0
@@ -130,6 +142,7 @@ class Manifest:
     runs: list[RunEntry]
     indexes: dict[str, IndexEntry]
     counts: Counts
+    store: StoreEntry | None = None
 
     @classmethod
     def new(cls, encoder: EncoderIdentity, provenance: Provenance, compsearch_version: str, created: str) -> Manifest:
@@ -209,7 +222,13 @@ def _from_version_1(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-MIGRATIONS = {1: _from_version_1}  # version → the data in the next version's shape
+def _from_version_2(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 wrote no component store."""
+    data.setdefault("store", None)
+    return data
+
+
+MIGRATIONS = {1: _from_version_1, 2: _from_version_2}  # version → the data in the next version's shape
 
 
 def parse_manifest(data: Any, path: Path) -> Manifest:

@@ -87,16 +87,18 @@ class EncodeUnits:
     """The encode step, one per actor: the encoder is loaded once, then each unit's batches
     become its rows (see the module docstring for what a unit is de-duplicated against)."""
 
-    def __init__(self, folder: str, device: str, threads: int, known: KnownFiles, ids: RunIds) -> None:
+    def __init__(self, folder: str, device: str, threads: int, known: KnownFiles, ids: RunIds,
+                 store: str | None) -> None:
         torch.set_num_threads(threads)
         self.encoder = load_encoder(folder, device)
         self.known = known
         self.ids = ids
+        self.store = store  # the component store's dtype, as the single-process run keeps it
 
     def __call__(self, units: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         done = []
         for batches in units["batches"]:
-            stage = UnitEncoder(self.encoder, copy.deepcopy(self.known), self.ids)
+            stage = UnitEncoder(self.encoder, copy.deepcopy(self.known), self.ids, self.store)
             done.append([stage.take(batch) for batch in batches][-1])  # the last batch hands the rows back
         return {"rows": _objects(done)}
 
@@ -171,7 +173,7 @@ def run_on_ray(store: IndexStore, source: ImageSource, work: Plan, stage: UnitEn
             EncodeUnits, batch_size=1, compute=ActorPoolStrategy(size=pool["size"]), num_gpus=pool["num_gpus"],
             num_cpus=pool["num_cpus"],
             fn_constructor_kwargs=dict(folder=folder, device=pool["device"], threads=pool["threads"],
-                                       known=stage.known, ids=stage.ids))
+                                       known=stage.known, ids=stage.ids, store=stage.store))
         written = encoded.map_batches(write_units, batch_size=1, num_cpus=0.5, fn_kwargs=dict(folder=folder))
         counts = _execute(written)
     except KeyboardInterrupt:

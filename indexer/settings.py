@@ -21,3 +21,4 @@ class IndexSettings:
     backend: Literal["process", "ray"] = "process"  # who runs encode and write (indexer.runners, indexer.ray_runner)
     address: str | None = None  # with backend "ray": the cluster (auto, HOST:PORT); None: the connected or a local one
     shard: tuple[int, int] = (0, 1)  # (i, n): this process's share of the run's chunks (indexer.build)
+    store: str | None = "fp16"  # the component store's arrays (fp16, fp32) beside the shards; None: none

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from compsearch.indexer.faiss_choice import normalised
-from compsearch.indexer.store import IDENTITY_COLUMNS, IndexStore, arrow_to_vectors, vector_column
+from compsearch.indexer.store import IDENTITY_COLUMNS, SHARDS, IndexStore, arrow_to_vectors, vector_column
 from compsearch.search.errors import QueryError, UnknownImageError
 
 
@@ -30,6 +30,7 @@ class StoredRows:
     """The Parquet shards of one index directory, addressed by image id."""
 
     def __init__(self, store: IndexStore) -> None:
+        self.store = store
         self.dataset = store.dataset()
         self.table = store.read_table()  # every column but the vectors
         ids = self.table.column("id").to_numpy() if self.table.num_rows else np.zeros(0, np.int64)
@@ -64,7 +65,9 @@ class StoredRows:
 
     def vectors(self, name: str, ids: np.ndarray | list[int]) -> np.ndarray:
         """``(len(ids), dim)`` normalised vectors of ``name`` as stored in the shards."""
-        column = self.dataset.take(self.positions(ids), columns=[vector_column(name)]).column(0)
+        kind = self.store.vectors_kind(name)  # a property added from the store has its own parts, in shard order
+        dataset = self.dataset if kind == SHARDS else self.store.dataset(kind)
+        column = dataset.take(self.positions(ids), columns=[vector_column(name)]).column(0)
         return normalised(arrow_to_vectors(column))
 
 

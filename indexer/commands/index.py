@@ -74,6 +74,9 @@ def _parse_auto_count(_ctx: click.Context, param: click.Parameter, value: str) -
                    "(decode tasks, one model actor per GPU or a CPU pool, write tasks; pip install 'compsearch[ray]').")
 @click.option("--address", help="With --backend ray: the cluster (auto, or HOST:PORT of its head); default: "
                                 "$RAY_ADDRESS, else a local cluster started for this run.")
+@click.option("--store", "store", default="fp16", show_default=True, type=click.Choice(["fp16", "fp32", "none"]),
+              help="Keep each image's components in compact exact form beside the shards (DIR/store), so "
+                   "`add-property` and `reindex` need no pass over the images; none: keep nothing.")
 @click.option("--append", "mode", flag_value="append", help="Add the files not indexed yet to an existing index.")
 @click.option("--overwrite", "mode", flag_value="overwrite", help="Delete the index in --out and rebuild it.")
 @json_option
@@ -83,7 +86,7 @@ def index_command(images: Path, out_dir: Path, model_name: str, weights: Path | 
                   index_type: str, memory_gb: float | None, batch_size: int, workers: int | None,
                   threads: int | None, chunk_size: int,
                   jpeg_on_device: bool, device: str, shard: tuple[int, int], backend: str, address: str | None,
-                  mode: str | None, as_json: bool) -> None:
+                  store: str, mode: str | None, as_json: bool) -> None:
     """Index the images in IMAGES (a folder, a text file of paths, or a Parquet/CSV file with a
     `path` column whose other columns are kept as metadata) into the directory --out.
 
@@ -109,6 +112,7 @@ def index_command(images: Path, out_dir: Path, model_name: str, weights: Path | 
         index=index_type, batch_size=batch_size, workers=workers, threads=threads, chunk_size=chunk_size,
         memory_budget=int(memory_gb * (1 << 30)) if memory_gb else None, progress=not as_json,
         jpeg_on_device=jpeg_on_device, shard=shard, backend=backend, address=address,
+        store=None if store == "none" else store,
     )
     summary = build_index(images, out_dir, model_name, weights=weights, pretrained=not random_init,
                           aligner=aligner_path, ranking=ranking_path, properties=list(property_names) or None,

@@ -1,7 +1,12 @@
-"""The ranking stage on image files: decompose a probe set, align, score, rank."""
+"""The ranking stage on image files: decompose a probe set, align, score, rank.
+
+Text properties can also be scored on components that come from elsewhere than a forward
+pass (an index's component store, :mod:`indexer.relearn`): ``mapped`` batches of aligned
+components stand in for the probe images.
+"""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,12 +51,12 @@ class Scored:
 
 
 def text_property_scores(
-    model: LoadedModel, aligner: Aligner, images: SourceSpec, properties: Sequence[Property],
+    model: LoadedModel, aligner: Aligner, images: SourceSpec | None, properties: Sequence[Property],
     encode_text: TextEncoder, batch_size: int = 32, workers: int = 0, progress: bool = False,
-    hold_out: bool = False,
+    hold_out: bool = False, mapped: Iterable[torch.Tensor] | None = None,
 ) -> Scored:
-    """S_p of every text property over the probe set ``images``, with each component's
-    variance over it (:class:`ComponentVariance`).
+    """S_p of every text property over the probe set ``images`` (or the aligned component
+    batches ``mapped``), with each component's variance over it (:class:`ComponentVariance`).
 
     All properties' bases are stacked so each batch is projected once and only the small
     coordinates a_i(x) are kept, whatever the size of the probe set. With ``hold_out``, one
@@ -63,7 +68,9 @@ def text_property_scores(
     stacked = torch.cat(bases)
     variance = ComponentVariance()
     coordinates, kept, held = [], [], []
-    for _, mapped in aligned_batches(model, aligner, images, batch_size, workers, progress):
+    batches = mapped if mapped is not None else (
+        batch for _, batch in aligned_batches(model, aligner, images, batch_size, workers, progress))
+    for mapped in batches:
         variance.update(mapped)
         coordinates.append(property_coordinates(mapped, stacked))
         positions = torch.arange(variance.count - len(mapped), variance.count)
@@ -178,7 +185,7 @@ def _ranked(scored: Scored, source: str, values: dict[str, list[str]], k: dict[s
 
 def check_rank_inputs(
     properties: Sequence[Property], examples: Sequence[ExampleProperty], aligner: Aligner | None,
-    images: SourceSpec | None,
+    images: SourceSpec | Iterable[torch.Tensor] | None,
 ) -> None:
     """Refuse what :func:`rank` cannot do, before any model runs (the CLI calls it before it
     even loads the model)."""
@@ -220,13 +227,15 @@ def rank(
     batch_size: int = 32,
     progress: bool = False,
     workers: int = 0,
+    mapped: Iterable[torch.Tensor] | None = None,
 ) -> Ranking:
     """Rank ``model``'s components for each text property (scored on the probe set
-    ``images``: a folder, a list or Parquet file, …) and each example property; ``k``
+    ``images``: a folder, a list or Parquet file, …, or the aligned component batches
+    ``mapped``) and each example property; ``k``
     overrides the reference top-k (one number for all, or per property name; ``"auto"``
     chooses it on held-out images, :mod:`.auto_k`). Unreadable
     probe images are skipped with a warning."""
-    check_rank_inputs(properties, examples, aligner, images)
+    check_rank_inputs(properties, examples, aligner, images if mapped is None else mapped)
     _warn_about_the_clip(aligner, images, properties, examples)
     if properties and encode_text is None:
         raise PropertyError("properties described in words need a CLIP text encoder",
@@ -246,7 +255,7 @@ def rank(
     )
     if properties:
         scored = text_property_scores(model, aligner, images, properties, encode_text, batch_size, workers, progress,
-                                      hold_out=any(chosen_k[prop.name] == AUTO for prop in properties))
+                                      hold_out=any(chosen_k[prop.name] == AUTO for prop in properties), mapped=mapped)
         ranking.probe_images = scored.images
         warn_if_few_images(scored.images, "text properties are scored", "--images")
         ranking.properties += _ranked(scored, "text", {prop.name: list(prop.descriptions) for prop in properties},
