@@ -24,8 +24,8 @@ one DeiT-tiny decomposition at batch 1 take 0.3–4.9 s instead of ~0.15 s.)
    :func:`indexer.faiss_choice.build_index`, written to disk and opened as the search layer
    opens them (memory-mapped, :func:`search.index.read_faiss_index`). Latency p50/p95 of single
    queries (batch 1, top 10) after a warm-up; recall@10 against Flat on queries drawn from the
-   same distribution but not in the index; for IVF, a sweep over nprobe with the default
-   (:func:`indexer.faiss_choice.default_nprobe`) marked. ``clustered`` at ``--sizes``,
+   same distribution but not in the index; for IVF, a sweep over nprobe with the one the build
+   chose (recorded in the raw file's ``search_parameters``) marked. ``clustered`` at ``--sizes``,
    ``gaussian`` at ``--gaussian-sizes``.
 3. **End to end** through :class:`search.index.SearchIndex` on two real index directories
    (the world rendered for the fixture CLIP, identity-aligned; DeiT-tiny on the sample
@@ -301,14 +301,14 @@ def mib(count: int) -> str:
     return f"{count / (1 << 20):,.0f} MiB"
 
 
-def reading(case: dict, default_nprobe: Callable[[int], int], target: float = 0.95) -> str:
+def reading(case: dict, target: float = 0.95) -> str:
     """One line per IVF case: the cheapest nprobe reaching the target recall, and the default."""
     auto, sweep = case["auto"], case["auto"]["sweep"]
     enough = [point for point in sweep if point["recall"] >= target]
     cheapest = (f"nprobe {enough[0]['nprobe']} is the fewest reaching recall@10 ≥ {target} "
                 f"({enough[0]['recall']:.3f}, p50 {enough[0]['latency_ms']['p50']:.2f} ms)" if enough else
                 f"no nprobe up to {sweep[-1]['nprobe']} reaches recall@10 {target} ({sweep[-1]['recall']:.3f} there)")
-    chosen = next((point for point in sweep if point["nprobe"] == default_nprobe(auto["nlist"])), None)
+    chosen = next((point for point in sweep if point["nprobe"] == auto["search_parameters"].get("nprobe")), None)
     default = (f"; the default {chosen['nprobe']} gives {chosen['recall']:.3f} at p50 {chosen['latency_ms']['p50']:.2f} ms"
                if chosen else "")
     return (f"- {case['family']} {case['count']:,} ({auto['factory']}, {mib(auto['file_bytes'])} on disk, "
@@ -316,8 +316,6 @@ def reading(case: dict, default_nprobe: Callable[[int], int], target: float = 0.
 
 
 def report(raw: dict) -> str:
-    from compsearch.indexer.faiss_choice import default_nprobe
-
     spectrum, shape = raw["spectrum"], raw["clustered"]
     real, fitted = spectrum["real_neighbours"], shape["neighbours"]
     lines = [
@@ -338,8 +336,9 @@ def report(raw: dict) -> str:
         f"photos) {fitted['top1']:.2f} / {fitted['top10']:.2f}. Queries: "
         f"{raw['cases'][0]['queries'] if raw['cases'] else 0} fresh draws of the same distribution, not in the "
         f"index; recall@{TOP} against Flat. Latency: one query at a time (batch 1, top {TOP}) after a warm-up, on "
-        "the index file opened as the search layer opens it (memory-mapped); the default nprobe is "
-        "`default_nprobe(nlist)`.",
+        "the index file opened as the search layer opens it (memory-mapped); **default** marks the nprobe the "
+        "build recorded (a fixed rule, 0.5·√nlist, until builds tuned it for a target recall: see the FAISS "
+        "scale section).",
         "",
         "| vectors | count | index | nprobe | recall@10 | p50 ms | p95 ms | build s (train + add) | file | RSS growth building |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -349,7 +348,7 @@ def report(raw: dict) -> str:
         lines.append(f"| {case['family']} | {case['count']:,} | Flat | – | 1 | {flat['latency_ms']['p50']:.1f} | "
                      f"{flat['latency_ms']['p95']:.1f} | {flat['add_seconds']:.0f} | {mib(flat['file_bytes'])} | "
                      f"{mib(flat['build_rss_bytes'])} |")
-        chosen = default_nprobe(auto["nlist"]) if "nlist" in auto else None
+        chosen = auto["search_parameters"].get("nprobe")
         for point in auto["sweep"]:
             marker = " **default**" if point["nprobe"] == chosen else ""
             lines.append(
@@ -359,8 +358,8 @@ def report(raw: dict) -> str:
                 f"{mib(auto['build_rss_bytes'])} |")
     lines += ["", "Flat's batched search of all queries (the recall ground truth), seconds: " + ", ".join(
         f"{case['family']} {case['count']:,}: {case['flat']['batch_seconds']:.1f}" for case in raw["cases"]) + ".", ""]
-    lines += [reading(case, default_nprobe) for case in raw["cases"] if "nlist" in case["auto"]]
-    lines += ["", "The default nprobe, `0.5·√nlist` (at least 8), is twice the fewest probes that reached 0.95 on "
+    lines += [reading(case) for case in raw["cases"] if "nlist" in case["auto"]]
+    lines += ["", "The former default nprobe, `0.5·√nlist` (at least 8), is twice the fewest probes that reached 0.95 on "
               "`clustered` at both sizes. `gaussian` bounds the other side: without any neighbourhood structure "
               "(nearest neighbours barely nearer than anything else), IVF needs half its lists for 0.93 and only Flat "
               "is exact. Real vectors lie between the two (their neighbours are nearer than `gaussian`'s; below the "

@@ -39,16 +39,19 @@ from typing import Any, Literal
 
 from compsearch.indexer.artifacts import identity_differences
 from compsearch.indexer.encode import RunIds, UnitEncoder, known_files
+from compsearch.indexer.faiss_ondisk import LISTS_SUFFIX
 from compsearch.indexer.finish import deduplicate, finish, now
 from compsearch.indexer.lock import writing
-from compsearch.indexer.manifest import IndexDirectoryError, Manifest, Provenance, RunEntry
+from compsearch.indexer.manifest import IndexDirectoryError, Manifest, Provenance, RunEntry, StoreEntry
 from compsearch.indexer.ranking_on_the_fly import ARTIFACTS
-from compsearch.indexer.runners import run_in_process
+from compsearch.indexer.runners import Runner, run_in_process
 from compsearch.indexer.settings import IndexSettings
 from compsearch.indexer.store import (
     DUPLICATES,
     SHARDS,
     SKIPPED,
+    STORE,
+    VECTORS,
     IndexStore,
 )
 from compsearch.mapping.encoder import PropertyEncoder
@@ -95,6 +98,7 @@ class Indexer:
         self.encoder = encoder
         self.settings = settings
         self.provenance = provenance or Provenance()  # aligner / ranking files and ids, for the manifest
+        self.store_dtype = settings.store  # the component store's dtype; an existing index's own
 
     # -- deciding what to do ----------------------------------------------------------------
     def _identity(self) -> EncoderIdentity:
@@ -111,10 +115,11 @@ class Indexer:
 
     def _clear(self) -> None:
         """Remove what an index directory holds (only our own files)."""
-        for kind in (SHARDS, SKIPPED, DUPLICATES):
+        for kind in (SHARDS, SKIPPED, DUPLICATES, STORE, VECTORS):
             shutil.rmtree(self.store.folder / kind, ignore_errors=True)
-        for path in self.store.folder.glob("*.faiss"):
-            path.unlink()
+        for pattern in ("*.faiss", f"*{LISTS_SUFFIX}"):
+            for path in self.store.folder.glob(pattern):
+                path.unlink()
         self.store.manifest_path.unlink(missing_ok=True)
 
     def _start(self, source: ImageSource, mode: Mode) -> tuple[Manifest, RunEntry]:
@@ -133,10 +138,13 @@ class Indexer:
         run_entry = {"source": source.description, "chunk_size": self.settings.chunk_size}
         if not self.store.exists():
             manifest = Manifest.new(self._identity(), self.provenance, compsearch_version(), now())
+            if self.store_dtype is not None:
+                manifest.store = StoreEntry(self.store_dtype, self.encoder.model.weights_id)
             run_number, id_offset = 0, 0
         else:
             manifest = self.store.read_manifest()
             self.encoder.precision = manifest.encoder.precision  # every run computes as the first did
+            self.store_dtype = manifest.store.dtype if manifest.store else None  # and stores as it did
             self._check_same_encoder(manifest)
             last = manifest.runs[-1] if manifest.runs else None
             unfinished = last is not None and last.status != "complete"
@@ -152,6 +160,10 @@ class Indexer:
                     f"{folder} is already a complete index of {last.source}",
                     "pass --append to add new files, or --overwrite to rebuild it",
                 )
+            if (folder / VECTORS).is_dir():
+                raise CompsearchError(f"{folder} has properties rebuilt from its component store (`add-property`, "
+                                      "`reindex`), which an append does not extend yet",
+                                      "rebuild it with `compsearch index … --overwrite`")
             run_number, id_offset = last.run + 1, self._max_id() + 1
         # shards starting together write the same run entry; the last write stands
         run = RunEntry(run=run_number, id_offset=id_offset, **run_entry, status="running", started=now(), shards=shards)
@@ -178,20 +190,27 @@ class Indexer:
         started = time.perf_counter()
         ids = RunIds(run.run, run.id_offset)
         work = plan(source, self.settings.chunk_size, self.settings.shard, self.store.done_chunks(ids.run))
-        stage = UnitEncoder(self.encoder, known_files(self.store), ids)
-        counts = run_in_process(self.store, source, work, stage, self.settings)
+        stage = UnitEncoder(self.encoder, known_files(self.store), ids, self.store_dtype)
+        counts = self._runner()(self.store, source, work, stage, self.settings)
         seconds = time.perf_counter() - started
         shard, shards = self.settings.shard
         if shards > 1:  # the other shards may still be writing: a plain run builds the indexes
             left = set(range(work.chunks)) - self.store.done_chunks(ids.run)
             return IndexSummary(**self._summary(run, seconds, counts), shard=f"{shard}/{shards}", chunks_left=len(left),
                                 images=self.store.read_table(SHARDS, columns=["id"]).num_rows)
-        if run.shards > 1:  # shards that ran at once may each have indexed a copy
+        if run.shards > 1 or self.settings.backend == "ray":  # units that ran at once may each have indexed a copy
             counts["duplicates"] += deduplicate(self.store)
         run.complete(now(), seconds, counts)
         finish(self.store, manifest, self.encoder, self.settings)
         return IndexSummary(**self._summary(run, seconds, counts), images=manifest.counts.images,
                             indexes={name: entry.factory for name, entry in manifest.indexes.items()})
+
+    def _runner(self) -> Runner:
+        if self.settings.backend == "ray":  # Ray is imported only when asked for
+            from compsearch.indexer.ray_runner import run_on_ray
+
+            return run_on_ray
+        return run_in_process
 
     def _summary(self, run: RunEntry, seconds: float, counts: dict[str, int]) -> dict[str, Any]:
         """The fields of an :class:`IndexSummary` that every kind of run reports."""

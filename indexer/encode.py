@@ -7,7 +7,8 @@ index's shards and what this stage has added), its new images are encoded by the
 and their rows (id, key, path, sha256, size, carried metadata) are collected per unit. When a
 unit's last batch has been taken, its :class:`~indexer.store.ChunkRows` are handed back, for
 the write stage. Nothing here is global: the encoder, the known files and where ids start
-are passed in, so a process, a shard or a task can each run its own.
+are passed in, so a process, a shard or a task can each run its own. With a store dtype, each
+batch's component store comes from the same forward pass and is kept per unit too.
 """
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from compsearch.indexer.component_store import join_stored, store_table
 from compsearch.indexer.known_files import KnownFiles, file_keys
 from compsearch.indexer.store import RESERVED_COLUMNS, SHARDS, ChunkRows, IndexStore
+from compsearch.mapping.decompose import StoredComponents
 from compsearch.mapping.encoder import PropertyEncoder
 from compsearch.mapping.images import Batch, ImageRecord
 
@@ -60,12 +63,14 @@ class UnitEncoder:
     """Takes batches of any number of units, interleaved as loader workers yield them, and
     returns each unit's rows once its last batch is in."""
 
-    def __init__(self, encoder: PropertyEncoder, known: KnownFiles, ids: RunIds) -> None:
+    def __init__(self, encoder: PropertyEncoder, known: KnownFiles, ids: RunIds, store: str | None = None) -> None:
         self.encoder = encoder
         self.known = known
         self.ids = ids
+        self.store = store  # the component store's dtype (fp16, fp32), None to keep none
         self.open: dict[int, ChunkRows] = {}  # units still being read, by chunk
         self.pieces: dict[int, dict[str, list[np.ndarray]]] = {}  # per unit, each batch's vectors
+        self.stored: dict[int, list[StoredComponents]] = {}  # per unit, each batch's component store
 
     def take(self, batch: Batch) -> ChunkRows | None:
         """De-duplicate and encode one batch; the unit's rows when this was its last batch."""
@@ -76,8 +81,11 @@ class UnitEncoder:
         if fresh:
             pieces = self.pieces.setdefault(batch.chunk, {})
             pixels = batch.pixels[0] if len(fresh) == len(batch) else batch.pixels[0][fresh]  # no copy when all are new
-            for name, values in self.encoder.encode(pixels).items():
+            vectors, stored = self.encoder.encode_and_store(pixels, self.store)
+            for name, values in vectors.items():
                 pieces.setdefault(name, []).append(values.numpy())
+            if stored is not None:
+                self.stored.setdefault(batch.chunk, []).append(stored)
             rows.rows += [_row(batch.records[i], self.ids.image_id(batch.records[i]), batch.sizes[i], batch.sha256[i],
                                batch.facts[i]) for i in fresh]
         self.known.settle()
@@ -85,6 +93,9 @@ class UnitEncoder:
             return None
         rows = self.open.pop(batch.chunk)  # its vectors joined once, not re-copied per batch
         rows.vectors = {name: np.concatenate(parts) for name, parts in self.pieces.pop(batch.chunk, {}).items()}
+        stored = self.stored.pop(batch.chunk, None)
+        if stored:
+            rows.store = store_table([row["id"] for row in rows.rows], join_stored(stored))
         return rows
 
     def _fresh(self, batch: Batch, rows: ChunkRows) -> list[int]:

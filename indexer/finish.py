@@ -4,22 +4,21 @@
   did not see each other's files, so each may have indexed a copy of the same bytes; the
   smallest id is kept and the others move to ``duplicates``;
 - the FAISS indexes, one per vector name, built from the shards (streamed) and written
-  atomically;
-- the manifest's indexes and counts, and a record of every file (:mod:`indexer.integrity`).
+  atomically (inverted files part by part, merged on disk: :mod:`indexer.faiss_choice`);
+- the manifest's indexes and counts, the component store's layout, and a record of every
+  file (:mod:`indexer.integrity`).
 """
 from __future__ import annotations
 
 from datetime import datetime, timezone
 
-import faiss
-
+from compsearch.indexer.component_store import written_layout
 from compsearch.indexer.encode import known_files
 from compsearch.indexer.faiss_choice import build_index as build_faiss_index
 from compsearch.indexer.integrity import record_files
 from compsearch.indexer.manifest import Counts, IndexEntry, Manifest
 from compsearch.indexer.settings import IndexSettings
 from compsearch.indexer.store import DUPLICATES, SHARDS, SKIPPED, IndexStore
-from compsearch.mapping.chunk_store import write_atomically
 from compsearch.mapping.encoder import PropertyEncoder
 
 
@@ -34,36 +33,29 @@ def deduplicate(store: IndexStore) -> int:
     return len(repeats)
 
 
-def build_indexes(store: IndexStore, encoder: PropertyEncoder, settings: IndexSettings) -> dict[str, IndexEntry]:
-    """Build and write each of the encoder's vector names' FAISS index; the manifest entry of each."""
-    return build_named_indexes(store, encoder.names, encoder.space, settings)
-
-
-def build_named_indexes(store: IndexStore, names: list[str], space: str,
-                        settings: IndexSettings) -> dict[str, IndexEntry]:
-    """Build and write the FAISS index of each vector name in ``names`` from the shards."""
+def build_indexes(store: IndexStore, names: list[str], space: str, settings: IndexSettings) -> dict[str, IndexEntry]:
+    """Build and write each vector name's FAISS index (vectors in ``space``); the manifest entry of each."""
     images = store.read_table(SHARDS, columns=["id"]).num_rows
     entries = {}
     for name in names:
         dims = next((vectors.shape[1] for _, vectors in store.iter_vectors(name)), None)
         if dims is None:
             continue
+        path = store.faiss_path(name)  # an inverted file's lists go beside it, merged on disk
         built = build_faiss_index(settings.index, dims, images, lambda name=name: store.iter_vectors(name),
-                                  settings.memory_budget)
-        path = store.faiss_path(name)
-        write_atomically(path, lambda temporary: faiss.write_index(built.index, str(temporary)))
+                                  settings.memory_budget, path=path)
         entries[name] = IndexEntry(
             file=path.name, factory=built.factory, ntotal=built.count, dim=dims,
             metric="inner_product", normalised=True, space=space,
             search_parameters=built.search_parameters, train_seconds=round(built.train_seconds, 3),
-            add_seconds=round(built.add_seconds, 3), bytes=path.stat().st_size,
+            add_seconds=round(built.add_seconds, 3), bytes=sum(file.stat().st_size for file in built.files),
         )
     return entries
 
 
 def finish(store: IndexStore, manifest: Manifest, encoder: PropertyEncoder, settings: IndexSettings) -> None:
     """Build the indexes from the shards and record them and the totals in the manifest."""
-    manifest.indexes.update(build_indexes(store, encoder, settings))
+    manifest.indexes.update(build_indexes(store, encoder.names, encoder.space, settings))
     record_totals(store, manifest)
 
 
@@ -74,6 +66,8 @@ def record_totals(store: IndexStore, manifest: Manifest) -> None:
         skipped=store.read_table(SKIPPED).num_rows,
         duplicates=store.read_table(DUPLICATES).num_rows,
     )
+    if manifest.store is not None:
+        manifest.store.layout = written_layout(store)
     record_files(store, manifest)
     manifest.updated = now()
     store.write_manifest(manifest)

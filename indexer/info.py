@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from compsearch.indexer.manifest import FileEntry
-from compsearch.indexer.store import DUPLICATES, SHARDS, SKIPPED, VECTOR_PREFIX, IndexStore
+from compsearch.indexer.store import DUPLICATES, SHARDS, SKIPPED, STORE, VECTOR_PREFIX, VECTORS, IndexStore
 
 SKIP_REASONS_SHOWN = 10
 
@@ -51,7 +51,9 @@ def index_info(folder: str | Path) -> dict[str, Any]:
                     for name, entry in manifest.indexes.items()},
         "columns": columns,  # what `search --where` can filter on, with its type
         "runs": [asdict(run) for run in manifest.runs],
-        "bytes_on_disk": {kind: _size_on_disk(store.folder / kind) for kind in (SHARDS, SKIPPED, DUPLICATES)
+        "store": ({"dtype": manifest.store.dtype, "bytes_per_image": (manifest.store.layout or {}).get("bytes_per_image")}
+                  if manifest.store else None),
+        "bytes_on_disk": {kind: _size_on_disk(store.folder / kind) for kind in (SHARDS, SKIPPED, DUPLICATES, STORE, VECTORS)
                           if (store.folder / kind).is_dir()},
         "created": manifest.created,
         "updated": manifest.updated,
@@ -83,6 +85,9 @@ def format_info(info: dict[str, Any]) -> str:
         summed = f"  k={len(components)}: {', '.join(components)}" if components else "  all components"
         lines.append(f"  {name:<12} {entry['factory']:<14} {entry['ntotal']:>9} × {entry['dim']:<5} "
                      f"{_mib(entry['bytes']):>10}{summed}")
+    lines.append("store      " + (f"{info['store']['dtype']}, {info['store']['bytes_per_image']} B per image "
+                                   "(add-property, reindex, rank --index need no image pass)" if info["store"]
+                                   else "none (add-property and reindex need a rebuild with --store fp16)"))
     if info["skipped_reasons"]:
         lines.append("skipped (most common reasons)")
         lines += [f"  {count:>6}  {reason}" for reason, count in info["skipped_reasons"].items()]

@@ -22,15 +22,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pyarrow.parquet as pq
 
 from compsearch.indexer.manifest import FileRecord, IndexDirectoryError, Manifest
 from compsearch.indexer.store import DUPLICATES, SHARDS, SKIPPED, IndexStore
-
-if TYPE_CHECKING:
-    import faiss
 
 BLOCK = 1 << 22
 PART_KINDS = (SHARDS, SKIPPED, DUPLICATES)
@@ -68,18 +64,10 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_faiss(path: Path) -> faiss.Index:
-    """A FAISS file memory-mapped read-only, or read into memory where its type cannot be mapped."""
-    import faiss
-
-    try:
-        return faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
-    except RuntimeError:
-        return faiss.read_index(str(path))
-
-
 def _count(path: Path) -> int:
     """Rows of a Parquet part (its footer), vectors of a FAISS file (ntotal)."""
+    from compsearch.indexer.faiss_ondisk import read_faiss  # faiss loads only where a FAISS file is read
+
     return int(read_faiss(path).ntotal) if path.suffix == ".faiss" else pq.read_metadata(path).num_rows
 
 

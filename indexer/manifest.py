@@ -12,7 +12,9 @@ Format versions:
   (``bf16`` under autocast on CUDA, else ``fp32``), so queries are encoded the same way.
   Version 1 recorded no device; its queries ran in fp32, so it migrates to ``fp32`` (an index
   built on CUDA in version 1 keeps being queried as before).
-- 3: ``files`` records each file of the index (shard parts, FAISS files) with its size,
+- 3: ``store``, the component store written beside the shards (:class:`StoreEntry`); older
+  indexes have none.
+- 4: ``files`` records each file of the index (shard parts, FAISS files) with its size,
   sha256 and row or vector count, so opening an index can check it and ``compsearch verify``
   can find damage (:mod:`indexer.integrity`). Older versions recorded none: ``None``
   ("unknown"), until a finish or ``--repair`` records them.
@@ -31,7 +33,7 @@ from compsearch.mapping.chunk_store import read_json
 from compsearch.mapping.errors import CompsearchError
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 REBUILD = "rebuild the index (`compsearch index … --overwrite`)"
 
 
@@ -113,6 +115,16 @@ class IndexEntry:
 
 
 @dataclass
+class StoreEntry:
+    """The component store (``DIR/store``, :mod:`indexer.component_store`): its arrays' dtype
+    and, once a part is written, the layout of its rows (:meth:`StoredComponents.layout`)."""
+
+    dtype: str  # "fp16" or "fp32" (scalars always fp32)
+    model_weights_id: str  # the weights whose decomposition it holds: expand needs the same
+    layout: dict[str, object] | None = None
+
+
+@dataclass
 class FileRecord:
     """One file of the index as the finish stage left it (its key in ``Manifest.files`` is its
     path relative to the index directory)."""
@@ -144,7 +156,8 @@ class Manifest:
     runs: list[RunEntry]
     indexes: dict[str, IndexEntry]
     counts: Counts
-    files: dict[str, FileRecord] | None = None  # None: not recorded (format 2 and older, or not finished yet)
+    store: StoreEntry | None = None
+    files: dict[str, FileRecord] | None = None  # None: not recorded (format 3 and older, or not finished yet)
 
     @classmethod
     def new(cls, encoder: EncoderIdentity, provenance: Provenance, compsearch_version: str, created: str) -> Manifest:
@@ -225,12 +238,18 @@ def _from_version_1(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _from_version_2(data: dict[str, Any]) -> dict[str, Any]:
-    """Version 2 recorded no files: unknown until a finish or a repair records them."""
+    """Version 2 wrote no component store."""
+    data.setdefault("store", None)
+    return data
+
+
+def _from_version_3(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 3 recorded no files: unknown until a finish or a repair records them."""
     data.setdefault("files", None)
     return data
 
 
-MIGRATIONS = {1: _from_version_1, 2: _from_version_2}  # version → the data in the next version's shape
+MIGRATIONS = {1: _from_version_1, 2: _from_version_2, 3: _from_version_3}  # version → the data in the next version's shape
 
 
 def parse_manifest(data: Any, path: Path) -> Manifest:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from compsearch.indexer.finish import build_named_indexes, record_totals
+from compsearch.indexer.finish import build_indexes, record_totals
 from compsearch.indexer.integrity import check_files
 from compsearch.indexer.lock import writing
 from compsearch.indexer.settings import IndexSettings
@@ -50,7 +50,7 @@ def repair_index(folder: str | Path, settings: IndexSettings = IndexSettings()) 
         damaged = {d.file for d in damage}  # a removed part changes every FAISS file; else only the damaged
         stale = {name: entry.space for name, entry in manifest.indexes.items() if removed or entry.file in damaged}
         for name, space in stale.items():
-            manifest.indexes.update(build_named_indexes(store, [name], space, settings))
+            manifest.indexes.update(build_indexes(store, [name], space, settings))
         rebuilt = [manifest.indexes[name].file for name in stale]
         record_totals(store, manifest)
         return RepairReport(str(store.folder), rebuilt, removed, len(manifest.files or {}))

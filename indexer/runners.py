@@ -4,9 +4,12 @@
 run's, or one ``--shard I/N``'s) with the loader's workers, encodes each batch
 (:class:`~indexer.encode.UnitEncoder`) and writes each unit as soon as it is complete
 (:meth:`~indexer.store.IndexStore.write_chunk`). Another runner (tasks on a cluster) drives the
-same two stages per unit; the finish stage runs once all units are written.
+same two stages per unit (:mod:`indexer.ray_runner`); the finish stage runs once all units
+are written.
 """
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from tqdm import tqdm
@@ -15,11 +18,13 @@ from compsearch.indexer.encode import UnitEncoder
 from compsearch.indexer.settings import IndexSettings
 from compsearch.indexer.store import IndexStore
 from compsearch.mapping.chunk_store import interrupted
+from compsearch.mapping.errors import Interrupted
 from compsearch.mapping.images import ImageSource, iter_batches
 from compsearch.mapping.images.parallelism import choose_parallelism
 from compsearch.mapping.images.plan import Plan, plan_listing
 
 COUNTS = ("added", "skipped", "duplicates", "already_indexed")
+Runner = Callable[[IndexStore, ImageSource, Plan, UnitEncoder, IndexSettings], dict[str, int]]
 
 
 def run_in_process(store: IndexStore, source: ImageSource, work: Plan, stage: UnitEncoder,
@@ -46,12 +51,17 @@ def run_in_process(store: IndexStore, source: ImageSource, work: Plan, stage: Un
                     counts[name] += count
                 bar.set_postfix(skipped=counts["skipped"], duplicates=counts["duplicates"], refresh=False)
     except KeyboardInterrupt:
-        kept = plan_listing(work.listed, work.chunk_size, done=store.done_chunks(stage.ids.run)).images_done
-        raise interrupted(kept, work.listed, store.folder) from None
+        raise stopped(store, work, stage.ids.run) from None
     finally:
         bar.close()
         torch.set_num_threads(threads_before)  # the caller's own setting, for what it runs next
     return counts
+
+
+def stopped(store: IndexStore, work: Plan, run: int, why: str = "interrupted") -> Interrupted:
+    """The error of a run stopped before its end: what it kept, and that a rerun continues."""
+    kept = plan_listing(work.listed, work.chunk_size, done=store.done_chunks(run)).images_done
+    return interrupted(kept, work.listed, store.folder, why)
 
 
 def _jpeg_device(stage: UnitEncoder, settings: IndexSettings) -> str | None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from compsearch.indexer.faiss_choice import AUTO
 from compsearch.mapping.images import DEFAULT_CHUNK_SIZE
@@ -17,4 +18,7 @@ class IndexSettings:
     memory_budget: int | None = None  # bytes for the FAISS indexes; None: half the machine's memory
     jpeg_on_device: bool = True  # a CUDA model's JPEGs are decoded on its GPU (nvjpeg), not by PIL
     progress: bool = True
+    backend: Literal["process", "ray"] = "process"  # who runs encode and write (indexer.runners, indexer.ray_runner)
+    address: str | None = None  # with backend "ray": the cluster (auto, HOST:PORT); None: the connected or a local one
     shard: tuple[int, int] = (0, 1)  # (i, n): this process's share of the run's chunks (indexer.build)
+    store: str | None = "fp16"  # the component store's arrays (fp16, fp32) beside the shards; None: none

@@ -11,6 +11,10 @@ DIR/shards/part-RRR-CCCCCC.parquet
 DIR/skipped/part-RRR-CCCCCC.parquet     files that could not be read, and why
 DIR/duplicates/part-RRR-CCCCCC.parquet  byte-identical files, with the id they duplicate
 DIR/full.faiss, DIR/<property>.faiss    inner product on L2-normalised vectors, ids = ``id``
+DIR/store/part-RRR-CCCCCC.parquet       the chunk's component store, written before its shard
+DIR/vectors/<name>/part-RRR-CCCCCC.parquet
+                             a property's vectors built later from the store (they stand
+                             in for the shards' column of that name; indexer/component_store.py)
 ```
 
 Each folder of parts is a :class:`~mapping.chunk_store.ChunkStore`: a chunk's shard is
@@ -34,7 +38,7 @@ from compsearch.mapping.images.file_facts import FACT_TYPES
 from compsearch.indexer.manifest import MANIFEST, Manifest, read_manifest, write_manifest
 from compsearch.mapping.chunk_store import ChunkStore, read_file, write_atomically
 
-SHARDS, SKIPPED, DUPLICATES = "shards", "skipped", "duplicates"
+SHARDS, SKIPPED, DUPLICATES, STORE, VECTORS = "shards", "skipped", "duplicates", "store", "vectors"
 VECTOR_PREFIX = "vector."
 IDENTITY_COLUMNS = ("id", "key", "path", "sha256")  # which file a row is: apart from its metadata in results
 # The indexer's own columns, with their types: a listing's column of one of these names is kept
@@ -78,6 +82,7 @@ class ChunkRows:
     skipped: list[dict[str, Any]]  # key, path, reason
     duplicates: list[dict[str, Any]]  # key, path, sha256, duplicate_of
     already_indexed: int = 0  # files found in the index already (same path and bytes): no row
+    store: pa.Table | None = None  # the component store part (indexer.component_store), if kept
 
     def counts(self) -> dict[str, int]:
         """What the chunk did, in an :class:`~indexer.build.IndexSummary`'s terms."""
@@ -150,6 +155,8 @@ class IndexStore:
         for vector_name, vectors in rows.vectors.items():
             columns[vector_column(vector_name)] = vectors_to_arrow(vectors.reshape(count, -1))
         shard = pa.table(columns) if columns else pa.table({"id": pa.array([], pa.int64())})
+        if rows.store is not None:  # before the shard: a finished shard has its store part
+            self.parts(STORE).write(rows.run, rows.chunk, lambda temporary: pq.write_table(rows.store, temporary))
         self.parts(SHARDS).write(rows.run, rows.chunk, lambda temporary: pq.write_table(shard, temporary))
 
     @staticmethod
@@ -181,10 +188,15 @@ class IndexStore:
             columns = [name for name in dataset.schema.names if not name.startswith(VECTOR_PREFIX)]
         return dataset.to_table(columns=columns)
 
+    def vectors_kind(self, name: str) -> str:
+        """Where ``name``'s vectors are: its own parts when built from the store, else the shards."""
+        added = f"{VECTORS}/{name}"
+        return added if self.parts(added).parts() else SHARDS
+
     def iter_vectors(self, name: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """``(ids, vectors)`` shard by shard for one vector name (float32, as stored)."""
         column = vector_column(name)
-        for path in self.shard_paths():
+        for path in self.parts(self.vectors_kind(name)).parts():
             table = pq.read_table(path, columns=["id", column]) if column in self._schema(path).names else None
             if table is None or table.num_rows == 0:
                 continue

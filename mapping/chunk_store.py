@@ -57,9 +57,9 @@ def read_json(path: Path, hint: str) -> Any:
     return read_file(path, lambda p: json.loads(p.read_text()), hint)
 
 
-def interrupted(kept: int, listed: int, folder: Path) -> Interrupted:
-    """The one error of a pass stopped by Ctrl-C after its finished chunks were kept."""
-    return Interrupted(f"interrupted: {kept} of {listed} images are done and kept in {folder}", RERUN)
+def interrupted(kept: int, listed: int, folder: Path, why: str = "interrupted") -> Interrupted:
+    """The one error of a pass stopped (by Ctrl-C, or ``why``) after its finished chunks were kept."""
+    return Interrupted(f"{why}: {kept} of {listed} images are done and kept in {folder}", RERUN)
 
 
 def part_name(run: int, chunk: int, suffix: str) -> str:

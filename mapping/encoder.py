@@ -22,7 +22,7 @@ import torch
 
 from compsearch.mapping.align.aligner import Aligner
 from compsearch.mapping.align.persist import AlignerMismatchError, check_aligner
-from compsearch.mapping.decompose import adapter_for, decompose
+from compsearch.mapping.decompose import StoredComponents, adapter_for, decompose
 from compsearch.mapping.errors import CompsearchError
 from compsearch.mapping.models import LoadedModel
 from compsearch.mapping.identity import EncoderIdentity, Precision
@@ -114,12 +114,26 @@ class PropertyEncoder:
     @torch.inference_mode()
     def encode(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{name: (batch, dim) float32 on the CPU}`` for :attr:`names`, not normalised."""
+        return self.encode_and_store(pixels, None)[0]
+
+    @torch.inference_mode()
+    def encode_and_store(self, pixels: torch.Tensor,
+                         store: str | None) -> tuple[dict[str, torch.Tensor], StoredComponents | None]:
+        """:meth:`encode`, and with ``store`` ("fp16" or "fp32") the batch's component store from
+        the same forward pass (arrays in ``store``, scalars in fp32, on the CPU)."""
         with self._autocast():
             parts = decompose(self.model.model, pixels.to(self.model.device), self.first_block,
-                              model_name=self.model.name)
-        contributions = parts.contributions.float()
+                              model_name=self.model.name, store=store is not None)
+        stored = parts.stored.to(store, "cpu") if store is not None else None
+        return self.vectors(parts.contributions, parts.names), stored
+
+    @torch.inference_mode()
+    def vectors(self, contributions: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+        """:attr:`names`' vectors of components (batch, components, dim) named ``names`` — from a
+        forward pass or expanded from a component store, mapped alike."""
+        contributions = contributions.float()
         if self._component_names is None:
-            self._resolve_components(parts.names, contributions.shape[-1])
+            self._resolve_components(names, contributions.shape[-1])
         vectors: dict[str, torch.Tensor] = {}
         positions = {prop: where.to(contributions.device) for prop, where in self._positions.items()}
         if self.aligner is None:

@@ -34,7 +34,7 @@ COMMANDS: dict[str, Entry] = {
                        "Split images' representations into named components."),
     "align": Entry("compsearch.mapping.commands.align:align_command",
                    "Map each component into a CLIP's space (an aligner)."),
-    "rank": Entry("compsearch.mapping.commands.rank:rank_command",
+    "rank": Entry("compsearch.indexer.commands.rank:rank_command",
                   "Rank components per property; write the ranking JSON."),
     "describe": Entry("compsearch.mapping.commands.describe:describe_command",
                       "Describe attention heads in words (TextSpan)."),
@@ -44,6 +44,10 @@ COMMANDS: dict[str, Entry] = {
                     "Mean-ablate the components that carry a spurious attribute."),
     "index": Entry("compsearch.indexer.commands.index:index_command",
                    "Index an image collection: one FAISS index per property."),
+    "add-property": Entry("compsearch.indexer.commands.relearn:add_property_command",
+                          "Index more properties from the component store."),
+    "reindex": Entry("compsearch.indexer.commands.relearn:reindex_command",
+                     "Rebuild property indexes: new k, ranking, aligner."),
     "info": Entry("compsearch.indexer.commands.info:info_command", "Describe an index directory."),
     "verify": Entry("compsearch.indexer.commands.verify:verify_command",
                     "Check every file of an index against its checksums."),
@@ -88,7 +92,8 @@ def cli(ctx: click.Context) -> None:
     images; `align` maps each component into the CLIP's space (writes an aligner),
     `rank` picks the components of each property (writes ranking.json), `describe`,
     `explain` and `debias` look into components; `index` builds an index directory from a
-    collection and a ranking, `info` describes it, `verify` checks it, `search` and `serve` query it. Each
+    collection and a ranking (keeping a component store), `add-property` and `reindex` change its
+    properties from that store without the images, `info` describes it, `verify` checks it, `search` and `serve` query it. Each
     command explains itself: compsearch COMMAND --help.
     """
     ctx.with_resource(_one_line_warnings())

@@ -234,11 +234,15 @@ def parse_filter(text: str, schema: pa.Schema) -> pc.Expression:
     return _Parser(text, schema).parse()
 
 
-def selected_ids(table: pa.Table, text: str) -> np.ndarray:
-    """The sorted ids of ``table``'s rows that ``text`` keeps (``table`` has an ``id`` column)."""
+def filter_table(table: pa.Table, text: str) -> pa.Table:
+    """The rows of ``table`` that ``text`` keeps."""
     expression = parse_filter(text, table.schema)
     try:
-        kept = table.filter(expression)
+        return table.filter(expression)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as error:
         raise FilterError(f"cannot apply the filter {text!r} ({error})", GRAMMAR_HINT) from None
-    return np.sort(kept.column("id").to_numpy().astype(np.int64))
+
+
+def selected_ids(table: pa.Table, text: str) -> np.ndarray:
+    """The sorted ids of ``table``'s rows that ``text`` keeps (``table`` has an ``id`` column)."""
+    return np.sort(filter_table(table, text).column("id").to_numpy().astype(np.int64))

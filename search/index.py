@@ -24,7 +24,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import faiss
 import numpy as np
 
-from compsearch.indexer.integrity import Damage, DamagedIndexError, cheap_check, check_count, read_faiss
+from compsearch.indexer.faiss_ondisk import read_faiss
+from compsearch.indexer.faiss_tuning import set_search_parameters
+from compsearch.indexer.integrity import Damage, DamagedIndexError, cheap_check, check_count
 from compsearch.indexer.store import IndexStore
 from compsearch.mapping.chunk_store import read_file
 from compsearch.mapping.names import FULL
@@ -32,7 +34,7 @@ from compsearch.search.combine import Ranked, SearchFunction, WeightedVector, co
 from compsearch.search.errors import NoTextEncoderError, QueryError, UnknownPropertyError
 from compsearch.search.filtered import Selection, search_selected
 from compsearch.search.filters import selected_ids
-from compsearch.search.query import ImageInput, Query, Term, check_k, check_offset, term_labels
+from compsearch.search.query import ImageInput, Query, Term, check_k, check_offset, check_threshold, term_labels
 from compsearch.search.results import Result, SearchResults
 from compsearch.search.stored import StoredRows, keeps_exact_vectors, split_record
 
@@ -47,17 +49,13 @@ T = TypeVar("T")
 
 
 def read_faiss_index(path: Path, search_parameters: dict[str, Any]) -> faiss.Index:
-    """``path`` memory-mapped read-only (read into memory where the type cannot be mapped),
-    with the search parameters the build chose (``nprobe`` of IVF indexes)."""
+    """``path`` opened memory-mapped (an on-disk index's lists from the file beside it, wherever
+    the folder now is), with the search parameters the build chose (``nprobe``, ``efSearch``)."""
     repair = Damage(path.name, "").repair(path.parent)
     if not path.is_file():
         raise DamagedIndexError(f"{path} is missing", repair)
     index = read_file(path, read_faiss, repair)  # a truncated file: one error naming it
-    inner = faiss.downcast_index(index)
-    if isinstance(inner, (faiss.IndexIDMap, faiss.IndexIDMap2)):
-        inner = faiss.downcast_index(inner.index)
-    for name, value in search_parameters.items():
-        faiss.ParameterSpace().set_index_parameter(inner, name, value)
+    set_search_parameters(index, search_parameters)
     return index
 
 
@@ -122,12 +120,14 @@ class SearchIndex:
         """The stored row of ``image_id`` (id, key, path, sha256, width, height, metadata…)."""
         return self.rows.records([image_id])[0]
 
-    def warm(self) -> None:
-        """Load now what the first query would: rows, every FAISS index, the models."""
+    def warm(self, models: bool = True) -> None:
+        """Load now what the first query would: rows, every FAISS index, the models (unless
+        ``models`` is False: id queries need none)."""
         self.rows  # noqa: B018 - loads
         for name in self.properties:
             self._index(name)
-        self.encoder  # noqa: B018 - loads
+        if models:
+            self.encoder  # noqa: B018 - loads
 
     # -- lazily loaded parts ---------------------------------------------------------------------
     def _once(self, attribute: str, build: Callable[[], T]) -> T:
@@ -243,6 +243,7 @@ class SearchIndex:
         started = time.perf_counter()
         check_k(k)
         check_offset(offset, k)
+        check_threshold(threshold)
         depth = k + offset
         selection = None if where is None else Selection(selected_ids(self.rows.table, where))
         plans = [query.all_terms() for query in queries]
@@ -298,6 +299,12 @@ class SearchIndex:
                                    int(valid.sum()), True)
         return ranked
 
+    def query_vectors(self, terms: list[Term]) -> list[np.ndarray]:
+        """Each term's normalised query vector in its property's space (what a search compares)."""
+        for term in terms:
+            self._check_property(term.property_name)
+        return self._term_vectors(terms)
+
     def _term_vectors(self, terms: list[Term]) -> list[np.ndarray]:
         """One normalised query vector per term, each in its property's space."""
         vectors: list[np.ndarray | None] = [None] * len(terms)
@@ -327,7 +334,9 @@ class SearchIndex:
 
     def _text_vectors(self, name: str, texts: list[str]) -> np.ndarray:
         from compsearch.mapping.encoder import embed_texts
+        from compsearch.mapping.properties.known_words import warn_unknown_words
 
+        warn_unknown_words(self.text_model.name, texts, "the text query")
         return embed_texts(self.text_model, texts, self._templates(name)).numpy()
 
     def _image_vectors(self, terms: list[Term], images: list[int]) -> dict[int, np.ndarray]:

@@ -20,6 +20,7 @@ from compsearch.search.errors import QueryError
 
 MAX_K = 10_000
 MAX_DEPTH = 100_000  # offset + k: how deep a page may reach into the ranking
+MAX_ID = 2**63 - 1  # ids are int64 in the shards and in FAISS
 KINDS = ("text", "image", "id")
 TERM_SYNTAX = "[WEIGHT*]PROPERTY:KIND:VALUE with KIND text, image or id (e.g. pattern:text:striped, 0.5*colour:image:a.jpg)"
 _WEIGHT_PREFIX = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\*(.*)$", re.S)
@@ -45,8 +46,8 @@ class Term:
                              "give one per term; combine several with terms=[Term(…), …] (CLI: --and)")
         if self.text is not None and (not isinstance(self.text, str) or not self.text.strip()):
             raise QueryError("the query text is empty", "give some words, e.g. --text striped")
-        if self.id is not None and (isinstance(self.id, bool) or not isinstance(self.id, int)):
-            raise QueryError(f"image id {self.id!r} is not an integer", "give the id of an indexed image")
+        if self.id is not None:
+            check_id(self.id)
         if not isinstance(self.weight, (int, float)) or not math.isfinite(self.weight) or self.weight == 0:
             raise QueryError(f"term weight {self.weight!r} is not a finite non-zero number",
                              "use a positive weight to attract, a negative one to repel")
@@ -113,6 +114,21 @@ def term_labels(terms: list[Term]) -> list[str]:
             label = f"{term.label}#{count}"
         labels.append(label)
     return labels
+
+
+def check_id(image_id: int) -> None:
+    """An image id must be an int64 (anything else cannot name an indexed image)."""
+    if isinstance(image_id, bool) or not isinstance(image_id, int):
+        raise QueryError(f"image id {image_id!r} is not an integer", "give the id of an indexed image")
+    if not -MAX_ID - 1 <= image_id <= MAX_ID:
+        raise QueryError(f"image id {image_id} is out of range", "ids are 64-bit integers: give a result's `id`")
+
+
+def check_threshold(threshold: float | None) -> None:
+    """None or a finite number: NaN keeps nothing and says nothing, so it is refused."""
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or not math.isfinite(threshold)):
+        raise QueryError(f"threshold {threshold!r} is not a finite number", "give a score such as 0.2, or none")
 
 
 def check_k(k: int) -> None:

@@ -16,9 +16,16 @@ class Result:
     id: int
     key: str
     path: str | None
-    score: float  # total: Σ over terms of weight × cosine
+    score: float | None  # total: Σ over terms of weight × cosine (None: browsed, not searched)
     scores: dict[str, float]  # cosine per term, by label ("pattern:text:striped")
     metadata: dict[str, Any]  # carried columns: width, height and any from the listing
+
+    def to_json(self) -> dict[str, Any]:
+        """The result as JSON: without ``score`` and ``scores`` when it was browsed."""
+        data = asdict(self)
+        if self.score is None:
+            del data["score"], data["scores"]
+        return data
 
 
 @dataclass
@@ -29,7 +36,7 @@ class SearchResults:
 
     def to_json(self) -> dict[str, Any]:
         """The one JSON shape: ``{"query": …, "results": [...], "seconds": …}``."""
-        return {"query": self.query, "results": [asdict(result) for result in self.results], "seconds": self.seconds}
+        return {"query": self.query, "results": [result.to_json() for result in self.results], "seconds": self.seconds}
 
 
 def _signed(weight: float, label: str, first: bool) -> str:
@@ -88,7 +95,7 @@ def render(results: SearchResults, format: str = "table") -> str:
     if format == "json":
         return json.dumps(results.to_json(), indent=2, default=str)
     if format == "jsonl":
-        return "\n".join(json.dumps(asdict(result), default=str) for result in results.results)
+        return "\n".join(json.dumps(result.to_json(), default=str) for result in results.results)
     if format == "csv":
         return _csv(results)
     if format == "paths":

@@ -6,10 +6,11 @@ from typing import Any
 
 import faiss
 import numpy as np
+import pyarrow.compute as pc
 
 from compsearch.indexer.faiss_choice import normalised
-from compsearch.indexer.store import IDENTITY_COLUMNS, IndexStore, arrow_to_vectors, vector_column
-from compsearch.search.errors import UnknownImageError
+from compsearch.indexer.store import IDENTITY_COLUMNS, SHARDS, IndexStore, arrow_to_vectors, vector_column
+from compsearch.search.errors import QueryError, UnknownImageError
 
 
 def keeps_exact_vectors(index: faiss.Index) -> bool:
@@ -29,6 +30,7 @@ class StoredRows:
     """The Parquet shards of one index directory, addressed by image id."""
 
     def __init__(self, store: IndexStore) -> None:
+        self.store = store
         self.dataset = store.dataset()
         self.table = store.read_table()  # every column but the vectors
         ids = self.table.column("id").to_numpy() if self.table.num_rows else np.zeros(0, np.int64)
@@ -36,8 +38,12 @@ class StoredRows:
         self._sorted_ids = ids[self._order]
 
     def positions(self, ids: np.ndarray | list[int]) -> np.ndarray:
-        """Row positions of ``ids``; raises UnknownImageError for an id not indexed."""
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        """Row positions of ``ids``; raises UnknownImageError for an id not indexed (QueryError
+        for one beyond int64, which no index holds)."""
+        try:
+            ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        except OverflowError:
+            raise QueryError("an image id is out of range", "ids are 64-bit integers: give a result's `id`") from None
         found = np.searchsorted(self._sorted_ids, ids)
         found = np.minimum(found, max(len(self._sorted_ids) - 1, 0))
         missing = ids[(len(self._sorted_ids) == 0) | (self._sorted_ids[found] != ids)] if len(ids) else ids[:0]
@@ -51,9 +57,17 @@ class StoredRows:
         """The stored rows of ``ids``, in that order."""
         return self.table.take(self.positions(ids)).to_pylist()
 
+    def ids_with_sha256(self, sha256: str) -> list[int]:
+        """The ids of the indexed files whose bytes hash to ``sha256`` (byte-identical files)."""
+        if not self.table.num_rows or "sha256" not in self.table.column_names:
+            return []
+        return sorted(self.table.filter(pc.field("sha256") == sha256).column("id").to_pylist())
+
     def vectors(self, name: str, ids: np.ndarray | list[int]) -> np.ndarray:
         """``(len(ids), dim)`` normalised vectors of ``name`` as stored in the shards."""
-        column = self.dataset.take(self.positions(ids), columns=[vector_column(name)]).column(0)
+        kind = self.store.vectors_kind(name)  # a property added from the store has its own parts, in shard order
+        dataset = self.dataset if kind == SHARDS else self.store.dataset(kind)
+        column = dataset.take(self.positions(ids), columns=[vector_column(name)]).column(0)
         return normalised(arrow_to_vectors(column))
 
 

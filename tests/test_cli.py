@@ -151,12 +151,14 @@ def test_decompose_token_shares_sum_to_one_over_all_tokens(monkeypatch, capsys, 
         (lambda tmp, photos: ["sample", "--weights", str(tmp / "none.safetensors")], "does not exist"),
         (lambda tmp, photos: ["index", str(tmp), "--out", str(tmp / "out"), "--model", "deit_tiny_patch16_224",
                               "--weights", str(tmp / "none.safetensors")], "does not exist"),
+        (lambda tmp, photos: ["index", str(tmp), "--out", str(tmp / "out"), *MODEL, "--address", "auto"],
+         "add --backend ray"),
         (lambda tmp, photos: ["decompose", photos[0], *MODEL, "--device", "nonsense"], "unknown device 'nonsense'"),
         pytest.param(lambda tmp, photos: ["decompose", photos[0], *MODEL, "--device", "cuda"], "torch sees no GPU",
                      marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
     ],
     ids=["missing-image", "corrupt-image", "unknown-model", "bad-block", "missing-weights", "sample-bad-weights",
-         "index-bad-weights", "unknown-device", "no-gpu"],
+         "index-bad-weights", "index-address-without-ray", "unknown-device", "no-gpu"],
 )
 def test_user_errors_are_one_line_and_exit_2(
     monkeypatch, capsys, tmp_path, photos, offline_empty_cache, make_args, message  # noqa: F811

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from compsearch.mapping.errors import CompsearchError
 from compsearch.mapping.commands.options import aligner_option, clip_weights_option, emit, json_option, model_options
 
 if TYPE_CHECKING:
@@ -55,7 +56,6 @@ def _parse_auto_count(_ctx: click.Context, param: click.Parameter, value: str) -
               help="faiss index_factory string (Flat, HNSW32, IVF4096,Flat, IVF4096,PQ64) or auto "
                    "(from the collection's size and --memory).")
 @click.option("--memory", "memory_gb", type=float, help="Memory budget of each FAISS index in GiB (default: half the RAM).")
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Images per forward pass.")
 @click.option("--workers", default="auto", show_default=True, callback=_parse_auto_count,
               help="Decoding processes beside the model (0: decode in the main process; auto: from the "
                    "cores, one on a CPU so decoding overlaps the model).")
@@ -69,6 +69,14 @@ def _parse_auto_count(_ctx: click.Context, param: click.Parameter, value: str) -
               help="Take share I of N (0 <= I < N) of the collection's chunks, so N processes (GPUs, or "
                    "machines sharing --out) split one run; then run the same command without --shard "
                    "to build the FAISS indexes.")
+@click.option("--backend", type=click.Choice(["process", "ray"]), default="process", show_default=True,
+              help="Who runs decoding, the model and writing: this process, or Ray Data on a cluster "
+                   "(decode tasks, one model actor per GPU or a CPU pool, write tasks; pip install 'compsearch[ray]').")
+@click.option("--address", help="With --backend ray: the cluster (auto, or HOST:PORT of its head); default: "
+                                "$RAY_ADDRESS, else a local cluster started for this run.")
+@click.option("--store", "store", default="fp16", show_default=True, type=click.Choice(["fp16", "fp32", "none"]),
+              help="Keep each image's components in compact exact form beside the shards (DIR/store), so "
+                   "`add-property` and `reindex` need no pass over the images; none: keep nothing.")
 @click.option("--append", "mode", flag_value="append", help="Add the files not indexed yet to an existing index.")
 @click.option("--overwrite", "mode", flag_value="overwrite", help="Delete the index in --out and rebuild it.")
 @click.option("--repair", "mode", flag_value="repair",
@@ -81,7 +89,8 @@ def index_command(images: Path, out_dir: Path, model_name: str, weights: Path | 
                   clip_name: str | None, clip_weights: Path | None, sample: int,
                   index_type: str, memory_gb: float | None, batch_size: int, workers: int | None,
                   threads: int | None, chunk_size: int,
-                  jpeg_on_device: bool, device: str, shard: tuple[int, int], mode: str | None, as_json: bool) -> None:
+                  jpeg_on_device: bool, device: str, shard: tuple[int, int], backend: str, address: str | None,
+                  store: str, mode: str | None, as_json: bool) -> None:
     """Index the images in IMAGES (a folder, a text file of paths, or a Parquet/CSV file with a
     `path` column whose other columns are kept as metadata) into the directory --out.
 
@@ -100,10 +109,14 @@ def index_command(images: Path, out_dir: Path, model_name: str, weights: Path | 
     from compsearch.indexer.api import build_index
     from compsearch.indexer.build import IndexSettings
 
+    if address and backend != "ray":
+        raise CompsearchError("--address names a Ray cluster, and this run is not on Ray", "add --backend ray")
+
     settings = IndexSettings(
         index=index_type, batch_size=batch_size, workers=workers, threads=threads, chunk_size=chunk_size,
         memory_budget=int(memory_gb * (1 << 30)) if memory_gb else None, progress=not as_json,
-        jpeg_on_device=jpeg_on_device, shard=shard,
+        jpeg_on_device=jpeg_on_device, shard=shard, backend=backend, address=address,
+        store=None if store == "none" else store,
     )
     if mode == "repair":
         from compsearch.indexer.repair import repair_index

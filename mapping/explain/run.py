@@ -28,13 +28,17 @@ from compsearch.mapping.rank import Ranking
 @dataclass
 class Query:
     """What to explain. ``components``: names or globs (``blocks.11.attn.*``), None for all the
-    decomposed components. The direction: ``text``, else ``property`` (its subspace), else
+    decomposed components. The direction: ``direction`` (vectors in the aligner's CLIP space,
+    or the model's own without an aligner: one for every image or one per image, named
+    ``direction_name``), else ``text``, else ``property`` (its subspace), else
     ``class_index``, else each image's predicted class."""
 
     components: list[str] | None = None
     text: str | None = None
     property: Property | None = None
     class_index: int | None = None
+    direction: torch.Tensor | None = None
+    direction_name: str = "the given direction"
 
 
 def query_from_ranking(ranking: Ranking, property_name: str, text: str | None = None) -> Query:
@@ -108,6 +112,10 @@ def _directions(
 ) -> tuple[torch.Tensor, torch.Tensor | float, list[str], torch.Tensor | None]:
     """``(directions, constant, target per image, classes or None)`` for ``query``."""
     batch = parts.contributions.shape[0]
+    if query.direction is not None:  # e.g. a search's query vector: where a result agrees with it
+        given = F.normalize(query.direction.float().cpu().reshape(-1, query.direction.shape[-1]), dim=-1)
+        directions, constant = aligned_directions(aligner, components, given.expand(batch, -1))
+        return directions, constant, [query.direction_name] * batch, None
     if query.text is not None or query.property is not None:
         if encode_text is None:
             raise CompsearchError(

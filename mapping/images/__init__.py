@@ -1,43 +1,23 @@
 """The one image-input layer: sources that list images (:mod:`.sources`), robust decoding
 (:mod:`.decode`), batches decoded in workers (:mod:`.loader`) and probe sets read with
 the skip policy (:mod:`.probe`). Probe sets and collections, the CLI and the server all
-read images through it."""
-from compsearch.mapping.images.decode import decode_image, read_image, read_image_bytes, to_rgb
-from compsearch.mapping.images.loader import DEFAULT_CHUNK_SIZE, Batch, iter_batches, preprocess_batch
-from compsearch.mapping.images.probe import probe_batches
-from compsearch.mapping.images.sources import (
-    IMAGE_SUFFIXES,
-    FolderSource,
-    ImageRecord,
-    ImageSource,
-    ListFileSource,
-    MemorySource,
-    PathListSource,
-    SourceSpec,
-    TableSource,
-    collection_root,
-    open_source,
-)
+read images through it.
 
-__all__ = [
-    "DEFAULT_CHUNK_SIZE",
-    "IMAGE_SUFFIXES",
-    "Batch",
-    "FolderSource",
-    "ImageRecord",
-    "ImageSource",
-    "ListFileSource",
-    "MemorySource",
-    "PathListSource",
-    "SourceSpec",
-    "TableSource",
-    "collection_root",
-    "decode_image",
-    "iter_batches",
-    "open_source",
-    "preprocess_batch",
-    "probe_batches",
-    "read_image",
-    "read_image_bytes",
-    "to_rgb",
-]
+Names load on first use (:mod:`compsearch.mapping.lazy`): the loader imports torch, and what
+only reads files or their facts (an id query, ``compsearch info``) must not pay for it."""
+from __future__ import annotations
+
+from compsearch.mapping.lazy import lazy_attributes
+
+_EXPORTS = {  # exported name -> submodule defining it
+    "decode_image": "decode", "read_image": "decode", "read_image_bytes": "decode", "to_rgb": "decode",
+    "DEFAULT_CHUNK_SIZE": "loader", "Batch": "loader", "iter_batches": "loader", "iter_unit_batches": "loader",
+    "preprocess_batch": "loader",
+    "probe_batches": "probe",
+    "IMAGE_SUFFIXES": "sources", "FolderSource": "sources", "ImageRecord": "sources", "ImageSource": "sources",
+    "ListFileSource": "sources", "MemorySource": "sources", "PathListSource": "sources", "SourceSpec": "sources",
+    "TableSource": "sources", "collection_root": "sources", "open_source": "sources",
+}
+__all__ = sorted(_EXPORTS)
+
+__getattr__ = lazy_attributes(__name__, _EXPORTS)

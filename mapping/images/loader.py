@@ -16,6 +16,7 @@ import hashlib
 import io
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -27,7 +28,7 @@ from compsearch.mapping.errors import ImageReadError
 from compsearch.mapping.images.decode import decode_image, read_image, read_image_bytes, to_rgb
 from compsearch.mapping.images.file_facts import file_facts
 from compsearch.mapping.images.device_decode import TensorTransform, decode_jpegs, is_jpeg, tensor_transform
-from compsearch.mapping.images.plan import check_partition, units
+from compsearch.mapping.images.plan import WorkUnit, check_partition, units
 from compsearch.mapping.images.sources import ImageRecord, ImageSource, open_source
 
 if TYPE_CHECKING:  # reading images needs no model library
@@ -152,18 +153,24 @@ class _ChunkedImages(IterableDataset):
                 yield from self._chunk_batches(unit.chunk, records)
 
     def _chunk_batches(self, chunk: int, records: list[ImageRecord]) -> Iterator[Batch]:
-        for start in range(0, len(records), self.batch_size):
-            decoded, skipped = [], []
-            for record in records[start:start + self.batch_size]:
-                try:
-                    decoded.append(_decode(record, self.transforms, self.defer_jpeg))
-                except Exception as error:  # a collection goes on past any bad file; the reason is kept
-                    skipped.append((record, _reason(record, error)))
-            done = start + self.batch_size >= len(records)
-            if self.defer_jpeg:  # stacked in the main process, once the device has decoded the JPEGs
-                yield Batch(chunk, [], [], [], [], [], skipped, done, pending=decoded)
-            else:
-                yield _batch(chunk, decoded, skipped, done, len(self.transforms))
+        return _unit_batches(chunk, records, self.transforms, self.batch_size, self.defer_jpeg)
+
+
+def _unit_batches(chunk: int, records: list[ImageRecord], transforms: Sequence[Transform], batch_size: int,
+                  defer_jpeg: bool = False) -> Iterator[Batch]:
+    """One unit's records, read and decoded once each, in batches; the last one says so."""
+    for start in range(0, len(records), batch_size):
+        decoded, skipped = [], []
+        for record in records[start:start + batch_size]:
+            try:
+                decoded.append(_decode(record, transforms, defer_jpeg))
+            except Exception as error:  # a collection goes on past any bad file; the reason is kept
+                skipped.append((record, _reason(record, error)))
+        done = start + batch_size >= len(records)
+        if defer_jpeg:  # stacked in the main process, once the device has decoded the JPEGs
+            yield Batch(chunk, [], [], [], [], [], skipped, done, pending=decoded)
+        else:
+            yield _batch(chunk, decoded, skipped, done, len(transforms))
 
 
 def _one_thread_per_worker(_: int) -> None:
@@ -206,6 +213,14 @@ def iter_batches(
             record, reason = batch.skipped[0]
             raise ImageReadError(reason, "fix or remove that file")
         yield batch
+
+
+def iter_unit_batches(source: str | Path | ImageSource, unit: WorkUnit, transforms: Sequence[Transform],
+                      batch_size: int = 32) -> Iterator[Batch]:
+    """The batches of one work unit of ``source``'s plan (its listing positions ``unit.start``
+    to ``unit.stop - 1``), decoded here: what a task given only the unit reads."""
+    records = list(islice(open_source(source).records(), unit.start, unit.stop))
+    return _unit_batches(unit.chunk, records, list(transforms), batch_size)
 
 
 def preprocess_batch(paths: Iterable[str | Path], loaded: LoadedModel) -> torch.Tensor:

@@ -18,6 +18,8 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 
 from compsearch import search
 from compsearch.indexer.build import compsearch_version
@@ -33,7 +35,14 @@ from compsearch.search.server.guards import (
     UploadTooLargeError,
     error_response,
 )
-from compsearch.search.server.routes import SCHEMAS, ServerState, UnsupportedContentError, router
+from compsearch.search import SearchIndex
+from compsearch.search.server.routes import (
+    SCHEMAS,
+    QueriesUnavailableError,
+    ServerState,
+    UnsupportedContentError,
+    router,
+)
 from compsearch.search.server.thumbnails import DEFAULT_SIZE, ThumbnailCache
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 << 20
@@ -45,6 +54,7 @@ ERROR_STATUS: tuple[tuple[type[CompsearchError], int], ...] = (
     (ImageNotServedError, 404),
     (UnknownImageError, 404),
     (UnsupportedContentError, 415),
+    (QueriesUnavailableError, 503),
     (ImageReadError, 422),
     (CompsearchError, 400),
 )
@@ -70,11 +80,18 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ValidationError)
     async def invalid_request(request: Request, error: RequestValidationError | ValidationError) -> JSONResponse:
         return error_response(422, f"invalid request: {_validation_problem(error.errors())}",
-                              "fields: text | id | terms, property, k, threshold (see /api/openapi.json)")
+                              "search: text | id | terms, property, k, offset, where, threshold; explain: id, "
+                              "property, text | query_id (see /api/openapi.json)")
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
         return error_response(error.status_code, str(error.detail), None, error.headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, error: ClientDisconnect) -> Response:
+        # Not the server's fault, and nobody is left to answer: one quiet line.
+        log.info("client disconnected during %s %s", request.method, request.url.path)
+        return Response(status_code=499)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
@@ -94,6 +111,24 @@ def _with_search_schemas(app: FastAPI) -> None:
     app.openapi = openapi
 
 
+def load_models(index: SearchIndex) -> dict[str, str]:
+    """Load the index's models now; what fails to load (a weights file gone) leaves only its
+    kind of query unavailable: ``{"image" | "text": why}``. Id queries need no model."""
+    unavailable = {}
+    if index.has_text:
+        try:
+            index.text_model  # noqa: B018 - loads
+        except CompsearchError as error:
+            unavailable["text"] = error.problem
+    try:
+        index.encoder  # noqa: B018 - loads
+    except CompsearchError as error:
+        unavailable["image"] = error.problem
+    for kind, problem in unavailable.items():
+        log.warning("%s queries are unavailable: %s", kind, problem)
+    return unavailable
+
+
 def create_app(
     index_dir: str | Path,
     token: str | None = None,
@@ -104,6 +139,7 @@ def create_app(
     allowed_hosts: Sequence[str] | None = LOOPBACK_NAMES,
     device: str = "cpu",
     thumbnail_size: int = DEFAULT_SIZE,
+    show_paths: bool = False,
 ) -> FastAPI:
     """The app serving ``index_dir``.
 
@@ -111,10 +147,12 @@ def create_app(
     served from (default: the collection folders the manifest records, see
     :mod:`search.server.files`). ``cache_dir``: where thumbnails go (default
     ``$COMPSEARCH_CACHE/thumbnails``). ``allowed_hosts``: the host names requests may be
-    addressed to (None: any, for a server bound to a public address).
+    addressed to (None: any, for a server bound to a public address). ``show_paths``: give
+    clients the files' absolute paths (default: relative to their collection root).
     """
     index = search.open_index(index_dir, device=device)
-    index.warm()
+    index.warm(models=False)
+    unavailable = load_models(index)
     served_roots = collection_roots(index_dir, roots)
     refused = count_outside(index_dir, served_roots)
     if refused:
@@ -125,7 +163,7 @@ def create_app(
     app = FastAPI(title="compsearch", version=compsearch_version(), docs_url=None, redoc_url=None,
                   openapi_url="/api/openapi.json")  # no /docs: the Swagger page loads from a CDN
     app.state.compsearch = ServerState(index, files, ThumbnailCache(cache_dir, thumbnail_size), index.info(),
-                                       max_upload_bytes, max_pixels)
+                                       max_upload_bytes, max_pixels, unavailable, show_paths)
     app.include_router(router)
     _with_search_schemas(app)
     _add_error_handlers(app)

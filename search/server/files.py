@@ -32,8 +32,9 @@ import PIL.Image
 from compsearch.indexer.store import SHARDS, IndexStore
 from compsearch.mapping.errors import CompsearchError
 from compsearch.mapping.images import collection_root
+from compsearch.search.query import check_id
 
-ID_PATTERN = re.compile(r"[0-9]{1,18}")  # what an id in a URL may look like (int64, no sign)
+ID_PATTERN = re.compile(r"[0-9]+")  # what an id in a URL may look like (no sign)
 
 
 class ImageNotServedError(CompsearchError):
@@ -127,7 +128,10 @@ def _media_type(data: bytes) -> str:
 
 
 def parse_id(text: str) -> int:
-    """An id from a URL segment; anything but plain digits (``..``, ``%2F``, paths) → 404."""
-    if not ID_PATTERN.fullmatch(text):
+    """An id from a URL segment; anything but plain digits (``..``, ``%2F``, paths) → 404,
+    digits beyond int64 → QueryError (400), as in a search body."""
+    if not ID_PATTERN.fullmatch(text) or len(text) > 40:
         raise ImageNotServedError(f"no image with id {text[:40]!r}", "ids are the integers search results give")
-    return int(text)
+    image_id = int(text)
+    check_id(image_id)
+    return image_id

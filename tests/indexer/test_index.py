@@ -407,16 +407,16 @@ INTERRUPTED = (r"^interrupted: (\d+) of (\d+) images are done and kept in (.+) â
 def test_ctrl_c_in_the_indexer_and_the_feature_cache_is_one_error_and_a_rerun_finishes(
         model, world, tmp_path, monkeypatch) -> None:
     built = encoder_for_build(model, tmp_path / "index")
-    encode = built.encoder.encode
+    encode = built.encoder.encode_and_store  # what the encode stage calls (vectors and component store)
     calls = []
 
-    def interrupted_on_the_third_batch(pixels):
+    def interrupted_on_the_third_batch(pixels, store):
         calls.append(len(pixels))
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return encode(pixels)
+        return encode(pixels, store)
 
-    monkeypatch.setattr(built.encoder, "encode", interrupted_on_the_third_batch)
+    monkeypatch.setattr(built.encoder, "encode_and_store", interrupted_on_the_third_batch)
     settings = dataclasses.replace(SETTINGS, batch_size=4, chunk_size=4)
     with pytest.raises(Interrupted) as indexing:
         Indexer(tmp_path / "index", built.encoder, settings, built.provenance).run(world / "train")

@@ -24,6 +24,7 @@ from compsearch.indexer.manifest import (
     PropertyEntry,
     Provenance,
     RunEntry,
+    StoreEntry,
     read_manifest,
     write_manifest,
 )
@@ -57,6 +58,7 @@ def sample() -> Manifest:
     manifest.counts = Counts(images=9, skipped=1, duplicates=0)
     manifest.files = {"full.faiss": FileRecord(bytes=18477, sha256="ab" * 32, count=9)}
     manifest.updated = "2026-01-01T00:01:00+00:00"
+    manifest.store = StoreEntry(dtype="fp16", model_weights_id="w1")  # layout: free JSON, see below
     return manifest
 
 
@@ -106,7 +108,7 @@ def test_a_manifest_reads_back_as_written(tmp_path: Path) -> None:
     write_manifest(tmp_path, sample())
     read = read_manifest(tmp_path)
     assert read == sample() and read.encoder.precision == "bf16"
-    assert json.loads((tmp_path / MANIFEST).read_text())["format_version"] == FORMAT_VERSION == 3
+    assert json.loads((tmp_path / MANIFEST).read_text())["format_version"] == FORMAT_VERSION == 4
     assert not list(tmp_path.glob(".*.tmp"))  # written to a temporary name, then renamed
 
 
@@ -159,8 +161,20 @@ def test_a_version_1_manifest_opens_as_computed_in_fp32(tmp_path: Path) -> None:
     assert read.files is None  # no files recorded before version 3: unknown
 
 
+def test_a_version_2_manifest_has_no_store_and_a_layout_reads_back(tmp_path: Path) -> None:
+    data = written(tmp_path)
+    data["format_version"] = 2
+    del data["store"]
+    (tmp_path / MANIFEST).write_text(json.dumps(data))
+    assert read_manifest(tmp_path).store is None
+    manifest = sample()
+    manifest.store.layout = {"format": "compsearch.component-store/1", "arrays": [{"name": "init", "shape": [192]}]}
+    write_manifest(tmp_path, manifest)
+    assert read_manifest(tmp_path).store == manifest.store
+
+
 @pytest.mark.parametrize(("content", "message"), [
-    ('{"format_version": 99}', "has index format 99, this compsearch reads 3 and older"),
+    ('{"format_version": 99}', "has index format 99, this compsearch reads 4 and older"),
     ("[1, 2]", "is not a JSON object"),
     ("{not json", "cannot read"),
 ])

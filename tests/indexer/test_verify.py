@@ -137,7 +137,7 @@ def test_a_deleted_shard_is_one_error_at_open_and_repair_then_append_restores_it
 
 def test_an_index_from_before_files_were_recorded_opens_and_repair_records_them(index) -> None:
     data = json.loads((index / MANIFEST).read_text())
-    data["format_version"] = 2
+    data["format_version"] = 3
     recorded = data.pop("files")
     (index / MANIFEST).write_text(json.dumps(data))
     assert IndexStore(index).read_manifest().files is None

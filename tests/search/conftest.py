@@ -25,7 +25,7 @@ from compsearch.mapping.align import align
 from compsearch.mapping.models import load_model
 from compsearch.mapping.properties import builtin_property
 from compsearch.mapping.rank import rank
-from compsearch.search.server.run import bind, url
+from compsearch.search.server.run import bind, server_config, url
 
 IMAGES = 40
 ESCAPE_KEY = "zz_escape.png"  # sorts last: the symlink that leads out of the collection
@@ -59,11 +59,12 @@ def served_index(fixture_clip: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 
 @contextmanager
-def running(app: FastAPI) -> Iterator[str]:
-    """``app`` served by uvicorn on a free port of 127.0.0.1 in a thread; yields its URL
+def running(app: FastAPI, **config: float) -> Iterator[str]:
+    """``app`` served by uvicorn on a free port of 127.0.0.1 in a thread, as ``compsearch
+    serve`` serves it (``config``: :func:`server_config`'s timeouts); yields its URL
     (``http://127.0.0.1:PORT/``) and stops the server on exit."""
     sock = bind("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server = uvicorn.Server(server_config(app, "warning", **config))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -2,13 +2,17 @@
 (each asserting its status code and that the server still answers afterwards)."""
 from __future__ import annotations
 
+import base64
+import dataclasses
 import http.client
 import io
 import json
+import logging
 import os
 import re
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -19,18 +23,23 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+import numpy as np
 import PIL.Image
 import pytest
 from click.testing import CliRunner
 
 from compsearch import search
 from compsearch.indexer.info import index_info
-from compsearch.mapping import models
 from compsearch.indexer.store import IndexStore
+from compsearch.mapping import models
+from compsearch.mapping.errors import CompsearchError
+from compsearch.indexer.world import get_split
+from compsearch.indexer.world.render import render_image
 from compsearch.search.cli import cli
 from compsearch.search.server.app import create_app
 from compsearch.search.server.files import CollectionFiles, ImageNotServedError, collection_roots, count_outside
 from compsearch.search.server.guards import is_loopback
+from compsearch.search.server.paths import without_paths
 from tests.search.conftest import ESCAPE_KEY, IMAGES, ServedIndex, running
 from tests.test_cli import run_cli
 
@@ -110,7 +119,11 @@ def test_health_and_info(client: httpx.Client, served_index: ServedIndex) -> Non
     health = client.get("/api/health").json()
     assert health["status"] == "ok" and health["images"] == IMAGES + 1  # the renders + the escape symlink
     assert health["properties"] == ["full", "colour", "shape"] and health["text_queries"] is True
-    assert client.get("/api/info").json() == json.loads(json.dumps(index_info(served_index.folder)))
+    assert health["image_queries"] is True and health["unavailable"] == {}
+    info = client.get("/api/info").json()
+    columns = info["columns"]
+    assert {"id", "key", "path", "sha256", "width", "height"} <= set(columns) and columns["width"].startswith("int")
+    assert info == json.loads(json.dumps(without_paths(index_info(served_index.folder), [served_index.collection.resolve()])))
     document = client.get("/api/openapi.json").json()
     assert document["paths"]["/api/search"]["post"]["requestBody"]["content"].keys() \
         == {"application/json", "multipart/form-data"}
@@ -134,11 +147,27 @@ def test_text_search_is_the_libraries_answer_with_file_urls(client: httpx.Client
 def test_search_by_uploaded_image_finds_that_image_first(client: httpx.Client, served_index: ServedIndex,
                                                          rows: dict[str, dict]) -> None:
     key = "000007.png"
-    data = (served_index.collection / key).read_bytes()
-    response = client.post("/api/search", files={"image": (key, data, "image/png")}, data={"property": "full", "k": "3"})
+    copy = io.BytesIO()
+    PIL.Image.open(served_index.collection / key).save(copy, "PNG", compress_level=1)  # same pixels, other bytes
+    response = client.post("/api/search", files={"image": (key, copy.getvalue(), "image/png")},
+                           data={"property": "full", "k": "3"})
     assert response.status_code == 200, response.text
     first = response.json()["results"][0]
     assert first["id"] == rows[key]["id"] and first["score"] == pytest.approx(1.0, abs=1e-2)
+    assert response.json()["identical"] == []
+
+
+def test_an_upload_identical_to_an_indexed_file_is_said_to_be_it(client: httpx.Client, served_index: ServedIndex,
+                                                                 rows: dict[str, dict]) -> None:
+    key = "000007.png"
+    data = (served_index.collection / key).read_bytes()
+    response = client.post("/api/search", files={"image": (key, data, "image/png")},
+                           data={"property": "full", "k": "3", "where": "width == 64"})
+    payload = response.json()
+    assert response.status_code == 200 and payload["identical"] == [rows[key]["id"]]
+    ids = [result["id"] for result in payload["results"]]
+    assert len(ids) == 3 and rows[key]["id"] not in ids  # not its own first result
+    assert payload["query"]["where"] == "width == 64"
 
 
 def test_search_by_id_and_combined_terms(client: httpx.Client, library: search.SearchIndex,
@@ -208,7 +237,6 @@ TRAVERSALS = [
     "/api/images/0x1",
     "/api/images/1e3",
     "/api/images/99999999",
-    "/api/images/999999999999999999999999999",
     "/static/../app.py",
     "/static/..%2F..%2Fmapping%2Ferrors.py",
     "/static/%2e%2e/%2e%2e/search/server/app.py",
@@ -365,7 +393,7 @@ def test_token_is_required_on_every_api_call_and_the_page(served_index: ServedIn
 def test_models_load_once_at_start_up_not_per_request(served_index: ServedIndex, cache_dir: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     loads = []
-    load_model = models.load_model
+    load_model = models.load_model  # search/index.py imports it when a query first needs a model
     monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: loads.append(args) or load_model(*args, **kwargs))
     app = create_app(served_index.folder, cache_dir=cache_dir)
     at_start = len(loads)
@@ -389,9 +417,9 @@ def test_serve_command_listens_on_loopback_and_asks_for_the_token(served_index: 
     try:
         line = process.stdout.readline()
         assert line.startswith(f"serving {served_index.folder} at http://127.0.0.1:"), process.stderr.read()
-        url = line.split(" at ")[1].strip()
-        assert url.endswith(f"/?token={TOKEN}")
-        base = url.split("?")[0]
+        base = line.split(" at ")[1].split()[0]
+        assert TOKEN not in line
+        assert httpx.get(f"{base}?token={TOKEN}", timeout=30).status_code == 303  # logged by the access log
         assert httpx.get(f"{base}api/health", timeout=30).status_code == 401
         response = httpx.get(f"{base}api/health", headers={"authorization": f"Bearer {TOKEN}"}, timeout=30)
         assert response.status_code == 200 and response.json()["images"] == IMAGES + 1
@@ -399,17 +427,40 @@ def test_serve_command_listens_on_loopback_and_asks_for_the_token(served_index: 
         process.send_signal(signal.SIGINT)  # Ctrl-C
         output, errors = process.communicate(timeout=30)
     assert process.returncode == 0 and "Traceback" not in errors, errors
+    assert "GET /?token=" in output + errors and TOKEN not in output + errors  # never printed, not even logged
 
 
-def test_serve_command_warns_when_listening_beyond_loopback(served_index: ServedIndex, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def serve_without_listening(monkeypatch: pytest.MonkeyPatch, arguments: list[str], token: str | None = None):
+    """``compsearch serve INDEX ARGUMENTS`` up to the point of listening (serve() replaced):
+    ``(result, where it bound)``."""
     served = []
     monkeypatch.setattr("compsearch.search.server.run.serve", lambda app, sock: (served.append(sock.getsockname()), sock.close()))
-    result = CliRunner().invoke(cli, ["serve", str(served_index.folder), "--host", "0.0.0.0", "--port", "0",
-                                      "--cache-dir", str(tmp_path), "--device", "cpu"])
+    environment = {"COMPSEARCH_TOKEN": token} if token else {}
+    result = CliRunner().invoke(cli, ["serve", *arguments, "--port", "0", "--device", "cpu"], env=environment)
+    return result, served
+
+
+def test_serve_command_refuses_a_public_host_without_a_token(served_index: ServedIndex, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    arguments = [str(served_index.folder), "--host", "0.0.0.0", "--cache-dir", str(tmp_path)]
+    refused, served = serve_without_listening(monkeypatch, arguments)
+    assert isinstance(refused.exception, CompsearchError) and "--no-token" in refused.exception.hint
+    assert served == []  # refused before binding
+    result, served = serve_without_listening(monkeypatch, [*arguments, "--no-token"])
     assert result.exit_code == 0, result.output
-    assert "warning: listening on 0.0.0.0" in result.output and "--token" in result.output
+    assert "warning: listening on 0.0.0.0" in result.output
     assert served and served[0][0] == "0.0.0.0"  # bound, never listening: serve() was replaced
+    both, _ = serve_without_listening(monkeypatch, [*arguments, "--no-token"], token=TOKEN)
+    assert isinstance(both.exception, CompsearchError)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
+def test_serve_command_never_prints_the_token(served_index: ServedIndex, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch, host: str) -> None:
+    result, served = serve_without_listening(
+        monkeypatch, [str(served_index.folder), "--host", host, "--cache-dir", str(tmp_path)], token=TOKEN)
+    assert result.exit_code == 0, result.output
+    assert served and "?token=TOKEN" in result.output and TOKEN not in result.output
 
 
 def test_loopback_names() -> None:
@@ -418,18 +469,19 @@ def test_loopback_names() -> None:
 
 
 
-def test_the_command_line_asks_a_running_server(base_url: str, library: search.SearchIndex, served_index: ServedIndex,
-                                                rows: dict[str, dict], monkeypatch, capsys) -> None:
+def test_the_command_line_asks_a_running_server(base_url: str, library: search.SearchIndex, rows: dict[str, dict],
+                                                monkeypatch, capsys, tmp_path: Path) -> None:
     """`compsearch search http://HOST:PORT …` prints what the local index would (same schema)."""
     image_id = rows["000011.png"]["id"]
+    reference = tmp_path / "reference.png"  # not in the collection (an identical upload is reported, not ranked)
+    render_image(get_split("test").item(3), size=64).save(reference)
     cases = [
         (["--id", str(image_id), "-p", "shape", "-k", "4"], dict(id=image_id, property="shape", k=4)),
         (["--text", "red", "-p", "colour", "-k", "5", "--offset", "2", "--where", "width == 64"],
          dict(text="red", property="colour", k=5, offset=2, where="width == 64")),
         (["--text", "blue", "-p", "colour", "--and", f"0.5*shape:id:{image_id}", "-k", "3"],
          dict(terms=[search.Term("colour", text="blue"), search.Term("shape", id=image_id, weight=0.5)], k=3)),
-        (["--image", str(served_index.collection / "000007.png"), "-k", "3"],
-         dict(image=served_index.collection / "000007.png", k=3)),
+        (["--image", str(reference), "-k", "3"], dict(image=reference, k=3)),
     ]
     for arguments, python in cases:
         code, out, err = run_cli(monkeypatch, capsys, "search", base_url, *arguments, "--format", "jsonl")
@@ -440,3 +492,197 @@ def test_the_command_line_asks_a_running_server(base_url: str, library: search.S
     assert code == 2 and "400" in err and "no column 'camera'" in err and len(err.strip().splitlines()) == 1
     code, out, err = run_cli(monkeypatch, capsys, "search", "http://127.0.0.1:9", "--id", "1")
     assert code == 2 and "cannot reach http://127.0.0.1:9" in err
+
+
+# -- hardening ---------------------------------------------------------------------------------
+
+BEYOND_INT64 = 2**63
+
+
+@pytest.mark.parametrize("body", [{"id": BEYOND_INT64}, {"id": -BEYOND_INT64 - 1},
+                                  {"terms": [{"property": "shape", "id": BEYOND_INT64}]}], ids=["id", "negative", "term"])
+def test_an_id_beyond_int64_is_400_in_a_search(client: httpx.Client, body: dict) -> None:
+    response = client.post("/api/search", json=body)
+    assert response.status_code == 400 and "out of range" in response.json()["error"], response.text
+    still_serving(client)
+
+
+@pytest.mark.parametrize("endpoint", ["images", "thumbnails"])
+def test_an_id_beyond_int64_is_400_in_a_file_url(client: httpx.Client, endpoint: str) -> None:
+    assert client.get(f"/api/{endpoint}/{2**63 - 1}").status_code == 404  # the largest id: just not indexed
+    response = client.get(f"/api/{endpoint}/{BEYOND_INT64}")
+    assert response.status_code == 400 and "out of range" in response.json()["error"]
+    still_serving(client)
+
+
+NOT_FINITE = [
+    ("NaN threshold", {"content": b'{"text": "red", "threshold": NaN}'}),
+    ("Infinity threshold", {"content": b'{"id": 3, "threshold": -Infinity}'}),
+    ("NaN weight", {"content": b'{"terms": [{"property": "colour", "text": "red", "weight": NaN}]}'}),
+    ("Infinity weight", {"content": b'{"terms": [{"id": 3, "weight": Infinity}, {"id": 4}]}'}),
+    ("nan threshold in a form", {"files": {"image": ("a.png", b"x", "image/png")}, "data": {"threshold": "nan"}}),
+]
+
+
+@pytest.mark.parametrize("case, request_arguments", NOT_FINITE, ids=[case[0] for case in NOT_FINITE])
+def test_nan_or_infinity_is_400(client: httpx.Client, case: str, request_arguments: dict) -> None:
+    headers = {"content-type": "application/json"} if "content" in request_arguments else {}
+    response = client.post("/api/search", headers=headers, **request_arguments)
+    assert response.status_code == 400 and "finite" in response.json()["error"], response.text
+    still_serving(client)
+
+
+def test_results_and_info_show_no_server_paths_unless_asked(client: httpx.Client, served_index: ServedIndex,
+                                                           rows: dict[str, dict], cache_dir: Path,
+                                                           fixture_clip: Path) -> None:
+    hidden = str(served_index.collection.parent)
+    image_id = rows["000007.png"]["id"]
+    escape = rows[ESCAPE_KEY]["id"]
+    for body in ({"id": image_id, "k": 3}, {"id": escape, "k": 1}):
+        response = client.post("/api/search", json=body)
+        assert hidden not in response.text and str(served_index.outside.parent) not in response.text
+    assert client.post("/api/search", json={"id": image_id, "k": 1}).json()["results"][0]["path"] == "000007.png"
+    browsed = client.get("/api/browse", params={"limit": 100}).text
+    info = client.get("/api/info").text
+    assert hidden not in browsed and hidden not in info and str(served_index.folder) not in info
+    assert str(fixture_clip) not in info and fixture_clip.name in info  # the model folder: named, not located
+    with running(create_app(served_index.folder, cache_dir=cache_dir, show_paths=True)) as url:
+        [shown] = httpx.post(f"{url}api/search", json={"id": image_id, "k": 1}, timeout=60).json()["results"]
+        assert shown["path"] == rows["000007.png"]["path"]
+        assert httpx.get(f"{url}api/info", timeout=60).json()["folder"] == str(served_index.folder)
+
+
+def test_a_silent_or_slow_client_is_disconnected(served_index: ServedIndex, cache_dir: Path) -> None:
+    timeout = 0.5
+    with running(create_app(served_index.folder, cache_dir=cache_dir), header_timeout=timeout,
+                 keep_alive_timeout=timeout) as url:
+        address = (urlsplit(url).hostname, urlsplit(url).port)
+        partial = b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "
+        with socket.create_connection(address, timeout=30) as silent, \
+                socket.create_connection(address, timeout=30) as slow, \
+                socket.create_connection(address, timeout=30) as kept_alive:
+            slow.sendall(partial)  # a head that never ends (slowloris)
+            kept_alive.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            answer = b""
+            while not answer.endswith(b"}"):  # the whole JSON answer, however it is split
+                chunk = kept_alive.recv(65536)
+                assert chunk, answer  # closed before answering
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 200")
+            kept_alive.sendall(partial)  # then a second head that never ends
+            for connection in (silent, slow, kept_alive):
+                assert connection.recv(65536) == b""  # closed by the server (a hung one raises socket.timeout)
+        with httpx.Client(base_url=url, timeout=60) as client:
+            still_serving(client)
+
+
+def test_an_oversized_request_head_is_refused(client: httpx.Client, base_url: str) -> None:
+    address = (urlsplit(base_url).hostname, urlsplit(base_url).port)
+    with socket.create_connection(address, timeout=30) as connection:
+        try:
+            connection.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: " + b"x" * (1 << 20))
+            answer = connection.recv(65536)
+        except (BrokenPipeError, ConnectionResetError):  # refused while still sending
+            answer = b""
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 400")  # not buffered until the head ends
+    still_serving(client)
+
+
+@pytest.fixture
+def server_log() -> Iterator[list[logging.LogRecord]]:
+    """Records of WARNING or worse from the server's and uvicorn's loggers (uvicorn's do not
+    reach pytest's caplog: they do not propagate to the root)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    loggers = [logging.getLogger(name) for name in ("compsearch.server", "uvicorn.error", "uvicorn")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    yield records
+    for logger in loggers:
+        logger.removeHandler(handler)
+
+
+def test_a_client_that_disconnects_is_not_logged_as_an_exception(base_url: str, client: httpx.Client,
+                                                                 server_log: list) -> None:
+    address = (urlsplit(base_url).hostname, urlsplit(base_url).port)
+    for content_type in ("application/json", "multipart/form-data; boundary=x"):
+        with socket.create_connection(address, timeout=30) as connection:
+            connection.sendall(f"POST /api/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
+                               "Content-Length: 100000\r\n\r\n".encode() + b"--x\r\n" + b"0" * 1000)
+            # closed mid-body
+    still_serving(client)
+    assert [record for record in server_log if record.exc_info or "Exception" in record.getMessage()] == []
+
+
+def test_without_its_weights_the_server_answers_id_queries_and_says_why_not_others(
+        served_index: ServedIndex, tmp_path: Path, cache_dir: Path, rows: dict[str, dict]) -> None:
+    copy = tmp_path / "index"
+    shutil.copytree(served_index.folder, copy)
+    store = IndexStore(copy)
+    manifest = store.read_manifest()
+    gone = f"local-dir:{tmp_path / 'deleted-weights'}"  # the model folder the index was built with, gone
+    manifest.encoder = dataclasses.replace(manifest.encoder, model_name=gone, clip_name=gone)
+    store.write_manifest(manifest)
+    image_id = rows["000004.png"]["id"]
+    with running(create_app(copy, cache_dir=cache_dir, roots=[served_index.collection])) as url, \
+            httpx.Client(base_url=url, timeout=60) as client:
+        health = client.get("/api/health").json()
+        assert health["status"] == "ok" and health["image_queries"] is False and health["text_queries"] is False
+        assert "deleted-weights" in health["unavailable"]["image"]
+        [found] = client.post("/api/search", json={"id": image_id, "k": 1}).json()["results"]
+        assert found["id"] == image_id
+        data = (served_index.collection / "000004.png").read_bytes()
+        for endpoint, request in (("search", {"files": {"image": ("a.png", data, "image/png")}}),
+                                  ("search", {"json": {"text": "red"}}),
+                                  ("explain", {"json": {"id": image_id, "query_id": image_id}})):
+            response = client.post(f"/api/{endpoint}", **request)
+            assert response.status_code == 503 and "unavailable" in response.json()["error"], response.text
+
+
+def test_browse_pages_the_collection_in_a_stable_order(client: httpx.Client, rows: dict[str, dict]) -> None:
+    pages = [client.get("/api/browse", params={"order": "key", "offset": offset, "limit": 7}).json()
+             for offset in range(0, IMAGES + 1, 7)]
+    browsed = [result for page in pages for result in page["results"]]
+    assert [result["key"] for result in browsed] == sorted(rows)  # every image once, in key order
+    assert [result["rank"] for result in browsed] == list(range(1, IMAGES + 2))
+    assert pages[0]["query"]["total"] == IMAGES + 1
+    assert "score" not in browsed[0] and browsed[0]["thumbnail_url"].startswith(f"/api/thumbnails/{browsed[0]['id']}")
+    newest_first = client.get("/api/browse", params={"order": "-key", "where": "key < '000010.png'", "limit": 3}).json()
+    assert [result["key"] for result in newest_first["results"]] == ["000009.png", "000008.png", "000007.png"]
+    assert newest_first["query"]["total"] == 10
+    for params, problem in (({"order": "camera"}, "no such column"), ({"where": "camera == 'x'"}, "no column"),
+                            ({"limit": 0}, "out of range")):
+        response = client.get("/api/browse", params=params)
+        assert response.status_code == 400 and problem in response.json()["error"], response.text
+
+
+def test_why_a_text_result_matched(client: httpx.Client, library: search.SearchIndex) -> None:
+    [top] = library.search(text="red", property="colour", k=1).results
+    response = client.post("/api/explain", json={"id": top.id, "property": "colour", "text": "red"})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["query"] is None and answer["components"] == library.manifest.properties["colour"].components
+    result = answer["result"]
+    overlay = PIL.Image.open(io.BytesIO(base64.b64decode(result["png"])))
+    assert overlay.format == "PNG" and result["grid_shape"] == [len(result["grid"]), len(result["grid"][0])]
+    # The heat sums to ⟨v, q⟩ (v: the result's unnormalised property vector), which has the score's sign.
+    assert result["total"] == pytest.approx(sum(map(sum, result["grid"])) + result["prefix"] + result["unlocated"],
+                                            rel=1e-4, abs=1e-6)
+    assert (result["total"] > 0) == (top.score > 0)
+
+
+def test_why_an_image_matched_itself_shows_the_same_heat_on_both_sides(client: httpx.Client, served_index: ServedIndex,
+                                                                        rows: dict[str, dict]) -> None:
+    image_id = rows["000012.png"]["id"]
+    by_id = client.post("/api/explain", json={"id": image_id, "property": "shape", "query_id": image_id}).json()
+    data = (served_index.collection / "000012.png").read_bytes()
+    uploaded = client.post("/api/explain", files={"image": ("q.png", data, "image/png")},
+                           data={"id": str(image_id), "property": "shape"}).json()
+    for answer in (by_id, uploaded):
+        np.testing.assert_allclose(answer["query"]["grid"], answer["result"]["grid"], atol=1e-4)
+        assert answer["result"]["total"] > 0  # an image agrees with itself
+    for body in ({"id": BEYOND_INT64, "text": "red"}, {"id": image_id, "query_id": BEYOND_INT64},
+                 {"id": image_id}, {"id": image_id, "text": "red", "query_id": image_id}):
+        assert client.post("/api/explain", json=body).status_code == 400, body
+    still_serving(client)

@@ -9,7 +9,8 @@ import pytest
 import torchvision.transforms.functional as TF
 
 from compsearch.mapping.errors import ImageReadError
-from compsearch.mapping.images import iter_batches
+from compsearch.mapping.images import iter_batches, iter_unit_batches, open_source
+from compsearch.mapping.images.plan import plan
 from tests.corpus import write_awkward_corpus
 
 
@@ -44,3 +45,19 @@ def test_raise_policy_stops_at_a_bad_file(tmp_path: Path) -> None:
     with pytest.raises(ImageReadError, match="bomb.png is too large"):
         for _ in iter_batches(tmp_path, [_tiny], on_error="raise"):
             pass
+
+
+def test_a_unit_read_alone_gives_the_batches_the_whole_pass_gives_it(tmp_path: Path) -> None:
+    write_awkward_corpus(tmp_path)
+    work = plan(open_source(tmp_path), chunk_size=8)
+    whole = {}
+    for batch in iter_batches(tmp_path, [_tiny], batch_size=3, chunk_size=8):
+        whole.setdefault(batch.chunk, []).append(batch)
+    assert len(work.todo) > 1
+    for unit in work.todo:
+        alone = list(iter_unit_batches(tmp_path, unit, [_tiny], batch_size=3))
+        assert [b.chunk_done for b in alone] == [b.chunk_done for b in whole[unit.chunk]]
+        for mine, theirs in zip(alone, whole[unit.chunk]):
+            assert (mine.chunk, mine.records, mine.sha256, mine.skipped) == \
+                (theirs.chunk, theirs.records, theirs.sha256, theirs.skipped)
+            assert all(a.equal(b) for a, b in zip(mine.pixels, theirs.pixels))

@@ -1,0 +1,149 @@
+"""``--backend ray``: on a local Ray cluster (127.0.0.1, started and stopped here) the index
+holds the same ids, rows and vectors as a single-process run; a worker that dies is retried
+without duplicates; a rerun finishes an interrupted run."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from compsearch.indexer import ray_runner
+from compsearch.indexer.artifacts import encoder_for_build
+from compsearch.indexer.build import IndexSettings, IndexSummary, Indexer
+from compsearch.indexer.store import DUPLICATES, SHARDS, IndexStore
+from compsearch.mapping.errors import CompsearchError, Interrupted
+from compsearch.mapping.models import load_model
+
+MODEL = "deit_tiny_patch16_224"
+IN_PROCESS = IndexSettings(batch_size=3, workers=0, threads=1, chunk_size=4, progress=False)
+ON_RAY = dataclasses.replace(IN_PROCESS, backend="ray")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> None:
+    ray = pytest.importorskip("ray", reason="the Ray backend's tests need Ray: pip install 'compsearch[ray]'")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+             logging_level="error", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Random weights in a file, so each actor loads the very model the driver has."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / f"{MODEL}.safetensors"
+    save_file(load_model(MODEL, pretrained=False).model.state_dict(), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """13 small images in 4 units (chunks of 4), one unreadable, and a copy of chunk 0's first
+    image in chunk 2: units running at once each index it, the finish keeps the smallest id."""
+    folder = tmp_path_factory.mktemp("images")
+    generator = np.random.default_rng(0)
+    for number in range(12):
+        Image.fromarray(generator.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(folder / f"{number:02d}.png")
+    shutil.copy(folder / "00.png", folder / "09-copy.png")
+    (folder / "05-broken.png").write_bytes(b"not an image")
+    return folder
+
+
+def _build(weights: Path, images: Path, out: Path, settings: IndexSettings) -> IndexSummary:
+    artifacts = encoder_for_build(load_model(MODEL, weights=weights), out)
+    return Indexer(out, artifacts.encoder, settings, artifacts.provenance).run(images)
+
+
+def _contents(out: Path) -> tuple[dict, dict]:
+    """Rows (sorted by id, vectors included) and duplicates (sorted by key) of an index."""
+    rows = IndexStore(out).dataset(SHARDS).to_table().sort_by("id").to_pydict()
+    duplicates = IndexStore(out).read_table(DUPLICATES).sort_by("key").to_pydict()
+    return rows, duplicates
+
+
+def _assert_same_index(out: Path, reference: Path) -> None:
+    rows, duplicates = _contents(out)
+    expected_rows, expected_duplicates = _contents(reference)
+    assert duplicates == expected_duplicates
+    assert set(rows) == set(expected_rows)
+    for column, values in expected_rows.items():
+        if column.startswith("vector."):  # float16 as stored; threads may differ in the last bit of float32
+            np.testing.assert_allclose(np.array(rows[column], np.float32), np.array(values, np.float32),
+                                       rtol=2e-3, atol=2e-3)
+        else:
+            assert rows[column] == values, column
+    manifest, expected = IndexStore(out).read_manifest(), IndexStore(reference).read_manifest()
+    assert manifest.counts == expected.counts
+    assert {name: entry.ntotal for name, entry in manifest.indexes.items()} == \
+        {name: entry.ntotal for name, entry in expected.indexes.items()}
+
+
+@pytest.fixture(scope="module")
+def reference(weights: Path, images: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("reference") / "index"
+    _build(weights, images, out, IN_PROCESS)
+    return out
+
+
+def test_a_ray_run_equals_the_single_process_run(cluster, weights, images, reference, tmp_path) -> None:
+    summary = _build(weights, images, tmp_path / "index", ON_RAY)
+    _assert_same_index(tmp_path / "index", reference)
+    assert (summary.images, summary.skipped, summary.duplicates) == (12, 1, 1)  # the copy: moved by the finish
+
+
+@pytest.mark.slow  # each Ray test takes a minute on a loaded 2-core machine; the equality test stays fast
+def test_a_worker_that_dies_is_retried_without_duplicates(cluster, weights, images, reference, tmp_path,
+                                                          monkeypatch) -> None:
+    marker = tmp_path / "died"
+
+    class DiesOnItsFirstUnit(ray_runner.EncodeUnits):  # defined here: Ray ships it by value
+        def __call__(self, units):
+            if not marker.exists():
+                marker.touch()
+                os._exit(1)  # the worker process is gone mid-unit, as when killed
+            return super().__call__(units)
+
+    monkeypatch.setattr(ray_runner, "EncodeUnits", DiesOnItsFirstUnit)
+    _build(weights, images, tmp_path / "index", ON_RAY)
+    assert marker.exists()
+    _assert_same_index(tmp_path / "index", reference)
+
+
+@pytest.mark.slow
+def test_a_rerun_finishes_an_interrupted_ray_run(cluster, weights, images, reference, tmp_path, monkeypatch) -> None:
+    class FailsOnChunkTwo(ray_runner.EncodeUnits):
+        def __call__(self, units):
+            chunks = [batches[0].chunk for batches in units["batches"]]
+            if 2 in chunks:
+                raise RuntimeError("this unit fails")
+            return super().__call__(units)
+
+    out = tmp_path / "index"
+    with monkeypatch.context() as patch:
+        patch.setattr(ray_runner, "EncodeUnits", FailsOnChunkTwo)
+        with pytest.raises(Interrupted, match="the Ray run failed.*images are done and kept"):
+            _build(weights, images, out, ON_RAY)
+    assert 2 not in IndexStore(out).done_chunks(0)
+    _build(weights, images, out, ON_RAY)  # the same command again
+    _assert_same_index(out, reference)
+
+
+def test_a_randomly_initialised_model_is_refused(weights, images, tmp_path) -> None:
+    encoder = encoder_for_build(load_model(MODEL, pretrained=False), tmp_path / "index").encoder
+    with pytest.raises(CompsearchError, match="weights file"):
+        Indexer(tmp_path / "index", encoder, ON_RAY).run(images)
+
+
+def test_without_ray_the_backend_says_how_to_install_it(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed: importing it raises ImportError
+    with pytest.raises(CompsearchError, match=r"compsearch\[ray\]"):
+        ray_runner.import_ray()
