@@ -40,16 +40,19 @@ COMPSEARCH = [sys.executable, "-c", "from compsearch.search.cli import main; mai
 
 
 def cold(arguments: list[str], runs: int) -> tuple[float, float]:
-    """Median wall seconds and max RSS (MiB) of fresh ``compsearch`` processes."""
+    """Median wall seconds and peak RSS (MiB) of fresh ``compsearch`` processes. The peak comes
+    from GNU time around the command: a child forked from this (large) process would report the
+    parent's RSS as its own high-water mark."""
     walls, peaks = [], []
-    for _ in range(runs):
-        started = time.perf_counter()
-        process = subprocess.Popen([*COMPSEARCH, *arguments], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        _, status, usage = os.wait4(process.pid, 0)
-        walls.append(time.perf_counter() - started)
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise SystemExit(f"compsearch {' '.join(arguments)} failed: {process.stderr.read().decode()}")
-        peaks.append(usage.ru_maxrss / 1024)
+    with tempfile.NamedTemporaryFile("r") as peak:
+        for _ in range(runs):
+            started = time.perf_counter()
+            done = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", peak.name, *COMPSEARCH, *arguments],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            walls.append(time.perf_counter() - started)
+            if done.returncode != 0:
+                raise SystemExit(f"compsearch {' '.join(arguments)} failed: {done.stderr}")
+            peaks.append(int(Path(peak.name).read_text().split()[-1]) / 1024)
     return statistics.median(walls), statistics.median(peaks)
 
 

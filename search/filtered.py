@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import faiss
 import numpy as np
 
-EXACT_SCAN_MAX = 20_000  # selected images up to which a scan of their vectors beats the selector (benchmarks/filtered_search.py)
+EXACT_SCAN_MAX = 5_000  # selected images up to which a scan of their vectors beats the selector (benchmarks/cli_query.py)
 
 VectorsOf = Callable[[np.ndarray], np.ndarray]  # sorted ids -> (len(ids), d) normalised vectors
 
