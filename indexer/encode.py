@@ -12,21 +12,26 @@ are passed in, so a process, a shard or a task can each run its own.
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from compsearch.indexer.known_files import KnownFiles, file_keys
 from compsearch.indexer.store import RESERVED_COLUMNS, SHARDS, ChunkRows, IndexStore
 from compsearch.mapping.encoder import PropertyEncoder
 from compsearch.mapping.images import Batch, ImageRecord
+from compsearch.mapping.images.sources import printable
 
 
 @dataclass(frozen=True)
 class RunIds:
-    """Where a run's rows go: its number, and the id of listing position 0 (ids are the
-    run's offset plus the image's position, so every process agrees on them)."""
+    """Where a run's rows go: its number, and the id of its plan's position 0 (ids are the
+    run's offset plus the file's position in the plan, so every process agrees on them)."""
 
     run: int
     id_offset: int
@@ -41,18 +46,36 @@ def listed_path(record: ImageRecord) -> str | None:
     return os.path.abspath(record.path) if record.path else None
 
 
+def file_stat(path: str | None) -> tuple[int, datetime] | tuple[None, None]:
+    """(size in bytes, mtime to the second, UTC) of a file: what a rerun compares without
+    reading it; (None, None) for an image in memory or a file gone since it was read."""
+    try:
+        stat = os.stat(path) if path else None
+    except OSError:
+        stat = None
+    return (stat.st_size, datetime.fromtimestamp(int(stat.st_mtime), timezone.utc)) if stat else (None, None)
+
+
 def _row(record: ImageRecord, image_id: int, size: tuple[int, int], sha256: str) -> dict[str, Any]:
-    row = {"id": image_id, "key": record.key, "path": listed_path(record),
-           "sha256": sha256, "width": size[0], "height": size[1]}
+    path = listed_path(record)
+    file_size, mtime = file_stat(path)
+    row = {"id": image_id, "key": record.key, "path": path, "sha256": sha256, "width": size[0], "height": size[1],
+           "file_size": file_size, "mtime": mtime}
     for name, value in record.metadata.items():  # carried columns never shadow ours
         row[f"metadata.{name}" if name in RESERVED_COLUMNS else name] = value
     return row
 
 
-def known_files(store: IndexStore) -> KnownFiles:
-    """Every file an index holds, by content (streamed from its shards, kept compact)."""
+def known_files(store: IndexStore, leaving: Collection[int] = ()) -> KnownFiles:
+    """Every file an index holds, by content (streamed from its shards, kept compact), but the
+    rows ``leaving`` it (a sync removes them: a copy of one is indexed, not a duplicate)."""
     dataset = store.dataset(SHARDS)
-    return KnownFiles.from_batches(dataset.to_batches(columns=["id", "sha256", "path"])) if dataset else KnownFiles()
+    if dataset is None:
+        return KnownFiles()
+    gone = pa.array(sorted(leaving), pa.int64())
+    batches = dataset.to_batches(columns=["id", "sha256", "path"])
+    return KnownFiles.from_batches(b.filter(pc.invert(pc.is_in(b.column("id"), gone))) if len(gone) else b
+                                   for b in batches)
 
 
 class UnitEncoder:
@@ -69,22 +92,31 @@ class UnitEncoder:
     def take(self, batch: Batch) -> ChunkRows | None:
         """De-duplicate and encode one batch; the unit's rows when this was its last batch."""
         rows = self.open.setdefault(batch.chunk, ChunkRows(self.ids.run, batch.chunk, [], {}, [], []))
-        rows.skipped += [{"key": record.key, "path": str(record.path) if record.path else None, "reason": reason}
-                         for record, reason in batch.skipped]
+        rows.skipped += [{"key": printable(record.key), "path": printable(str(record.path)) if record.path else None,
+                          "reason": reason} for record, reason in batch.skipped]
         fresh = self._fresh(batch, rows)
         if fresh:
-            pieces = self.pieces.setdefault(batch.chunk, {})
             pixels = batch.pixels[0] if len(fresh) == len(batch) else batch.pixels[0][fresh]  # no copy when all are new
-            for name, values in self.encoder.encode(pixels).items():
+            encoded = self.encoder.encode(pixels)  # before touching the unit: Ctrl-C here leaves it whole
+            pieces = self.pieces.setdefault(batch.chunk, {})
+            for name, values in encoded.items():
                 pieces.setdefault(name, []).append(values.numpy())
             rows.rows += [_row(batch.records[i], self.ids.image_id(batch.records[i]), batch.sizes[i], batch.sha256[i])
                           for i in fresh]
         self.known.settle()
         if not batch.chunk_done:
             return None
-        rows = self.open.pop(batch.chunk)  # its vectors joined once, not re-copied per batch
-        rows.vectors = {name: np.concatenate(parts) for name, parts in self.pieces.pop(batch.chunk, {}).items()}
+        return self._close(batch.chunk)
+
+    def _close(self, chunk: int) -> ChunkRows:
+        rows = self.open.pop(chunk)  # its vectors joined once, not re-copied per batch
+        rows.vectors = {name: np.concatenate(parts) for name, parts in self.pieces.pop(chunk, {}).items()}
         return rows
+
+    def partial(self) -> list[ChunkRows]:
+        """The units still open, as far as they got (on Ctrl-C: every image encoded is kept;
+        a rerun plans from the files, so the rest of such a unit is simply not indexed yet)."""
+        return [self._close(chunk) for chunk in list(self.open)]
 
     def _fresh(self, batch: Batch, rows: ChunkRows) -> list[int]:
         """Positions in ``batch`` of the files not known yet; the others are counted as

@@ -12,6 +12,12 @@ Format versions:
   (``bf16`` under autocast on CUDA, else ``fp32``), so queries are encoded the same way.
   Version 1 recorded no device; its queries ran in fp32, so it migrates to ``fp32`` (an index
   built on CUDA in version 1 keeps being queried as before).
+- 3: an index follows its collection (:mod:`indexer.sync`): each run records ``ids``, how many
+  ids its plan reserved (the next run's ids start after every run's), and what it changed
+  (``removed``, ``moved``, ``changed``, ``unchanged``); a run left unfinished and re-planned by
+  a later one is ``stopped``. Shard rows carry ``file_size`` and ``mtime`` (older rows lack
+  them: a rerun hashes those files once to compare them). Version 2 runs migrate with
+  ``ids`` 0 (their ids are below the largest id in the shards, which the next run starts after).
 """
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ from compsearch.mapping.chunk_store import read_json
 from compsearch.mapping.errors import CompsearchError
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 REBUILD = "rebuild the index (`compsearch index … --overwrite`)"
 
 
@@ -68,13 +74,14 @@ class Provenance:
 
 @dataclass
 class RunEntry:
-    """One pass over a source: the first build is run 0, each append one more."""
+    """One pass over a source: the first build is run 0, each rerun one more."""
 
     run: int
     id_offset: int
+    ids: int  # ids reserved by its plan: id_offset … id_offset + ids - 1
     source: str
     chunk_size: int
-    status: Literal["running", "complete"]
+    status: Literal["running", "complete", "stopped"]
     started: str
     shards: int = 1  # processes splitting the run (``--shard I/N``)
     finished: str | None = None
@@ -83,12 +90,19 @@ class RunEntry:
     skipped: int = 0
     duplicates: int = 0
     already_indexed: int = 0
+    removed: int = 0
+    moved: int = 0
+    changed: int = 0
+    unchanged: int = 0
 
     def complete(self, finished: str, seconds: float, counts: Mapping[str, int]) -> None:
-        """Mark the run finished with its counts (added, skipped, duplicates, already_indexed)."""
+        """Mark the run finished with its counts (``RUN_COUNTS``)."""
         self.status, self.finished, self.seconds = "complete", finished, round(seconds, 3)
-        self.added, self.skipped = counts["added"], counts["skipped"]
-        self.duplicates, self.already_indexed = counts["duplicates"], counts["already_indexed"]
+        for name in RUN_COUNTS:
+            setattr(self, name, counts[name])
+
+
+RUN_COUNTS = ("added", "skipped", "duplicates", "already_indexed", "removed", "moved", "changed", "unchanged")
 
 
 @dataclass
@@ -209,7 +223,16 @@ def _from_version_1(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-MIGRATIONS = {1: _from_version_1}  # version → the data in the next version's shape
+def _from_version_2(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 runs reserved no ids on record and counted no sync (see the module)."""
+    for run in data.get("runs") if isinstance(data.get("runs"), list) else []:
+        if isinstance(run, dict):
+            for key in ("ids", "removed", "moved", "changed", "unchanged"):
+                run.setdefault(key, 0)
+    return data
+
+
+MIGRATIONS = {1: _from_version_1, 2: _from_version_2}  # version → the data in the next version's shape
 
 
 def parse_manifest(data: Any, path: Path) -> Manifest:

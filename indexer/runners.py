@@ -13,11 +13,11 @@ from tqdm import tqdm
 
 from compsearch.indexer.encode import UnitEncoder
 from compsearch.indexer.settings import IndexSettings
-from compsearch.indexer.store import IndexStore
+from compsearch.indexer.store import ChunkRows, IndexStore
 from compsearch.mapping.chunk_store import interrupted
 from compsearch.mapping.images import ImageSource, iter_batches
 from compsearch.mapping.images.parallelism import choose_parallelism
-from compsearch.mapping.images.plan import Plan, plan_listing
+from compsearch.mapping.images.plan import Plan
 
 COUNTS = ("added", "skipped", "duplicates", "already_indexed")
 
@@ -26,7 +26,8 @@ def run_in_process(store: IndexStore, source: ImageSource, work: Plan, stage: Un
                    settings: IndexSettings) -> dict[str, int]:
     """Encode and write ``work``'s units here; what they did (see ``COUNTS``).
 
-    Ctrl-C keeps every unit written and raises :func:`~mapping.chunk_store.interrupted`.
+    Ctrl-C writes the units half done as far as they got (a part the next run's plan simply
+    finds as rows already indexed) and raises :func:`~mapping.chunk_store.interrupted`.
     """
     counts = dict.fromkeys(COUNTS, 0)
     bar = tqdm(total=work.images_todo + work.images_done, initial=work.images_done, desc="indexing", unit="img",
@@ -41,17 +42,23 @@ def run_in_process(store: IndexStore, source: ImageSource, work: Plan, stage: Un
             rows = stage.take(batch)
             bar.update(len(batch) + len(batch.skipped))
             if rows is not None:
-                store.write_chunk(rows)
-                for name, count in rows.counts().items():
-                    counts[name] += count
+                _write(store, rows, counts)
                 bar.set_postfix(skipped=counts["skipped"], duplicates=counts["duplicates"], refresh=False)
-    except KeyboardInterrupt:
-        kept = plan_listing(work.listed, work.chunk_size, done=store.done_chunks(stage.ids.run)).images_done
-        raise interrupted(kept, work.listed, store.folder) from None
+    except KeyboardInterrupt:  # every image encoded is kept: the units half done too
+        for rows in stage.partial():
+            _write(store, rows, counts)
+        kept = sum(counts[name] for name in ("added", "skipped", "duplicates", "already_indexed"))
+        raise interrupted(kept, work.images_todo, store.folder) from None
     finally:
         bar.close()
         torch.set_num_threads(threads_before)  # the caller's own setting, for what it runs next
     return counts
+
+
+def _write(store: IndexStore, rows: ChunkRows, counts: dict[str, int]) -> None:
+    store.write_chunk(rows)
+    for name, count in rows.counts().items():
+        counts[name] += count
 
 
 def _jpeg_device(stage: UnitEncoder, settings: IndexSettings) -> str | None:

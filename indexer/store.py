@@ -4,7 +4,7 @@
 DIR/manifest.json            what was indexed, how, and with what (indexer/manifest.py)
 DIR/shards/part-RRR-CCCCCC.parquet
                              one file per chunk of the listing (run R, chunk C): id, key,
-                             path, sha256, width, height, carried metadata, and one vector
+                             path, sha256, width, height, file_size, mtime, carried metadata, and one vector
                              column per property (``vector.full``, ``vector.colour``, …;
                              float16, not normalised) — all row-aligned by construction;
                              read one with pyarrow.dataset.dataset(DIR / "shards")
@@ -16,7 +16,8 @@ DIR/full.faiss, DIR/<property>.faiss    inner product on L2-normalised vectors, 
 Each folder of parts is a :class:`~mapping.chunk_store.ChunkStore`: a chunk's shard is
 written to a temporary name and renamed, after its skipped and duplicates files, so a shard
 on disk is a finished chunk, whatever moment a run was killed at.
-Ids are stable int64: a run's ``id_offset`` plus the image's position in its listing.
+Ids are stable int64, one per file, never reused: a run's ``id_offset`` (the next id no run has
+used) plus the file's position in the run's plan (:mod:`indexer.sync`); a moved file keeps its id.
 """
 from __future__ import annotations
 
@@ -31,18 +32,18 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from compsearch.indexer.manifest import MANIFEST, Manifest, read_manifest, write_manifest
-from compsearch.mapping.chunk_store import ChunkStore, read_file, write_atomically
+from compsearch.mapping.chunk_store import ChunkStore, parse_part_name, read_file, write_atomically
 
 SHARDS, SKIPPED, DUPLICATES = "shards", "skipped", "duplicates"
 VECTOR_PREFIX = "vector."
 IDENTITY_COLUMNS = ("id", "key", "path", "sha256")  # which file a row is: apart from its metadata in results
 # The indexer's own columns: a listing's column of one of these names is kept as metadata.NAME.
-RESERVED_COLUMNS = (*IDENTITY_COLUMNS, "width", "height")
+RESERVED_COLUMNS = (*IDENTITY_COLUMNS, "width", "height", "file_size", "mtime")
 REBUILD = "rebuild the index with `compsearch index … --overwrite`"
 PARQUET = ".parquet"
 
 
-def _write_table(table: pa.Table, path: Path) -> None:
+def write_table(table: pa.Table, path: Path) -> None:
     write_atomically(path, lambda temporary: pq.write_table(table, temporary))
 
 
@@ -114,6 +115,12 @@ class IndexStore:
         """Chunks of ``run`` whose shard is on disk (finished)."""
         return self.parts(SHARDS).done(run)
 
+    def drop_parts(self, kind: str, keep_run: int) -> None:
+        """Delete the parts of ``kind`` of every run but ``keep_run`` (a run that retried them)."""
+        for path in self.parts(kind).parts():
+            if parse_part_name(path.name, PARQUET)[0] != keep_run:
+                path.unlink()
+
     def move_to_duplicates(self, repeats: dict[int, int]) -> None:
         """Take the rows of ``repeats``' ids (id → the id it repeats) out of the shards and list
         them in ``duplicates``, chunk by chunk; the duplicates file is written first, so a kill
@@ -129,8 +136,8 @@ class IndexStore:
             entries += [{"key": row["key"], "path": row["path"], "sha256": row["sha256"], "duplicate_of": repeats[row["id"]]}
                         for row in table.filter(pa.array(drop)).select(["key", "path", "sha256", "id"]).to_pylist()
                         if row["key"] not in known]
-            _write_table(pa.Table.from_pylist(entries), listed)
-            _write_table(table.filter(pa.array(~drop)), path)
+            write_table(pa.Table.from_pylist(entries), listed)
+            write_table(table.filter(pa.array(~drop)), path)
 
     def write_chunk(self, rows: ChunkRows) -> None:
         """The write stage: one chunk's rows → its parts, the shard last (it marks the chunk
@@ -138,7 +145,7 @@ class IndexStore:
         for kind, entries in ((SKIPPED, rows.skipped), (DUPLICATES, rows.duplicates)):
             path = self.parts(kind).path(rows.run, rows.chunk)
             if entries:
-                _write_table(pa.Table.from_pylist(entries), path)
+                write_table(pa.Table.from_pylist(entries), path)
             elif path.exists():  # left by an interrupted earlier attempt at this chunk
                 path.unlink()
         table = self._row_table(rows.rows) if rows.rows else None
@@ -153,7 +160,8 @@ class IndexStore:
     def _row_table(rows: list[dict[str, Any]]) -> pa.Table:
         """The rows with the fixed columns' types pinned (metadata columns as inferred)."""
         inferred = pa.Table.from_pylist(rows)
-        fixed = {"id": pa.int64(), "width": pa.int32(), "height": pa.int32()}
+        fixed = {"id": pa.int64(), "width": pa.int32(), "height": pa.int32(), "file_size": pa.int64(),
+                 "mtime": pa.timestamp("s", tz="UTC")}
         return inferred.cast(pa.schema([pa.field(f.name, fixed.get(f.name, f.type)) for f in inferred.schema]))
 
     # -- reading ----------------------------------------------------------------------------
@@ -161,8 +169,9 @@ class IndexStore:
         """A part's schema: reading its footer is where a damaged part shows."""
         return read_file(path, pq.read_schema, REBUILD)
 
-    def dataset(self, kind: str = SHARDS) -> ds.Dataset | None:
-        parts = self.parts(kind).parts()
+    def dataset(self, kind: str = SHARDS, except_run: int | None = None) -> ds.Dataset | None:
+        """The parts of ``kind`` as one dataset (those of ``except_run`` left out), None for none."""
+        parts = [path for path in self.parts(kind).parts() if parse_part_name(path.name, PARQUET)[0] != except_run]
         if not parts:
             return None
         # Shards may differ in schema (a metadata column all null in one of them): unify.

@@ -163,7 +163,7 @@ def test_parquet_and_csv_and_list_sources_carry_metadata(model, world, tmp_path)
     assert IndexStore(tmp_path / "list").read_manifest().counts.images == 5
 
 
-def test_append_adds_only_new_files_and_keeps_ids(model, world, tmp_path) -> None:
+def test_append_adds_only_new_files_keeps_ids_and_removes_nothing(model, world, tmp_path) -> None:
     images = tmp_path / "images"
     images.mkdir()
     files = sorted((world / "train").glob("*.png"))
@@ -174,10 +174,9 @@ def test_append_adds_only_new_files_and_keeps_ids(model, world, tmp_path) -> Non
     before = {row["key"]: row["id"] for row in ds.dataset(out / "shards").to_table().to_pylist()}
     for path in files[12:]:
         shutil.copy(path, images / path.name)
-    with pytest.raises(CompsearchError, match="--append"):
-        _index(model, images, out)
+    (images / files[0].name).unlink()  # an append never removes
     summary = _index(model, images, out, mode="append")
-    assert summary.added == 8 and summary.already_indexed == 12
+    assert (summary.added, summary.unchanged, summary.removed) == (8, 11, 0)
     after = {row["key"]: row["id"] for row in ds.dataset(out / "shards").to_table().to_pylist()}
     assert len(after) == 20 and all(after[key] == image_id for key, image_id in before.items())
     assert len(set(after.values())) == 20

@@ -46,9 +46,10 @@ def sample() -> Manifest:
     provenance = Provenance(aligner=_file("aligner.safetensors"), ranking=_file("ranking.json"),
                             model_weights=_file("vit.safetensors"), properties={"colour": colour})
     manifest = Manifest.new(identity, provenance, "0.1", "2026-01-01T00:00:00+00:00")
-    run = RunEntry(run=0, id_offset=0, source="folder /data/photos", chunk_size=1000, status="running",
+    run = RunEntry(run=0, id_offset=0, ids=10, source="folder /data/photos", chunk_size=1000, status="running",
                    started="2026-01-01T00:00:01+00:00")
-    run.complete("2026-01-01T00:01:00+00:00", 59.0004, {"added": 9, "skipped": 1, "duplicates": 0, "already_indexed": 0})
+    run.complete("2026-01-01T00:01:00+00:00", 59.0004, {"added": 9, "skipped": 1, "duplicates": 0, "already_indexed": 0,
+                                                       "removed": 2, "moved": 1, "changed": 1, "unchanged": 3})
     manifest.runs.append(run)
     manifest.indexes["full"] = IndexEntry(file="full.faiss", factory="Flat", ntotal=9, dim=512, metric="inner_product",
                                           normalised=True, space="clip", search_parameters={}, train_seconds=0.0,
@@ -104,7 +105,7 @@ def test_a_manifest_reads_back_as_written(tmp_path: Path) -> None:
     write_manifest(tmp_path, sample())
     read = read_manifest(tmp_path)
     assert read == sample() and read.encoder.precision == "bf16"
-    assert json.loads((tmp_path / MANIFEST).read_text())["format_version"] == FORMAT_VERSION == 2
+    assert json.loads((tmp_path / MANIFEST).read_text())["format_version"] == FORMAT_VERSION == 3
     assert not list(tmp_path.glob(".*.tmp"))  # written to a temporary name, then renamed
 
 
@@ -156,8 +157,19 @@ def test_a_version_1_manifest_opens_as_computed_in_fp32(tmp_path: Path) -> None:
     assert read.runs[0].status == "running" and read.runs[0].shards == 1 and read.aligner is None
 
 
+def test_a_version_2_manifest_opens_with_no_ids_reserved_and_nothing_synced(tmp_path: Path) -> None:
+    """Version 2 runs had no ``ids`` (their ids are below the shards' largest) nor sync counts."""
+    data = written(tmp_path)
+    data["format_version"] = 2
+    for key in ("ids", "removed", "moved", "changed", "unchanged"):
+        del data["runs"][0][key]
+    (tmp_path / MANIFEST).write_text(json.dumps(data))
+    run = read_manifest(tmp_path).runs[0]
+    assert (run.ids, run.removed, run.moved, run.changed, run.unchanged) == (0, 0, 0, 0, 0) and run.added == 9
+
+
 @pytest.mark.parametrize(("content", "message"), [
-    ('{"format_version": 99}', "has index format 99, this compsearch reads 2 and older"),
+    ('{"format_version": 99}', "has index format 99, this compsearch reads 3 and older"),
     ("[1, 2]", "is not a JSON object"),
     ("{not json", "cannot read"),
 ])

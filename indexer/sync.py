@@ -1,0 +1,216 @@
+"""Following a collection: what a rerun has to do (the plan stage), and the rows it moves or
+removes (the finish stage).
+
+The plan compares the listing with the index's rows by path, cheaply: a listed file whose
+size and mtime equal its row's is unchanged without being read; one whose size or mtime
+differ is hashed (same bytes: unchanged; other bytes: *changed*, re-encoded under a new id,
+its old row removed); a path the index does not hold is *new*, unless it has the bytes of a
+row whose path is no longer listed — then that row is *moved* (re-pathed, keeping its id and
+vectors). Only new files with the size of such a vanished row are hashed to find moves. Rows
+whose file is gone are *removed*. ``append`` only adds: nothing is removed or moved.
+
+What is to encode (new and changed files) becomes a fresh listing, positions 0 … n-1, that
+the encode and write stages take as any source; ids are the run's ``id_offset`` (the next id
+no run has used) plus that position, so ids are never reused and a killed run's rerun simply
+plans again from the files: whatever the killed run wrote is rows already indexed.
+
+Removals and moves rewrite the affected shard parts atomically (no reader has to know a
+``removed`` list: the rows are simply gone, and the FAISS indexes are rebuilt from the rows).
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from compsearch.indexer.encode import file_stat, listed_path
+from compsearch.indexer.store import DUPLICATES, SHARDS, IndexStore, write_table
+from compsearch.mapping.images import ImageRecord, ImageSource
+from compsearch.mapping.images.sources import printable
+
+EXAMPLES = 3  # paths shown per kind in a dry run
+
+
+@dataclass
+class SyncPlan:
+    """What a rerun over a source does to its index (see the module docstring)."""
+
+    todo: list[ImageRecord]  # new and changed files, renumbered 0 … n-1: the listing to encode
+    unchanged: int = 0
+    changed: int = 0
+    moved: dict[int, dict[str, Any]] = field(default_factory=dict)  # id → its new key, path, file_size, mtime
+    removed: set[int] = field(default_factory=set)  # ids whose rows leave (gone, or an old version)
+    gone_duplicates: set[str] = field(default_factory=set)  # paths in ``duplicates`` no longer listed
+    examples: dict[str, list[str]] = field(default_factory=dict)  # kind → a few paths
+
+    def counts(self) -> dict[str, int]:
+        return {"changed": self.changed, "moved": len(self.moved),
+                "removed": len(self.removed) - self.changed, "unchanged": self.unchanged}
+
+    def report(self) -> dict[str, Any]:
+        """What a dry run prints: the counts, and a few paths of each kind."""
+        return {"counts": {"new": len(self.todo) - self.changed, **self.counts()}, "examples": self.examples}
+
+    def note(self, kind: str, path: str) -> None:
+        shown = self.examples.setdefault(kind, [])
+        if len(shown) < EXAMPLES:
+            shown.append(printable(path))
+
+    def listing(self) -> ListedSource:
+        return ListedSource(self.todo)
+
+
+class ListedSource:
+    """The files a plan will encode, as a source (its records already renumbered)."""
+
+    def __init__(self, records: list[ImageRecord]) -> None:
+        self.records_ = records
+        self.description = f"{len(records)} planned images"
+
+    def records(self) -> Iterator[ImageRecord]:
+        return iter(self.records_)
+
+
+def _sha256(path: str) -> str | None:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as file:
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def _seconds(table: pa.Table, name: str) -> list[int | None]:
+    if name not in table.column_names:
+        return [None] * table.num_rows
+    column = table.column(name)
+    return (pc.cast(column, pa.int64()) if pa.types.is_timestamp(column.type) else column).to_pylist()
+
+
+def _rows_by_path(store: IndexStore | None, except_run: int | None, plan: SyncPlan) -> dict[str, tuple]:
+    """path → (id, sha256, size, mtime seconds) of the index's rows (the latest id of a path
+    listed twice, e.g. by a run killed between adding a changed file and removing its old row;
+    the others are removed)."""
+    dataset = store.dataset(SHARDS, except_run=except_run) if store else None
+    if dataset is None:
+        return {}
+    wanted = [name for name in ("id", "path", "sha256", "file_size", "mtime") if name in dataset.schema.names]
+    table = dataset.to_table(columns=wanted)
+    rows: dict[str, tuple] = {}
+    for row in zip(table.column("id").to_pylist(), table.column("path").to_pylist(), table.column("sha256").to_pylist(),
+                   _seconds(table, "file_size"), _seconds(table, "mtime")):
+        image_id, path = row[0], row[1]
+        earlier = rows.get(path)
+        if earlier is not None:
+            plan.removed.add(min(earlier[0], image_id))
+            if earlier[0] > image_id:
+                continue
+        rows[path] = (image_id, *row[2:])
+    return rows
+
+
+def plan_sync(source: ImageSource, store: IndexStore | None, append: bool = False, except_run: int | None = None) -> SyncPlan:
+    """What to encode, move and remove so the index holds exactly ``source``'s files (only
+    add with ``append``); ``except_run``: plan as if that run's parts were not written (the
+    shards of one run must agree on its plan); no ``store``: every file is new."""
+    plan = SyncPlan([])
+    rows = _rows_by_path(store, except_run, plan)
+    duplicates = store.read_table(DUPLICATES) if store else pa.table({})
+    duplicate_of = dict(zip(duplicates.column("path").to_pylist(), duplicates.column("duplicate_of").to_pylist())) \
+        if duplicates.num_rows else {}
+    seen: set[str] = set()
+    candidates: list[tuple[ImageRecord, tuple[int, datetime]]] = []  # new files, to check for moves
+    held_back: list[tuple[ImageRecord, int]] = []  # listed duplicates, kept unless their original leaves
+    for record in source.records():
+        path = listed_path(record)
+        if path is None or record.problem is not None:
+            plan.todo.append(record)  # in memory, or skipped with its reason by the reader
+            continue
+        seen.add(path)
+        stat = file_stat(path)
+        row = rows.get(path)
+        if row is not None and stat[0] is not None:
+            if (row[2], row[3]) == (stat[0], int(stat[1].timestamp())) or _sha256(path) == row[1]:
+                plan.unchanged += 1
+                continue
+            plan.changed += 1
+            plan.removed.add(row[0])
+            plan.note("changed", path)
+            plan.todo.append(record)
+        elif path in duplicate_of:
+            held_back.append((record, duplicate_of[path]))
+        elif stat[0] is None:
+            plan.todo.append(record)  # the reader says why it cannot be read
+        else:
+            candidates.append((record, stat))
+    gone = {} if append else {row[1]: (path, row[0]) for path, row in rows.items() if path not in seen}
+    sizes = {rows[path][2] for path, _ in gone.values()}
+    for record, stat in candidates:
+        digest = _sha256(listed_path(record)) if stat[0] in sizes else None
+        if digest in gone:
+            old_path, image_id = gone.pop(digest)
+            plan.moved[image_id] = {"key": record.key, "path": listed_path(record), "file_size": stat[0],
+                                    "mtime": stat[1]}
+            plan.note("moved", f"{old_path} → {listed_path(record)}")
+        else:
+            plan.todo.append(record)
+            plan.note("new", listed_path(record))
+    for old_path, image_id in gone.values():
+        plan.removed.add(image_id)
+        plan.note("removed", old_path)
+    for record, original in held_back:
+        if original in plan.removed:
+            plan.todo.append(record)  # its original leaves: it is indexed in its stead
+        else:
+            plan.unchanged += 1
+    if not append:
+        plan.gone_duplicates = set(duplicate_of) - seen
+    for position, record in enumerate(plan.todo):
+        record.position = position
+    return plan
+
+
+def apply_sync(store: IndexStore, plan: SyncPlan) -> None:
+    """The finish stage's part of a sync: the removed rows leave their shard parts, the moved
+    ones get their new path, and ``duplicates`` forgets files gone or whose original left; each
+    part rewritten atomically, so a kill leaves every part whole (the rerun plans the rest)."""
+    touched = plan.removed | set(plan.moved)
+    if touched:
+        for path in store.shard_paths():
+            ids = pq.read_table(path, columns=["id"]).column("id").to_numpy()
+            if not np.isin(ids, list(touched)).any():
+                continue
+            rows = pq.read_table(path)
+            keep = ~np.isin(ids, list(plan.removed))
+            rows = rows.filter(pa.array(keep))
+            write_table(_repathed(rows, plan.moved), path)
+    if plan.removed or plan.gone_duplicates:
+        for path in store.parts(DUPLICATES).parts():
+            entries = pq.read_table(path)
+            keep = [original not in plan.removed and listed not in plan.gone_duplicates for listed, original in
+                    zip(entries.column("path").to_pylist(), entries.column("duplicate_of").to_pylist())]
+            if not all(keep):
+                write_table(entries.filter(pa.array(keep, pa.bool_())), path)
+
+
+def _repathed(rows: pa.Table, moved: dict[int, dict[str, Any]]) -> pa.Table:
+    """``rows`` with the moved ones' key, path, size and mtime replaced (types kept)."""
+    ids = rows.column("id").to_pylist()
+    if not any(image_id in moved for image_id in ids):
+        return rows
+    for name in ("key", "path", "file_size", "mtime"):
+        if name not in rows.column_names:
+            continue
+        values = [moved[i][name] if i in moved else value for i, value in zip(ids, rows.column(name).to_pylist())]
+        column = rows.schema.get_field_index(name)
+        rows = rows.set_column(column, rows.schema.field(column), pa.array(values, rows.schema.field(column).type))
+    return rows
