@@ -168,6 +168,9 @@ class Indexer:
         manifest, joined = self._open(source, mode)
         started = time.perf_counter()
         work = plan_sync(source, self.store, append=mode == "append", except_run=joined.run if joined else None)
+        last = manifest.runs[-1] if manifest.runs else None
+        if joined is None and not work.todo and last is not None and last.status == "running":
+            joined = last  # nothing left to encode (e.g. every shard finished): this finishes that run
         run = joined or self._new_run(manifest, source, work)
         ids = RunIds(run.run, run.id_offset)
         units = plan(work.listing(), self.settings.chunk_size, self.settings.shard, self.store.done_chunks(ids.run))
