@@ -12,9 +12,9 @@ are passed in, so a process, a shard or a task can each run its own.
 from __future__ import annotations
 
 import os
+import posixpath
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -46,21 +46,9 @@ def listed_path(record: ImageRecord) -> str | None:
     return os.path.abspath(record.path) if record.path else None
 
 
-def file_stat(path: str | None) -> tuple[int, datetime] | tuple[None, None]:
-    """(size in bytes, mtime to the second, UTC) of a file: what a rerun compares without
-    reading it; (None, None) for an image in memory or a file gone since it was read."""
-    try:
-        stat = os.stat(path) if path else None
-    except OSError:
-        stat = None
-    return (stat.st_size, datetime.fromtimestamp(int(stat.st_mtime), timezone.utc)) if stat else (None, None)
-
-
-def _row(record: ImageRecord, image_id: int, size: tuple[int, int], sha256: str) -> dict[str, Any]:
-    path = listed_path(record)
-    file_size, mtime = file_stat(path)
-    row = {"id": image_id, "key": record.key, "path": path, "sha256": sha256, "width": size[0], "height": size[1],
-           "file_size": file_size, "mtime": mtime}
+def _row(record: ImageRecord, image_id: int, size: tuple[int, int], sha256: str, facts: dict[str, Any]) -> dict[str, Any]:
+    row = {"id": image_id, "key": record.key, "path": listed_path(record), "sha256": sha256, "width": size[0],
+           "height": size[1], "folder": posixpath.dirname(record.key) if record.path else None, **facts}
     for name, value in record.metadata.items():  # carried columns never shadow ours
         row[f"metadata.{name}" if name in RESERVED_COLUMNS else name] = value
     return row
@@ -101,8 +89,8 @@ class UnitEncoder:
             pieces = self.pieces.setdefault(batch.chunk, {})
             for name, values in encoded.items():
                 pieces.setdefault(name, []).append(values.numpy())
-            rows.rows += [_row(batch.records[i], self.ids.image_id(batch.records[i]), batch.sizes[i], batch.sha256[i])
-                          for i in fresh]
+            rows.rows += [_row(batch.records[i], self.ids.image_id(batch.records[i]), batch.sizes[i], batch.sha256[i],
+                               batch.facts[i]) for i in fresh]
         self.known.settle()
         if not batch.chunk_done:
             return None

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from compsearch.indexer.manifest import FileEntry
-from compsearch.indexer.store import DUPLICATES, SHARDS, SKIPPED, IndexStore
+from compsearch.indexer.store import DUPLICATES, SHARDS, SKIPPED, VECTOR_PREFIX, IndexStore
 
 SKIP_REASONS_SHOWN = 10
 
@@ -27,6 +27,9 @@ def index_info(folder: str | Path) -> dict[str, Any]:
     skipped = store.read_table(SKIPPED)
     reasons = Counter(skipped.column("reason").to_pylist()) if skipped.num_rows else Counter()
     encoder = manifest.encoder
+    dataset = store.dataset(SHARDS)
+    columns = {field.name: str(field.type) for field in dataset.schema if not field.name.startswith(VECTOR_PREFIX)} \
+        if dataset is not None else {}
     return {
         "folder": str(store.folder),
         "images": manifest.counts.images,
@@ -46,6 +49,7 @@ def index_info(folder: str | Path) -> dict[str, Any]:
         "indexes": {name: {"factory": entry.factory, "ntotal": entry.ntotal, "dim": entry.dim, "bytes": entry.bytes,
                            "search_parameters": entry.search_parameters}
                     for name, entry in manifest.indexes.items()},
+        "columns": columns,  # what `search --where` can filter on, with its type
         "runs": [asdict(run) for run in manifest.runs],
         "bytes_on_disk": {kind: _size_on_disk(store.folder / kind) for kind in (SHARDS, SKIPPED, DUPLICATES)
                           if (store.folder / kind).is_dir()},
@@ -82,5 +86,7 @@ def format_info(info: dict[str, Any]) -> str:
     if info["skipped_reasons"]:
         lines.append("skipped (most common reasons)")
         lines += [f"  {count:>6}  {reason}" for reason, count in info["skipped_reasons"].items()]
+    if info["columns"]:
+        lines.append("columns    " + ", ".join(info["columns"]) + "  (filter with `search --where`)")
     lines.append("on disk    " + ", ".join(f"{kind} {_mib(size)}" for kind, size in info["bytes_on_disk"].items()))
     return "\n".join(lines)

@@ -15,8 +15,8 @@ Format versions:
 - 3: an index follows its collection (:mod:`indexer.sync`): each run records ``ids``, how many
   ids its plan reserved (the next run's ids start after every run's), and what it changed
   (``removed``, ``moved``, ``changed``, ``unchanged``); a run left unfinished and re-planned by
-  a later one is ``stopped``. Shard rows carry ``file_size`` and ``mtime`` (older rows lack
-  them: a rerun hashes those files once to compare them). Version 2 runs migrate with
+  a later one is ``stopped``. A rerun compares the rows' ``file_size`` and ``mtime`` with the
+  files (rows from before those columns: it hashes those files once). Version 2 runs migrate with
   ``ids`` 0 (their ids are below the largest id in the shards, which the next run starts after).
 """
 from __future__ import annotations

@@ -4,7 +4,8 @@
 DIR/manifest.json            what was indexed, how, and with what (indexer/manifest.py)
 DIR/shards/part-RRR-CCCCCC.parquet
                              one file per chunk of the listing (run R, chunk C): id, key,
-                             path, sha256, width, height, file_size, mtime, carried metadata, and one vector
+                             path, sha256, width, height, folder, file_size, mtime, EXIF
+                             columns (mapping/images/file_facts.py), carried metadata, and one vector
                              column per property (``vector.full``, ``vector.colour``, …;
                              float16, not normalised) — all row-aligned by construction;
                              read one with pyarrow.dataset.dataset(DIR / "shards")
@@ -31,14 +32,17 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from compsearch.mapping.images.file_facts import FACT_TYPES
 from compsearch.indexer.manifest import MANIFEST, Manifest, read_manifest, write_manifest
 from compsearch.mapping.chunk_store import ChunkStore, parse_part_name, read_file, write_atomically
 
 SHARDS, SKIPPED, DUPLICATES = "shards", "skipped", "duplicates"
 VECTOR_PREFIX = "vector."
 IDENTITY_COLUMNS = ("id", "key", "path", "sha256")  # which file a row is: apart from its metadata in results
-# The indexer's own columns: a listing's column of one of these names is kept as metadata.NAME.
-RESERVED_COLUMNS = (*IDENTITY_COLUMNS, "width", "height", "file_size", "mtime")
+# The indexer's own columns, with their types: a listing's column of one of these names is kept
+# as metadata.NAME. ``folder`` is the key's folder (relative to the collection's root).
+BUILTIN_TYPES = {"id": pa.int64(), "width": pa.int32(), "height": pa.int32(), "folder": pa.string(), **FACT_TYPES}
+RESERVED_COLUMNS = (*IDENTITY_COLUMNS, *(name for name in BUILTIN_TYPES if name not in IDENTITY_COLUMNS))
 REBUILD = "rebuild the index with `compsearch index … --overwrite`"
 PARQUET = ".parquet"
 
@@ -158,11 +162,10 @@ class IndexStore:
 
     @staticmethod
     def _row_table(rows: list[dict[str, Any]]) -> pa.Table:
-        """The rows with the fixed columns' types pinned (metadata columns as inferred)."""
+        """The rows with the built-in columns' types pinned (metadata columns as inferred), so
+        every shard agrees on them even where one chunk holds only nulls."""
         inferred = pa.Table.from_pylist(rows)
-        fixed = {"id": pa.int64(), "width": pa.int32(), "height": pa.int32(), "file_size": pa.int64(),
-                 "mtime": pa.timestamp("s", tz="UTC")}
-        return inferred.cast(pa.schema([pa.field(f.name, fixed.get(f.name, f.type)) for f in inferred.schema]))
+        return inferred.cast(pa.schema([pa.field(f.name, BUILTIN_TYPES.get(f.name, f.type)) for f in inferred.schema]))
 
     # -- reading ----------------------------------------------------------------------------
     def _schema(self, path: Path) -> pa.Schema:

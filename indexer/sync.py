@@ -20,6 +20,8 @@ Removals and moves rewrite the affected shard parts atomically (no reader has to
 from __future__ import annotations
 
 import hashlib
+import os
+import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -27,10 +29,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from compsearch.indexer.encode import file_stat, listed_path
+from compsearch.indexer.encode import listed_path
 from compsearch.indexer.store import DUPLICATES, SHARDS, IndexStore, write_table
 from compsearch.mapping.images import ImageRecord, ImageSource
 from compsearch.mapping.images.sources import printable
@@ -45,7 +46,7 @@ class SyncPlan:
     todo: list[ImageRecord]  # new and changed files, renumbered 0 … n-1: the listing to encode
     unchanged: int = 0
     changed: int = 0
-    moved: dict[int, dict[str, Any]] = field(default_factory=dict)  # id → its new key, path, file_size, mtime
+    moved: dict[int, dict[str, Any]] = field(default_factory=dict)  # id → its new key, path, folder, size, mtime
     removed: set[int] = field(default_factory=set)  # ids whose rows leave (gone, or an old version)
     gone_duplicates: set[str] = field(default_factory=set)  # paths in ``duplicates`` no longer listed
     examples: dict[str, list[str]] = field(default_factory=dict)  # kind → a few paths
@@ -78,6 +79,16 @@ class ListedSource:
         return iter(self.records_)
 
 
+def file_stat(path: str) -> tuple[int, datetime] | tuple[None, None]:
+    """(size in bytes, mtime to the second as naive UTC, as the rows store it: see
+    :mod:`mapping.images.file_facts`); (None, None) for a file that cannot be stat'ed."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None, None
+    return stat.st_size, datetime.fromtimestamp(int(stat.st_mtime), timezone.utc).replace(tzinfo=None)
+
+
 def _sha256(path: str) -> str | None:
     digest = hashlib.sha256()
     try:
@@ -89,15 +100,13 @@ def _sha256(path: str) -> str | None:
     return digest.hexdigest()
 
 
-def _seconds(table: pa.Table, name: str) -> list[int | None]:
-    if name not in table.column_names:
-        return [None] * table.num_rows
-    column = table.column(name)
-    return (pc.cast(column, pa.int64()) if pa.types.is_timestamp(column.type) else column).to_pylist()
+def _column(table: pa.Table, name: str) -> list[Any]:
+    """A column's values, None for each row when no shard has it (built before it was added)."""
+    return table.column(name).to_pylist() if name in table.column_names else [None] * table.num_rows
 
 
 def _rows_by_path(store: IndexStore | None, except_run: int | None, plan: SyncPlan) -> dict[str, tuple]:
-    """path → (id, sha256, size, mtime seconds) of the index's rows (the latest id of a path
+    """path → (id, sha256, size, mtime) of the index's rows (the latest id of a path
     listed twice, e.g. by a run killed between adding a changed file and removing its old row;
     the others are removed)."""
     dataset = store.dataset(SHARDS, except_run=except_run) if store else None
@@ -107,7 +116,7 @@ def _rows_by_path(store: IndexStore | None, except_run: int | None, plan: SyncPl
     table = dataset.to_table(columns=wanted)
     rows: dict[str, tuple] = {}
     for row in zip(table.column("id").to_pylist(), table.column("path").to_pylist(), table.column("sha256").to_pylist(),
-                   _seconds(table, "file_size"), _seconds(table, "mtime")):
+                   _column(table, "file_size"), _column(table, "mtime")):
         image_id, path = row[0], row[1]
         earlier = rows.get(path)
         if earlier is not None:
@@ -139,7 +148,7 @@ def plan_sync(source: ImageSource, store: IndexStore | None, append: bool = Fals
         stat = file_stat(path)
         row = rows.get(path)
         if row is not None and stat[0] is not None:
-            if (row[2], row[3]) == (stat[0], int(stat[1].timestamp())) or _sha256(path) == row[1]:
+            if (row[2], row[3]) == stat or _sha256(path) == row[1]:
                 plan.unchanged += 1
                 continue
             plan.changed += 1
@@ -158,8 +167,8 @@ def plan_sync(source: ImageSource, store: IndexStore | None, append: bool = Fals
         digest = _sha256(listed_path(record)) if stat[0] in sizes else None
         if digest in gone:
             old_path, image_id = gone.pop(digest)
-            plan.moved[image_id] = {"key": record.key, "path": listed_path(record), "file_size": stat[0],
-                                    "mtime": stat[1]}
+            plan.moved[image_id] = {"key": record.key, "path": listed_path(record), "folder": posixpath.dirname(record.key),
+                                    "file_size": stat[0], "mtime": stat[1]}
             plan.note("moved", f"{old_path} → {listed_path(record)}")
         else:
             plan.todo.append(record)
@@ -203,11 +212,11 @@ def apply_sync(store: IndexStore, plan: SyncPlan) -> None:
 
 
 def _repathed(rows: pa.Table, moved: dict[int, dict[str, Any]]) -> pa.Table:
-    """``rows`` with the moved ones' key, path, size and mtime replaced (types kept)."""
+    """``rows`` with the moved ones' key, path, folder, size and mtime replaced (types kept)."""
     ids = rows.column("id").to_pylist()
     if not any(image_id in moved for image_id in ids):
         return rows
-    for name in ("key", "path", "file_size", "mtime"):
+    for name in ("key", "path", "folder", "file_size", "mtime"):
         if name not in rows.column_names:
             continue
         values = [moved[i][name] if i in moved else value for i, value in zip(ids, rows.column(name).to_pylist())]

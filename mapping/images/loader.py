@@ -15,9 +15,9 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import PIL.Image
 import torch
@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from compsearch.mapping.errors import ImageReadError
 from compsearch.mapping.images.decode import decode_image, read_image, read_image_bytes, to_rgb
+from compsearch.mapping.images.file_facts import file_facts
 from compsearch.mapping.images.device_decode import TensorTransform, decode_jpegs, is_jpeg, tensor_transform
 from compsearch.mapping.images.plan import check_partition, units
 from compsearch.mapping.images.sources import ImageRecord, ImageSource, open_source
@@ -45,6 +46,7 @@ class Batch:
     pixels: list[torch.Tensor]  # one (images, …) tensor per transform; empty if none decoded
     sizes: list[tuple[int, int]]  # (width, height) as displayed (EXIF orientation applied)
     sha256: list[str]  # of the file's bytes
+    facts: list[dict[str, Any]]  # size, mtime and EXIF columns of each file (mapping.images.file_facts); {} in memory
     skipped: list[tuple[ImageRecord, str]]  # files of this span that could not be read, and why
     chunk_done: bool  # this is the last batch of its chunk
     pending: list[_Decoded] | None = field(default=None, repr=False)  # JPEGs left to the device decoder
@@ -59,6 +61,7 @@ class _Decoded:
     pixels: list[torch.Tensor] | None  # None: a JPEG whose bytes the device decodes (``jpeg``)
     size: tuple[int, int] | None
     sha256: str
+    facts: dict[str, Any]
     jpeg: bytes | None = None
 
 
@@ -79,15 +82,15 @@ def _decode(record: ImageRecord, transforms: Sequence[Transform], defer_jpeg: bo
         raise ImageReadError(record.problem, "fix or remove that entry")
     if record.image is not None:
         image = to_rgb(record.image)
-        digest = hashlib.sha256(image.tobytes()).hexdigest()
+        digest, facts = hashlib.sha256(image.tobytes()).hexdigest(), {}
     else:
         data = read_image_bytes(record.path)
-        digest = hashlib.sha256(data).hexdigest()
+        digest, facts = hashlib.sha256(data).hexdigest(), file_facts(record.path, data)
         if defer_jpeg and is_jpeg(data):
             _check_header(data, record.key)
-            return _Decoded(record, None, None, digest, data)
+            return _Decoded(record, None, None, digest, facts, data)
         image = decode_image(data, record.key)
-    return _Decoded(record, [transform(image) for transform in transforms], image.size, digest)
+    return _Decoded(record, [transform(image) for transform in transforms], image.size, digest, facts)
 
 
 def _finish_on_device(batch: Batch, transforms: Sequence[Transform], pipelines: Sequence[TensorTransform],
@@ -100,7 +103,7 @@ def _finish_on_device(batch: Batch, transforms: Sequence[Transform], pipelines: 
     decoded, skipped = [], list(batch.skipped)
     for item in items:
         if item.pixels is not None:
-            decoded.append(_Decoded(item.record, [p.to(device) for p in item.pixels], item.size, item.sha256))
+            decoded.append(replace(item, pixels=[p.to(device) for p in item.pixels]))
             continue
         tensor = on_device[id(item)]
         try:
@@ -112,7 +115,7 @@ def _finish_on_device(batch: Batch, transforms: Sequence[Transform], pipelines: 
         except Exception as error:  # noqa: BLE001 - a collection goes on past any bad file
             skipped.append((item.record, _reason(item.record, error)))
             continue
-        decoded.append(_Decoded(item.record, pixels, size, item.sha256))
+        decoded.append(replace(item, pixels=pixels, size=size, jpeg=None))
     return _batch(batch.chunk, decoded, skipped, batch.chunk_done, len(transforms))
 
 
@@ -127,7 +130,7 @@ def _batch(chunk: int, decoded: list[_Decoded], skipped: list[tuple[ImageRecord,
            transform_count: int) -> Batch:
     pixels = [torch.stack([item.pixels[t] for item in decoded]) for t in range(transform_count)] if decoded else []
     return Batch(chunk, [item.record for item in decoded], pixels, [item.size for item in decoded],
-                 [item.sha256 for item in decoded], skipped, done)
+                 [item.sha256 for item in decoded], [item.facts for item in decoded], skipped, done)
 
 
 class _ChunkedImages(IterableDataset):
@@ -160,7 +163,7 @@ class _ChunkedImages(IterableDataset):
                     skipped.append((record, _reason(record, error)))
             done = start + self.batch_size >= len(records)
             if self.defer_jpeg:  # stacked in the main process, once the device has decoded the JPEGs
-                yield Batch(chunk, [], [], [], [], skipped, done, pending=decoded)
+                yield Batch(chunk, [], [], [], [], [], skipped, done, pending=decoded)
             else:
                 yield _batch(chunk, decoded, skipped, done, len(self.transforms))
 

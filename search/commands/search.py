@@ -10,7 +10,7 @@ from compsearch.search.results import FORMATS
 
 
 @click.command("search")
-@click.argument("index_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("index_dir", metavar="INDEX_DIR|URL")
 @click.option("--text", help="Words to search for (needs an index in a CLIP space).")
 @click.option("--image", help="A reference image file: images like it in --property.")
 @click.option("--id", "image_id", type=int, help="An indexed image's id (from earlier results), used like --image.")
@@ -34,14 +34,18 @@ from compsearch.search.results import FORMATS
 @click.option("--weights", type=click.Path(path_type=Path), help="The model's weights file, if not found where it was when indexing.")
 @click.option("--clip-weights", type=click.Path(path_type=Path), help="The CLIP's weights file (for --text), likewise.")
 @device_option
+@click.option("--token", envvar="COMPSEARCH_TOKEN", show_envvar=True,
+              help="With a URL: the token the server was started with.")
 @json_option
-def search_command(index_dir: Path, text: str | None, image: str | None, image_id: int | None,
+def search_command(index_dir: str, text: str | None, image: str | None, image_id: int | None,
                    property_name: str | None, weight: float, and_terms: tuple[str, ...], not_terms: tuple[str, ...],
                    k: int, offset: int, where: str | None, output_format: str | None, copy_to: Path | None,
                    link_to: Path | None, threshold: float | None, weights: Path | None, clip_weights: Path | None,
-                   device: str, as_json: bool) -> None:
+                   device: str, token: str | None, as_json: bool) -> None:
     """Search the index in INDEX_DIR by one property: for a text (--text), a reference image
     (--image) or an indexed image (--id), the images whose --property is most alike.
+    Given the URL of a running `compsearch serve` instead (http://HOST:PORT), the server
+    answers, with its models already loaded.
 
     \b
     Combine terms with --and TERM / --not TERM, where TERM is
@@ -64,9 +68,10 @@ def search_command(index_dir: Path, text: str | None, image: str | None, image_i
           --where "taken >= '2020-01-01' and camera_model == 'X100V'"
       compsearch search photos.index --text red -p colour --where "folder like 'trips/%'" \\
           -k 100 --offset 100 --format paths | xargs feh
+      compsearch search http://127.0.0.1:8000 --text red -p colour   # a running `compsearch serve`
     """
-    from compsearch.search.index import open_index
     from compsearch.search.query import Query, parse_term
+    from compsearch.search.remote import is_url, search_remote
     from compsearch.search.results import render
 
     if as_json and output_format not in (None, "json"):
@@ -74,9 +79,16 @@ def search_command(index_dir: Path, text: str | None, image: str | None, image_i
     if copy_to and link_to:
         raise click.UsageError("give --copy-to or --link-to, not both")
     terms = [parse_term(spec) for spec in and_terms] + [parse_term(spec, -1.0) for spec in not_terms]
-    query = Query(text=text, image=image, id=image_id, property=property_name, weight=weight, terms=terms)
-    index = open_index(index_dir, device=device, weights=weights, clip_weights=clip_weights)
-    results = index.search_batch([query], k=k, threshold=threshold, offset=offset, where=where)[0]
+    if is_url(index_dir):
+        results = search_remote(index_dir, text=text, image=Path(image) if image else None, id=image_id,
+                                property=property_name, weight=weight, terms=terms, k=k, offset=offset, where=where,
+                                threshold=threshold, token=token)
+    else:
+        from compsearch.search.index import open_index
+
+        query = Query(text=text, image=image, id=image_id, property=property_name, weight=weight, terms=terms)
+        index = open_index(Path(index_dir), device=device, weights=weights, clip_weights=clip_weights)
+        results = index.search_batch([query], k=k, threshold=threshold, offset=offset, where=where)[0]
     # JSON: the one schema of the HTTP API too (query, results with id, path, score, scores, metadata, seconds)
     click.echo(render(results, "json" if as_json else output_format or "table"))
     if copy_to or link_to:

@@ -184,7 +184,7 @@ def test_malformed_queries_are_refused_clearly(index: SearchIndex, tmp_path: Pat
         (dict(text="red", k=10_001), QueryError, "1 to 10000"),
         (dict(text="red", offset=-1), QueryError, "offset"),
         (dict(text="red", k=10, offset=99_991), QueryError, "offset \\+ k at most 100,000"),
-        (dict(text="red", where="lens == 'x'"), QueryError, "no column 'lens'"),
+        (dict(text="red", where="camera == 'x'"), QueryError, "no column 'camera'"),
         (dict(id=999), UnknownImageError, "999"),
         (dict(image=tmp_path / "notes.jpg"), search.errors.ImageReadError, "not an image"),
         (dict(image=tmp_path / "missing.png"), search.errors.ImageReadError, "does not exist"),
@@ -364,8 +364,8 @@ def test_cli_formats_and_copy_to(built: Path, index: SearchIndex, monkeypatch, c
     copied = sorted((tmp_path / "picked").iterdir())
     assert [p.name for p in copied] == [f"{r.rank}-{Path(r.path).name}" for r in page]
     assert all(p.read_bytes() == Path(r.path).read_bytes() for p, r in zip(copied, page))
-    code, out, err = run_cli(monkeypatch, capsys, *query, "--where", "lens == 'x'")
-    assert code == 2 and "no column 'lens'" in err and len(err.strip().splitlines()) == 1
+    code, out, err = run_cli(monkeypatch, capsys, *query, "--where", "camera == 'x'")
+    assert code == 2 and "no column 'camera'" in err and len(err.strip().splitlines()) == 1
 
 
 def test_an_id_query_imports_no_model_library(built: Path) -> None:

@@ -24,14 +24,15 @@ import pytest
 from click.testing import CliRunner
 
 from compsearch import search
-import compsearch.search.index
 from compsearch.indexer.info import index_info
+from compsearch.mapping import models
 from compsearch.indexer.store import IndexStore
 from compsearch.search.cli import cli
 from compsearch.search.server.app import create_app
 from compsearch.search.server.files import CollectionFiles, ImageNotServedError, collection_roots, count_outside
 from compsearch.search.server.guards import is_loopback
 from tests.search.conftest import ESCAPE_KEY, IMAGES, ServedIndex, running
+from tests.test_cli import run_cli
 
 THUMBNAIL_SIZE = 32
 TOKEN = "s3cret-token"
@@ -364,8 +365,8 @@ def test_token_is_required_on_every_api_call_and_the_page(served_index: ServedIn
 def test_models_load_once_at_start_up_not_per_request(served_index: ServedIndex, cache_dir: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     loads = []
-    load_model = search.index.load_model
-    monkeypatch.setattr(search.index, "load_model", lambda *args, **kwargs: loads.append(args) or load_model(*args, **kwargs))
+    load_model = models.load_model
+    monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: loads.append(args) or load_model(*args, **kwargs))
     app = create_app(served_index.folder, cache_dir=cache_dir)
     at_start = len(loads)
     assert at_start >= 1
@@ -415,3 +416,27 @@ def test_loopback_names() -> None:
     assert all(map(is_loopback, ["127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2"]))
     assert not any(map(is_loopback, ["0.0.0.0", "192.168.1.4", "::", "example.com"]))
 
+
+
+def test_the_command_line_asks_a_running_server(base_url: str, library: search.SearchIndex, served_index: ServedIndex,
+                                                rows: dict[str, dict], monkeypatch, capsys) -> None:
+    """`compsearch search http://HOST:PORT …` prints what the local index would (same schema)."""
+    image_id = rows["000011.png"]["id"]
+    cases = [
+        (["--id", str(image_id), "-p", "shape", "-k", "4"], dict(id=image_id, property="shape", k=4)),
+        (["--text", "red", "-p", "colour", "-k", "5", "--offset", "2", "--where", "width == 64"],
+         dict(text="red", property="colour", k=5, offset=2, where="width == 64")),
+        (["--text", "blue", "-p", "colour", "--and", f"0.5*shape:id:{image_id}", "-k", "3"],
+         dict(terms=[search.Term("colour", text="blue"), search.Term("shape", id=image_id, weight=0.5)], k=3)),
+        (["--image", str(served_index.collection / "000007.png"), "-k", "3"],
+         dict(image=served_index.collection / "000007.png", k=3)),
+    ]
+    for arguments, python in cases:
+        code, out, err = run_cli(monkeypatch, capsys, "search", base_url, *arguments, "--format", "jsonl")
+        assert code == 0, err
+        expected = library.search(**python).results
+        assert [json.loads(line)["id"] for line in out.splitlines()] == [r.id for r in expected], arguments
+    code, out, err = run_cli(monkeypatch, capsys, "search", base_url, "--text", "red", "--where", "camera == 'x'")
+    assert code == 2 and "400" in err and "no column 'camera'" in err and len(err.strip().splitlines()) == 1
+    code, out, err = run_cli(monkeypatch, capsys, "search", "http://127.0.0.1:9", "--id", "1")
+    assert code == 2 and "cannot reach http://127.0.0.1:9" in err
