@@ -38,7 +38,7 @@ from typing import Any, Literal
 from compsearch.indexer.artifacts import identity_differences
 from compsearch.indexer.encode import RunIds, UnitEncoder, known_files
 from compsearch.indexer.finish import deduplicate, finish, now
-from compsearch.indexer.manifest import IndexDirectoryError, Manifest, Provenance, RunEntry
+from compsearch.indexer.manifest import RUN_COUNTS, IndexDirectoryError, Manifest, Provenance, RunEntry
 from compsearch.indexer.ranking_on_the_fly import ARTIFACTS
 from compsearch.indexer.runners import run_in_process
 from compsearch.indexer.settings import IndexSettings
@@ -171,6 +171,10 @@ class Indexer:
         last = manifest.runs[-1] if manifest.runs else None
         if joined is None and not work.todo and last is not None and last.status == "running":
             joined = last  # nothing left to encode (e.g. every shard finished): this finishes that run
+        if joined is None and work.up_to_date and last is not None and last.status == "complete":
+            return IndexSummary(**self._summary(last, time.perf_counter() - started, {  # a nightly rerun: no
+                **dict.fromkeys(RUN_COUNTS, 0), **work.counts()}), images=manifest.counts.images,  # new run, no rebuild
+                indexes={name: entry.factory for name, entry in manifest.indexes.items()})
         run = joined or self._new_run(manifest, source, work)
         ids = RunIds(run.run, run.id_offset)
         units = plan(work.listing(), self.settings.chunk_size, self.settings.shard, self.store.done_chunks(ids.run))

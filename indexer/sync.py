@@ -55,6 +55,11 @@ class SyncPlan:
         return {"changed": self.changed, "moved": len(self.moved),
                 "removed": len(self.removed) - self.changed, "unchanged": self.unchanged}
 
+    @property
+    def up_to_date(self) -> bool:
+        """Whether the index already holds exactly the source (nothing to encode, move or remove)."""
+        return not (self.todo or self.moved or self.removed or self.gone_duplicates)
+
     def report(self) -> dict[str, Any]:
         """What a dry run prints: the counts, and a few paths of each kind."""
         return {"counts": {"new": len(self.todo) - self.changed, **self.counts()}, "examples": self.examples}

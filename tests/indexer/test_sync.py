@@ -96,9 +96,10 @@ def test_a_rerun_adds_removes_moves_and_re_encodes_only_what_changed(model, worl
     with pytest.raises(UnknownImageError):  # a removed image never comes back from the rows
         StoredRows(IndexStore(out)).records([gone])
     again = Counting(model, out)
-    summary = again.run(images)  # a rerun of an up-to-date index: exit 0, nothing read but stats
+    runs = len(IndexStore(out).read_manifest().runs)
+    summary = again.run(images)  # a rerun of an up-to-date index: exit 0, nothing read but stats, nothing written
     assert (summary.added, summary.removed, summary.moved, summary.changed, summary.unchanged) == (0, 0, 0, 0, 14)
-    assert again.encoded == 0 and _held(out) == after
+    assert again.encoded == 0 and _held(out) == after and len(IndexStore(out).read_manifest().runs) == runs
 
 
 def test_a_run_stopped_by_ctrl_c_mid_chunk_keeps_its_images_and_a_rerun_after_changes_holds_the_folder(
