@@ -247,10 +247,21 @@ def format_demo(report: DemoReport) -> str:
         lines += ["", f"top results for {example['query']}:"]
         lines += [f"  id {r['id']:>5}  {r['score']:.3f}  " + " ".join(r["labels"].values()) for r in example["results"]]
     lines += ["", "time: " + ", ".join(f"{name} {value:.1f} s" for name, value in report.seconds.items()), "",
-              "Now your own photos:",
+              "Now your own photos (the fixture CLIP knows only this world's words: not for photos).",
+              "Offline: define each property by examples, one folder of images per value (~/stripes/striped/, "
+              "~/stripes/plain/, …):",
+              "  compsearch rank --model deit_tiny_patch16_224 --weights deit_tiny.safetensors "
+              "--examples ~/stripes --k auto --out ranking.json",
+              "  compsearch index ~/photos --out photos.index --model deit_tiny_patch16_224 "
+              "--weights deit_tiny.safetensors --ranking ranking.json",
+              "  compsearch search photos.index --image ~/photos/cat.jpg --property stripes",
+              "Online (downloads a CLIP trained on photos), properties in words and text queries:",
+              "  compsearch align --model deit_base_patch16_224 --clip ViT-B-16:laion2b_s34b_b88k "
+              "--images ~/photos --out deit.aligner",
+              "  compsearch rank --model deit_base_patch16_224 --aligner deit.aligner --images ~/photos "
+              "--property colour --property pattern --out ranking.json",
               "  compsearch index ~/photos --out photos.index --model deit_base_patch16_224 "
               "--aligner deit.aligner --ranking ranking.json",
               "  compsearch search photos.index --text striped --property pattern",
-              "  compsearch search photos.index --image ~/photos/cat.jpg --property colour",
-              "  compsearch serve photos.index"]
+              "Either index: compsearch serve photos.index"]
     return "\n".join(lines)

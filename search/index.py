@@ -324,7 +324,9 @@ class SearchIndex:
 
     def _text_vectors(self, name: str, texts: list[str]) -> np.ndarray:
         from compsearch.mapping.encoder import embed_texts
+        from compsearch.mapping.properties.known_words import warn_unknown_words
 
+        warn_unknown_words(self.text_model.name, texts, "the text query")
         return embed_texts(self.text_model, texts, self._templates(name)).numpy()
 
     def _image_vectors(self, terms: list[Term], images: list[int]) -> dict[int, np.ndarray]:

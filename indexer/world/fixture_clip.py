@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from open_clip.push_to_hf_hub import save_config_for_hf
 from tqdm import tqdm
 
-from compsearch.indexer.world.captions import compose_caption
+from compsearch.indexer.world.captions import caption_pieces, compose_caption, zero_shot_prompts
 from compsearch.indexer.world.factors import FACTORS
 from compsearch.indexer.world.fixture_pack import pack, read_metadata, unpack
 from compsearch.indexer.world.render import render_image
@@ -55,6 +55,7 @@ from compsearch.indexer.world.zero_shot import zero_shot_accuracy
 from compsearch.mapping.cache import CACHE_ENV, cache_dir
 from compsearch.mapping.errors import CompsearchError, warn
 from compsearch.mapping.models import LoadedModel
+from compsearch.mapping.properties.known_words import VOCABULARY_FILE, write_vocabulary
 
 MODEL_NAME = "compsearch-world-clip"
 MODEL_CONFIG_PATH = Path(__file__).with_name(f"{MODEL_NAME}.json")
@@ -65,6 +66,7 @@ WEIGHTS_NAME = "open_clip_model.safetensors"
 CONFIG_NAME = "open_clip_config.json"
 SHIPPED_WEIGHTS = Path(__file__).with_name(f"{MODEL_NAME}.safetensors")
 SHIPPED_REPORT = Path(__file__).with_name(f"{MODEL_NAME}.training_report.json")
+TRAINED_ON = "renders of the synthetic world and their captions (compsearch world)"
 # Report field naming the shipped file a cached folder was written from (absent when trained).
 MATERIALISED_FROM = "materialised_from"
 
@@ -221,6 +223,7 @@ def train(config: TrainingConfig, out_dir: Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     safetensors.torch.save_file(model.state_dict(), out_dir / WEIGHTS_NAME)
     save_config_for_hf(model, out_dir / CONFIG_NAME, model_config=model_config())
+    write_training_vocabulary(out_dir)
     loaded = LoadedModel(MODEL_NAME, model, preprocess, tokenizer, "training", is_clip=True)
     report = {
         "config": asdict(config),
@@ -241,10 +244,19 @@ def shipped_key() -> str | None:
     return read_metadata(SHIPPED_WEIGHTS)["fixture_key"] if SHIPPED_WEIGHTS.is_file() else None
 
 
+def write_training_vocabulary(folder: Path) -> Path:
+    """The words the fixture's captions and zero-shot prompts are made of, beside its weights:
+    what it knows (:mod:`mapping.properties.known_words` warns about any other word)."""
+    prompts = [prompt for factor, values in FACTORS.items() for value in values
+               for prompt in zero_shot_prompts(factor, value)]
+    return write_vocabulary(folder, TRAINED_ON, [*caption_pieces(), *prompts])
+
+
 def _materialise(folder: Path) -> None:
     """Write the shipped fixture into ``folder`` as a ``local-dir:`` folder, report last."""
     safetensors.torch.save_file(unpack(SHIPPED_WEIGHTS), folder / WEIGHTS_NAME)
     (folder / CONFIG_NAME).write_text(read_metadata(SHIPPED_WEIGHTS)["open_clip_config"])
+    write_training_vocabulary(folder)
     report = json.loads(SHIPPED_REPORT.read_text()) | {MATERIALISED_FROM: SHIPPED_WEIGHTS.name}
     (folder / REPORT_NAME).write_text(json.dumps(report, indent=2))
 
@@ -278,6 +290,8 @@ def fixture_clip_dir(config: TrainingConfig = TrainingConfig(), rebuild: bool = 
     shipped file (seconds); any other config's, or any on ``rebuild``, is trained (minutes)."""
     folder = cache_root() / fixture_key(config)
     if not rebuild and (folder / REPORT_NAME).is_file():
+        if not (folder / VOCABULARY_FILE).is_file():  # a folder written before the vocabulary was kept
+            write_training_vocabulary(folder)
         return folder
     if not rebuild and config == TrainingConfig():
         shipped = shipped_key()

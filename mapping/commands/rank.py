@@ -17,17 +17,25 @@ from compsearch.mapping.commands.options import (
 )
 
 
-def parse_k(ctx: click.Context, param: click.Parameter, options: tuple[str, ...]) -> int | dict[str, int] | None:
-    """``--k 3`` for every property, or ``--k colour=2 --k shape=5``."""
+KOption = int | str | dict[str, int | str] | None
+
+
+def parse_k(ctx: click.Context, param: click.Parameter, options: tuple[str, ...]) -> KOption:
+    """``--k 3`` or ``--k auto`` for every property, or ``--k colour=2 --k shape=auto``."""
     if not options:
         return None
+    from compsearch.mapping.rank.auto_k import AUTO
+
+    def value(text: str) -> int | str:
+        return AUTO if text.strip() == AUTO else int(text)
+
     try:
         if len(options) == 1 and "=" not in options[0]:
-            return int(options[0])
-        return {name.strip(): int(value) for name, _, value in (option.partition("=") for option in options)}
+            return value(options[0])
+        return {name.strip(): value(number) for name, _, number in (option.partition("=") for option in options)}
     except ValueError:
-        raise click.BadParameter(f"{' '.join(options)} is not N or NAME=N; write --k 3 or --k colour=2",
-                                 ctx, param) from None
+        raise click.BadParameter(f"{' '.join(options)} is not N, auto or NAME=N; write --k 3, --k auto or "
+                                 "--k colour=2", ctx, param) from None
 
 
 @click.command("rank")
@@ -41,15 +49,17 @@ def parse_k(ctx: click.Context, param: click.Parameter, options: tuple[str, ...]
 @click.option("--examples", "example_specs", multiple=True, metavar="DIR|TABLE:COLUMN",
               help="A property defined by labelled images: DIR/VALUE/*.jpg, or a Parquet/CSV table's COLUMN "
                    "of labels beside its `path` or `file` column, e.g. world/train.parquet:colour (repeatable).")
-@click.option("--k", "k", multiple=True, metavar="N|NAME=N", callback=parse_k,
-              help="Components summed per property: one number, or NAME=N per property "
-                   "(default: the reference top-k of the model's family).")
+@click.option("--k", "k", multiple=True, metavar="N|auto|NAME=N", callback=parse_k,
+              help="Components summed per property: one number, or NAME=N per property (default: the reference "
+                   "top-k of the model's family). auto chooses it per property on held-out images: the k whose "
+                   "vector best retrieves the property's values and least the other properties' (the curve is "
+                   "printed and kept in the ranking).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Ranking JSON to write.")
 @json_option
 def rank_command(
     model_name: str, weights: Path | None, random_init: bool, device: str, batch_size: int,
     aligner_path: Path | None, clip_weights: Path | None, images: Path | None,
-    property_options: tuple[str, ...], example_specs: tuple[str, ...], k: int | dict[str, int] | None, out: Path,
+    property_options: tuple[str, ...], example_specs: tuple[str, ...], k: KOption, out: Path,
     as_json: bool,
 ) -> None:
     """Rank components per property (S_p contrasted with the other properties) and write OUT.

@@ -14,9 +14,12 @@ import torch
 import yaml
 
 from compsearch.mapping.errors import CompsearchError, warn
+from compsearch.mapping.rank.auto_k import NEIGHBOURS, KCurve
 from compsearch.mapping.rank.scores import constant_components, contrast_scores, rank_components
 
-FORMAT_VERSION = 2  # 2: per property, the ``constant`` components left out (absent in 1: loads as [])
+# 2: per property, the ``constant`` components left out (absent in 1: loads as []);
+# 3: ``example_images`` and, per property, the ``k_curve`` of --k auto (absent in 2: 0 and None).
+FORMAT_VERSION = 3
 TOPK_FILE = Path(__file__).with_name("topk.yaml")
 
 
@@ -64,6 +67,8 @@ class PropertyRanking:
     # this ranking embeds text queries on the property with them (empty: examples, or a
     # ranking saved before they were kept, whose indexes fall back to built-in templates).
     templates: list[str] = field(default_factory=list)
+    # With --k auto: the held-out separation curve k was chosen from (None: k was given).
+    k_curve: KCurve | None = None
 
     @property
     def top(self) -> list[str]:
@@ -119,8 +124,9 @@ class Ranking:
     aligner: str | None  # path of the aligner used, None for example-only rankings in model space
     clip_name: str | None
     first_block: str | None
-    probe_images: int
+    probe_images: int  # the images text properties were scored on
     properties: list[PropertyRanking] = field(default_factory=list)
+    example_images: int = 0  # the labelled images example properties were scored on
 
     def get(self, name: str) -> PropertyRanking:
         for prop in self.properties:
@@ -146,7 +152,8 @@ class Ranking:
         try:
             data = json.loads(path.read_text())
             data.pop("format_version", None)
-            properties = [PropertyRanking(**entry) for entry in data.pop("properties")]
+            properties = [PropertyRanking(**{**entry, "k_curve": _curve(entry.get("k_curve"))})
+                          for entry in data.pop("properties")]
             return cls(**data, properties=properties)
         except OSError as error:
             raise CompsearchError(f"cannot read ranking {path} ({error})",
@@ -156,11 +163,47 @@ class Ranking:
                                   "write one with `compsearch rank … --out ranking.json`") from error
 
 
+def _curve(entry: dict | None) -> KCurve | None:
+    return None if entry is None else KCurve(**entry)
+
+
+LEGEND = (
+    "own: how much a component carries the property: S_p, its mean correlation with the property's text "
+    "directions over the probe images (text), or ω², the share of its variance the example labels explain "
+    "beyond chance (examples; ≈ 0 for an unrelated label, 1 when the label fixes it)\n"
+    "score: own minus the highest own of the other properties of the same source (own itself when ranked "
+    "alone): what components are ranked by; * = summed into the property's vector (the top k)"
+)
+
+
+def _scored_on(ranking: Ranking) -> str:
+    parts = []
+    if ranking.probe_images or any(prop.source == "text" for prop in ranking.properties):
+        parts.append(f"{ranking.probe_images} probe images")
+    if ranking.example_images:
+        parts.append(f"{ranking.example_images} example images")
+    aligner = f"aligner {ranking.aligner}" if ranking.aligner else "no aligner (scored in the model's own space)"
+    return f"{ranking.model_name}: {', '.join(parts) or 'example images'}, {aligner}"
+
+
+def _format_curve(curve: KCurve, chosen: int) -> list[str]:
+    """The --k auto curve as three rows (k, own, leakage), the chosen k marked."""
+    marks = [f"{k}{'*' if k == chosen else ''}" for k in curve.ks]
+    return [
+        f"   k chosen on {curve.held_out_images} held-out images: P@{NEIGHBOURS} over chance of the vector "
+        "summing the top k (own values, and the most of another property's)",
+        "   k        " + "".join(f"{mark:>6}" for mark in marks),
+        "   own      " + "".join(f"{value:>+6.2f}" for value in curve.own),
+        "   leakage  " + "".join(f"{value:>+6.2f}" for value in curve.leakage),
+    ]
+
+
 def format_ranking(ranking: Ranking, shown: int = 5) -> str:
-    """The table people read: per property, at least ``shown`` components (the top k starred)."""
-    lines = [f"{ranking.model_name}: {ranking.probe_images} probe images, aligner {ranking.aligner or 'none'}"]
+    """The table people read: per property, at least ``shown`` components (the top k starred)
+    and, with --k auto, the curve k was chosen from."""
+    lines = [_scored_on(ranking), LEGEND]
     for prop in ranking.properties:
-        lines.append(f"\n{prop.name} ({prop.source}, k={prop.k})   score   own")
+        lines.append(f"\n{prop.name} ({prop.source}, k={prop.k}{' auto' if prop.k_curve else ''})   score   own")
         for position, (name, score, own) in enumerate(zip(prop.components, prop.scores, prop.own_scores)):
             if position == max(shown, prop.k):
                 break
@@ -168,4 +211,6 @@ def format_ranking(ranking: Ranking, shown: int = 5) -> str:
             lines.append(f" {marker} {name:<28} {score:+.3f}  {own:+.3f}")
         if prop.constant:
             lines.append(f"   constant, not ranked: {', '.join(prop.constant)}")
+        if prop.k_curve:
+            lines += _format_curve(prop.k_curve, prop.k)
     return "\n".join(lines)

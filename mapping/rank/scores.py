@@ -98,9 +98,24 @@ def contrast_scores(scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def label_variance_share(contributions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Share of each component's variance explained by a label (between-class / total variance,
-    summed over dimensions): (images, components, dim), (images,) → (components,) in [0, 1].
+    """The share of each component's variance a label explains, corrected for chance (ω²,
+    summed over dimensions): (images, components, dim), (images,) → (components,), ≤ 1.
 
+    The plain share η² = SS_between / SS_total is biased upwards: with no relation at all its
+    expected value is (C−1)/(N−1) for C values over N images — about 0.25 for 150 values of 4
+    images each, 0.01 for 6 values of 100 — so a label with many values would beat every
+    other property on every component. Under no relation E[SS_between] = (C−1)·σ² and the
+    within-class mean square MS_within = SS_within / (N−C) estimates σ², so
+
+        ω² = (SS_between − (C−1)·MS_within) / (SS_total + MS_within)
+
+    has expectation ≈ 0 for an unrelated label whatever C and N, and ≈ η² for a strong one.
+    ω² (Hays's fixed-effects estimator) rather than the adjusted η² = 1 − (1−η²)(N−1)/(N−C),
+    which is the same numerator over SS_total: adding MS_within makes the denominator, like
+    the numerator, an estimate of a population variance component; the two differ by under
+    1/(N−C) of the score, so the choice never reorders components much.
+    It is slightly negative when a label explains less than chance; 0 for a constant component
+    and when every image has its own value (N = C: nothing left to estimate σ² from).
     Needs no text encoder, so it scores properties given only by labelled example images.
     """
     values = contributions.double()
@@ -110,7 +125,12 @@ def label_variance_share(contributions: torch.Tensor, labels: torch.Tensor) -> t
     counts = torch.bincount(labels, minlength=len(classes)).double()
     sums = torch.zeros(len(classes), *centred.shape[1:], dtype=torch.float64).index_add_(0, labels, centred)
     between = (sums.pow(2).sum(-1) / counts[:, None]).sum(0)  # Σ_c n_c ‖μ_c − μ‖²
-    return torch.where(total > 0, between / total.clamp_min(1e-300), torch.zeros_like(total)).float()
+    images, values_count = len(labels), len(classes)
+    if images <= values_count:
+        return torch.zeros_like(total).float()
+    mean_within = (total - between).clamp_min(0) / (images - values_count)
+    omega = (between - (values_count - 1) * mean_within) / (total + mean_within).clamp_min(1e-300)
+    return torch.where(total > 0, omega, torch.zeros_like(total)).float()
 
 
 def rank_components(scores: torch.Tensor, names: list[str]) -> list[tuple[str, float]]:

@@ -28,6 +28,7 @@ from compsearch.indexer.world.fixture_pack import (
 from compsearch.indexer.world.zero_shot import encode_items, zero_shot_accuracy
 from compsearch.mapping.errors import CompsearchError
 from compsearch.mapping.models import RANDOM_INIT, load_model
+from compsearch.mapping.properties.known_words import VOCABULARY_FILE, closed_vocabulary, unknown_words
 from compsearch.search.cli import cli
 from compsearch.search.demo import world_properties
 
@@ -165,7 +166,7 @@ def test_a_fixture_another_process_publishes_meanwhile_stands(empty_cache: Path,
     folder = fixture_clip_dir()
     assert folder == published["folder"] and folder.stat().st_ino == published["inode"]
     assert os.listdir(empty_cache) == [folder.name]  # the loser's staging folder is gone
-    assert sorted(os.listdir(folder)) == sorted([CONFIG_NAME, WEIGHTS_NAME, REPORT_NAME])
+    assert sorted(os.listdir(folder)) == sorted([CONFIG_NAME, WEIGHTS_NAME, REPORT_NAME, VOCABULARY_FILE])
 
 
 def test_a_shipped_fixture_of_other_code_is_not_used(
@@ -232,3 +233,16 @@ def test_real_deit_tiny_embeds_world_images(deit_tiny_weights: Path) -> None:
     embeddings = encode_items(loaded, SPLITS["test"].items(4), size=224)
     assert embeddings.shape == (4, 192) and torch.isfinite(embeddings).all()
     assert not torch.allclose(embeddings[0], embeddings[1])
+
+
+def test_the_fixture_ships_the_words_it_was_trained_on(empty_cache: Path) -> None:
+    """Every word of 500 training captions is in the vocabulary beside the weights, none of the
+    built-in colours the world lacks is, and a folder from before the file gets it on use."""
+    folder = fixture_clip_dir()
+    vocabulary = closed_vocabulary(f"local-dir:{folder}")
+    rng = np.random.default_rng(0)
+    captions = [random_caption(item.factors(), rng) for item in SPLITS["train"].items(500)]
+    assert unknown_words(captions, vocabulary) == [] and "world" in vocabulary.trained_on
+    assert unknown_words(["turquoise", "navy blue", "red", "polka dot"], vocabulary) == ["turquoise", "navy"]
+    (folder / VOCABULARY_FILE).unlink()
+    assert closed_vocabulary(f"local-dir:{fixture_clip_dir()}").words == vocabulary.words

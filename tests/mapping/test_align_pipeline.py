@@ -36,7 +36,9 @@ from compsearch.mapping.align import (
 from compsearch.mapping.align.features import component_contributions
 from compsearch.mapping.describe import describe_heads, read_text_bank
 from compsearch.mapping.models import LoadedModel, load_model
+from compsearch.mapping.errors import CompsearchError
 from compsearch.mapping.properties import Property, PropertyError, builtin_property, load_examples
+from compsearch.mapping.properties.known_words import write_vocabulary
 from compsearch.mapping.rank import Ranking, rank
 from compsearch.search.cli import cli
 
@@ -138,8 +140,17 @@ def test_align_rank_describe_commands_on_a_local_clip(tmp_path: Path, world_imag
                                  str(world_images), "--property", "colour", "--property", "size=tiny,huge",
                                  "--k", "colour=2", "--out", str(tmp_path / "ranking.json")])
     assert ranked.exit_code == 0, ranked.output
+    assert "never learnt" not in ranked.stderr  # a CLIP that ships no vocabulary knows every word
     ranking = Ranking.load(tmp_path / "ranking.json")
     assert [(p.name, p.k) for p in ranking.properties] == [("colour", 2), ("size", 3)]
+    write_vocabulary(folder, "renders of a test world", ["red orange yellow green blue purple pink white tiny"])
+    closed = runner.invoke(cli, ["rank", "--model", name, "--aligner", str(tmp_path / "identity"), "--images",
+                                 str(world_images), "--property", "colour", "--property", "size=tiny,huge",
+                                 "--out", str(tmp_path / "closed.json")])
+    assert closed.exit_code == 0, closed.output
+    assert "property 'colour' uses words the CLIP never learnt ('black', 'brown', 'grey'" in closed.stderr
+    assert "property 'size' uses words the CLIP never learnt ('huge')" in closed.stderr
+    assert "photos" not in closed.stderr  # world renders are what it knows
     assert f"* {ranking.top('colour')[0]}" in ranked.output and "constant, not ranked: bias" in ranked.output
     described = runner.invoke(cli, ["describe", "--model", name, "--aligner", str(tmp_path / "identity"),
                                     "--images", str(world_images), "--heads", "*.resblocks.2.attn.h1",
@@ -150,9 +161,9 @@ def test_align_rank_describe_commands_on_a_local_clip(tmp_path: Path, world_imag
     assert len(head["texts"]) == 2 and set(head["texts"][0]) == {"text", "share"}
 
 
-def _parity_examples(folder: Path, world_images: Path) -> None:
+def _parity_examples(folder: Path, world_images: Path, pattern: str = "*.png") -> None:
     """``folder/{even,odd}/``: the world images labelled by the parity of their index."""
-    for image in world_images.glob("*.png"):
+    for image in world_images.glob(pattern):
         value = "odd" if int(image.stem[:3]) % 2 else "even"
         (folder / value).mkdir(parents=True, exist_ok=True)
         (folder / value / image.name).symlink_to(image)
@@ -165,10 +176,50 @@ def test_example_properties_need_no_aligner(tmp_path: Path, world_images: Path) 
     [prop] = ranking.properties
     assert ranking.aligner is None and prop.source == "examples" and prop.values == ["even", "odd"]
     names, _ = component_contributions(clip, sorted(world_images.glob("*.png"))[:1])
-    assert all(0.0 <= share <= 1.0 for share in prop.own_scores)
+    assert all(-1.0 < share <= 1.0 for share in prop.own_scores)  # ω²: negative when below chance
     assert sorted(prop.components + prop.constant) == sorted(names) and prop.constant == ["bias"]
     with pytest.raises(PropertyError, match="need an aligner"):
         rank(clip, None, world_images, [builtin_property("colour")])
+
+
+def test_rank_k_auto_on_examples_prints_and_keeps_its_curve(tmp_path: Path) -> None:
+    """64 renders labelled by colour (and, through links to the same files, by parity), ranked
+    in the model's own space: the files are decomposed once for both; k is chosen on the 16
+    held out (2 per colour), the curve printed with the scores' legend, and saved."""
+    _tiny_clip()  # registers the fixture architecture with open_clip
+    for item in get_split("train").items(200):
+        folder = tmp_path / "hue" / item.colour
+        folder.mkdir(parents=True, exist_ok=True)
+        if len(list(folder.iterdir())) < 8:
+            render_image(item, size=48).save(folder / f"{item.index:03d}.png")
+    _parity_examples(tmp_path / "parity", tmp_path / "hue", "*/*.png")
+    result = CliRunner().invoke(cli, ["rank", "--model", MODEL_NAME, "--random-init", "--examples",
+                                      str(tmp_path / "hue"), "--examples", str(tmp_path / "parity"), "--k", "auto",
+                                      "--out", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    ranking = Ranking.load(tmp_path / "r.json")
+    prop = ranking.get("hue")
+    assert ranking.example_images == 64 and ranking.get("parity").k_curve.held_out_images == 16
+    assert prop.k_curve is not None and prop.k == prop.k_curve.best_k() and prop.k_curve.held_out_images == 16
+    assert len(prop.k_curve.ks) == len(prop.k_curve.own) == len(prop.k_curve.leakage) == min(16, len(prop.components))
+    assert f"{MODEL_NAME}: 64 example images, no aligner" in result.output and "ω²" in result.output
+    assert "k chosen on 16 held-out images" in result.output and f"hue (examples, k={prop.k} auto)" in result.output
+
+
+def test_rank_k_auto_on_text_properties_holds_out_a_quarter_of_the_probe_set(
+    tmp_path: Path, world_images: Path,
+) -> None:
+    clip = _tiny_clip()
+    for item in get_split("train").items(48):
+        render_image(item, size=48).save(tmp_path / f"{item.index:03d}.png")
+    identity = align(clip, clip, tmp_path, tmp_path / "identity", progress=False)
+    properties = [builtin_property("colour"), Property("size", ("tiny", "huge"))]
+    ranking = rank(clip, identity, tmp_path, properties, encode_text=clip.encode_text, k={"colour": "auto"})
+    colour, size = ranking.properties
+    assert colour.k_curve.held_out_images == 12 and colour.k == colour.k_curve.best_k()
+    assert size.k_curve is None and size.k == 3
+    with pytest.raises(CompsearchError, match="only 6 of its probe images can be held out"):
+        rank(clip, identity, world_images, properties, encode_text=clip.encode_text, k="auto")
 
 
 def test_probe_sets_skip_an_unreadable_image_with_a_warning(

@@ -19,6 +19,12 @@ from compsearch.mapping.properties import (
     parse_property,
     resolve_properties,
 )
+from compsearch.mapping.properties.known_words import (
+    closed_vocabulary,
+    warn_if_photos,
+    warn_unknown_words,
+    write_vocabulary,
+)
 
 REFERENCE = {"colour", "texture", "pattern", "shape", "fabric", "location", "person", "animal", "vehicle"}
 
@@ -110,3 +116,22 @@ def test_a_labelled_table_defines_a_property(tmp_path: Path) -> None:
         load_examples(f"{table}:hue")
     with pytest.raises(PropertyError, match="which column"):
         load_examples(table)
+
+
+def test_a_closed_vocabulary_clip_names_the_words_it_never_learnt(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    write_vocabulary(tmp_path, "renders of a test world", ["a red circle", "a photo of a blue square."])
+    name = f"local-dir:{tmp_path}"
+    vocabulary = closed_vocabulary(name)
+    assert vocabulary.trained_on == "renders of a test world" and "photo" in vocabulary.words
+    assert warn_unknown_words(name, ["red", "navy blue", "turquoise", "Blue!"], "property 'colour'") == [
+        "navy", "turquoise"]
+    assert ("property 'colour' uses words the CLIP never learnt ('navy', 'turquoise'): it was trained only on "
+            "renders of a test world") in caplog.text
+    caplog.clear()  # known words, and any CLIP without the file, say nothing
+    assert warn_unknown_words(name, ["a red square"], "the text query") == []
+    assert warn_unknown_words("ViT-B-32", ["turquoise"], "the text query") == []
+    assert not warn_if_photos(name, ["world/000001.png"], "text properties are scored")
+    assert not warn_if_photos("ViT-B-32", ["cat.jpg"], "text properties are scored")
+    assert caplog.text == ""
+    assert warn_if_photos(name, ["world/000001.png", "holiday/IMG_1.JPG"], "text properties are scored")
+    assert "knows only its 7 words, but these images are photos" in caplog.text and "rank --examples" in caplog.text

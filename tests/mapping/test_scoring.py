@@ -8,6 +8,7 @@ import torch
 
 from compsearch.mapping.rank import (
     ComponentVariance,
+    PropertyRanking,
     Ranking,
     component_variances,
     constant_components,
@@ -19,6 +20,7 @@ from compsearch.mapping.rank import (
     property_scores,
 )
 from compsearch.mapping.errors import CompsearchError
+from compsearch.mapping.rank.auto_k import HeldOut, KCurve, held_out_mask, k_curve
 
 NAMES = [f"c{i}" for i in range(8)]
 COLOUR_BASIS = torch.eye(16)[0:2]
@@ -75,6 +77,50 @@ def test_label_variance_share_finds_the_component_that_follows_the_label() -> No
     assert label_variance_share(torch.ones(6, 1, 2), torch.tensor([0, 1] * 3)).item() == 0.0
 
 
+def _labelled(images: int = 600, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+    """12 components: c0-c2 follow a 6-valued label (strength 3, 2, 1.5), c3-c5 a 4-valued one
+    (3, 2, 1.5), the rest is noise; labels independent of each other."""
+    generator = generator or torch.Generator().manual_seed(0)
+    labels = {"colour": torch.randint(6, (images,), generator=generator),
+              "shape": torch.randint(4, (images,), generator=generator)}
+    mapped = torch.randn(images, 12, 8, generator=generator)
+    for offset, name in ((0, "colour"), (3, "shape")):
+        for component, strength in zip(range(offset, offset + 3), (3.0, 2.0, 1.5)):
+            centres = torch.randn(int(labels[name].max()) + 1, 8, generator=generator)
+            mapped[:, component] += strength * centres[labels[name]]
+    return mapped, labels
+
+
+def _example_rankings(mapped: torch.Tensor, labels: dict[str, torch.Tensor], k: int = 3) -> dict[str, PropertyRanking]:
+    names = [f"c{i}" for i in range(mapped.shape[1])]
+    shares = {name: label_variance_share(mapped, label) for name, label in labels.items()}
+    variances = {name: component_variances(mapped) for name in labels}
+    rankings = property_rankings(names, shares, "examples", {name: [] for name in labels},
+                                 {name: k for name in labels}, variances)
+    return {prop.name: prop for prop in rankings}
+
+
+def test_a_label_with_many_values_does_not_win_by_chance() -> None:
+    mapped, labels = _labelled()
+    unrelated = torch.randperm(600, generator=torch.Generator().manual_seed(1)) % 150  # 150 values × 4 images
+    share = label_variance_share(mapped, unrelated)
+    assert share.abs().max() < 0.05  # η² would be ≈ (C−1)/(N−1) = 0.25 on every component
+    colour = label_variance_share(mapped, labels["colour"])
+    assert colour[0] > 0.8 and colour[3:].abs().max() < 0.05  # a real signal still scores high
+    alone = _example_rankings(mapped, labels)
+    assert {name: prop.top for name, prop in alone.items()} == {"colour": ["c0", "c1", "c2"], "shape": ["c3", "c4", "c5"]}
+    together = _example_rankings(mapped, {**labels, "unrelated": unrelated})
+    for name, prop in alone.items():
+        assert together[name].top == prop.top
+        # With η² the unrelated label's ≈ 0.25 everywhere would lower every contrast by as much.
+        assert together[name].scores[:3] == pytest.approx(prop.scores[:3], abs=0.06)
+
+
+def test_label_variance_share_is_zero_without_room_for_chance() -> None:
+    """Every image its own value: nothing estimates the within-value variance, so no claim."""
+    assert torch.equal(label_variance_share(torch.randn(5, 2, 3), torch.arange(5)), torch.zeros(2))
+
+
 def test_rankings_choose_k_and_round_trip(tmp_path, caplog: pytest.LogCaptureFixture) -> None:
     mapped = _planted()
     scores = {"colour": property_scores(mapped, COLOUR_BASIS), "shape": property_scores(mapped, SHAPE_BASIS)}
@@ -86,9 +132,10 @@ def test_rankings_choose_k_and_round_trip(tmp_path, caplog: pytest.LogCaptureFix
     assert colour.constant == ["c7"] and "c7" not in colour.components + shape.components
     assert colour.scores == sorted(colour.scores, reverse=True)
     assert colour.own_scores[0] == pytest.approx(scores["colour"][3].item())
+    colour.k_curve = KCurve([1, 2], [0.5, 0.6], [0.0, 0.1], 100)
     ranking = Ranking("deit_tiny_patch16_224", "abc", "a.safetensors", "clip", "blocks.7", 400, [colour, shape])
     loaded = Ranking.load(ranking.save(tmp_path / "ranking.json"))
-    assert loaded == ranking and loaded.top("shape")[0] == "c5"
+    assert loaded == ranking and loaded.top("shape")[0] == "c5" and loaded.get("colour").k_curve.best_k() == 1
     with pytest.raises(CompsearchError, match="no property 'fabric'"):
         loaded.top("fabric")
 
@@ -162,3 +209,40 @@ def test_rankings_written_before_the_constant_field_still_load(tmp_path) -> None
         "first_block": "blocks.7", "probe_images": 10, "properties": [entry]}))
     loaded = Ranking.load(tmp_path / "old.json")
     assert loaded.get("colour").constant == [] and loaded.top("colour") == ["a"]
+    assert loaded.get("colour").k_curve is None and loaded.example_images == 0
+
+
+def _carriers(labels: dict[str, torch.Tensor], carriers: dict[str, range], generator: torch.Generator) -> torch.Tensor:
+    """12 components in 8 dimensions: each property's value adds its centre to every one of its
+    ``carriers``, over noise of the same size in every component."""
+    mapped = 1.5 * torch.randn(len(next(iter(labels.values()))), 12, 8, generator=generator)
+    for name, components in carriers.items():
+        centres = torch.randn(int(labels[name].max()) + 1, 8, generator=generator)
+        mapped[:, list(components)] += centres[labels[name]][:, None]
+    return mapped
+
+
+def test_auto_k_finds_how_many_components_carry_the_property() -> None:
+    """Colour is spread over c0-c2 (each alone weak), shape over c3-c5: colour's vector gets
+    better with each of its carriers, then takes in shape (leakage) or noise."""
+    generator = torch.Generator().manual_seed(0)
+    carriers = {"colour": range(0, 3), "shape": range(3, 6)}
+    held_out = {}
+    for name in carriers:  # each property's own held-out images, the other property drawn at random
+        labels = {"colour": torch.randint(6, (120,), generator=generator),
+                  "shape": torch.randint(4, (120,), generator=generator)}
+        held_out[name] = HeldOut(_carriers(labels, carriers, generator), labels[name])
+    colour = k_curve("colour", [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], held_out)
+    assert colour.ks == list(range(1, 13)) and colour.held_out_images == 120
+    assert colour.best_k() == 3
+    assert colour.own[2] > colour.own[0] + 0.1 and colour.leakage[5] > colour.leakage[2] + 0.1
+    shape = k_curve("shape", [3, 4, 5, 0, 1, 2, 6, 7, 8, 9, 10, 11], held_out, max_k=8)
+    assert shape.ks == list(range(1, 9)) and shape.best_k() == 3
+    lone = k_curve("colour", [0, 1, 2, 6, 7, 8], {"colour": held_out["colour"]})
+    assert lone.leakage == [0.0] * 6 and lone.best_k() == 3
+
+
+def test_held_out_images_cover_every_value() -> None:
+    labels = torch.tensor([0] * 8 + [1] * 5 + [2] * 3)
+    held = held_out_mask(labels)
+    assert held.tolist() == [False, False, False, True] * 2 + [False, False, False, True, False] + [False] * 3

@@ -98,6 +98,14 @@ def test_a_colour_word_finds_that_colour(index: SearchIndex, colour: str) -> Non
     assert [r.score for r in results] == sorted((r.score for r in results), reverse=True)
 
 
+def test_a_text_query_names_the_words_the_fixture_never_learnt(index: SearchIndex, caplog: pytest.LogCaptureFixture) -> None:
+    index.search(text="turquoise", property="colour", k=3)
+    assert "the text query uses words the CLIP never learnt ('turquoise')" in caplog.text
+    caplog.clear()
+    index.search(text="red", property="colour", k=3)
+    assert "never learnt" not in caplog.text
+
+
 def test_text_queries_use_the_property_templates_and_index(index: SearchIndex, clip: LoadedModel, built: Path) -> None:
     """Independent path: prompt embeddings averaged by hand, brute force over the stored vectors."""
     templates = IndexStore(built / "index").read_manifest().properties["colour"].templates

@@ -1,0 +1,179 @@
+"""Query cost from a shell, and large / filtered result sets on a 1M-vector index.
+
+    .venv/bin/python benchmarks/cli_query.py [--runs 5] [--size 1000000] [--dim 512]
+
+1. **Cold queries from the shell** on the demo's world index (the fixture CLIP, identity-aligned,
+   1000 renders; built once by ``compsearch demo --model fixture``'s own code): a fresh
+   ``compsearch search`` process per query — by id, by text, by a reference image — wall time
+   and peak memory (the process's max RSS), median of ``--runs``; the same queries warm (one
+   ``SearchIndex``, models loaded); and through a running server (``compsearch search
+   http://…``: the command's wall time, and the server's own time for the query). Targets
+   (issue 17): id ≤ 0.5 s, text ≤ 1 s, image ≤ 2 s cold; ≤ 50 ms through a server.
+2. **Many results and filters at scale**: an index directory of ``--size`` synthetic unit
+   vectors (Gaussian, ``--dim``; written as real shards and a real Flat FAISS index through the
+   indexer's finish stage), queried through ``SearchIndex``: k = 10,000 (target < 1 s), and
+   filtered queries at selectivities from 1e-5 to 1, each by the exact scan of the selected
+   vectors and by FAISS's ``IDSelector`` — the figures behind ``search.filtered.EXACT_SCAN_MAX``.
+
+rclip is not run beside it: it needs the same CLIP weights exported to ONNX, and no CLIP
+weights can be fetched here. Writes its section of benchmarks/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from results_section import publish
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPSEARCH = [sys.executable, "-c", "from compsearch.search.cli import main; main()"]
+
+
+def cold(arguments: list[str], runs: int) -> tuple[float, float]:
+    """Median wall seconds and max RSS (MiB) of fresh ``compsearch`` processes."""
+    walls, peaks = [], []
+    for _ in range(runs):
+        started = time.perf_counter()
+        process = subprocess.Popen([*COMPSEARCH, *arguments], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(process.pid, 0)
+        walls.append(time.perf_counter() - started)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"compsearch {' '.join(arguments)} failed: {process.stderr.read().decode()}")
+        peaks.append(usage.ru_maxrss / 1024)
+    return statistics.median(walls), statistics.median(peaks)
+
+
+def warm(call, runs: int) -> float:
+    call()
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def demo_index(workdir: Path) -> Path:
+    from compsearch.search.demo import run_demo
+
+    return Path(run_demo(workdir, progress=False, say=lambda _: None, model_choice="fixture").index_dir)
+
+
+def shell_queries(workdir: Path, runs: int) -> list[str]:
+    from compsearch.search.index import SearchIndex
+    from compsearch.search.remote import search_remote
+    from compsearch.search.server.app import create_app
+    from compsearch.search.server.run import bind, url
+
+    index_dir = demo_index(workdir)
+    image = next((workdir / "world-96" / "test").glob("*.png"), None) or next(workdir.rglob("*.png"))
+    queries = {
+        "id": (["--id", "3", "-p", "colour"], dict(id=3, property="colour")),
+        "text": (["--text", "red", "-p", "colour"], dict(text="red", property="colour")),
+        "image": (["--image", str(image), "-p", "colour"], dict(image=image, property="colour")),
+    }
+    index = SearchIndex(index_dir)
+    import uvicorn
+
+    sock = bind("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(create_app(index_dir), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    address = url(sock)
+    lines = ["| query | cold wall (s) | cold peak RSS (MiB) | warm in-process (ms) | via server: command wall (s) | via server: HTTP round trip (ms) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    try:
+        for kind, (arguments, python) in queries.items():
+            wall, peak = cold(["search", str(index_dir), *arguments, "-k", "10"], runs)
+            in_process = warm(lambda: index.search(k=10, **python), runs)
+            remote_wall, _ = cold(["search", address, *arguments, "-k", "10"], runs)
+            served = warm(lambda: search_remote(address, k=10, **python), runs)  # HTTP round trip, no process start
+            lines.append(f"| {kind} | {wall:.2f} | {peak:.0f} | {in_process * 1e3:.1f} | {remote_wall:.2f} | "
+                         f"{served * 1e3:.1f} |")
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    return lines
+
+
+def synthetic_index(folder: Path, size: int, dim: int, chunk: int = 100_000) -> None:
+    """``size`` unit vectors as real shards (ids, keys, a ``group`` column 0..999 for filters)
+    and a Flat index, built by the indexer's finish stage."""
+    from compsearch.indexer.finish import finish
+    from compsearch.indexer.manifest import Manifest, Provenance
+    from compsearch.indexer.settings import IndexSettings
+    from compsearch.indexer.store import ChunkRows, IndexStore
+    from compsearch.mapping.identity import EncoderIdentity
+
+    store = IndexStore(folder)
+    generator = np.random.default_rng(0)
+    for number, start in enumerate(range(0, size, chunk)):
+        ids = np.arange(start, min(size, start + chunk))
+        vectors = generator.standard_normal((len(ids), dim), dtype=np.float32)
+        rows = [{"id": int(i), "key": f"{i:08d}.jpg", "path": None, "sha256": f"{i:064x}", "width": 1, "height": 1,
+                 "group": int(i % 1000)} for i in ids]
+        store.write_chunk(ChunkRows(0, number, rows, {"full": vectors}, [], []))
+    identity = EncoderIdentity("synthetic", "random-init", "blocks.0", "model", None, None, None, "fp32")
+    manifest = Manifest.new(identity, Provenance(), "benchmark", "now")
+    finish(store, manifest, SimpleNamespace(names=["full"], space="model"), IndexSettings(index="Flat", progress=False))
+
+
+def at_scale(size: int, dim: int, runs: int) -> list[str]:
+    import compsearch.search.filtered as filtered
+    from compsearch.search.index import SearchIndex
+
+    lines = []
+    with tempfile.TemporaryDirectory() as folder:
+        started = time.perf_counter()
+        synthetic_index(Path(folder), size, dim)
+        built = time.perf_counter() - started
+        index = SearchIndex(folder)
+        query = dict(id=12345)
+        k10000 = warm(lambda: index.search(k=10_000, **query), runs)
+        page = warm(lambda: index.search(k=10_000, offset=20_000, **query), runs)
+        lines += [f"{size:,} × {dim} vectors (Flat; shards + index built in {built:.0f} s): "
+                  f"k = 10,000 in {k10000 * 1e3:.0f} ms; the page at offset 20,000 in {page * 1e3:.0f} ms "
+                  f"(median of {runs}, through SearchIndex: query vector, FAISS, rows of 10,000 results).", "",
+                  "| selected | where | exact scan (ms) | FAISS IDSelector (ms) |", "|---:|---|---:|---:|"]
+        for where, selected in (("id == 777", 1), ("group == 7 and id < 100000", size // 10_000),
+                                ("group == 7", size // 1000), ("group < 20", size // 50),
+                                ("group < 100", size // 10), ("group < 500", size // 2), ("id >= 0", size)):
+            timings = []
+            for limit in (size + 1, 0):  # everything by the exact scan, then everything through FAISS
+                filtered.EXACT_SCAN_MAX = limit
+                timings.append(warm(lambda: index.search(k=10, where=where, **query), runs))
+            lines.append(f"| {selected:,} | `{where}` | {timings[0] * 1e3:.0f} | {timings[1] * 1e3:.0f} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--size", type=int, default=1_000_000)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "compsearch-cli-query")
+    options = parser.parse_args()
+    load = os.getloadavg()[0]
+    lines = ["## Queries from the shell, many results, filters (issue 17)", "",
+             f"`.venv/bin/python benchmarks/cli_query.py --runs {options.runs} --size {options.size} "
+             f"--dim {options.dim}`; {os.cpu_count()} cores, load average {load:.2f} at the start.", ""]
+    lines += shell_queries(options.workdir, options.runs)
+    lines += [""] + at_scale(options.size, options.dim, options.runs)
+    lines += ["", f"Load average at the end: {os.getloadavg()[0]:.2f}."]
+    publish("cli-query", lines)
+
+
+if __name__ == "__main__":
+    main()
