@@ -15,21 +15,11 @@ from compsearch.mapping.decompose.families.openclip_vit import OpenClipViTAdapte
 from compsearch.mapping.errors import CompsearchError
 from compsearch.mapping.models import RANDOM_INIT, LoadedModel
 from tests.mapping.decompose.exactness import TOLERANCE, assert_exact, relative_error
-from tests.mapping.decompose.tiny_models import CASES, TinyCase
+from tests.mapping.decompose.tiny_models import CASES, FIRST_BLOCKS, TinyCase
 
-FIRST_BLOCKS = [None, "all"]  # the family's default range, and every block
 COMPONENT = re.compile(r"(?P<owner>.+)\.(?:attn\.h(?P<head>\d+)|mlp|conv)")
 
 
-@pytest.fixture(scope="module", params=CASES, ids=[case.id for case in CASES])
-def case(request: pytest.FixtureRequest) -> TinyCase:
-    return request.param
-
-
-@pytest.fixture(scope="module")
-def model(case: TinyCase) -> nn.Module:
-    """The case's model, shared by the tests that leave it as they found it."""
-    return case.model()
 
 
 def test_every_registered_adapter_has_a_tiny_model() -> None:

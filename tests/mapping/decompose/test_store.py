@@ -12,19 +12,10 @@ from torch import nn
 from compsearch.mapping.decompose import Decomposition, StoredComponents, decompose, expand, store_rows
 from compsearch.mapping.decompose.store import FP16_RELATIVE_ERROR, SCALAR, StoredArray
 from compsearch.mapping.errors import CompsearchError
-from tests.mapping.decompose.tiny_models import CASES, TinyCase, tiny_clip, tiny_vit
-
-FIRST_BLOCKS = [None, "all"]  # the family's default range, and every block
+from tests.mapping.decompose.tiny_models import FIRST_BLOCKS, TinyCase, tiny_clip, tiny_vit
 
 
-@pytest.fixture(scope="module", params=CASES, ids=[case.id for case in CASES])
-def case(request: pytest.FixtureRequest) -> TinyCase:
-    return request.param
 
-
-@pytest.fixture(scope="module")
-def model(case: TinyCase) -> nn.Module:
-    return case.model()
 
 
 @pytest.fixture(scope="module", params=FIRST_BLOCKS, ids=["default-range", "all-blocks"])

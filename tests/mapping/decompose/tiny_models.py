@@ -171,3 +171,5 @@ CASES = [
     TinyCase("fixture-clip-architecture", OpenClipViTAdapter, fixture_clip_architecture,
              model_config()["vision_cfg"]["image_size"], clip_image_embedding),
 ]
+
+FIRST_BLOCKS = [None, "all"]  # the family's default range, and every block
