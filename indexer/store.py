@@ -27,16 +27,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from compsearch.mapping.images.file_facts import FACT_TYPES
 from compsearch.indexer.manifest import MANIFEST, Manifest, read_manifest, write_manifest
 from compsearch.mapping.chunk_store import ChunkStore, read_file, write_atomically
+
+if TYPE_CHECKING:  # pyarrow.dataset imports pandas (~0.2 s): only what scans the shards pays for it
+    import pyarrow.dataset as ds
 
 SHARDS, SKIPPED, DUPLICATES, STORE, VECTORS = "shards", "skipped", "duplicates", "store", "vectors"
 VECTOR_PREFIX = "vector."
@@ -61,6 +63,22 @@ def vectors_to_arrow(vectors: np.ndarray) -> pa.FixedSizeListArray:
     """(rows, dim) float array → a fixed-size-list column of float16."""
     flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float16).reshape(-1), type=pa.float16())
     return pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
+
+
+# On pyarrow 26, converting between NumPy and Arrow (``pa.array(ndarray)``, ``Array.to_numpy``)
+# imports pandas, ~0.2 s: the two conversions a query by id needs go through buffers instead.
+def take_rows(table: pa.Table, positions: np.ndarray) -> pa.Table:
+    """``table.take(positions)``, the indices handed over as an Arrow buffer."""
+    positions = np.ascontiguousarray(positions, dtype=np.int64)
+    return table.take(pa.Array.from_buffers(pa.int64(), len(positions), [None, pa.py_buffer(positions)]))
+
+
+def ids_to_numpy(column: pa.ChunkedArray) -> np.ndarray:
+    """An int64 column without nulls (ids) as a NumPy array, read from its data buffer."""
+    array = column.combine_chunks()
+    if array.type != pa.int64() or array.null_count:
+        raise ValueError(f"ids must be int64 without nulls, not {array.type} with {array.null_count} nulls")
+    return np.frombuffer(array.buffers()[1], dtype=np.int64, count=len(array), offset=array.offset * 8)
 
 
 def arrow_to_vectors(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -171,22 +189,39 @@ class IndexStore:
         """A part's schema: reading its footer is where a damaged part shows."""
         return read_file(path, pq.read_schema, REBUILD)
 
+    def _schemas(self, kind: str) -> dict[Path, pa.Schema]:
+        return {path: self._schema(path) for path in self.parts(kind).parts()}
+
+    @staticmethod
+    def _unified(schemas: dict[Path, pa.Schema]) -> pa.Schema:
+        """Shards may differ in schema (a metadata column all null in one of them): unify."""
+        return pa.unify_schemas(list(schemas.values()), promote_options="permissive")
+
     def dataset(self, kind: str = SHARDS) -> ds.Dataset | None:
-        parts = self.parts(kind).parts()
-        if not parts:
+        import pyarrow.dataset as ds
+
+        schemas = self._schemas(kind)
+        if not schemas:
             return None
-        # Shards may differ in schema (a metadata column all null in one of them): unify.
-        schema = pa.unify_schemas([self._schema(p) for p in parts], promote_options="permissive")
-        return ds.dataset([str(p) for p in parts], format="parquet", schema=schema)
+        return ds.dataset([str(p) for p in schemas], format="parquet", schema=self._unified(schemas))
 
     def read_table(self, kind: str = SHARDS, columns: list[str] | None = None) -> pa.Table:
-        """A whole table (images without vectors by default for shards; skipped; duplicates)."""
-        dataset = self.dataset(kind)
-        if dataset is None:
-            return pa.table({})
-        if columns is None and kind == SHARDS:
-            columns = [name for name in dataset.schema.names if not name.startswith(VECTOR_PREFIX)]
-        return dataset.to_table(columns=columns)
+        """A whole table (images without vectors by default for shards; skipped; duplicates),
+        read part by part without pyarrow.dataset, which imports pandas: a query by id from the
+        shell stays quick."""
+        schemas = self._schemas(kind)
+        if not schemas:
+            return pa.schema([]).empty_table()
+        schema = self._unified(schemas)
+        if columns is None:
+            columns = [name for name in schema.names if not (kind == SHARDS and name.startswith(VECTOR_PREFIX))]
+        tables = []
+        for path, part_schema in schemas.items():
+            present = [name for name in columns if name in part_schema.names]
+            tables.append(read_file(path, lambda part: pq.ParquetFile(part).read(columns=present), REBUILD))
+        table = pa.concat_tables(tables, promote_options="permissive")  # a column a part lacks: nulls
+        table, unified = table.select(columns), pa.schema([schema.field(name) for name in columns])
+        return table if table.schema == unified else table.cast(unified)  # cast imports pyarrow.compute
 
     def vectors_kind(self, name: str) -> str:
         """Where ``name``'s vectors are: its own parts when built from the store, else the shards."""

@@ -33,13 +33,14 @@ from compsearch.mapping.names import FULL
 from compsearch.search.combine import Ranked, SearchFunction, WeightedVector, combined_top_k
 from compsearch.search.errors import NoTextEncoderError, QueryError, UnknownPropertyError
 from compsearch.search.filtered import Selection, search_selected
-from compsearch.search.filters import selected_ids
-from compsearch.search.query import ImageInput, Query, Term, check_k, check_offset, check_threshold, term_labels
+from compsearch.search.query import Query, Term, check_k, check_offset, check_threshold, term_labels
 from compsearch.search.results import Result, SearchResults
 from compsearch.search.stored import StoredRows, keeps_exact_vectors, split_record
 
 if TYPE_CHECKING:  # the model side loads on the first query that needs it: an id query never does
     import PIL.Image
+
+    from compsearch.search.query import ImageInput
 
     from compsearch.mapping.encoder import PropertyEncoder
     from compsearch.mapping.models import LoadedModel
@@ -245,7 +246,7 @@ class SearchIndex:
         check_offset(offset, k)
         check_threshold(threshold)
         depth = k + offset
-        selection = None if where is None else Selection(selected_ids(self.rows.table, where))
+        selection = None if where is None else Selection(self._selected_ids(where))
         plans = [query.all_terms() for query in queries]
         flat = [term for terms in plans for term in terms]
         for term in flat:
@@ -273,6 +274,11 @@ class SearchIndex:
         for result in results:
             result.seconds = dict(seconds)
         return results
+
+    def _selected_ids(self, where: str) -> np.ndarray:
+        from compsearch.search.filters import selected_ids  # pyarrow.compute: only filtered queries pay for it
+
+        return selected_ids(self.rows.table, where)
 
     def _faiss_search(self, name: str, queries: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
         return self._index(name).search(np.ascontiguousarray(queries, dtype=np.float32), depth)

@@ -379,11 +379,12 @@ def test_cli_formats_and_copy_to(built: Path, index: SearchIndex, monkeypatch, c
 
 
 def test_an_id_query_imports_no_model_library(built: Path) -> None:
-    """What keeps `compsearch search DIR --id N` fast from a cold shell: no torch, timm or open_clip."""
+    """What keeps `compsearch search DIR --id N` fast from a cold shell: no torch, timm or open_clip,
+    and no pandas (which pyarrow.dataset and NumPy↔Arrow conversions import: ~0.2 s)."""
     code = ("import sys; from compsearch.search.cli import main; sys.argv = ['compsearch', 'search', sys.argv[1], "
             "'--id', '3', '-k', '2', '--format', 'paths']\n"
             "try:\n    main()\nexcept SystemExit as done:\n    assert not done.code, done.code\n"
-            "heavy = [m for m in ('torch', 'timm', 'open_clip', 'torchvision') if m in sys.modules]\n"
+            "heavy = [m for m in ('torch', 'timm', 'open_clip', 'torchvision', 'pandas') if m in sys.modules]\n"
             "assert not heavy, heavy")
     answer = __import__("subprocess").run([__import__("sys").executable, "-c", code, str(built / "index")],
                                           capture_output=True, text=True)
