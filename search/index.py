@@ -1,7 +1,9 @@
 """An index directory opened for queries: ``search.open_index(DIR)`` → :class:`SearchIndex`.
 
 Text terms are embedded by the CLIP the index's aligner maps into, with the property's
-prompt templates (only that CLIP is loaded for them, not the image model); image terms are
+prompt templates: by its text tower exported to ONNX beside the index (``text-tower.onnx``,
+:mod:`mapping.onnx_text`; no torch, no image model), or where there is none yet, by the CLIP
+itself, which then writes the tower for the next query; image terms are
 decomposed by the encoder rebuilt from the manifest, around the weights file it records
 (same model, weights, first block, aligner and components — anything else is refused);
 id terms take the indexed image's stored vector. One term is answered by its property's
@@ -29,6 +31,7 @@ from compsearch.indexer.faiss_tuning import set_search_parameters
 from compsearch.indexer.integrity import Damage, DamagedIndexError, cheap_check, check_count
 from compsearch.indexer.store import IndexStore
 from compsearch.mapping.chunk_store import read_file
+from compsearch.mapping.identity import RANDOM_INIT
 from compsearch.mapping.names import FULL
 from compsearch.search.combine import Ranked, SearchFunction, WeightedVector, combined_top_k
 from compsearch.search.errors import NoTextEncoderError, QueryError, UnknownPropertyError
@@ -43,6 +46,7 @@ if TYPE_CHECKING:  # the model side loads on the first query that needs it: an i
     from compsearch.search.query import ImageInput
 
     from compsearch.mapping.encoder import PropertyEncoder
+    from compsearch.mapping.properties.prompts import TextEncoder
     from compsearch.mapping.models import LoadedModel
 
 IMAGE_BATCH = 32  # reference images decomposed per forward pass
@@ -96,6 +100,7 @@ class SearchIndex:
         self._rows: StoredRows | None = None
         self._encoder: PropertyEncoder | None = None
         self._text_model: LoadedModel | None = None
+        self._text_encoder: TextEncoder | None = None
 
     # -- what the index holds ------------------------------------------------------------------
     @property
@@ -155,6 +160,27 @@ class SearchIndex:
         """The CLIP that text terms are embedded by (the image model itself when it is that CLIP)."""
         return self._once("_text_model", self._load_text_model)
 
+    @property
+    def text_encoder(self) -> TextEncoder:
+        """What embeds text terms: the ONNX text tower beside the index when it is this index's
+        CLIP's, else the CLIP itself (see the module docstring). Models given to the index are
+        used as given."""
+        return self._once("_text_encoder", self._open_text_encoder)
+
+    def _open_text_encoder(self) -> TextEncoder:
+        from compsearch.mapping.onnx_text.tower import open_text_tower
+
+        recorded = self.manifest.encoder
+        exportable = self._given_clip is None and self._given_model is None and recorded.clip_weights_id != RANDOM_INIT
+        tower = open_text_tower(self.folder, recorded.clip_name, recorded.clip_weights_id) if exportable else None
+        if tower is not None:
+            return tower.encode_text
+        if exportable:
+            from compsearch.mapping.onnx_text.export import save_text_tower
+
+            save_text_tower(self.text_model, self.folder)
+        return self.text_model.encode_text
+
     def _clip_is_the_model(self) -> bool:
         recorded = self.manifest.encoder
         return (recorded.clip_name, recorded.clip_weights_id) == (recorded.model_name, recorded.model_weights_id)
@@ -187,7 +213,7 @@ class SearchIndex:
 
     def _load(self, name: str, recorded_weights: str, weights: str | Path | None) -> LoadedModel:
         from compsearch.indexer.artifacts import IndexMismatchError, find_artifact
-        from compsearch.mapping.models import RANDOM_INIT, load_model
+        from compsearch.mapping.models import load_model
 
         if recorded_weights == RANDOM_INIT:
             raise IndexMismatchError(
@@ -339,11 +365,11 @@ class SearchIndex:
         return [np.ascontiguousarray(vector, dtype=np.float32) for vector in vectors]
 
     def _text_vectors(self, name: str, texts: list[str]) -> np.ndarray:
-        from compsearch.mapping.encoder import embed_texts
         from compsearch.mapping.properties.known_words import warn_unknown_words
+        from compsearch.mapping.properties.prompts import embed_texts
 
-        warn_unknown_words(self.text_model.name, texts, "the text query")
-        return embed_texts(self.text_model, texts, self._templates(name)).numpy()
+        warn_unknown_words(self.manifest.encoder.clip_name, texts, "the text query")
+        return embed_texts(self.text_encoder, texts, self._templates(name))
 
     def _image_vectors(self, terms: list[Term], images: list[int]) -> dict[int, np.ndarray]:
         """The query vector of each image term (by position in ``terms``)."""
@@ -369,7 +395,7 @@ class SearchIndex:
         return vectors
 
     def _templates(self, name: str) -> list[str]:
-        from compsearch.indexer.artifacts import templates_for
+        from compsearch.mapping.properties.vocabulary import templates_for
 
         entry = self.manifest.properties.get(name)
         return list(entry.templates if entry is not None and entry.templates else templates_for(name))

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import onnx
 import PIL.Image
 import pytest
 import torch
@@ -21,6 +22,7 @@ from compsearch.indexer.world import get_split, write_split
 from compsearch.mapping.align import load_aligner, save_aligner
 from compsearch.mapping.align.run import identity_aligner
 from compsearch.mapping.models import LoadedModel, load_model
+from compsearch.mapping.onnx_text.tower import TEXT_TOWER, OnnxTextTower, open_text_tower
 from compsearch.mapping.properties.vocabulary import default_templates
 from compsearch.mapping.rank import PropertyRanking, Ranking
 from compsearch.search import Term
@@ -390,3 +392,55 @@ def test_an_id_query_imports_no_model_library(built: Path) -> None:
                                           capture_output=True, text=True)
     assert answer.returncode == 0, answer.stderr
     assert answer.stdout.splitlines()[0] == str(_path(built, 3))
+
+
+def test_text_queries_through_the_onnx_tower_equal_those_through_the_clip(built: Path, clip: LoadedModel) -> None:
+    """The first text query embeds with the CLIP and writes its text tower beside the index;
+    the next index opened answers through the tower, with the same results."""
+    folder = shutil.copytree(built / "index", built / "onnx-index")
+    (folder / TEXT_TOWER).unlink(missing_ok=True)
+    queries = [dict(text="red", property="colour"), dict(text="a dotted thing", property="pattern"),
+               dict(terms=[Term("colour", text="blue"), Term("pattern", text="striped", weight=-0.5)])]
+    first = search.open_index(folder)
+    through_clip = [first.search(k=8, **query).results for query in queries]
+    assert (folder / TEXT_TOWER).is_file()
+    tower = search.open_index(folder)
+    assert isinstance(tower.text_encoder.__self__, OnnxTextTower) and tower._text_model is None
+    for query, expected in zip(queries, through_clip):
+        results = tower.search(k=8, **query).results
+        assert [r.id for r in results] == [r.id for r in expected]
+        np.testing.assert_allclose([r.score for r in results], [r.score for r in expected], atol=1e-5)
+    given = search.open_index(folder, clip=clip)  # a CLIP handed over is used as it is
+    assert given.text_encoder == given.text_model.encode_text
+
+
+def test_a_text_query_from_the_shell_imports_no_torch(built: Path) -> None:
+    """With the text tower beside the index, `compsearch search DIR --text …` needs no torch."""
+    search.open_index(built / "index").search(text="red", k=1)  # writes the tower if no test did yet
+    code = ("import sys; from compsearch.search.cli import main; sys.argv = ['compsearch', 'search', sys.argv[1], "
+            "'--text', 'red', '-p', 'colour', '-k', '3', '--format', 'jsonl']\n"
+            "try:\n    main()\nexcept SystemExit as done:\n    assert not done.code, done.code\n"
+            "heavy = [m for m in ('torch', 'timm', 'open_clip', 'torchvision', 'pandas') if m in sys.modules]\n"
+            "assert not heavy, heavy")
+    answer = __import__("subprocess").run([__import__("sys").executable, "-c", code, str(built / "index")],
+                                          capture_output=True, text=True)
+    assert answer.returncode == 0, answer.stderr
+    expected = search.open_index(built / "index").search(text="red", property="colour", k=3).results
+    assert [json.loads(line)["id"] for line in answer.stdout.splitlines()] == [r.id for r in expected]
+
+
+def test_a_tower_for_another_clip_is_replaced(built: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A stale tower (here: one claiming other weights) is not run: the CLIP answers, with a
+    warning, and writes the right tower in its place."""
+    folder = shutil.copytree(built / "index", built / "stale-index")
+    search.open_index(folder).search(text="red", k=1)
+    model = onnx.load(str(folder / TEXT_TOWER))
+    onnx.helper.set_model_props(model, {**dict((p.key, p.value) for p in model.metadata_props),
+                                        "clip_weights_id": "0123456789abcdef"})
+    onnx.save(model, str(folder / TEXT_TOWER))
+    expected = search.open_index(built / "index").search(text="green", k=5).results
+    stale = search.open_index(folder)
+    results = stale.search(text="green", k=5).results
+    assert "weights 0123456789abcdef" in caplog.text and stale._text_model is not None
+    assert [r.id for r in results] == [r.id for r in expected]
+    assert open_text_tower(folder, stale.manifest.encoder.clip_name, stale.manifest.encoder.clip_weights_id) is not None

@@ -1,0 +1,95 @@
+"""The CLIP byte-pair tokenizer without torch: open_clip's ``SimpleTokenizer`` (clean
+``lower``, no reduction) reimplemented over open_clip's own vocabulary file, found without
+importing open_clip (whose tokenizer module imports torch). Token ids equal open_clip's,
+checked by the tests on a varied corpus."""
+from __future__ import annotations
+
+import gzip
+import html
+import importlib.util
+from functools import cache
+from pathlib import Path
+
+import ftfy
+import numpy as np
+import regex
+
+from compsearch.mapping.errors import CompsearchError
+
+VOCABULARY = "bpe_simple_vocab_16e6.txt.gz"
+MERGES = 49152 - 256 - 2  # the merges CLIP's vocabulary uses, after the 256 bytes (×2) and 2 specials
+START, END = "<start_of_text>", "<end_of_text>"
+
+
+def vocabulary_file() -> Path:
+    """open_clip's bundled BPE file, located from the package's spec (nothing imported)."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise CompsearchError("open_clip is not installed: the CLIP vocabulary is missing",
+                              "install compsearch's dependencies (pip install -e .)")
+    return Path(next(iter(spec.submodule_search_locations))) / VOCABULARY
+
+
+@cache
+def byte_symbols() -> dict[int, str]:
+    """Each byte as a printable character (CLIP's reversible byte → unicode table): printable
+    Latin-1 bytes stand for themselves, the others for characters from U+0100 on."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [byte for byte in range(256) if byte not in printable]
+    return {**{byte: chr(byte) for byte in printable}, **{byte: chr(256 + n) for n, byte in enumerate(others)}}
+
+
+class ClipTokenizer:
+    """Texts → ``(n, context_length)`` int64 token ids, as open_clip's tokenizer gives them."""
+
+    def __init__(self, context_length: int, vocabulary: Path | None = None) -> None:
+        self.context_length = context_length
+        lines = gzip.open(vocabulary or vocabulary_file()).read().decode("utf-8").split("\n")
+        merges = [tuple(line.split()) for line in lines[1:MERGES + 1]]
+        symbols = list(byte_symbols().values())
+        words = [*symbols, *(symbol + "</w>" for symbol in symbols), *("".join(merge) for merge in merges), START, END]
+        self.ids = {word: i for i, word in enumerate(words)}
+        self.ranks = {merge: rank for rank, merge in enumerate(merges)}
+        self.start, self.end = self.ids[START], self.ids[END]
+        self.pattern = regex.compile(
+            rf"{START}|{END}|'s|'t|'re|'ve|'m|'ll|'d|[\p{{L}}]+|[\p{{N}}]|[^\s\p{{L}}\p{{N}}]+", regex.IGNORECASE)
+        self._pieces: dict[str, list[str]] = {START: [START], END: [END]}
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        tokens = np.zeros((len(texts), self.context_length), dtype=np.int64)
+        for row, text in enumerate(texts):
+            ids = [self.start, *self.encode(text), self.end]
+            if len(ids) > self.context_length:  # truncated, still ending in the end token
+                ids = [*ids[:self.context_length - 1], self.end]
+            tokens[row, :len(ids)] = ids
+        return tokens
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` (no start or end token)."""
+        cleaned = " ".join(html.unescape(html.unescape(ftfy.fix_text(text))).strip().split()).lower()
+        ids = []
+        for word in self.pattern.findall(cleaned):
+            ids += [self.ids[piece] for piece in self._bpe("".join(byte_symbols()[b] for b in word.encode("utf-8")))]
+        return ids
+
+    def _bpe(self, word: str) -> list[str]:
+        """``word``'s pieces: starting from its symbols (the last marked as the word's end), the
+        lowest-ranked adjacent pair is merged everywhere, until no known pair is left."""
+        if word in self._pieces:
+            return self._pieces[word]
+        pieces = [*word[:-1], word[-1] + "</w>"]
+        while len(pieces) > 1:
+            pair = min(zip(pieces, pieces[1:]), key=lambda pair: self.ranks.get(pair, MERGES))
+            if pair not in self.ranks:
+                break
+            merged, i = [], 0
+            while i < len(pieces):
+                if pieces[i:i + 2] == list(pair):
+                    merged.append(pair[0] + pair[1])
+                    i += 2
+                else:
+                    merged.append(pieces[i])
+                    i += 1
+            pieces = merged
+        self._pieces[word] = pieces
+        return pieces
