@@ -1,17 +1,18 @@
 """An index directory opened for queries: ``search.open_index(DIR)`` → :class:`SearchIndex`.
 
 Text terms are embedded by the CLIP the index's aligner maps into, with the property's
-prompt templates: by its text tower exported to ONNX beside the index (``text-tower.onnx``,
-:mod:`mapping.onnx_text`; no torch, no image model), or where there is none yet, by the CLIP
-itself, which then writes the tower for the next query; image terms are
+prompt templates (only that CLIP, not the image model); image terms are
 decomposed by the encoder rebuilt from the manifest, around the weights file it records
 (same model, weights, first block, aligner and components — anything else is refused);
+both run as ONNX towers beside the index (``text-tower.onnx``, ``image-tower.onnx``;
+:mod:`mapping.onnx`: no torch), which the first query of each kind writes after answering
+with torch (a few seconds, once; models handed to the index are used as given);
 id terms take the indexed image's stored vector. One term is answered by its property's
 FAISS index directly; several are combined exactly (:mod:`search.combine`).
 
 Opening checks the files against the manifest's record (:mod:`indexer.integrity`: sizes and
 counts, no checksums), so damage is one error naming the file and its repair, not a wrong
-answer mid-query. Opened read-only: FAISS files memory-mapped where the index type allows, the models and
+answer mid-query. Opened read-only (the towers apart): FAISS files memory-mapped where the index type allows, the models and
 the rows table loaded on first use, once, under a lock, so one SearchIndex can serve
 queries from several threads.
 """
@@ -50,6 +51,7 @@ if TYPE_CHECKING:  # the model side loads on the first query that needs it: an i
     from compsearch.mapping.models import LoadedModel
 
 IMAGE_BATCH = 32  # reference images decomposed per forward pass
+ImageEncoder = Callable[[list["PIL.Image.Image"]], dict[str, np.ndarray]]  # images -> {name: (n, d) normalised}
 T = TypeVar("T")
 
 
@@ -101,6 +103,7 @@ class SearchIndex:
         self._encoder: PropertyEncoder | None = None
         self._text_model: LoadedModel | None = None
         self._text_encoder: TextEncoder | None = None
+        self._image_encoder: ImageEncoder | None = None
 
     # -- what the index holds ------------------------------------------------------------------
     @property
@@ -163,23 +166,55 @@ class SearchIndex:
     @property
     def text_encoder(self) -> TextEncoder:
         """What embeds text terms: the ONNX text tower beside the index when it is this index's
-        CLIP's, else the CLIP itself (see the module docstring). Models given to the index are
-        used as given."""
+        CLIP's, else the CLIP itself (see the module docstring)."""
         return self._once("_text_encoder", self._open_text_encoder)
 
+    @property
+    def image_encoder(self) -> ImageEncoder:
+        """What maps reference images to every name's normalised vector: the ONNX image tower
+        beside the index when it is this index's encoder's, else the encoder itself."""
+        return self._once("_image_encoder", self._open_image_encoder)
+
+    def _runs_towers(self, weights_id: str | None) -> bool:
+        """Whether queries may run (and write) towers: not with models handed to the index (those
+        are used as given), nor for random weights (nothing can make those vectors again)."""
+        return self._given_clip is None and self._given_model is None and weights_id != RANDOM_INIT
+
     def _open_text_encoder(self) -> TextEncoder:
-        from compsearch.mapping.onnx_text.tower import open_text_tower
+        from compsearch.mapping.onnx.text import open_text_tower
 
         recorded = self.manifest.encoder
-        exportable = self._given_clip is None and self._given_model is None and recorded.clip_weights_id != RANDOM_INIT
-        tower = open_text_tower(self.folder, recorded.clip_name, recorded.clip_weights_id) if exportable else None
+        if not self._runs_towers(recorded.clip_weights_id):
+            return self.text_model.encode_text
+        tower = open_text_tower(self.folder, recorded.clip_name, recorded.clip_weights_id)
         if tower is not None:
             return tower.encode_text
-        if exportable:
-            from compsearch.mapping.onnx_text.export import save_text_tower
+        from compsearch.mapping.onnx.export import save_text_tower
 
-            save_text_tower(self.text_model, self.folder)
+        save_text_tower(self.text_model, self.folder)
         return self.text_model.encode_text
+
+    def _open_image_encoder(self) -> ImageEncoder:
+        from compsearch.mapping.onnx.image import open_image_tower
+
+        recorded = self.manifest.encoder
+        if not self._runs_towers(recorded.model_weights_id):
+            return self._torch_image_vectors
+        tower = open_image_tower(self.folder, recorded)
+        if tower is not None:
+            return tower.encode_images
+        from compsearch.mapping.onnx.export import save_image_tower
+
+        save_image_tower(self.encoder, recorded, self.folder)
+        return self._torch_image_vectors
+
+    def _torch_image_vectors(self, pictures: list[PIL.Image.Image]) -> dict[str, np.ndarray]:
+        import torch
+
+        encoder = self.encoder
+        pixels = torch.stack([encoder.model.preprocess(picture) for picture in pictures])
+        return {name: torch.nn.functional.normalize(vectors, dim=-1).numpy()
+                for name, vectors in encoder.encode(pixels).items()}
 
     def _clip_is_the_model(self) -> bool:
         recorded = self.manifest.encoder
@@ -373,8 +408,6 @@ class SearchIndex:
 
     def _image_vectors(self, terms: list[Term], images: list[int]) -> dict[int, np.ndarray]:
         """The query vector of each image term (by position in ``terms``)."""
-        import torch
-
         vectors = {}
         # One decomposition per distinct image gives every property's vector: terms naming the
         # same image (a path, or the very same object) share it.
@@ -386,12 +419,10 @@ class SearchIndex:
         for start in range(0, len(groups), IMAGE_BATCH):
             members = groups[start:start + IMAGE_BATCH]
             pictures = [_image(terms[group[0]].image) for group in members]  # all readable before the model runs
-            encoder = self.encoder
-            pixels = torch.stack([encoder.model.preprocess(picture) for picture in pictures])
-            encoded = encoder.encode(pixels)
+            encoded = self.image_encoder(pictures)
             for row, group in enumerate(members):
                 for i in group:
-                    vectors[i] = torch.nn.functional.normalize(encoded[terms[i].property_name][row], dim=0).numpy()
+                    vectors[i] = encoded[terms[i].property_name][row]
         return vectors
 
     def _templates(self, name: str) -> list[str]:

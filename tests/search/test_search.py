@@ -22,7 +22,9 @@ from compsearch.indexer.world import get_split, write_split
 from compsearch.mapping.align import load_aligner, save_aligner
 from compsearch.mapping.align.run import identity_aligner
 from compsearch.mapping.models import LoadedModel, load_model
-from compsearch.mapping.onnx_text.tower import TEXT_TOWER, OnnxTextTower, open_text_tower
+from compsearch.mapping.onnx.image import OnnxImageTower
+from compsearch.mapping.onnx.text import OnnxTextTower
+from compsearch.mapping.onnx.towers import FORMAT_KEY, IMAGE_TOWER, TEXT_TOWER
 from compsearch.mapping.properties.vocabulary import default_templates
 from compsearch.mapping.rank import PropertyRanking, Ranking
 from compsearch.search import Term
@@ -221,10 +223,15 @@ def test_other_weights_and_a_changed_aligner_are_refused(built: Path, clip: Load
     with pytest.raises(IndexMismatchError, match="embeds text with .*--clip-weights"):
         search.open_index(built / "index", model=clip, clip=other).search(text="red")
     copied = _copy(built, tmp_path)
+    (copied / IMAGE_TOWER).unlink(missing_ok=True)
     assert search.open_index(copied).search(image=_path(built, 1), k=1).results[0].id == 1  # the copy works
     aligner = load_aligner(tmp_path / "identity")
     aligner.bias = aligner.bias + 0.01
     save_aligner(aligner, tmp_path / "identity")
+    # The image tower, written (and checked against the aligner as it was) by the query above,
+    # still makes the index's own vectors; without it, torch rebuilds the encoder from the files.
+    assert search.open_index(copied).search(image=_path(built, 1), k=1).results[0].id == 1
+    (copied / IMAGE_TOWER).unlink()
     with pytest.raises(IndexMismatchError, match="has changed since"):
         search.open_index(copied).search(image=_path(built, 1))
     # the stored vectors were mapped by the aligner as it was; a text (CLIP only) and an id (no model) still fit them
@@ -394,53 +401,65 @@ def test_an_id_query_imports_no_model_library(built: Path) -> None:
     assert answer.stdout.splitlines()[0] == str(_path(built, 3))
 
 
-def test_text_queries_through_the_onnx_tower_equal_those_through_the_clip(built: Path, clip: LoadedModel) -> None:
-    """The first text query embeds with the CLIP and writes its text tower beside the index;
-    the next index opened answers through the tower, with the same results."""
+
+def test_queries_through_the_onnx_towers_equal_those_through_torch(built: Path, clip: LoadedModel) -> None:
+    """The first text and image queries answer with torch and write the towers beside the
+    index; the next index opened answers through them, with the same results."""
     folder = shutil.copytree(built / "index", built / "onnx-index")
-    (folder / TEXT_TOWER).unlink(missing_ok=True)
+    for tower in (TEXT_TOWER, IMAGE_TOWER):
+        (folder / tower).unlink(missing_ok=True)
+    image = _path(built, 11)
     queries = [dict(text="red", property="colour"), dict(text="a dotted thing", property="pattern"),
-               dict(terms=[Term("colour", text="blue"), Term("pattern", text="striped", weight=-0.5)])]
+               dict(terms=[Term("colour", text="blue"), Term("pattern", text="striped", weight=-0.5)]),
+               dict(image=image, property="colour"), dict(image=PIL.Image.open(image).convert("L")),
+               dict(terms=[Term("pattern", image=image), Term("colour", text="green", weight=0.5)])]
     first = search.open_index(folder)
-    through_clip = [first.search(k=8, **query).results for query in queries]
-    assert (folder / TEXT_TOWER).is_file()
-    tower = search.open_index(folder)
-    assert isinstance(tower.text_encoder.__self__, OnnxTextTower) and tower._text_model is None
-    for query, expected in zip(queries, through_clip):
-        results = tower.search(k=8, **query).results
+    through_torch = [first.search(k=8, **query).results for query in queries]
+    assert (folder / TEXT_TOWER).is_file() and (folder / IMAGE_TOWER).is_file()
+    towers = search.open_index(folder)
+    assert isinstance(towers.text_encoder.__self__, OnnxTextTower)
+    assert isinstance(towers.image_encoder.__self__, OnnxImageTower)
+    for query, expected in zip(queries, through_torch):
+        results = towers.search(k=8, **query).results
         assert [r.id for r in results] == [r.id for r in expected]
         np.testing.assert_allclose([r.score for r in results], [r.score for r in expected], atol=1e-5)
-    given = search.open_index(folder, clip=clip)  # a CLIP handed over is used as it is
-    assert given.text_encoder == given.text_model.encode_text
+    assert towers._text_model is None and towers._encoder is None  # no torch model was loaded
+    given = search.open_index(folder, clip=clip, model=clip)  # models handed over are used as they are
+    assert given.text_encoder == given.text_model.encode_text and given.image_encoder == given._torch_image_vectors
 
 
-def test_a_text_query_from_the_shell_imports_no_torch(built: Path) -> None:
-    """With the text tower beside the index, `compsearch search DIR --text …` needs no torch."""
-    search.open_index(built / "index").search(text="red", k=1)  # writes the tower if no test did yet
-    code = ("import sys; from compsearch.search.cli import main; sys.argv = ['compsearch', 'search', sys.argv[1], "
-            "'--text', 'red', '-p', 'colour', '-k', '3', '--format', 'jsonl']\n"
+@pytest.mark.parametrize("kind", ["text", "image"])
+def test_a_query_from_the_shell_imports_no_torch(built: Path, kind: str) -> None:
+    """With the towers beside the index, `compsearch search DIR --text/--image …` needs no torch."""
+    value = "red" if kind == "text" else str(_path(built, 5))
+    expected = search.open_index(built / "index").search(property="colour", k=3, **{kind: value}).results
+    assert (built / "index" / (TEXT_TOWER if kind == "text" else IMAGE_TOWER)).is_file()  # written by that query
+    code = ("import sys; from compsearch.search.cli import main; sys.argv = ['compsearch', 'search', *sys.argv[1:], "
+            "'-p', 'colour', '-k', '3', '--format', 'jsonl']\n"
             "try:\n    main()\nexcept SystemExit as done:\n    assert not done.code, done.code\n"
             "heavy = [m for m in ('torch', 'timm', 'open_clip', 'torchvision', 'pandas') if m in sys.modules]\n"
             "assert not heavy, heavy")
-    answer = __import__("subprocess").run([__import__("sys").executable, "-c", code, str(built / "index")],
-                                          capture_output=True, text=True)
+    answer = __import__("subprocess").run([__import__("sys").executable, "-c", code, str(built / "index"), f"--{kind}",
+                                           value], capture_output=True, text=True)
     assert answer.returncode == 0, answer.stderr
-    expected = search.open_index(built / "index").search(text="red", property="colour", k=3).results
     assert [json.loads(line)["id"] for line in answer.stdout.splitlines()] == [r.id for r in expected]
 
 
-def test_a_tower_for_another_clip_is_replaced(built: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """A stale tower (here: one claiming other weights) is not run: the CLIP answers, with a
+@pytest.mark.parametrize("tower", [TEXT_TOWER, IMAGE_TOWER])
+def test_a_tower_for_another_model_is_replaced(built: Path, tower: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A stale tower (here: one claiming another source) is not run: torch answers, with a
     warning, and writes the right tower in its place."""
-    folder = shutil.copytree(built / "index", built / "stale-index")
-    search.open_index(folder).search(text="red", k=1)
-    model = onnx.load(str(folder / TEXT_TOWER))
-    onnx.helper.set_model_props(model, {**dict((p.key, p.value) for p in model.metadata_props),
-                                        "clip_weights_id": "0123456789abcdef"})
-    onnx.save(model, str(folder / TEXT_TOWER))
-    expected = search.open_index(built / "index").search(text="green", k=5).results
+    folder = shutil.copytree(built / "index", built / f"stale-{tower}")
+    query = dict(text="green") if tower == TEXT_TOWER else dict(image=_path(built, 7), property="pattern")
+    search.open_index(folder).search(k=1, **query)
+    model = onnx.load(str(folder / tower))
+    onnx.helper.set_model_props(model, {p.key: p.value if p.key == FORMAT_KEY else "another" for p in model.metadata_props})
+    onnx.save(model, str(folder / tower))
+    expected = search.open_index(built / "index").search(k=5, **query).results
     stale = search.open_index(folder)
-    results = stale.search(text="green", k=5).results
-    assert "weights 0123456789abcdef" in caplog.text and stale._text_model is not None
+    results = stale.search(k=5, **query).results
+    assert f"{folder / tower} was exported for another" in caplog.text and "'another'" in caplog.text
     assert [r.id for r in results] == [r.id for r in expected]
-    assert open_text_tower(folder, stale.manifest.encoder.clip_name, stale.manifest.encoder.clip_weights_id) is not None
+    fresh = search.open_index(folder)
+    encoder = fresh.text_encoder if tower == TEXT_TOWER else fresh.image_encoder
+    assert isinstance(encoder.__self__, OnnxTextTower if tower == TEXT_TOWER else OnnxImageTower)

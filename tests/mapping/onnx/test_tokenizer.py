@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from open_clip.tokenizer import SimpleTokenizer
 
-from compsearch.mapping.onnx_text.tokenizer import ClipTokenizer
+from compsearch.mapping.onnx.tokenizer import ClipTokenizer
 
 CORPUS = [
     "a photo of a red circle", "Striped, plain & dotted!", "", "   ", "x",

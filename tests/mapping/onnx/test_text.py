@@ -10,8 +10,9 @@ import onnx
 import pytest
 
 from compsearch.mapping.models import LoadedModel, load_model
-from compsearch.mapping.onnx_text.export import save_text_tower
-from compsearch.mapping.onnx_text.tower import TEXT_TOWER, open_text_tower, tower_metadata
+from compsearch.mapping.onnx.export import save_text_tower
+from compsearch.mapping.onnx.text import open_text_tower
+from compsearch.mapping.onnx.towers import FORMAT_KEY, TEXT_TOWER
 
 TEXTS = ["red", "a blue striped square", "a photo of a green star on grass.", "turquoise?", "a " * 40, ""]
 
@@ -44,17 +45,18 @@ def test_no_tower_is_none(clip: LoadedModel, tmp_path: Path) -> None:
 def test_another_clips_tower_is_not_used(clip: LoadedModel, saved: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, "compsearch"):
         assert open_text_tower(saved, clip.name, "0123456789abcdef") is None
-    assert "is for" in caplog.text and "0123456789abcdef" in caplog.text and "written anew" in caplog.text
+    assert "exported for another clip_weights_id" in caplog.text and "'0123456789abcdef'" in caplog.text
+    assert "written anew" in caplog.text
 
 
 def test_a_tower_of_another_format_is_not_used(clip: LoadedModel, saved: Path, tmp_path: Path,
                                                caplog: pytest.LogCaptureFixture) -> None:
     model = onnx.load(str(saved / TEXT_TOWER))
-    onnx.helper.set_model_props(model, {**tower_metadata(clip.name, clip.weights_id, 16), "compsearch.text_tower": "0"})
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, FORMAT_KEY: "0"})
     onnx.save(model, str(tmp_path / TEXT_TOWER))
     with caplog.at_level(logging.WARNING, "compsearch"):
         assert open_text_tower(tmp_path, clip.name, clip.weights_id) is None
-    assert "tower format 0" in caplog.text
+    assert f"another {FORMAT_KEY}" in caplog.text
 
 
 def test_a_damaged_tower_is_not_used(clip: LoadedModel, saved: Path, tmp_path: Path,
@@ -63,4 +65,4 @@ def test_a_damaged_tower_is_not_used(clip: LoadedModel, saved: Path, tmp_path: P
     (tmp_path / TEXT_TOWER).write_bytes(data[:len(data) // 2])
     with caplog.at_level(logging.WARNING, "compsearch"):
         assert open_text_tower(tmp_path, clip.name, clip.weights_id) is None
-    assert "cannot read the text tower" in caplog.text and len(caplog.records) == 1
+    assert f"cannot read {tmp_path / TEXT_TOWER}" in caplog.text and len(caplog.records) == 1
