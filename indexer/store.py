@@ -15,6 +15,9 @@ DIR/store/part-RRR-CCCCCC.parquet       the chunk's component store, written bef
 DIR/vectors/<name>/part-RRR-CCCCCC.parquet
                              a property's vectors built later from the store (they stand
                              in for the shards' column of that name; indexer/component_store.py)
+DIR/text-tower.onnx, DIR/image-tower.onnx
+                             the query side's encoders without torch (mapping/onnx), written
+                             by the first text and image query
 ```
 
 Each folder of parts is a :class:`~mapping.chunk_store.ChunkStore`: a chunk's shard is
