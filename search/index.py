@@ -130,13 +130,16 @@ class SearchIndex:
         return self.rows.records([image_id])[0]
 
     def warm(self, models: bool = True) -> None:
-        """Load now what the first query would: rows, every FAISS index, the models (unless
-        ``models`` is False: id queries need none)."""
+        """Load now what the first query would: rows, every FAISS index, the text and image
+        encoders — towers, or models (unless ``models`` is False: id queries need none)."""
         self.rows  # noqa: B018 - loads
         for name in self.properties:
             self._index(name)
         if models:
-            self.encoder  # noqa: B018 - loads
+            if self.has_text:
+                self.text_encoder  # noqa: B018 - loads
+            if self.image_encoder == self._torch_image_vectors:
+                self.encoder  # noqa: B018 - loads
 
     # -- lazily loaded parts ---------------------------------------------------------------------
     def _once(self, attribute: str, build: Callable[[], T]) -> T:

@@ -18,7 +18,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import PIL.Image
 import pyarrow as pa
 
 FACT_TYPES = {
@@ -75,6 +74,8 @@ def exif_facts(data: bytes) -> dict[str, Any]:
     """The EXIF columns of an image file's bytes (nulls where absent or unreadable)."""
     facts: dict[str, Any] = dict.fromkeys(("taken", "camera_make", "camera_model", "lens", "focal_length", "iso",
                                            "gps_latitude", "gps_longitude", "orientation"))
+    import PIL.Image  # here: the index's column types (FACT_TYPES) are read by queries that open no image
+
     try:
         with PIL.Image.open(io.BytesIO(data)) as image:
             exif = image.getexif()
