@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import faiss
 import numpy as np
+import pyarrow.compute as pc
 
 from compsearch.indexer.faiss_choice import normalised
 from compsearch.indexer.store import (IDENTITY_COLUMNS, IndexStore, arrow_to_vectors, ids_to_numpy, take_rows,
@@ -72,8 +73,6 @@ class StoredRows:
         """The ids of the indexed files whose bytes hash to ``sha256`` (byte-identical files)."""
         if not self.table.num_rows or "sha256" not in self.table.column_names:
             return []
-        import pyarrow.compute as pc  # only uploads ask: a query by id from the shell does not load it
-
         return sorted(self.table.filter(pc.field("sha256") == sha256).column("id").to_pylist())
 
     def vectors(self, name: str, ids: np.ndarray | list[int]) -> np.ndarray:
