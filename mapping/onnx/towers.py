@@ -16,6 +16,7 @@ TEXT_TOWER, IMAGE_TOWER = "text-tower.onnx", "image-tower.onnx"  # in the index 
 FORMAT_KEY, FORMAT = "compsearch.tower", "1"
 TOLERANCE = 1e-4  # largest difference to the torch encoder a tower may show when written (typically ~1e-7)
 ANEW = "this query runs with torch instead, and the file is written anew"
+SHOWN = 80  # metadata values longer than this are named, not shown, in a warning
 
 
 def identity(**source: str) -> dict[str, str]:
@@ -45,7 +46,9 @@ def open_tower(path: Path, expected: dict[str, str]) -> tuple[Any, dict[str, str
     metadata = session.get_modelmeta().custom_metadata_map
     differing = [key for key, value in expected.items() if metadata.get(key) != value]
     if differing:
-        warn(f"{path} was exported for another {', '.join(differing)}: "
-             + "; ".join(f"{key} {metadata.get(key)!r}, not {expected[key]!r}" for key in differing), ANEW)
+        shown = [f"{key} {metadata.get(key)!r}, not {expected[key]!r}" for key in differing
+                 if len(expected[key]) <= SHOWN and len(metadata.get(key) or "") <= SHOWN]  # an encoder's is long
+        warn(f"{path} was exported for another {', '.join(differing)}{': ' + '; '.join(shown) if shown else ''} "
+             "(the index or its model changed since)", ANEW)
         return None
     return session, metadata
