@@ -7,18 +7,23 @@ import dataclasses
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import faiss
 import numpy as np
 import pytest
 
+import pyarrow.parquet as pq
+
 from compsearch.indexer.artifacts import encoder_for_build
 from compsearch.indexer.build import Indexer
-from compsearch.indexer.store import IndexStore
+from compsearch.indexer.integrity import full_check
+from compsearch.indexer.store import STORE, IndexStore
 from compsearch.mapping.errors import Interrupted
 from compsearch.mapping.images import sources
 from compsearch.search.errors import UnknownImageError
+from compsearch.search.index import SearchIndex
 from compsearch.search.stored import StoredRows
 from tests.indexer.test_index import SETTINGS, _cli, model, world  # noqa: F401 - fixtures
 
@@ -55,8 +60,15 @@ class Counting:
 
 
 def _held(out: Path) -> dict[str, int]:
-    """path → id of every row, checking each vector index holds exactly the rows' ids."""
-    rows = IndexStore(out).read_table(columns=["id", "path"]).to_pylist()
+    """path → id of every row, checking each vector index holds exactly the rows' ids, each
+    shard's component store part exactly its rows, and every recorded checksum."""
+    store = IndexStore(out)
+    for shard in store.shard_paths():
+        stored = pq.read_table(out / STORE / shard.name, columns=["id"]).column("id").to_pylist()
+        assert stored == pq.read_table(shard, columns=["id"]).column("id").to_pylist()
+    report = full_check(out)
+    assert report.recorded and report.damage == []  # `compsearch verify` passes
+    rows = store.read_table(columns=["id", "path"]).to_pylist()
     ids = sorted(row["id"] for row in rows)
     index = faiss.read_index(str(out / "full.faiss"))
     faiss_ids = sorted(faiss.vector_to_array(faiss.downcast_index(index).id_map).tolist()) \
@@ -64,6 +76,13 @@ def _held(out: Path) -> dict[str, int]:
     assert index.ntotal == len(rows) and faiss_ids == ids
     assert len(set(ids)) == len(ids)
     return {row["path"]: row["id"] for row in rows}
+
+
+def _edit(path: Path, other: Path) -> None:
+    """``path`` given ``other``'s bytes and a later mtime (an edit within the second of the build shows too)."""
+    later = os.stat(path).st_mtime + 5
+    shutil.copy(other, path)
+    os.utime(path, (later, later))
 
 
 def _current(images: Path) -> set[str]:
@@ -102,6 +121,37 @@ def test_a_rerun_adds_removes_moves_and_re_encodes_only_what_changed(model, worl
     assert again.encoded == 0 and _held(out) == after and len(IndexStore(out).read_manifest().runs) == runs
 
 
+def test_every_kind_of_update_keeps_the_index_sound_and_removed_images_out_of_every_search(
+        model, world, tmp_path) -> None:
+    """After each update alone (a delete, a move, an edit, an append) the index verifies, and
+    no search of any of its images returns a removed one."""
+    images, out = tmp_path / "images", tmp_path / "index"
+    files = _copy(world, images, 8)
+    Counting(model, out).run(images)
+    removed: set[int] = set()
+
+    def removed_by(change):
+        before = _held(out)
+        change()
+        summary = Counting(model, out).run(images)
+        after = _held(out)
+        assert set(after) == _current(images)
+        removed.update(set(before.values()) - set(after.values()))
+        index = SearchIndex(out)
+        for image_id in after.values():
+            found = {result.id for result in index.search(id=image_id, k=len(after) + len(removed)).results}
+            assert found <= set(after.values()) and not found & removed
+        return summary
+
+    assert removed_by(files[0].unlink).removed == 1
+    assert removed_by(lambda: files[1].rename(images / "renamed.png")).moved == 1
+    assert removed_by(lambda: _edit(files[2], sorted((world / "train").glob("*.png"))[15])).changed == 1
+    _copy(world, images, 2, start=8)
+    summary = Counting(model, out).run(images, "append")
+    assert (summary.added, summary.removed) == (2, 0) and set(_held(out)) == _current(images)
+    assert len(removed) == 2  # the deleted file's id and the edited file's old one
+
+
 def test_a_run_stopped_by_ctrl_c_mid_chunk_keeps_its_images_and_a_rerun_after_changes_holds_the_folder(
         model, world, tmp_path) -> None:
     images, out = tmp_path / "images", tmp_path / "index"
@@ -132,9 +182,10 @@ def test_a_killed_run_and_a_folder_change_lose_nothing(world, tmp_path) -> None:
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     shards = out / "shards"
     while process.poll() is None and len(list(shards.glob("part-*"))) < 2:
-        pass
+        time.sleep(0.02)
     process.kill()
     process.wait()
+    assert len(list(shards.glob("part-*"))) < 8, "the run must be killed mid-way for this test to mean anything"
     files[1].unlink()
     files[15].unlink()
     _copy(world, images, 2, start=16)
