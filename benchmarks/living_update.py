@@ -129,7 +129,7 @@ def main() -> None:
     publish("living-update", [
         "## Living index: updating after 1 % of the folder changed, against rebuilding it (CPU)",
         "",
-        f"`.venv/bin/python benchmarks/living_update.py --images {args.images}` ({shared_cpu()}; "
+        f"`.venv/bin/python benchmarks/living_update.py {' '.join(sys.argv[1:])}` ({shared_cpu()}; "
         f"{time.perf_counter() - started:.0f} s)",
         "",
         f"DeiT-tiny (real weights), {args.images} JPEG variants of the ImageNet sample photos (crops, short side "
