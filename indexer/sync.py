@@ -126,6 +126,8 @@ def _rows_by_path(store: IndexStore | None, except_run: int | None, plan: SyncPl
     for row in zip(table.column("id").to_pylist(), table.column("path").to_pylist(), table.column("sha256").to_pylist(),
                    _column(table, "file_size"), _column(table, "mtime")):
         image_id, path = row[0], row[1]
+        if path is None:
+            continue  # an image given in memory: no file to follow
         earlier = rows.get(path)
         if earlier is not None:
             plan.removed.add(min(earlier[0], image_id))

@@ -245,3 +245,16 @@ def test_list_file_lines_keep_their_spaces_and_any_bytes(model, world, tmp_path)
     assert summary.images == 2 and {row["path"] for row in rows} == {str(spaced), str(files[2])}
     assert "not valid UTF-8" in IndexStore(out).read_table("skipped").to_pylist()[0]["reason"]
     assert np.all(np.array([row["key"] for row in rows]) != "")
+
+
+def test_images_given_in_memory_are_kept_by_a_rerun(model, world, tmp_path) -> None:
+    """No file to follow: a rerun over the same images neither removes nor repeats them."""
+    from compsearch.mapping.images import MemorySource, read_image
+
+    renders = sorted((world / "train").glob("*.png"))[:3]
+    source = MemorySource([(path.name, read_image(path)) for path in renders])
+    out = tmp_path / "index"
+    Counting(model, out).run(source)
+    summary = Counting(model, out).run(source)
+    assert (summary.images, summary.removed, summary.added) == (3, 0, 0)
+    assert sorted(IndexStore(out).read_table(columns=["key"]).column("key").to_pylist()) == [p.name for p in renders]
