@@ -204,7 +204,8 @@ class Indexer:
         if joined is None and not work.todo and last is not None and last.status == "running":
             joined = last  # nothing left to encode (e.g. every shard finished): this finishes that run
         if joined is None and work.up_to_date and last is not None and last.status == "complete":
-            counts = {**dict.fromkeys(RUN_COUNTS, 0), **work.counts()}  # a nightly rerun: no new run, no rebuild
+            # a nightly rerun: no new run, no rebuild (the files skipped before fail unchanged)
+            counts = {**dict.fromkeys(RUN_COUNTS, 0), **work.counts(), "skipped": work.skipped_again}
             return IndexSummary(**self._summary(last, time.perf_counter() - started, counts),
                                 images=manifest.counts.images,
                                 indexes={name: entry.factory for name, entry in manifest.indexes.items()})

@@ -25,7 +25,7 @@ import os
 import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,7 @@ class SyncPlan:
     moved: dict[int, dict[str, Any]] = field(default_factory=dict)  # id → its new key, path, folder, size, mtime
     removed: set[int] = field(default_factory=set)  # ids whose rows leave (gone, or an old version)
     dropped_duplicates: set[str] = field(default_factory=set)  # paths whose ``duplicates`` entry leaves
+    skipped_again: int = 0  # of ``todo``: files skipped before and unchanged since (they fail again)
     examples: dict[str, list[str]] = field(default_factory=dict)  # kind → a few paths
 
     def counts(self) -> dict[str, int]:
@@ -66,11 +67,12 @@ class SyncPlan:
     @property
     def up_to_date(self) -> bool:
         """Whether the index already holds exactly the source (nothing to encode, move or remove)."""
-        return not (self.todo or self.moved or self.removed or self.dropped_duplicates)
+        return not (len(self.todo) > self.skipped_again or self.moved or self.removed or self.dropped_duplicates)
 
     def report(self) -> dict[str, Any]:
         """What a dry run prints: the counts, and a few paths of each kind."""
-        return {"counts": {"new": len(self.todo) - self.changed, **self.counts()}, "examples": self.examples}
+        return {"counts": {"new": len(self.todo) - self.changed - self.skipped_again, **self.counts(),
+                           "skipped before": self.skipped_again}, "examples": self.examples}
 
     def note(self, kind: str, path: str) -> None:
         shown = self.examples.setdefault(kind, [])
@@ -145,6 +147,22 @@ def _duplicate_of(store: IndexStore | None) -> dict[str, int]:
     return dict(zip(duplicates.column("path").to_pylist(), duplicates.column("duplicate_of").to_pylist()))
 
 
+def _skipped_since(store: IndexStore | None) -> dict[str, datetime]:
+    """path → when the run that last skipped it started (naive UTC, as ``mtime``): a file not
+    modified since failed with the bytes it has now."""
+    if store is None or not store.exists():
+        return {}
+    started = {run.run: datetime.fromisoformat(run.started).astimezone(timezone.utc).replace(tzinfo=None)
+               for run in store.read_manifest().runs}
+    since: dict[str, datetime] = {}
+    for part in store.parts(SKIPPED).parts():
+        run = parse_part_name(part.name, PARQUET)[0]
+        for path in pq.read_table(part, columns=["path"]).column("path").to_pylist():
+            if path is not None and run in started:
+                since[path] = started[run]
+    return since
+
+
 def plan_sync(source: ImageSource, store: IndexStore | None, append: bool = False,
               except_run: int | None = None) -> SyncPlan:
     """What to encode, move and remove so the index holds exactly ``source``'s files (only
@@ -153,13 +171,23 @@ def plan_sync(source: ImageSource, store: IndexStore | None, append: bool = Fals
     plan = SyncPlan([], append=append)
     rows = _rows_by_path(store, except_run, plan)
     duplicate_of = _duplicate_of(store)
+    skipped = _skipped_since(store)
+
+    def retry(record: ImageRecord, stat: Stat | None = None) -> bool:
+        """To encode: a file the index does not hold; whether it will be skipped again (it
+        failed before, unchanged since: a rerun that finds only such files has nothing to do)."""
+        plan.todo.append(record)
+        tried = skipped.get(printable(str(record.path))) if record.path is not None else None
+        again = tried is not None and (stat is None or stat[1] is None or stat[1] < tried)
+        plan.skipped_again += again
+        return again
     seen: set[str] = set()
     candidates: list[tuple[ImageRecord, Stat]] = []  # new files, to check for moves
     held_back: list[tuple[ImageRecord, int]] = []  # listed duplicates, kept while their original stays
     for record in source.records():
         path = listed_path(record)
         if path is None or record.problem is not None:
-            plan.todo.append(record)  # in memory, or skipped with its reason by the reader
+            retry(record)  # in memory, or skipped with its reason by the reader
             continue
         seen.add(path)
         stat = file_stat(path)
@@ -175,7 +203,7 @@ def plan_sync(source: ImageSource, store: IndexStore | None, append: bool = Fals
         elif path in duplicate_of:
             held_back.append((record, duplicate_of[path]))
         elif stat[0] is None:
-            plan.todo.append(record)  # the reader says why it cannot be read
+            retry(record)  # the reader says why it cannot be read
         else:
             candidates.append((record, stat))
     gone = {} if append else {row[1]: (path, row[0]) for path, row in rows.items() if path not in seen}
@@ -188,8 +216,8 @@ def plan_sync(source: ImageSource, store: IndexStore | None, append: bool = Fals
                                     "file_size": stat[0], "mtime": stat[1]}
             plan.note("moved", f"{old_path} → {listed_path(record)}")
         else:
-            plan.todo.append(record)
-            plan.note("new", listed_path(record))
+            if not retry(record, stat):
+                plan.note("new", listed_path(record))
     for old_path, image_id in gone.values():
         plan.removed.add(image_id)
         plan.note("removed", old_path)

@@ -258,3 +258,25 @@ def test_images_given_in_memory_are_kept_by_a_rerun(model, world, tmp_path) -> N
     summary = Counting(model, out).run(source)
     assert (summary.images, summary.removed, summary.added) == (3, 0, 0)
     assert sorted(IndexStore(out).read_table(columns=["key"]).column("key").to_pylist()) == [p.name for p in renders]
+
+
+def test_a_file_skipped_before_and_unchanged_leaves_the_index_up_to_date_until_it_is_fixed(
+        model, world, tmp_path) -> None:
+    images, out = tmp_path / "images", tmp_path / "index"
+    files = _copy(world, images, 4)
+    broken = images / "broken.png"
+    broken.write_bytes(b"not an image")
+    earlier = os.stat(broken).st_mtime - 10  # written before the run started (not within its first second)
+    os.utime(broken, (earlier, earlier))
+    Counting(model, out).run(images)
+    runs = len(IndexStore(out).read_manifest().runs)
+    again = Counting(model, out)
+    summary = again.run(images)  # it would fail again: nothing to do, nothing written
+    assert (summary.skipped, summary.unchanged, again.encoded) == (1, 4, 0)
+    assert len(IndexStore(out).read_manifest().runs) == runs
+    shutil.copy(sorted((world / "train").glob("*.png"))[10], broken)  # fixed: modified after the run started
+    later = time.time() + 5
+    os.utime(broken, (later, later))
+    summary = Counting(model, out).run(images)  # fixed since: retried, indexed, no longer skipped
+    assert (summary.added, summary.skipped, summary.images) == (1, 0, 5)
+    assert IndexStore(out).read_table("skipped").num_rows == 0 and set(_held(out)) == _current(images)
