@@ -36,6 +36,7 @@ class StoredRows:
         ids = self.table.column("id").to_numpy() if self.table.num_rows else np.zeros(0, np.int64)
         self._order = np.argsort(ids, kind="stable")
         self._sorted_ids = ids[self._order]
+        self._orders: dict[tuple[tuple[str, str], ...], np.ndarray] = {}
 
     def positions(self, ids: np.ndarray | list[int]) -> np.ndarray:
         """Row positions of ``ids``; raises UnknownImageError for an id not indexed (QueryError
@@ -52,6 +53,13 @@ class StoredRows:
             raise UnknownImageError(f"no image with id {int(missing[0])} in this index",
                                     f"ids run from {lowest} to {highest} (see a result's `id`)")
         return self._order[found]
+
+    def ordered_positions(self, keys: tuple[tuple[str, str], ...]) -> np.ndarray:
+        """Every row's position, sorted by ``keys`` (pyarrow sort keys, nulls last); kept, since
+        sorting a million paths takes a second and a browsing page asks again for each page."""
+        if keys not in self._orders:
+            self._orders[keys] = pc.sort_indices(self.table, sort_keys=list(keys)).to_numpy()
+        return self._orders[keys]
 
     def records(self, ids: np.ndarray | list[int]) -> list[dict[str, Any]]:
         """The stored rows of ``ids``, in that order."""
