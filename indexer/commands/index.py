@@ -153,7 +153,7 @@ def format_summary(summary: IndexSummary) -> str:
         f"{summary.folder}: {summary.images} images indexed (this run: {summary.added} added, {summary.removed} "
         f"removed, {summary.moved} moved, {summary.changed} changed, {summary.unchanged + summary.already_indexed} "
         f"unchanged, {summary.skipped} skipped, {summary.duplicates} duplicates) "
-        f"in {summary.seconds:.1f} s ({summary.images_per_second:.1f} images/s)",
+        f"in {summary.seconds:.1f} s" + (f" ({summary.images_per_second:.1f} images/s)" if summary.added else ""),
         *(f"  {name}.faiss  {factory}" for name, factory in summary.indexes.items()),
         f"Next: compsearch info {summary.folder}",
     ])
