@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from compsearch.indexer.encode import listed_path
 from compsearch.indexer.integrity import sha256
-from compsearch.indexer.store import DUPLICATES, PARQUET, SHARDS, SKIPPED, IndexStore, write_table
+from compsearch.indexer.store import DUPLICATES, PARQUET, SHARDS, SKIPPED, STORE, IndexStore, write_table
 from compsearch.mapping.chunk_store import parse_part_name
 from compsearch.mapping.images import ImageRecord, ImageSource
 from compsearch.mapping.images.file_facts import modified
@@ -239,8 +239,13 @@ def apply_sync(store: IndexStore, plan: SyncPlan, run: int) -> None:
     """The finish stage's part of a sync (run ``run`` has written its parts): the removed rows
     leave their shard parts (and the parts beside them), the moved ones get their new path;
     the earlier runs' ``duplicates`` forget files gone, re-planned or whose original left, and
-    their ``skipped`` the files this run retried (every one, unless it only appends). Each
-    part is rewritten atomically, so a kill leaves every part whole (the rerun plans the rest)."""
+    their ``skipped`` the files this run retried (every one, unless it only appends); a store
+    part whose shard was never written (a run killed between the two) is deleted. Each part is
+    rewritten atomically, so a kill leaves every part whole (the rerun plans the rest)."""
+    shards = {path.name for path in store.shard_paths()}
+    for part in store.parts(STORE).parts():
+        if part.name not in shards:
+            part.unlink()
     touched = plan.removed | set(plan.moved)
     if touched:
         for path in store.shard_paths():

@@ -63,9 +63,11 @@ def _held(out: Path) -> dict[str, int]:
     """path → id of every row, checking each vector index holds exactly the rows' ids, each
     shard's component store part exactly its rows, and every recorded checksum."""
     store = IndexStore(out)
-    for shard in store.shard_paths():
+    shards = store.shard_paths()
+    for shard in shards:
         stored = pq.read_table(out / STORE / shard.name, columns=["id"]).column("id").to_pylist()
         assert stored == pq.read_table(shard, columns=["id"]).column("id").to_pylist()
+    assert sorted(path.name for path in (out / STORE).iterdir()) == [path.name for path in shards]  # no orphan
     report = full_check(out)
     assert report.recorded and report.damage == []  # `compsearch verify` passes
     rows = store.read_table(columns=["id", "path"]).to_pylist()
