@@ -95,10 +95,15 @@ def exif_facts(data: bytes) -> dict[str, Any]:
     return facts
 
 
+def modified(stat: os.stat_result) -> datetime:
+    """A file's mtime as the ``mtime`` column holds it (naive UTC, to the second)."""
+    return datetime.fromtimestamp(stat.st_mtime, timezone.utc).replace(tzinfo=None, microsecond=0)
+
+
 def file_facts(path: Path, data: bytes) -> dict[str, Any]:
     """Every column of the module docstring for the file at ``path`` whose bytes are ``data``."""
     try:
-        modified = datetime.fromtimestamp(os.stat(path).st_mtime, timezone.utc).replace(tzinfo=None, microsecond=0)
+        mtime = modified(os.stat(path))
     except OSError:
-        modified = None
-    return {"file_size": len(data), "mtime": modified, **exif_facts(data)}
+        mtime = None
+    return {"file_size": len(data), "mtime": mtime, **exif_facts(data)}
