@@ -12,6 +12,7 @@ from compsearch.indexer.faiss_choice import build_index, choose_factory, new_ind
 from compsearch.indexer.faiss_ondisk import add_parts, lists_path, merge_parts, read_faiss
 from compsearch.indexer.faiss_tuning import HeldOut, set_search_parameters
 from compsearch.indexer.manifest import IndexDirectoryError
+from compsearch.mapping.errors import CompsearchError
 from compsearch.search.index import read_faiss_index
 
 DIM = 32
@@ -99,6 +100,16 @@ def test_nprobe_is_the_cheapest_reaching_the_target_recall_and_is_recorded(colle
 
     assert recall({"nprobe": nprobe}) >= 0.93  # the target, within the sampling error of 500 queries
     assert recall({"nprobe": nprobe // 2}) < 0.95  # half as many probes miss it: the cheapest was chosen
+
+
+def test_the_training_sample_per_list_is_asked_for_and_recorded(collection) -> None:
+    # 1.2 × points per list × 32 lists, drawn at random from the 9,000 (less the 500 held out)
+    least = build_index("IVF32,Flat", DIM, 9000, shards(collection), train_points_per_list=39)
+    default = build_index("IVF32,Flat", DIM, 9000, shards(collection))
+    assert abs(least.train_points - 1.2 * 39 * 32) < 150 and abs(default.train_points - 1.2 * 50 * 32) < 150
+    assert build_index("Flat", DIM, 9000, shards(collection)).train_points == 0  # nothing to train
+    with pytest.raises(CompsearchError, match="below faiss's minimum of 39"):
+        build_index("IVF32,Flat", DIM, 9000, shards(collection), train_points_per_list=20)
 
 
 def test_held_out_queries_do_not_count_themselves() -> None:
