@@ -167,27 +167,37 @@ def report(raw: dict) -> str:
         "search layer opens it (memory-mapped).",
         "",
         "| vectors | count | index | built | trained on | search parameters | held-out | recall@10 | p50 ms | p95 ms "
-        "| build s (train + add + tune) | peak memory | index size | load (build / search) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| queries timed | build s (train + add + tune) | peak memory | index size | load (build / search) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for case in raw["cases"]:
         built = "in memory" if case["kind"] in IN_MEMORY else "parts merged on disk"
         label = f"{case['factory']}{' (auto)' if case['kind'] == 'auto' else ''}"
         if "skipped" in case:
             lines.append(f"| {case['family']} | {case['count']:,} | {label} | not built: {case['skipped']} "
-                         "| | | | | | | | | | |")
+                         "| | | | | | | | | | | |")
             continue
-        trained = (f"{case['train_points']:,} ({case['train_per_list']}/list)" if case.get("train_points")
-                   else "–" if "train_points" in case else "(50/list)")
+        if case["factory"] == "Flat":
+            trained = "–"
+        else:  # the runs before the sample's size was recorded state only the rule
+            count = f"{case['train_points']:,} " if "train_points" in case else ""
+            trained = f"{count}({case['train_per_list']}/list)"
         parameters = ", ".join(f"{key} {value}" for key, value in case["search_parameters"].items()) or "–"
         held_out = f"{case['held_out_recall']:.3f}" if case["held_out_recall"] is not None else "–"
         lines.append(
             f"| {case['family']} | {case['count']:,} | {label} | {built} | {trained} | {parameters} | {held_out} | "
             f"{case['recall']:.3f} | {case['latency_ms']['p50']:.2f} | {case['latency_ms']['p95']:.2f} | "
+            f"{case['latency_queries']} | "
             f"{case['train_seconds']:.0f} + {case['add_seconds']:.0f} + {case['tune_seconds']:.0f} | "
             f"{gib(case['peak_memory_bytes'])} | {gib(case['index_bytes'])} | "
             f"{case['load_build']:.1f} / {case['load_search']:.1f} |")
-    lines += ["", "What was not measured here, and the arithmetic that extrapolates these rows to 1e9 vectors, is in "
+    from compsearch.indexer.faiss_choice import choose_factory
+
+    sizes = sorted({case["count"] for case in raw["cases"]})
+    lines += ["", "`auto` on this machine (half its memory as budget): " + "; ".join(
+                  f"{count:,} → `{choose_factory(count, DIM)}`" for count in sizes) + ". Rows with other list counts "
+              "were asked for with `--lists` (see the commands).",
+              "", "What was not measured here, and the arithmetic that extrapolates these rows to 1e9 vectors, is in "
               "`docs/scaling.md`."]
     return "\n".join(lines)
 
