@@ -5,7 +5,9 @@ from pathlib import Path
 
 from compsearch.indexer.artifacts import encoder_for_build
 from compsearch.indexer.build import IndexSettings, IndexSummary, Indexer, Mode
-from compsearch.mapping.images import ImageSource
+from compsearch.indexer.store import IndexStore
+from compsearch.indexer.sync import SyncPlan, plan_sync
+from compsearch.mapping.images import ImageSource, open_source
 
 
 def build_index(
@@ -31,7 +33,6 @@ def build_index(
     specs (built-in names, ``NAME=desc1,desc2``, YAML files) ranked on the fly on ``sample``
     images of the collection, which needs ``clip`` (and ``aligner`` unless the model is it).
     """
-    from compsearch.mapping.images import open_source
     from compsearch.mapping.models import load_model
 
     source = open_source(images)  # a wrong path fails before any model loads
@@ -46,3 +47,10 @@ def build_index(
         properties = None  # every property just ranked
     artifacts = encoder_for_build(loaded, out, aligner, ranking, properties, first_block)
     return Indexer(out, artifacts.encoder, settings, artifacts.provenance).run(source, mode)
+
+
+def plan_index(images: str | Path | ImageSource, out: str | Path, mode: Mode = "resume") -> SyncPlan:
+    """What ``build_index`` would do to ``out`` (``--dry-run``), without a model: nothing is written."""
+    store = IndexStore(out)
+    return plan_sync(open_source(images), store if store.exists() and mode != "overwrite" else None,
+                     append=mode == "append")

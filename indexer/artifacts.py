@@ -18,8 +18,7 @@ from compsearch.mapping.encoder import PropertyEncoder, default_precision
 from compsearch.mapping.identity import EncoderIdentity, Precision
 from compsearch.mapping.errors import CompsearchError
 from compsearch.mapping.models import RANDOM_INIT, LoadedModel, weights_id
-from compsearch.mapping.properties import PropertyError, builtin_property
-from compsearch.mapping.properties.vocabulary import default_templates
+from compsearch.mapping.properties.vocabulary import templates_for
 from compsearch.mapping.rank import Ranking
 
 
@@ -41,15 +40,6 @@ def _file_entry(path: Path, index_dir: Path, content_id: str) -> FileEntry:
 def aligner_id(path: str | Path) -> str:
     tensors, sidecar = aligner_paths(path)
     return weights_id(tensors, sidecar)
-
-
-def templates_for(property_name: str) -> list[str]:
-    """Prompt templates for text queries on a property the ranking kept none for (examples, or
-    an older ranking): the built-in ones, else the defaults."""
-    try:
-        return list(builtin_property(property_name).templates)
-    except PropertyError:
-        return list(default_templates())
 
 
 def encoder_for_build(

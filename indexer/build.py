@@ -1,29 +1,31 @@
 """Building an index: the run's lifecycle in the manifest around four stages.
 
-- *plan* (:mod:`mapping.images.plan`): the listing cut into work units, one per chunk,
-  leaving out the chunks already written and, for a shard, the other shards' chunks;
+- *plan* (:func:`indexer.sync.plan_sync`, then :mod:`mapping.images.plan`): the listing
+  against the index's rows — what is new or changed (to encode), moved, removed, unchanged —
+  and the files to encode cut into work units, one per chunk (for a shard, its chunks);
 - *encode* (:mod:`indexer.encode`): a unit's batches → its rows (de-duplicated, encoded);
 - *write* (:meth:`indexer.store.IndexStore.write_chunk`): rows → one shard, atomically;
-- *finish* (:mod:`indexer.finish`): de-duplication across shards, FAISS indexes, totals.
+- *finish* (:func:`indexer.sync.apply_sync`, :mod:`indexer.finish`): removed rows leave and
+  moved ones are re-pathed, de-duplication across shards, FAISS indexes, totals.
 
-:class:`Indexer` decides which run to work on (a new one, an append, or the interrupted
-one), has a runner (:mod:`indexer.runners`) drive encode and write over the plan's units,
-and finishes the run when every unit is written.
-
-Runs: the first build is run 0; each ``append`` starts a new run whose ids continue after
-the largest id so far. A run killed at any moment is resumed by running the same command
-again: its finished chunks are skipped without being read, unfinished ones are redone, and
-since an id is the run's offset plus the image's position in the listing, every image ends
-up exactly once. Byte-identical files (sha256) are indexed once; the others are listed in
-``duplicates`` with the id they duplicate.
+Runs: every invocation plans a new run from the files (run 0 builds, each rerun updates the
+index to the folder's current content; ``append`` only adds). Its ids are its ``id_offset``,
+after every id any run reserved, plus the file's position in its plan: an id is a file's for
+good (a moved file keeps it) and never reused. A run killed at any moment (or stopped by
+Ctrl-C, which keeps every image encoded, also of a unit half done) is followed up by running
+the same command again: it plans from the files, so what the killed run wrote is rows already
+indexed, and files added or deleted meanwhile are added or removed. A rerun that finds the
+index up to date writes nothing. Byte-identical files (sha256) are indexed once; the others
+are listed in ``duplicates`` with the id they duplicate.
 
 Shards: ``IndexSettings.shard = (i, n)`` makes this process take the chunks c with
-c mod n = i of the run, so n processes (machines sharing the folder, or GPUs) split one run;
-ids are listing positions, so they agree without talking. A shard writes its chunks and
-stops; a plain run of the same command afterwards finds every chunk done and builds the FAISS
-indexes. Shards that run at the same time do not see each other's files, so each may index a
-copy of the same bytes: that final run keeps the smallest id and moves the others to
-``duplicates``.
+c mod n = i of the run's plan, so n processes (machines sharing the folder, or GPUs) split
+one run; a shard joining a run another started plans without that run's own parts, so they
+agree without talking while the folder is unchanged. A shard writes its chunks and stops; a
+plain run of the same command afterwards plans what the shards left (nothing, if they all
+finished) and builds the FAISS indexes. Shards that run at the same time do not see each
+other's files, so each may index a copy of the same bytes: that final run keeps the smallest
+id and moves the others to ``duplicates``.
 
 One writer: a run holds the directory's lock (:mod:`indexer.lock`) from start to finish;
 the shards of a run share it, a plain run holds it alone.
@@ -38,11 +40,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 from compsearch.indexer.artifacts import identity_differences
+from compsearch.indexer.component_store import complete_vectors
 from compsearch.indexer.encode import RunIds, UnitEncoder, known_files
 from compsearch.indexer.faiss_ondisk import LISTS_SUFFIX
 from compsearch.indexer.finish import deduplicate, finish, now
 from compsearch.indexer.lock import writing
-from compsearch.indexer.manifest import IndexDirectoryError, Manifest, Provenance, RunEntry, StoreEntry
+from compsearch.indexer.manifest import (
+    RUN_COUNTS,
+    IndexDirectoryError,
+    Manifest,
+    Provenance,
+    RunEntry,
+    StoreEntry,
+)
 from compsearch.indexer.ranking_on_the_fly import ARTIFACTS
 from compsearch.indexer.runners import Runner, run_in_process
 from compsearch.indexer.settings import IndexSettings
@@ -54,6 +64,7 @@ from compsearch.indexer.store import (
     VECTORS,
     IndexStore,
 )
+from compsearch.indexer.sync import SyncPlan, apply_sync, plan_sync
 from compsearch.mapping.encoder import PropertyEncoder
 from compsearch.mapping.identity import EncoderIdentity
 from compsearch.mapping.errors import CompsearchError
@@ -74,7 +85,11 @@ class IndexSummary:
     added: int  # by this run
     skipped: int
     duplicates: int
-    already_indexed: int  # identical files (same path and bytes) found in the index already
+    already_indexed: int  # files found indexed (same path and bytes) when read, e.g. written by a shard
+    removed: int  # rows of files gone from the collection
+    moved: int  # files found under another path (same bytes): re-pathed, same id, not re-encoded
+    changed: int  # files whose bytes changed: re-encoded (a new id), the old row removed
+    unchanged: int  # files the index already held as they are
     seconds: float
     images_per_second: float
     indexes: dict[str, str] = field(default_factory=dict)  # vector name → index_factory string
@@ -122,8 +137,9 @@ class Indexer:
                 path.unlink()
         self.store.manifest_path.unlink(missing_ok=True)
 
-    def _start(self, source: ImageSource, mode: Mode) -> tuple[Manifest, RunEntry]:
-        """The manifest and the run to work on (a new one, or the interrupted one)."""
+    def _open(self, source: ImageSource, mode: Mode) -> tuple[Manifest, RunEntry | None]:
+        """The manifest (a new one for a new index), and the unfinished run of the shards this
+        process joins (None: this invocation plans a run of its own)."""
         folder = self.store.folder
         shards = self.settings.shard[1]
         if shards > 1 and mode == "overwrite":
@@ -135,41 +151,36 @@ class Indexer:
                 p.name != ARTIFACTS and not p.name.startswith(".") for p in folder.iterdir()):  # .: a shard's temp file
             raise CompsearchError(f"--out {folder} exists and is not an index",
                                   "pass a new or empty folder, so no other files get mixed with the index")
-        run_entry = {"source": source.description, "chunk_size": self.settings.chunk_size}
         if not self.store.exists():
             manifest = Manifest.new(self._identity(), self.provenance, compsearch_version(), now())
             if self.store_dtype is not None:
                 manifest.store = StoreEntry(self.store_dtype, self.encoder.model.weights_id)
-            run_number, id_offset = 0, 0
-        else:
-            manifest = self.store.read_manifest()
-            self.encoder.precision = manifest.encoder.precision  # every run computes as the first did
-            self.store_dtype = manifest.store.dtype if manifest.store else None  # and stores as it did
-            self._check_same_encoder(manifest)
-            last = manifest.runs[-1] if manifest.runs else None
-            unfinished = last is not None and last.status != "complete"
-            if unfinished and (last.source, last.chunk_size) == (source.description, self.settings.chunk_size):
-                return manifest, last  # resume it
-            if unfinished:
-                raise CompsearchError(
-                    f"{folder} holds an unfinished run over {last.source} (chunks of {last.chunk_size})",
-                    "rerun that command to finish it first, or --overwrite to rebuild",
-                )
-            if mode != "append":
-                raise CompsearchError(
-                    f"{folder} is already a complete index of {last.source}",
-                    "pass --append to add new files, or --overwrite to rebuild it",
-                )
-            if (folder / VECTORS).is_dir():
-                raise CompsearchError(f"{folder} has properties rebuilt from its component store (`add-property`, "
-                                      "`reindex`), which an append does not extend yet",
-                                      "rebuild it with `compsearch index … --overwrite`")
-            run_number, id_offset = last.run + 1, self._max_id() + 1
+            return manifest, None
+        manifest = self.store.read_manifest()
+        self.encoder.precision = manifest.encoder.precision  # every run computes as the first did
+        self.store_dtype = manifest.store.dtype if manifest.store else None  # and stores as it did
+        self._check_same_encoder(manifest)
+        last = manifest.runs[-1] if manifest.runs else None
+        if (shards > 1 and last is not None and last.status == "running"
+                and (last.source, last.chunk_size, last.shards) == (source.description, self.settings.chunk_size, shards)):
+            return manifest, last  # another shard's run: plan as it did, without the run's own parts
+        return manifest, None
+
+    def _new_run(self, manifest: Manifest, source: ImageSource, work: SyncPlan) -> RunEntry:
+        """A run for ``work``, its ids after every id any run has reserved or indexed (never
+        reused, whatever happened to the rows), written before any work: a kill leaves it on
+        record, and the rerun plans again from the files."""
+        for earlier in manifest.runs:
+            if earlier.status == "running":
+                earlier.status = "stopped"  # re-planned by this run
+        id_offset = max([self._max_id() + 1, *(run.id_offset + run.ids for run in manifest.runs)])
         # shards starting together write the same run entry; the last write stands
-        run = RunEntry(run=run_number, id_offset=id_offset, **run_entry, status="running", started=now(), shards=shards)
+        run = RunEntry(run=manifest.runs[-1].run + 1 if manifest.runs else 0, id_offset=id_offset, ids=len(work.todo),
+                       source=source.description, chunk_size=self.settings.chunk_size, status="running",
+                       started=now(), shards=self.settings.shard[1])
         manifest.runs.append(run)
-        self.store.write_manifest(manifest)  # before any work: a kill leaves a resumable run
-        return manifest, run
+        self.store.write_manifest(manifest)
+        return run
 
     def _max_id(self) -> int:
         """The largest id indexed so far (-1 for none)."""
@@ -186,20 +197,35 @@ class Indexer:
             return self._run(source, mode)
 
     def _run(self, source: ImageSource, mode: Mode) -> IndexSummary:
-        manifest, run = self._start(source, mode)
+        manifest, joined = self._open(source, mode)
         started = time.perf_counter()
+        work = plan_sync(source, self.store, append=mode == "append", except_run=joined.run if joined else None)
+        last = manifest.runs[-1] if manifest.runs else None
+        if joined is None and not work.todo and last is not None and last.status == "running":
+            joined = last  # nothing left to encode (e.g. every shard finished): this finishes that run
+        if joined is None and work.up_to_date and last is not None and last.status == "complete":
+            # a nightly rerun: no new run, no rebuild (the files skipped before fail unchanged)
+            counts = {**dict.fromkeys(RUN_COUNTS, 0), **work.counts(), "skipped": work.skipped_again}
+            return IndexSummary(**self._summary(last, time.perf_counter() - started, counts),
+                                images=manifest.counts.images,
+                                indexes={name: entry.factory for name, entry in manifest.indexes.items()})
+        run = joined or self._new_run(manifest, source, work)
         ids = RunIds(run.run, run.id_offset)
-        work = plan(source, self.settings.chunk_size, self.settings.shard, self.store.done_chunks(ids.run))
-        stage = UnitEncoder(self.encoder, known_files(self.store), ids, self.store_dtype)
-        counts = self._runner()(self.store, source, work, stage, self.settings)
+        listing = work.listing()
+        units = plan(listing, self.settings.chunk_size, self.settings.shard, self.store.done_chunks(ids.run))
+        stage = UnitEncoder(self.encoder, known_files(self.store, work.removed), ids, self.store_dtype)
+        counts = {**self._runner()(self.store, listing, units, stage, self.settings), **work.counts()}
+        counts["added"] = max(counts["added"] - work.changed, 0)  # new files; the changed ones are counted apart
         seconds = time.perf_counter() - started
         shard, shards = self.settings.shard
         if shards > 1:  # the other shards may still be writing: a plain run builds the indexes
-            left = set(range(work.chunks)) - self.store.done_chunks(ids.run)
+            left = set(range(units.chunks)) - self.store.done_chunks(ids.run)
             return IndexSummary(**self._summary(run, seconds, counts), shard=f"{shard}/{shards}", chunks_left=len(left),
                                 images=self.store.read_table(SHARDS, columns=["id"]).num_rows)
-        if run.shards > 1 or self.settings.backend == "ray":  # units that ran at once may each have indexed a copy
-            counts["duplicates"] += deduplicate(self.store)
+        apply_sync(self.store, work, run.run)
+        if any(earlier.shards > 1 for earlier in manifest.runs) or self.settings.backend == "ray":
+            counts["duplicates"] += deduplicate(self.store)  # units that ran at once may each have indexed a copy
+        complete_vectors(self.store)  # properties added from the store: the new shards' vectors beside them
         run.complete(now(), seconds, counts)
         finish(self.store, manifest, self.encoder, self.settings)
         return IndexSummary(**self._summary(run, seconds, counts), images=manifest.counts.images,

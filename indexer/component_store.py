@@ -10,9 +10,11 @@ DIR/vectors/<name>/part-….parquet   vectors of a property added later from the
                                     ``vector.<name>``, one part per shard, rows in its order
 ```
 
-A store part holds the rows of every image its chunk encoded, so a shard that lost rows to
-the cross-shard de-duplication is read back by id (:func:`iter_components`), in the shard's
-order: whatever is built from the store lines up with the shards row for row.
+Rows that leave a shard (removed files, copies the cross-shard de-duplication moves to
+``duplicates``) leave its store and vectors parts with it (:meth:`IndexStore.rewrite_shard`);
+a store part is read back by id anyway (:func:`iter_components`), in the shard's order, so
+whatever is built from the store lines up with the shards row for row. A later run's new
+shards get their vectors parts from their own columns (:func:`complete_vectors`).
 """
 from __future__ import annotations
 
@@ -117,3 +119,20 @@ def write_vectors(store: IndexStore, name: str, shard: Path, ids: np.ndarray, ve
     table = pa.table({"id": pa.array(ids, pa.int64()), vector_column(name): vectors_to_arrow(vectors)})
     target = store.parts(f"{VECTORS}/{name}").folder / shard.name
     write_atomically(target, lambda temporary: pq.write_table(table, temporary))
+
+
+def complete_vectors(store: IndexStore) -> None:
+    """Give every shard without one its vectors part of each property added from the store,
+    from the shard's own column (a later run's encoder computes every property the index has;
+    its identity is checked): the parts stay one per shard, row-aligned with it."""
+    folder = store.folder / VECTORS
+    for name in sorted(path.name for path in folder.iterdir()) if folder.is_dir() else []:
+        column = vector_column(name)
+        for shard in store.shard_paths():
+            if (folder / name / shard.name).is_file():
+                continue
+            if column not in read_file(shard, pq.read_schema, REBUILD).names:
+                raise CompsearchError(f"{shard} has no {column} for the property {name} added from the store",
+                                      "rebuild the index with `compsearch index … --overwrite`")
+            table = pq.read_table(shard, columns=["id", column])
+            write_vectors(store, name, shard, table.column("id").to_numpy(), arrow_to_vectors(table.column(column)))

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import os
 import posixpath
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from compsearch.indexer.component_store import join_stored, store_table
 from compsearch.indexer.known_files import KnownFiles, file_keys
@@ -25,12 +28,13 @@ from compsearch.indexer.store import RESERVED_COLUMNS, SHARDS, ChunkRows, IndexS
 from compsearch.mapping.decompose import StoredComponents
 from compsearch.mapping.encoder import PropertyEncoder
 from compsearch.mapping.images import Batch, ImageRecord
+from compsearch.mapping.images.sources import printable
 
 
 @dataclass(frozen=True)
 class RunIds:
-    """Where a run's rows go: its number, and the id of listing position 0 (ids are the
-    run's offset plus the image's position, so every process agrees on them)."""
+    """Where a run's rows go: its number, and the id of its plan's position 0 (ids are the
+    run's offset plus the file's position in the plan, so every process agrees on them)."""
 
     run: int
     id_offset: int
@@ -53,10 +57,16 @@ def _row(record: ImageRecord, image_id: int, size: tuple[int, int], sha256: str,
     return row
 
 
-def known_files(store: IndexStore) -> KnownFiles:
-    """Every file an index holds, by content (streamed from its shards, kept compact)."""
+def known_files(store: IndexStore, leaving: Collection[int] = ()) -> KnownFiles:
+    """Every file an index holds, by content (streamed from its shards, kept compact), but the
+    rows ``leaving`` it (a sync removes them: a copy of one is indexed, not a duplicate)."""
     dataset = store.dataset(SHARDS)
-    return KnownFiles.from_batches(dataset.to_batches(columns=["id", "sha256", "path"])) if dataset else KnownFiles()
+    if dataset is None:
+        return KnownFiles()
+    gone = pa.array(sorted(leaving), pa.int64())
+    batches = dataset.to_batches(columns=["id", "sha256", "path"])
+    return KnownFiles.from_batches(b.filter(pc.invert(pc.is_in(b.column("id"), gone))) if len(gone) else b
+                                   for b in batches)
 
 
 class UnitEncoder:
@@ -73,35 +83,44 @@ class UnitEncoder:
         self.stored: dict[int, list[StoredComponents]] = {}  # per unit, each batch's component store
 
     def take(self, batch: Batch) -> ChunkRows | None:
-        """De-duplicate and encode one batch; the unit's rows when this was its last batch."""
-        rows = self.open.setdefault(batch.chunk, ChunkRows(self.ids.run, batch.chunk, [], {}, [], []))
-        rows.skipped += [{"key": record.key, "path": str(record.path) if record.path else None, "reason": reason}
-                         for record, reason in batch.skipped]
-        fresh = self._fresh(batch, rows)
+        """De-duplicate and encode one batch; the unit's rows when this was its last batch.
+        The unit changes only once the batch is encoded: Ctrl-C in the model leaves it whole."""
+        fresh, duplicates, already_indexed = self._fresh(batch)
         if fresh:
-            pieces = self.pieces.setdefault(batch.chunk, {})
             pixels = batch.pixels[0] if len(fresh) == len(batch) else batch.pixels[0][fresh]  # no copy when all are new
             vectors, stored = self.encoder.encode_and_store(pixels, self.store)
+            pieces = self.pieces.setdefault(batch.chunk, {})
             for name, values in vectors.items():
                 pieces.setdefault(name, []).append(values.numpy())
             if stored is not None:
                 self.stored.setdefault(batch.chunk, []).append(stored)
-            rows.rows += [_row(batch.records[i], self.ids.image_id(batch.records[i]), batch.sizes[i], batch.sha256[i],
-                               batch.facts[i]) for i in fresh]
+        rows = self.open.setdefault(batch.chunk, ChunkRows(self.ids.run, batch.chunk, [], {}, [], []))
+        rows.rows += [_row(batch.records[i], self.ids.image_id(batch.records[i]), batch.sizes[i], batch.sha256[i],
+                           batch.facts[i]) for i in fresh]
+        rows.skipped += [{"key": printable(record.key), "path": printable(str(record.path)) if record.path else None,
+                          "reason": reason} for record, reason in batch.skipped]
+        rows.duplicates += duplicates
+        rows.already_indexed += already_indexed
         self.known.settle()
-        if not batch.chunk_done:
-            return None
-        rows = self.open.pop(batch.chunk)  # its vectors joined once, not re-copied per batch
-        rows.vectors = {name: np.concatenate(parts) for name, parts in self.pieces.pop(batch.chunk, {}).items()}
-        stored = self.stored.pop(batch.chunk, None)
+        return self._close(batch.chunk) if batch.chunk_done else None
+
+    def _close(self, chunk: int) -> ChunkRows:
+        rows = self.open.pop(chunk)  # its vectors joined once, not re-copied per batch
+        rows.vectors = {name: np.concatenate(parts) for name, parts in self.pieces.pop(chunk, {}).items()}
+        stored = self.stored.pop(chunk, None)
         if stored:
             rows.store = store_table([row["id"] for row in rows.rows], join_stored(stored))
         return rows
 
-    def _fresh(self, batch: Batch, rows: ChunkRows) -> list[int]:
-        """Positions in ``batch`` of the files not known yet; the others are counted as
-        already indexed (same path and bytes) or listed as duplicates (other path)."""
-        fresh = []
+    def partial(self) -> list[ChunkRows]:
+        """The units still open, as far as they got (on Ctrl-C: every image encoded is kept;
+        a rerun plans from the files, so the rest of such a unit is simply not indexed yet)."""
+        return [self._close(chunk) for chunk in list(self.open)]
+
+    def _fresh(self, batch: Batch) -> tuple[list[int], list[dict[str, Any]], int]:
+        """Positions in ``batch`` of the files not known yet; the duplicates entries of the
+        others (known under another path), and how many are known under their own path."""
+        fresh, duplicates, already_indexed = [], [], 0
         paths = [listed_path(record) for record in batch.records]
         keys = file_keys(batch.sha256, paths)
         found = self.known.find(keys.digests)  # written shards and earlier batches
@@ -110,11 +129,10 @@ class UnitEncoder:
             if hit is not None:
                 first_id, first_path = hit
                 if first_path == keys.paths[position]:
-                    rows.already_indexed += 1
+                    already_indexed += 1
                 else:
-                    rows.duplicates.append({"key": record.key, "path": path, "sha256": sha256, "duplicate_of": first_id})
+                    duplicates.append({"key": record.key, "path": path, "sha256": sha256, "duplicate_of": first_id})
                 continue
             self.known.add(keys.digests[position], self.ids.image_id(record), keys.paths[position])
             fresh.append(position)
-        return fresh
-
+        return fresh, duplicates, already_indexed

@@ -26,6 +26,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from compsearch.indexer.manifest import FileRecord, IndexDirectoryError, Manifest
+from compsearch.mapping.errors import reason
 from compsearch.indexer.store import DUPLICATES, SHARDS, SKIPPED, IndexStore
 
 BLOCK = 1 << 22
@@ -98,7 +99,7 @@ def _check_one(path: Path, record: FileRecord, checksum: bool) -> str | None:
     try:
         count = _count(path)
     except Exception as error:  # noqa: BLE001 - pyarrow and faiss raise their own kinds: report the file
-        return f"cannot be read ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
+        return f"cannot be read ({reason(error)})"
     if count != record.count:
         return f"holds {count} rows or vectors, the manifest records {record.count}"
     if checksum and record.sha256 and sha256(path) != record.sha256:

@@ -18,6 +18,13 @@ Format versions:
   sha256 and row or vector count, so opening an index can check it and ``compsearch verify``
   can find damage (:mod:`indexer.integrity`). Older versions recorded none: ``None``
   ("unknown"), until a finish or ``--repair`` records them.
+- 5: an index follows its collection (:mod:`indexer.sync`): each run records ``ids``, how many
+  ids its plan reserved (the next run's ids start after every id any run reserved, so none is
+  reused), and what it changed (``removed``, ``moved``, ``changed``, ``unchanged``); a run left
+  unfinished and re-planned by a later one is ``stopped``. Version 4 ids were listing positions:
+  a run reserved one per listed file, which its counts add up to (``added``, ``skipped``,
+  ``duplicates``, ``already_indexed``); a run left running reserved an unknown number (0: the
+  next run starts after the shards' largest id as well).
 """
 from __future__ import annotations
 
@@ -33,7 +40,7 @@ from compsearch.mapping.chunk_store import read_json
 from compsearch.mapping.errors import CompsearchError
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 REBUILD = "rebuild the index (`compsearch index … --overwrite`)"
 
 
@@ -74,13 +81,14 @@ class Provenance:
 
 @dataclass
 class RunEntry:
-    """One pass over a source: the first build is run 0, each append one more."""
+    """One pass over a source: the first build is run 0, each rerun one more."""
 
     run: int
     id_offset: int
+    ids: int  # ids reserved by its plan: id_offset … id_offset + ids - 1
     source: str
     chunk_size: int
-    status: Literal["running", "complete"]
+    status: Literal["running", "complete", "stopped"]
     started: str
     shards: int = 1  # processes splitting the run (``--shard I/N``)
     finished: str | None = None
@@ -89,12 +97,21 @@ class RunEntry:
     skipped: int = 0
     duplicates: int = 0
     already_indexed: int = 0
+    removed: int = 0
+    moved: int = 0
+    changed: int = 0
+    unchanged: int = 0
 
     def complete(self, finished: str, seconds: float, counts: Mapping[str, int]) -> None:
-        """Mark the run finished with its counts (added, skipped, duplicates, already_indexed)."""
+        """Mark the run finished with its counts (``RUN_COUNTS``)."""
         self.status, self.finished, self.seconds = "complete", finished, round(seconds, 3)
-        self.added, self.skipped = counts["added"], counts["skipped"]
-        self.duplicates, self.already_indexed = counts["duplicates"], counts["already_indexed"]
+        for name in RUN_COUNTS:
+            setattr(self, name, counts[name])
+
+
+WRITE_COUNTS = ("added", "skipped", "duplicates", "already_indexed")  # what the write stage counts per unit
+SYNC_COUNTS = ("removed", "moved", "changed", "unchanged")  # what a run's plan found (indexer.sync)
+RUN_COUNTS = WRITE_COUNTS + SYNC_COUNTS
 
 
 @dataclass
@@ -249,7 +266,19 @@ def _from_version_3(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-MIGRATIONS = {1: _from_version_1, 2: _from_version_2, 3: _from_version_3}  # version → the data in the next version's shape
+def _from_version_4(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 4 runs reserved listing positions and counted no sync (see the module)."""
+    for run in data.get("runs") if isinstance(data.get("runs"), list) else []:
+        if isinstance(run, dict):
+            listed = sum(run.get(key, 0) for key in ("added", "skipped", "duplicates", "already_indexed")
+                         if isinstance(run.get(key), int))
+            run.setdefault("ids", listed if run.get("status") == "complete" else 0)
+            for key in SYNC_COUNTS:
+                run.setdefault(key, 0)
+    return data
+
+
+MIGRATIONS = {1: _from_version_1, 2: _from_version_2, 3: _from_version_3, 4: _from_version_4}  # version → next version's shape
 
 
 def parse_manifest(data: Any, path: Path) -> Manifest:

@@ -16,7 +16,7 @@ from compsearch.indexer.finish import build_indexes, record_totals
 from compsearch.indexer.integrity import check_files
 from compsearch.indexer.lock import writing
 from compsearch.indexer.settings import IndexSettings
-from compsearch.indexer.store import IndexStore
+from compsearch.indexer.store import SHARDS, IndexStore
 
 
 @dataclass
@@ -46,7 +46,10 @@ def repair_index(folder: str | Path, settings: IndexSettings = IndexSettings()) 
         damage = check_files(store, manifest, checksum=True)
         removed = [d.file for d in damage if not d.is_faiss]
         for name in removed:
-            (store.folder / name).unlink(missing_ok=True)
+            path = store.folder / name
+            for beside in store.beside(path) if path.parent.name == SHARDS else []:
+                beside.unlink()  # its store and vectors parts go with it (vectors parts stay one per shard)
+            path.unlink(missing_ok=True)
         damaged = {d.file for d in damage}  # a removed part changes every FAISS file; else only the damaged
         stale = {name: entry.space for name, entry in manifest.indexes.items() if removed or entry.file in damaged}
         for name, space in stale.items():

@@ -15,15 +15,15 @@ import torch
 from tqdm import tqdm
 
 from compsearch.indexer.encode import UnitEncoder
+from compsearch.indexer.manifest import WRITE_COUNTS as COUNTS
 from compsearch.indexer.settings import IndexSettings
-from compsearch.indexer.store import IndexStore
+from compsearch.indexer.store import ChunkRows, IndexStore
 from compsearch.mapping.chunk_store import interrupted
 from compsearch.mapping.errors import Interrupted
 from compsearch.mapping.images import ImageSource, iter_batches
 from compsearch.mapping.images.parallelism import choose_parallelism
-from compsearch.mapping.images.plan import Plan, plan_listing
+from compsearch.mapping.images.plan import Plan
 
-COUNTS = ("added", "skipped", "duplicates", "already_indexed")
 Runner = Callable[[IndexStore, ImageSource, Plan, UnitEncoder, IndexSettings], dict[str, int]]
 
 
@@ -31,7 +31,8 @@ def run_in_process(store: IndexStore, source: ImageSource, work: Plan, stage: Un
                    settings: IndexSettings) -> dict[str, int]:
     """Encode and write ``work``'s units here; what they did (see ``COUNTS``).
 
-    Ctrl-C keeps every unit written and raises :func:`~mapping.chunk_store.interrupted`.
+    Ctrl-C writes the units half done as far as they got (a part the next run's plan simply
+    finds as rows already indexed) and raises :func:`~mapping.chunk_store.interrupted`.
     """
     counts = dict.fromkeys(COUNTS, 0)
     bar = tqdm(total=work.images_todo + work.images_done, initial=work.images_done, desc="indexing", unit="img",
@@ -46,11 +47,11 @@ def run_in_process(store: IndexStore, source: ImageSource, work: Plan, stage: Un
             rows = stage.take(batch)
             bar.update(len(batch) + len(batch.skipped))
             if rows is not None:
-                store.write_chunk(rows)
-                for name, count in rows.counts().items():
-                    counts[name] += count
+                _write(store, rows, counts)
                 bar.set_postfix(skipped=counts["skipped"], duplicates=counts["duplicates"], refresh=False)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # every image encoded is kept: the units half done too
+        for rows in stage.partial():
+            _write(store, rows, counts)
         raise stopped(store, work, stage.ids.run) from None
     finally:
         bar.close()
@@ -59,9 +60,15 @@ def run_in_process(store: IndexStore, source: ImageSource, work: Plan, stage: Un
 
 
 def stopped(store: IndexStore, work: Plan, run: int, why: str = "interrupted") -> Interrupted:
-    """The error of a run stopped before its end: what it kept, and that a rerun continues."""
-    kept = plan_listing(work.listed, work.chunk_size, done=store.done_chunks(run)).images_done
-    return interrupted(kept, work.listed, store.folder, why)
+    """The error of a run stopped before its end: the images its parts hold (a rerun plans
+    from the files, so they are kept, also those of a unit half done), and that a rerun continues."""
+    return interrupted(store.written(run), work.listed, store.folder, why)
+
+
+def _write(store: IndexStore, rows: ChunkRows, counts: dict[str, int]) -> None:
+    store.write_chunk(rows)
+    for name, count in rows.counts().items():
+        counts[name] += count
 
 
 def _jpeg_device(stage: UnitEncoder, settings: IndexSettings) -> str | None:

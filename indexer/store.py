@@ -4,7 +4,8 @@
 DIR/manifest.json            what was indexed, how, and with what (indexer/manifest.py)
 DIR/shards/part-RRR-CCCCCC.parquet
                              one file per chunk of the listing (run R, chunk C): id, key,
-                             path, sha256, width, height, carried metadata, and one vector
+                             path, sha256, width, height, folder, file_size, mtime, EXIF
+                             columns (mapping/images/file_facts.py), carried metadata, and one vector
                              column per property (``vector.full``, ``vector.colour``, …;
                              float16, not normalised) — all row-aligned by construction;
                              read one with pyarrow.dataset.dataset(DIR / "shards")
@@ -15,28 +16,35 @@ DIR/store/part-RRR-CCCCCC.parquet       the chunk's component store, written bef
 DIR/vectors/<name>/part-RRR-CCCCCC.parquet
                              a property's vectors built later from the store (they stand
                              in for the shards' column of that name; indexer/component_store.py)
+DIR/text-tower.onnx, DIR/image-tower.onnx
+                             the query side's encoders without torch (mapping/onnx), written
+                             by the first text and image query
 ```
 
 Each folder of parts is a :class:`~mapping.chunk_store.ChunkStore`: a chunk's shard is
 written to a temporary name and renamed, after its skipped and duplicates files, so a shard
 on disk is a finished chunk, whatever moment a run was killed at.
-Ids are stable int64: a run's ``id_offset`` plus the image's position in its listing.
+Ids are stable int64, one per file, never reused: a run's ``id_offset`` (the next id no run has
+used) plus the file's position in the run's plan (:mod:`indexer.sync`); a moved file keeps its id.
 """
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as ds
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from compsearch.mapping.images.file_facts import FACT_TYPES
 from compsearch.indexer.manifest import MANIFEST, Manifest, read_manifest, write_manifest
-from compsearch.mapping.chunk_store import ChunkStore, read_file, write_atomically
+from compsearch.mapping.chunk_store import ChunkStore, parse_part_name, read_file, write_atomically
+
+if TYPE_CHECKING:  # pyarrow.dataset imports pandas (~0.2 s): only what scans the shards pays for it
+    import pyarrow.dataset as ds
 
 SHARDS, SKIPPED, DUPLICATES, STORE, VECTORS = "shards", "skipped", "duplicates", "store", "vectors"
 VECTOR_PREFIX = "vector."
@@ -49,7 +57,7 @@ REBUILD = "rebuild the index with `compsearch index … --overwrite`"
 PARQUET = ".parquet"
 
 
-def _write_table(table: pa.Table, path: Path) -> None:
+def write_table(table: pa.Table, path: Path) -> None:
     write_atomically(path, lambda temporary: pq.write_table(table, temporary))
 
 
@@ -61,6 +69,22 @@ def vectors_to_arrow(vectors: np.ndarray) -> pa.FixedSizeListArray:
     """(rows, dim) float array → a fixed-size-list column of float16."""
     flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float16).reshape(-1), type=pa.float16())
     return pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
+
+
+# On pyarrow 26, converting between NumPy and Arrow (``pa.array(ndarray)``, ``Array.to_numpy``)
+# imports pandas, ~0.2 s: the two conversions a query by id needs go through buffers instead.
+def take_rows(table: pa.Table, positions: np.ndarray) -> pa.Table:
+    """``table.take(positions)``, the indices handed over as an Arrow buffer."""
+    positions = np.ascontiguousarray(positions, dtype=np.int64)
+    return table.take(pa.Array.from_buffers(pa.int64(), len(positions), [None, pa.py_buffer(positions)]))
+
+
+def ids_to_numpy(column: pa.ChunkedArray) -> np.ndarray:
+    """An int64 column without nulls (ids) as a NumPy array, read from its data buffer."""
+    array = column.combine_chunks()
+    if array.type != pa.int64() or array.null_count:
+        raise ValueError(f"ids must be int64 without nulls, not {array.type} with {array.null_count} nulls")
+    return np.frombuffer(array.buffers()[1], dtype=np.int64, count=len(array), offset=array.offset * 8)
 
 
 def arrow_to_vectors(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -137,8 +161,31 @@ class IndexStore:
             entries += [{"key": row["key"], "path": row["path"], "sha256": row["sha256"], "duplicate_of": repeats[row["id"]]}
                         for row in table.filter(pa.array(drop)).select(["key", "path", "sha256", "id"]).to_pylist()
                         if row["key"] not in known]
-            _write_table(pa.Table.from_pylist(entries), listed)
-            _write_table(table.filter(pa.array(~drop)), path)
+            write_table(pa.Table.from_pylist(entries), listed)
+            self.rewrite_shard(path, table.filter(pa.array(~drop)))
+
+    def beside(self, shard: Path) -> list[Path]:
+        """The parts made with a shard part and named as it (its component store part, its
+        vectors parts of properties added from the store)."""
+        vectors = self.folder / VECTORS
+        folders = [self.folder / STORE, *(sorted(vectors.iterdir()) if vectors.is_dir() else [])]
+        return [folder / shard.name for folder in folders if (folder / shard.name).is_file()]
+
+    def rewrite_shard(self, shard: Path, rows: pa.Table) -> None:
+        """Replace a shard part by ``rows`` (some of its rows, maybe re-pathed), the parts beside
+        it keeping only those rows' ids (in their order: a vectors part stays row-aligned with
+        the shard). Each file is written atomically, those beside first, and filtered by id, so
+        a kill in between leaves parts that a rerun filters the same way."""
+        kept = rows.column("id")
+        for path in self.beside(shard):
+            table = pq.read_table(path)
+            write_table(table.filter(pc.is_in(table.column("id"), kept)), path)
+        write_table(rows, shard)
+
+    def written(self, run: int) -> int:
+        """Files the parts of ``run`` account for: rows, skipped and duplicates entries."""
+        return sum(pq.read_metadata(path).num_rows for kind in (SHARDS, SKIPPED, DUPLICATES)
+                   for path in self.parts(kind).parts() if parse_part_name(path.name, PARQUET)[0] == run)
 
     def write_chunk(self, rows: ChunkRows) -> None:
         """The write stage: one chunk's rows → its parts, the shard last (it marks the chunk
@@ -146,7 +193,7 @@ class IndexStore:
         for kind, entries in ((SKIPPED, rows.skipped), (DUPLICATES, rows.duplicates)):
             path = self.parts(kind).path(rows.run, rows.chunk)
             if entries:
-                _write_table(pa.Table.from_pylist(entries), path)
+                write_table(pa.Table.from_pylist(entries), path)
             elif path.exists():  # left by an interrupted earlier attempt at this chunk
                 path.unlink()
         table = self._row_table(rows.rows) if rows.rows else None
@@ -171,22 +218,41 @@ class IndexStore:
         """A part's schema: reading its footer is where a damaged part shows."""
         return read_file(path, pq.read_schema, REBUILD)
 
-    def dataset(self, kind: str = SHARDS) -> ds.Dataset | None:
-        parts = self.parts(kind).parts()
-        if not parts:
+    def _schemas(self, kind: str, except_run: int | None = None) -> dict[Path, pa.Schema]:
+        return {path: self._schema(path) for path in self.parts(kind).parts()
+                if parse_part_name(path.name, PARQUET)[0] != except_run}
+
+    @staticmethod
+    def _unified(schemas: dict[Path, pa.Schema]) -> pa.Schema:
+        """Shards may differ in schema (a metadata column all null in one of them): unify."""
+        return pa.unify_schemas(list(schemas.values()), promote_options="permissive")
+
+    def dataset(self, kind: str = SHARDS, except_run: int | None = None) -> ds.Dataset | None:
+        """The parts of ``kind`` as one dataset (those of ``except_run`` left out), None for none."""
+        import pyarrow.dataset as ds
+
+        schemas = self._schemas(kind, except_run)
+        if not schemas:
             return None
-        # Shards may differ in schema (a metadata column all null in one of them): unify.
-        schema = pa.unify_schemas([self._schema(p) for p in parts], promote_options="permissive")
-        return ds.dataset([str(p) for p in parts], format="parquet", schema=schema)
+        return ds.dataset([str(p) for p in schemas], format="parquet", schema=self._unified(schemas))
 
     def read_table(self, kind: str = SHARDS, columns: list[str] | None = None) -> pa.Table:
-        """A whole table (images without vectors by default for shards; skipped; duplicates)."""
-        dataset = self.dataset(kind)
-        if dataset is None:
-            return pa.table({})
-        if columns is None and kind == SHARDS:
-            columns = [name for name in dataset.schema.names if not name.startswith(VECTOR_PREFIX)]
-        return dataset.to_table(columns=columns)
+        """A whole table (images without vectors by default for shards; skipped; duplicates),
+        read part by part without pyarrow.dataset, which imports pandas: a query by id from the
+        shell stays quick."""
+        schemas = self._schemas(kind)
+        if not schemas:
+            return pa.schema([]).empty_table()
+        schema = self._unified(schemas)
+        if columns is None:
+            columns = [name for name in schema.names if not (kind == SHARDS and name.startswith(VECTOR_PREFIX))]
+        tables = []
+        for path, part_schema in schemas.items():
+            present = [name for name in columns if name in part_schema.names]
+            tables.append(read_file(path, lambda part: pq.ParquetFile(part).read(columns=present), REBUILD))
+        table = pa.concat_tables(tables, promote_options="permissive")  # a column a part lacks: nulls
+        table, unified = table.select(columns), pa.schema([schema.field(name) for name in columns])
+        return table if table.schema == unified else table.cast(unified)  # cast imports pyarrow.compute
 
     def vectors_kind(self, name: str) -> str:
         """Where ``name``'s vectors are: its own parts when built from the store, else the shards."""

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from compsearch.mapping.errors import CompsearchError, Interrupted
+from compsearch.mapping.errors import CompsearchError, Interrupted, reason
 
 T = TypeVar("T")
 RERUN = "rerun the same command to continue where it stopped"
@@ -36,7 +36,11 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     temporary name carries the process id: processes of one run may write the same file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(temporary)
+    try:
+        write(temporary)
+    except BaseException:  # a failed or interrupted write leaves nothing behind
+        temporary.unlink(missing_ok=True)
+        raise
     os.replace(temporary, path)
 
 
@@ -49,8 +53,7 @@ def read_file(path: Path, read: Callable[[Path], T], hint: str) -> T:
     try:
         return read(path)
     except Exception as error:  # noqa: BLE001 - every parser raises its own kind: name the file instead
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise DamagedFileError(f"cannot read {path} ({reason})", hint) from error
+        raise DamagedFileError(f"cannot read {path} ({reason(error)})", hint) from error
 
 
 def read_json(path: Path, hint: str) -> Any:

@@ -27,7 +27,7 @@ from compsearch.mapping.errors import CompsearchError
 from compsearch.mapping.models import LoadedModel
 from compsearch.mapping.identity import EncoderIdentity, Precision
 from compsearch.mapping.names import FULL
-from compsearch.mapping.properties import Property, description_embeddings
+from compsearch.mapping.properties.prompts import embed_texts
 
 
 def default_precision(device: torch.device | str) -> Precision:
@@ -156,7 +156,7 @@ class PropertyEncoder:
                 f"this encoder has no text side ({self.space} space, no CLIP loaded)",
                 "text queries need an index built with an aligner into a CLIP (`compsearch index --aligner`)",
             )
-        return embed_texts(self.clip, texts, templates)
+        return torch.from_numpy(embed_texts(self.clip.encode_text, texts, templates))
 
     def _aligner_on(self, device: torch.device) -> Aligner:
         if self.aligner.bias.device != device:
@@ -165,13 +165,6 @@ class PropertyEncoder:
                 self.aligner.bias.to(device),
             )
         return self.aligner
-
-
-@torch.inference_mode()
-def embed_texts(clip: LoadedModel, texts: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
-    """Text queries in ``clip``'s space: per text, the normalised mean of its prompts' normalised
-    embeddings. Needs only the CLIP, so a search by text never loads the image model."""
-    return description_embeddings(Property("query", tuple(texts), tuple(templates)), clip.encode_text)
 
 
 def _check_text_side(clip: LoadedModel, aligner: Aligner | None) -> None:

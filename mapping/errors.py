@@ -40,6 +40,11 @@ class Interrupted(CompsearchError):
 WARNINGS = logging.getLogger("compsearch")
 
 
+def reason(error: BaseException) -> str:
+    """An exception's first line (or its type, when it says nothing): why, in a one-line message."""
+    return (str(error).splitlines() or [type(error).__name__])[0]
+
+
 def warn(problem: str, hint: str | None = None) -> None:
     """Warn that ``problem`` (and what to do: ``hint``) as a record of the ``compsearch`` logger.
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+RANDOM_INIT = "random-init"  # the weights id of a randomly initialised model: nothing can make its vectors again
+
 # The arithmetic vectors are computed in: part of an encoder's identity, since bf16 vectors
 # differ from fp32 ones in the third digit and a query should land where its image was indexed.
 Precision = Literal["fp32", "bf16"]

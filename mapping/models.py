@@ -41,10 +41,10 @@ from torch import nn
 
 from compsearch.mapping.decompose import model_output
 from compsearch.mapping.errors import CompsearchError, ModelLoadError
+from compsearch.mapping.identity import RANDOM_INIT
 
 WEIGHTS_DIR_ENV = "COMPSEARCH_WEIGHTS_DIR"
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".bin")
-RANDOM_INIT = "random-init"
 LOCAL_DIR_PREFIX = "local-dir:"
 _LOAD_FAILURES = (RuntimeError, OSError, ValueError, KeyError, pickle.UnpicklingError, SafetensorError)
 _WEIGHTS_HINT = f"pass --weights PATH (a file or a folder) or set {WEIGHTS_DIR_ENV} to a folder holding it"

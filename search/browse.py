@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from compsearch.search.errors import QueryError
-from compsearch.search.filters import filter_table
+from compsearch.search.filters import selected_positions
 from compsearch.search.query import check_k, check_offset
 from compsearch.search.results import Result, SearchResults
 from compsearch.search.stored import StoredRows, split_record
@@ -16,14 +16,14 @@ from compsearch.search.stored import StoredRows, split_record
 DEFAULT_ORDER = "path"  # the folders, in order: what a file browser shows
 
 
-def _sort_keys(schema: pa.Schema, order: str) -> list[tuple[str, str]]:
+def _sort_keys(schema: pa.Schema, order: str) -> tuple[tuple[str, str], ...]:
     """``column`` (ascending) or ``-column`` (descending), then id: a stable order."""
     name = order.removeprefix("-")
     if name not in schema.names:
         raise QueryError(f"cannot order by {name!r}: the index has no such column",
                          f"order by one of {', '.join(schema.names)} (prefix - for descending)")
-    keys = [(name, "descending" if order.startswith("-") else "ascending")]
-    return keys if name == "id" else [*keys, ("id", "ascending")]
+    key = (name, "descending" if order.startswith("-") else "ascending")
+    return (key,) if name == "id" else (key, ("id", "ascending"))
 
 
 def browse(rows: StoredRows, limit: int = 60, offset: int = 0, where: str | None = None,
@@ -34,16 +34,17 @@ def browse(rows: StoredRows, limit: int = 60, offset: int = 0, where: str | None
     check_k(limit)
     check_offset(offset, limit)
     table = rows.table
-    keys = _sort_keys(table.schema, order)
+    order_of_rows = rows.ordered_positions(_sort_keys(table.schema, order))
     if where is not None:
-        table = filter_table(table, where)
-    order_of_rows = pc.sort_indices(table, sort_keys=keys)  # nulls last
-    page = table.take(order_of_rows[offset:offset + limit]) if table.num_rows else table
+        kept = np.zeros(table.num_rows, dtype=bool)
+        kept[selected_positions(table, where)] = True
+        order_of_rows = order_of_rows[kept[order_of_rows]]
+    page = table.take(order_of_rows[offset:offset + limit])
     results = []
     for rank, record in enumerate(page.to_pylist(), start=offset + 1):
         identity, metadata = split_record(record)
         results.append(Result(rank=rank, id=int(identity["id"]), key=identity["key"], path=identity["path"],
                               score=None, scores={}, metadata=metadata))
     query = {"browse": True, "k": limit, "offset": offset, "where": where, "order": order,
-             "total": int(table.num_rows)}
+             "total": len(order_of_rows)}
     return SearchResults(query=query, results=results, seconds={"total": time.perf_counter() - started})

@@ -234,15 +234,21 @@ def parse_filter(text: str, schema: pa.Schema) -> pc.Expression:
     return _Parser(text, schema).parse()
 
 
-def filter_table(table: pa.Table, text: str) -> pa.Table:
-    """The rows of ``table`` that ``text`` keeps."""
+def selected_positions(table: pa.Table, text: str) -> np.ndarray:
+    """The positions (ascending) of ``table``'s rows that ``text`` keeps."""
     expression = parse_filter(text, table.schema)
+    position = "__position"
+    while position in table.schema.names:  # a carried column may have any name
+        position += "_"
+    numbered = table.append_column(position, pa.array(np.arange(table.num_rows, dtype=np.int64)))
     try:
-        return table.filter(expression)
+        kept = numbered.filter(expression)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as error:
         raise FilterError(f"cannot apply the filter {text!r} ({error})", GRAMMAR_HINT) from None
+    return kept.column(position).to_numpy()
 
 
 def selected_ids(table: pa.Table, text: str) -> np.ndarray:
     """The sorted ids of ``table``'s rows that ``text`` keeps (``table`` has an ``id`` column)."""
-    return np.sort(filter_table(table, text).column("id").to_numpy().astype(np.int64))
+    ids = table.column("id").to_numpy().astype(np.int64)
+    return np.sort(ids[selected_positions(table, text)])

@@ -1,15 +1,18 @@
 """An index directory opened for queries: ``search.open_index(DIR)`` → :class:`SearchIndex`.
 
 Text terms are embedded by the CLIP the index's aligner maps into, with the property's
-prompt templates (only that CLIP is loaded for them, not the image model); image terms are
+prompt templates (only that CLIP, not the image model); image terms are
 decomposed by the encoder rebuilt from the manifest, around the weights file it records
 (same model, weights, first block, aligner and components — anything else is refused);
+both run as ONNX towers beside the index (``text-tower.onnx``, ``image-tower.onnx``;
+:mod:`mapping.onnx`: no torch), which the first query of each kind writes after answering
+with torch (a few seconds, once; models handed to the index are used as given);
 id terms take the indexed image's stored vector. One term is answered by its property's
 FAISS index directly; several are combined exactly (:mod:`search.combine`).
 
 Opening checks the files against the manifest's record (:mod:`indexer.integrity`: sizes and
 counts, no checksums), so damage is one error naming the file and its repair, not a wrong
-answer mid-query. Opened read-only: FAISS files memory-mapped where the index type allows, the models and
+answer mid-query. Opened read-only (the towers apart): FAISS files memory-mapped where the index type allows, the models and
 the rows table loaded on first use, once, under a lock, so one SearchIndex can serve
 queries from several threads.
 """
@@ -29,22 +32,26 @@ from compsearch.indexer.faiss_tuning import set_search_parameters
 from compsearch.indexer.integrity import Damage, DamagedIndexError, cheap_check, check_count
 from compsearch.indexer.store import IndexStore
 from compsearch.mapping.chunk_store import read_file
+from compsearch.mapping.identity import RANDOM_INIT
 from compsearch.mapping.names import FULL
 from compsearch.search.combine import Ranked, SearchFunction, WeightedVector, combined_top_k
 from compsearch.search.errors import NoTextEncoderError, QueryError, UnknownPropertyError
 from compsearch.search.filtered import Selection, search_selected
-from compsearch.search.filters import selected_ids
-from compsearch.search.query import ImageInput, Query, Term, check_k, check_offset, check_threshold, term_labels
+from compsearch.search.query import Query, Term, check_k, check_offset, check_threshold, term_labels
 from compsearch.search.results import Result, SearchResults
 from compsearch.search.stored import StoredRows, keeps_exact_vectors, split_record
 
 if TYPE_CHECKING:  # the model side loads on the first query that needs it: an id query never does
     import PIL.Image
 
+    from compsearch.search.query import ImageInput
+
     from compsearch.mapping.encoder import PropertyEncoder
+    from compsearch.mapping.properties.prompts import TextEncoder
     from compsearch.mapping.models import LoadedModel
 
 IMAGE_BATCH = 32  # reference images decomposed per forward pass
+ImageEncoder = Callable[[list["PIL.Image.Image"]], dict[str, np.ndarray]]  # images -> {name: (n, d) normalised}
 T = TypeVar("T")
 
 
@@ -95,6 +102,8 @@ class SearchIndex:
         self._rows: StoredRows | None = None
         self._encoder: PropertyEncoder | None = None
         self._text_model: LoadedModel | None = None
+        self._text_encoder: TextEncoder | None = None
+        self._image_encoder: ImageEncoder | None = None
 
     # -- what the index holds ------------------------------------------------------------------
     @property
@@ -121,13 +130,16 @@ class SearchIndex:
         return self.rows.records([image_id])[0]
 
     def warm(self, models: bool = True) -> None:
-        """Load now what the first query would: rows, every FAISS index, the models (unless
-        ``models`` is False: id queries need none)."""
+        """Load now what the first query would: rows, every FAISS index, the text and image
+        encoders — towers, or models (unless ``models`` is False: id queries need none)."""
         self.rows  # noqa: B018 - loads
         for name in self.properties:
             self._index(name)
         if models:
-            self.encoder  # noqa: B018 - loads
+            if self.has_text:
+                self.text_encoder  # noqa: B018 - loads
+            if self.image_encoder == self._torch_image_vectors:
+                self.encoder  # noqa: B018 - loads
 
     # -- lazily loaded parts ---------------------------------------------------------------------
     def _once(self, attribute: str, build: Callable[[], T]) -> T:
@@ -153,6 +165,59 @@ class SearchIndex:
     def text_model(self) -> LoadedModel:
         """The CLIP that text terms are embedded by (the image model itself when it is that CLIP)."""
         return self._once("_text_model", self._load_text_model)
+
+    @property
+    def text_encoder(self) -> TextEncoder:
+        """What embeds text terms: the ONNX text tower beside the index when it is this index's
+        CLIP's, else the CLIP itself (see the module docstring)."""
+        return self._once("_text_encoder", self._open_text_encoder)
+
+    @property
+    def image_encoder(self) -> ImageEncoder:
+        """What maps reference images to every name's normalised vector: the ONNX image tower
+        beside the index when it is this index's encoder's, else the encoder itself."""
+        return self._once("_image_encoder", self._open_image_encoder)
+
+    def _runs_towers(self, weights_id: str | None) -> bool:
+        """Whether queries may run (and write) towers: not with models handed to the index (those
+        are used as given), nor for random weights (nothing can make those vectors again)."""
+        return self._given_clip is None and self._given_model is None and weights_id != RANDOM_INIT
+
+    def _open_text_encoder(self) -> TextEncoder:
+        from compsearch.mapping.onnx.text import open_text_tower
+
+        recorded = self.manifest.encoder
+        if not self._runs_towers(recorded.clip_weights_id):
+            return self.text_model.encode_text
+        tower = open_text_tower(self.folder, recorded.clip_name, recorded.clip_weights_id)
+        if tower is not None:
+            return tower.encode_text
+        from compsearch.mapping.onnx.export import save_text_tower
+
+        save_text_tower(self.text_model, self.folder)
+        return self.text_model.encode_text
+
+    def _open_image_encoder(self) -> ImageEncoder:
+        from compsearch.mapping.onnx.image import open_image_tower
+
+        recorded = self.manifest.encoder
+        if not self._runs_towers(recorded.model_weights_id):
+            return self._torch_image_vectors
+        tower = open_image_tower(self.folder, recorded)
+        if tower is not None:
+            return tower.encode_images
+        from compsearch.mapping.onnx.export import save_image_tower
+
+        save_image_tower(self.encoder, recorded, self.folder)
+        return self._torch_image_vectors
+
+    def _torch_image_vectors(self, pictures: list[PIL.Image.Image]) -> dict[str, np.ndarray]:
+        import torch
+
+        encoder = self.encoder
+        pixels = torch.stack([encoder.model.preprocess(picture) for picture in pictures])
+        return {name: torch.nn.functional.normalize(vectors, dim=-1).numpy()
+                for name, vectors in encoder.encode(pixels).items()}
 
     def _clip_is_the_model(self) -> bool:
         recorded = self.manifest.encoder
@@ -186,7 +251,7 @@ class SearchIndex:
 
     def _load(self, name: str, recorded_weights: str, weights: str | Path | None) -> LoadedModel:
         from compsearch.indexer.artifacts import IndexMismatchError, find_artifact
-        from compsearch.mapping.models import RANDOM_INIT, load_model
+        from compsearch.mapping.models import load_model
 
         if recorded_weights == RANDOM_INIT:
             raise IndexMismatchError(
@@ -245,7 +310,7 @@ class SearchIndex:
         check_offset(offset, k)
         check_threshold(threshold)
         depth = k + offset
-        selection = None if where is None else Selection(selected_ids(self.rows.table, where))
+        selection = None if where is None else Selection(self._selected_ids(where))
         plans = [query.all_terms() for query in queries]
         flat = [term for terms in plans for term in terms]
         for term in flat:
@@ -273,6 +338,11 @@ class SearchIndex:
         for result in results:
             result.seconds = dict(seconds)
         return results
+
+    def _selected_ids(self, where: str) -> np.ndarray:
+        from compsearch.search.filters import selected_ids  # pyarrow.compute: only filtered queries pay for it
+
+        return selected_ids(self.rows.table, where)
 
     def _faiss_search(self, name: str, queries: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
         return self._index(name).search(np.ascontiguousarray(queries, dtype=np.float32), depth)
@@ -333,16 +403,14 @@ class SearchIndex:
         return [np.ascontiguousarray(vector, dtype=np.float32) for vector in vectors]
 
     def _text_vectors(self, name: str, texts: list[str]) -> np.ndarray:
-        from compsearch.mapping.encoder import embed_texts
         from compsearch.mapping.properties.known_words import warn_unknown_words
+        from compsearch.mapping.properties.prompts import embed_texts
 
-        warn_unknown_words(self.text_model.name, texts, "the text query")
-        return embed_texts(self.text_model, texts, self._templates(name)).numpy()
+        warn_unknown_words(self.manifest.encoder.clip_name, texts, "the text query")
+        return embed_texts(self.text_encoder, texts, self._templates(name))
 
     def _image_vectors(self, terms: list[Term], images: list[int]) -> dict[int, np.ndarray]:
         """The query vector of each image term (by position in ``terms``)."""
-        import torch
-
         vectors = {}
         # One decomposition per distinct image gives every property's vector: terms naming the
         # same image (a path, or the very same object) share it.
@@ -354,16 +422,14 @@ class SearchIndex:
         for start in range(0, len(groups), IMAGE_BATCH):
             members = groups[start:start + IMAGE_BATCH]
             pictures = [_image(terms[group[0]].image) for group in members]  # all readable before the model runs
-            encoder = self.encoder
-            pixels = torch.stack([encoder.model.preprocess(picture) for picture in pictures])
-            encoded = encoder.encode(pixels)
+            encoded = self.image_encoder(pictures)
             for row, group in enumerate(members):
                 for i in group:
-                    vectors[i] = torch.nn.functional.normalize(encoded[terms[i].property_name][row], dim=0).numpy()
+                    vectors[i] = encoded[terms[i].property_name][row]
         return vectors
 
     def _templates(self, name: str) -> list[str]:
-        from compsearch.indexer.artifacts import templates_for
+        from compsearch.mapping.properties.vocabulary import templates_for
 
         entry = self.manifest.properties.get(name)
         return list(entry.templates if entry is not None and entry.templates else templates_for(name))

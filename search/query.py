@@ -11,9 +11,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
-
-import PIL.Image
+from typing import TYPE_CHECKING, Any, Union
 
 from compsearch.mapping.names import FULL
 from compsearch.search.errors import QueryError
@@ -25,7 +23,10 @@ KINDS = ("text", "image", "id")
 TERM_SYNTAX = "[WEIGHT*]PROPERTY:KIND:VALUE with KIND text, image or id (e.g. pattern:text:striped, 0.5*colour:image:a.jpg)"
 _WEIGHT_PREFIX = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\*(.*)$", re.S)
 
-ImageInput = Union[str, Path, bytes, PIL.Image.Image]
+if TYPE_CHECKING:  # PIL loads only where an image is read
+    import PIL.Image
+
+    ImageInput = Union[str, Path, bytes, PIL.Image.Image]
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,6 @@ client for this. The answer is the one result schema (:mod:`search.results`), so
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -62,6 +60,9 @@ def search_remote(url: str, *, text: str | None = None, image: Path | None = Non
         fields = {"k": k, "offset": offset, "where": where, "threshold": threshold,
                   "terms": [{"property": t.property_name, "text": t.text, "id": t.id, "weight": t.weight}
                             for t in main + terms]}
+    import urllib.error
+    import urllib.request  # here: a query of a local index never loads it
+
     fields = {name: value for name, value in fields.items() if value is not None}
     body, content_type = _body(fields, image)
     request = urllib.request.Request(url.rstrip("/") + "/api/search", data=body, method="POST",

@@ -2,15 +2,19 @@
 its vectors exactly as indexed (normalised), for query-by-id and for exact rescoring."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faiss
 import numpy as np
 import pyarrow.compute as pc
 
 from compsearch.indexer.faiss_choice import normalised
-from compsearch.indexer.store import IDENTITY_COLUMNS, SHARDS, IndexStore, arrow_to_vectors, vector_column
+from compsearch.indexer.store import (IDENTITY_COLUMNS, IndexStore, arrow_to_vectors, ids_to_numpy, take_rows,
+                                     vector_column)
 from compsearch.search.errors import QueryError, UnknownImageError
+
+if TYPE_CHECKING:
+    import pyarrow.dataset as ds
 
 
 def keeps_exact_vectors(index: faiss.Index) -> bool:
@@ -31,11 +35,12 @@ class StoredRows:
 
     def __init__(self, store: IndexStore) -> None:
         self.store = store
-        self.dataset = store.dataset()
+        self._datasets: dict[str, ds.Dataset] = {}  # opened on first use (pyarrow.dataset imports pandas)
         self.table = store.read_table()  # every column but the vectors
-        ids = self.table.column("id").to_numpy() if self.table.num_rows else np.zeros(0, np.int64)
+        ids = ids_to_numpy(self.table.column("id")) if self.table.num_rows else np.zeros(0, np.int64)
         self._order = np.argsort(ids, kind="stable")
         self._sorted_ids = ids[self._order]
+        self._orders: dict[tuple[tuple[str, str], ...], np.ndarray] = {}
 
     def positions(self, ids: np.ndarray | list[int]) -> np.ndarray:
         """Row positions of ``ids``; raises UnknownImageError for an id not indexed (QueryError
@@ -53,9 +58,16 @@ class StoredRows:
                                     f"ids run from {lowest} to {highest} (see a result's `id`)")
         return self._order[found]
 
+    def ordered_positions(self, keys: tuple[tuple[str, str], ...]) -> np.ndarray:
+        """Every row's position, sorted by ``keys`` (pyarrow sort keys, nulls last); kept, since
+        sorting a million paths takes a second and a browsing page asks again for each page."""
+        if keys not in self._orders:
+            self._orders[keys] = pc.sort_indices(self.table, sort_keys=list(keys)).to_numpy()
+        return self._orders[keys]
+
     def records(self, ids: np.ndarray | list[int]) -> list[dict[str, Any]]:
         """The stored rows of ``ids``, in that order."""
-        return self.table.take(self.positions(ids)).to_pylist()
+        return take_rows(self.table, self.positions(ids)).to_pylist()
 
     def ids_with_sha256(self, sha256: str) -> list[int]:
         """The ids of the indexed files whose bytes hash to ``sha256`` (byte-identical files)."""
@@ -66,7 +78,9 @@ class StoredRows:
     def vectors(self, name: str, ids: np.ndarray | list[int]) -> np.ndarray:
         """``(len(ids), dim)`` normalised vectors of ``name`` as stored in the shards."""
         kind = self.store.vectors_kind(name)  # a property added from the store has its own parts, in shard order
-        dataset = self.dataset if kind == SHARDS else self.store.dataset(kind)
+        if kind not in self._datasets:
+            self._datasets[kind] = self.store.dataset(kind)
+        dataset = self._datasets[kind]
         column = dataset.take(self.positions(ids), columns=[vector_column(name)]).column(0)
         return normalised(arrow_to_vectors(column))
 

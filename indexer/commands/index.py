@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -77,12 +77,13 @@ def _parse_auto_count(_ctx: click.Context, param: click.Parameter, value: str) -
 @click.option("--store", "store", default="fp16", show_default=True, type=click.Choice(["fp16", "fp32", "none"]),
               help="Keep each image's components in compact exact form beside the shards (DIR/store), so "
                    "`add-property` and `reindex` need no pass over the images; none: keep nothing.")
-@click.option("--append", "mode", flag_value="append", help="Add the files not indexed yet to an existing index.")
+@click.option("--append", "mode", flag_value="append", help="Only add the files not indexed yet (a plain rerun also removes, re-paths and re-encodes).")
 @click.option("--overwrite", "mode", flag_value="overwrite", help="Delete the index in --out and rebuild it.")
 @click.option("--repair", "mode", flag_value="repair",
               help="Repair the index in --out from its shards (see `compsearch verify`): rebuild damaged FAISS "
                    "files, remove damaged shard parts (an --append run then encodes their images again). "
                    "Loads no model.")
+@click.option("--dry-run", is_flag=True, help="Print what a run would add, remove, move and re-encode; change nothing.")
 @json_option
 def index_command(images: Path, out_dir: Path, model_name: str, weights: Path | None, random_init: bool,
                   aligner_path: Path | None, ranking_path: Path | None, property_names: tuple[str, ...],
@@ -90,7 +91,7 @@ def index_command(images: Path, out_dir: Path, model_name: str, weights: Path | 
                   index_type: str, memory_gb: float | None, batch_size: int, workers: int | None,
                   threads: int | None, chunk_size: int,
                   jpeg_on_device: bool, device: str, shard: tuple[int, int], backend: str, address: str | None,
-                  store: str, mode: str | None, as_json: bool) -> None:
+                  store: str, mode: str | None, dry_run: bool, as_json: bool) -> None:
     """Index the images in IMAGES (a folder, a text file of paths, or a Parquet/CSV file with a
     `path` column whose other columns are kept as metadata) into the directory --out.
 
@@ -98,19 +99,24 @@ def index_command(images: Path, out_dir: Path, model_name: str, weights: Path | 
     Every image is decomposed once; per property of --ranking, the sum of its top-k
     components goes into DIR/<property>.faiss, the whole representation into DIR/full.faiss;
     metadata and vectors go into Parquet shards (DIR/shards). Unreadable files are skipped
-    and listed with their reason, identical files indexed once. Interrupted? Run the same
-    command again: it continues where it stopped.
+    and listed with their reason, identical files indexed once. Interrupted, or the folder
+    changed? Run the same command again: it adds new files, removes deleted ones, re-paths
+    moved ones (no re-encoding) and re-encodes changed ones (--append: only adds).
 
     \b
     Example:
       compsearch index ~/photos --out photos.index --model deit_base_patch16_224 \\
           --aligner deit.aligner --ranking ranking.json
     """
-    from compsearch.indexer.api import build_index
+    from compsearch.indexer.api import build_index, plan_index
     from compsearch.indexer.build import IndexSettings
 
     if address and backend != "ray":
         raise CompsearchError("--address names a Ray cluster, and this run is not on Ray", "add --backend ray")
+
+    if dry_run:
+        emit(plan_index(images, out_dir, mode or "resume").report(), as_json, format_plan)
+        return
 
     settings = IndexSettings(
         index=index_type, batch_size=batch_size, workers=workers, threads=threads, chunk_size=chunk_size,
@@ -130,6 +136,13 @@ def index_command(images: Path, out_dir: Path, model_name: str, weights: Path | 
     emit(summary, as_json, format_summary)
 
 
+def format_plan(report: dict[str, Any]) -> str:
+    lines = ["A run would find: " + ", ".join(f"{count} {name}" for name, count in report["counts"].items())]
+    for kind, paths in report["examples"].items():
+        lines += [f"  {kind}: {path}" for path in paths]
+    return "\n".join(lines)
+
+
 def format_summary(summary: IndexSummary) -> str:
     if summary.shard:
         return (f"{summary.folder}: shard {summary.shard} done ({summary.added} added, {summary.skipped} skipped, "
@@ -137,9 +150,10 @@ def format_summary(summary: IndexSummary) -> str:
                 f"{summary.chunks_left}.\nWhen every shard has finished, run the same command without --shard: "
                 "it builds the FAISS indexes.")
     return "\n".join([
-        f"{summary.folder}: {summary.images} images indexed ({summary.added} added by this run, "
-        f"{summary.skipped} skipped, {summary.duplicates} duplicates, {summary.already_indexed} already there) "
-        f"in {summary.seconds:.1f} s ({summary.images_per_second:.1f} images/s)",
+        f"{summary.folder}: {summary.images} images indexed (this run: {summary.added} added, {summary.removed} "
+        f"removed, {summary.moved} moved, {summary.changed} changed, {summary.unchanged + summary.already_indexed} "
+        f"unchanged, {summary.skipped} skipped, {summary.duplicates} duplicates) "
+        f"in {summary.seconds:.1f} s" + (f" ({summary.images_per_second:.1f} images/s)" if summary.added else ""),
         *(f"  {name}.faiss  {factory}" for name, factory in summary.indexes.items()),
         f"Next: compsearch info {summary.folder}",
     ])

@@ -18,7 +18,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import PIL.Image
 import pyarrow as pa
 
 FACT_TYPES = {
@@ -75,6 +74,8 @@ def exif_facts(data: bytes) -> dict[str, Any]:
     """The EXIF columns of an image file's bytes (nulls where absent or unreadable)."""
     facts: dict[str, Any] = dict.fromkeys(("taken", "camera_make", "camera_model", "lens", "focal_length", "iso",
                                            "gps_latitude", "gps_longitude", "orientation"))
+    import PIL.Image  # here: the index's column types (FACT_TYPES) are read by queries that open no image
+
     try:
         with PIL.Image.open(io.BytesIO(data)) as image:
             exif = image.getexif()
@@ -94,10 +95,15 @@ def exif_facts(data: bytes) -> dict[str, Any]:
     return facts
 
 
+def modified(stat: os.stat_result) -> datetime:
+    """A file's mtime as the ``mtime`` column holds it (naive UTC, to the second)."""
+    return datetime.fromtimestamp(stat.st_mtime, timezone.utc).replace(tzinfo=None, microsecond=0)
+
+
 def file_facts(path: Path, data: bytes) -> dict[str, Any]:
     """Every column of the module docstring for the file at ``path`` whose bytes are ``data``."""
     try:
-        modified = datetime.fromtimestamp(os.stat(path).st_mtime, timezone.utc).replace(tzinfo=None, microsecond=0)
+        mtime = modified(os.stat(path))
     except OSError:
-        modified = None
-    return {"file_size": len(data), "mtime": modified, **exif_facts(data)}
+        mtime = None
+    return {"file_size": len(data), "mtime": mtime, **exif_facts(data)}

@@ -79,6 +79,8 @@ def _check_header(data: bytes, name: str) -> None:
 
 
 def _decode(record: ImageRecord, transforms: Sequence[Transform], defer_jpeg: bool = False) -> _Decoded:
+    if record.problem is not None:
+        raise ImageReadError(record.problem, "fix or remove that entry")
     if record.image is not None:
         image = to_rgb(record.image)
         digest, facts = hashlib.sha256(image.tobytes()).hexdigest(), {}

@@ -39,6 +39,22 @@ class ImageRecord:
     path: Path | None  # the file to read; None for in-memory images
     metadata: dict[str, Any] = field(default_factory=dict)
     image: PIL.Image.Image | None = None  # in-memory images only
+    problem: str | None = None  # why it cannot be read, known when listed (the reader skips it with this)
+
+
+def printable(name: str) -> str:
+    """``name`` as valid UTF-8 text: the bytes of a surrogate-escaped file name that is not
+    UTF-8 shown as ``\\xNN`` (Parquet and JSON take only valid UTF-8)."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def listed(position: int, key: str, path: Path, metadata: dict[str, Any] | None = None) -> ImageRecord:
+    """The record of a listed file; a name that is not valid UTF-8 is listed with that problem,
+    so it is skipped with its reason instead of stopping the collection where it is stored."""
+    record = ImageRecord(position, key, path, metadata or {})
+    if printable(key) != key:
+        record.problem = f"{printable(key)}: the file name is not valid UTF-8 (rename the file to index it)"
+    return record
 
 
 class ImageSource(Protocol):
@@ -68,21 +84,24 @@ class FolderSource:
         self.description = f"folder {self.root}"
 
     def records(self) -> Iterator[ImageRecord]:
-        position = 0
-        for relative in self._walk(""):
-            yield ImageRecord(position, relative, self.root / relative)
-            position += 1
+        for position, (relative, problem) in enumerate(self._walk("")):
+            record = listed(position, relative, self.root / relative)
+            record.problem = problem or record.problem
+            yield record
 
-    def _walk(self, relative: str) -> Iterator[str]:
+    def _walk(self, relative: str) -> Iterator[tuple[str, str | None]]:
+        """(path, None) per image file; (folder, why) for a folder that cannot be listed, so it
+        is recorded among the skipped instead of its files vanishing silently."""
         try:
             with os.scandir(self.root / relative) as scan:
                 entries = sorted(scan, key=lambda entry: entry.name)
-        except OSError:  # unreadable folder: nothing to list there
+        except OSError as error:
+            yield relative or ".", f"{printable(relative or '.')}: the folder cannot be listed ({error.strerror})"
             return
         for entry in entries:
             name = f"{relative}/{entry.name}" if relative else entry.name
             if has_image_suffix(entry.name):
-                yield name
+                yield name, None
             elif entry.is_dir(follow_symlinks=False):
                 yield from self._walk(name)
 
@@ -97,11 +116,13 @@ class ListFileSource:
 
     def records(self) -> Iterator[ImageRecord]:
         position = 0
-        with open(self.path, encoding="utf-8") as lines:
+        # Any bytes are a file name: not UTF-8 ones are surrogate-escaped (and skipped with
+        # their reason); only the line end is stripped, since spaces may belong to a name.
+        with open(self.path, encoding="utf-8", errors="surrogateescape", newline="") as lines:
             for line in lines:
-                entry = line.strip()
-                if entry and not entry.startswith("#"):
-                    yield ImageRecord(position, entry, self.root / Path(entry).expanduser())
+                entry = line.removesuffix("\n").removesuffix("\r")
+                if entry.strip() and not entry.lstrip().startswith("#"):
+                    yield listed(position, entry, self.root / Path(entry).expanduser())
                     position += 1
 
 
@@ -156,7 +177,7 @@ class TableSource:
                 if entry is None or str(entry).strip() == "":
                     continue
                 entry = str(entry)
-                yield ImageRecord(position, entry, self.root / Path(entry).expanduser(), row)
+                yield listed(position, entry, self.root / Path(entry).expanduser(), row)
                 position += 1
 
 

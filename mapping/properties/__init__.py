@@ -1,28 +1,19 @@
 """Properties to score components for: words (built-in YAML vocabularies beside this
-module, or user-defined) turned into a CLIP text subspace, or labelled example images."""
-from compsearch.mapping.properties.examples import ExampleProperty, load_examples
-from compsearch.mapping.properties.text import description_embeddings, orthonormal_basis, property_basis
-from compsearch.mapping.properties.vocabulary import (
-    Property,
-    PropertyError,
-    builtin_property,
-    builtin_property_names,
-    load_property_file,
-    parse_property,
-    resolve_properties,
-)
+module, or user-defined) turned into a CLIP text subspace, or labelled example images.
 
-__all__ = [
-    "ExampleProperty",
-    "Property",
-    "PropertyError",
-    "builtin_property",
-    "builtin_property_names",
-    "description_embeddings",
-    "load_examples",
-    "load_property_file",
-    "orthonormal_basis",
-    "parse_property",
-    "property_basis",
-    "resolve_properties",
-]
+Names load on first use (:mod:`compsearch.mapping.lazy`): the subspaces and examples need
+torch, and a text query through the ONNX text tower reads vocabularies and prompts only."""
+from __future__ import annotations
+
+from compsearch.mapping.lazy import lazy_attributes
+
+_EXPORTS = {  # exported name -> submodule defining it
+    "ExampleProperty": "examples", "load_examples": "examples",
+    "description_embeddings": "text", "orthonormal_basis": "text", "property_basis": "text",
+    "Property": "vocabulary", "PropertyError": "vocabulary", "builtin_property": "vocabulary",
+    "builtin_property_names": "vocabulary", "load_property_file": "vocabulary", "parse_property": "vocabulary",
+    "resolve_properties": "vocabulary",
+}
+__all__ = sorted(_EXPORTS)
+
+__getattr__ = lazy_attributes(__name__, _EXPORTS)

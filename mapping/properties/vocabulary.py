@@ -92,6 +92,15 @@ def builtin_property(name: str) -> Property:
         ) from None
 
 
+def templates_for(property_name: str) -> list[str]:
+    """Prompt templates for text queries on a property the ranking kept none for (examples, or
+    an older ranking): the built-in ones, else the defaults."""
+    try:
+        return list(builtin_property(property_name).templates)
+    except PropertyError:
+        return list(default_templates())
+
+
 def load_property_file(path: str | Path) -> list[Property]:
     """Properties from a YAML or JSON file mapping each name to its descriptions (a list) or to
     ``{descriptions: [...], templates: [...]}``."""

@@ -163,7 +163,7 @@ def test_parquet_and_csv_and_list_sources_carry_metadata(model, world, tmp_path)
     assert IndexStore(tmp_path / "list").read_manifest().counts.images == 5
 
 
-def test_append_adds_only_new_files_and_keeps_ids(model, world, tmp_path) -> None:
+def test_append_adds_only_new_files_keeps_ids_and_removes_nothing(model, world, tmp_path) -> None:
     images = tmp_path / "images"
     images.mkdir()
     files = sorted((world / "train").glob("*.png"))
@@ -174,10 +174,9 @@ def test_append_adds_only_new_files_and_keeps_ids(model, world, tmp_path) -> Non
     before = {row["key"]: row["id"] for row in ds.dataset(out / "shards").to_table().to_pylist()}
     for path in files[12:]:
         shutil.copy(path, images / path.name)
-    with pytest.raises(CompsearchError, match="--append"):
-        _index(model, images, out)
+    (images / files[0].name).unlink()  # an append never removes
     summary = _index(model, images, out, mode="append")
-    assert summary.added == 8 and summary.already_indexed == 12
+    assert (summary.added, summary.unchanged, summary.removed) == (8, 11, 0)
     after = {row["key"]: row["id"] for row in ds.dataset(out / "shards").to_table().to_pylist()}
     assert len(after) == 20 and all(after[key] == image_id for key, image_id in before.items())
     assert len(set(after.values())) == 20
@@ -226,7 +225,7 @@ def test_a_file_two_shards_both_indexed_is_kept_once_by_the_plain_run(model, wor
     shutil.copytree(world / "train", images)
     shutil.copy(images / "000000.png", images / "000004-copy.png")  # chunk 0 and chunk 1 hold the same bytes
     out = tmp_path / "index"
-    monkeypatch.setattr(build, "known_files", lambda store: KnownFiles())  # as if both shards ran at once
+    monkeypatch.setattr(build, "known_files", lambda *_: KnownFiles())  # as if both shards ran at once
     _sharded(model, images, out, (0, 2))
     _sharded(model, images, out, (1, 2))
     monkeypatch.undo()
@@ -308,8 +307,10 @@ def test_killed_run_resumes_with_every_image_exactly_once(world, tmp_path) -> No
     assert 3 <= written < 15, "the run must be killed mid-way for this test to mean anything"
     finished = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr
-    ids = ds.dataset(out / "shards").to_table().column("id").to_pylist()
-    assert sorted(ids) == list(range(60))
+    table = ds.dataset(out / "shards").to_table()
+    ids, keys = table.column("id").to_pylist(), table.column("key").to_pylist()
+    assert len(set(ids)) == 60 and sorted(keys) == sorted(p.name for p in images.iterdir())  # each image once
+    assert min(ids) == 0 and max(ids) < 120  # the rerun's ids follow the killed run's reserved 60
     assert faiss.read_index(str(out / "full.faiss")).ntotal == 60
 
 

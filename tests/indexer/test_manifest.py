@@ -48,9 +48,10 @@ def sample() -> Manifest:
     provenance = Provenance(aligner=_file("aligner.safetensors"), ranking=_file("ranking.json"),
                             model_weights=_file("vit.safetensors"), properties={"colour": colour})
     manifest = Manifest.new(identity, provenance, "0.1", "2026-01-01T00:00:00+00:00")
-    run = RunEntry(run=0, id_offset=0, source="folder /data/photos", chunk_size=1000, status="running",
+    run = RunEntry(run=0, id_offset=0, ids=10, source="folder /data/photos", chunk_size=1000, status="running",
                    started="2026-01-01T00:00:01+00:00")
-    run.complete("2026-01-01T00:01:00+00:00", 59.0004, {"added": 9, "skipped": 1, "duplicates": 0, "already_indexed": 0})
+    run.complete("2026-01-01T00:01:00+00:00", 59.0004, {"added": 9, "skipped": 1, "duplicates": 0, "already_indexed": 0,
+                                                       "removed": 2, "moved": 1, "changed": 1, "unchanged": 3})
     manifest.runs.append(run)
     manifest.indexes["full"] = IndexEntry(file="full.faiss", factory="Flat", ntotal=9, dim=512, metric="inner_product",
                                           normalised=True, space="clip", search_parameters={}, train_seconds=0.0,
@@ -108,7 +109,7 @@ def test_a_manifest_reads_back_as_written(tmp_path: Path) -> None:
     write_manifest(tmp_path, sample())
     read = read_manifest(tmp_path)
     assert read == sample() and read.encoder.precision == "bf16"
-    assert json.loads((tmp_path / MANIFEST).read_text())["format_version"] == FORMAT_VERSION == 4
+    assert json.loads((tmp_path / MANIFEST).read_text())["format_version"] == FORMAT_VERSION == 5
     assert not list(tmp_path.glob(".*.tmp"))  # written to a temporary name, then renamed
 
 
@@ -173,8 +174,30 @@ def test_a_version_2_manifest_has_no_store_and_a_layout_reads_back(tmp_path: Pat
     assert read_manifest(tmp_path).store == manifest.store
 
 
+def test_a_version_4_manifest_opens_with_the_ids_its_runs_reserved_and_nothing_synced(tmp_path: Path) -> None:
+    """Version 4 ids were listing positions: a complete run reserved one per file it listed (what
+    its counts add up to); a run left running, an unknown number (0: the shards' largest id
+    bounds it); no sync counts."""
+    data = written(tmp_path)
+    data["format_version"] = 4
+    data["runs"].append({**data["runs"][0], "run": 1, "id_offset": 10, "status": "running"})
+    for run in data["runs"]:
+        for key in ("ids", "removed", "moved", "changed", "unchanged"):
+            del run[key]
+    (tmp_path / MANIFEST).write_text(json.dumps(data))
+    complete, running = read_manifest(tmp_path).runs
+    assert (complete.ids, complete.removed, complete.moved, complete.changed, complete.unchanged) == (10, 0, 0, 0, 0)
+    assert complete.added == 9 and running.ids == 0
+    data["runs"][0]["status"] = "stopped"  # a status version 4 did not know
+    data["format_version"] = 5
+    data["runs"][0].update(ids=10, removed=0, moved=0, changed=0, unchanged=0)
+    data["runs"][1].update(ids=0, removed=0, moved=0, changed=0, unchanged=0)
+    (tmp_path / MANIFEST).write_text(json.dumps(data))
+    assert read_manifest(tmp_path).runs[0].status == "stopped"
+
+
 @pytest.mark.parametrize(("content", "message"), [
-    ('{"format_version": 99}', "has index format 99, this compsearch reads 4 and older"),
+    ('{"format_version": 99}', "has index format 99, this compsearch reads 5 and older"),
     ("[1, 2]", "is not a JSON object"),
     ("{not json", "cannot read"),
 ])

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 from PIL import Image
@@ -63,16 +64,22 @@ def _build(weights: Path, images: Path, out: Path, settings: IndexSettings) -> I
     return Indexer(out, artifacts.encoder, settings, artifacts.provenance).run(images)
 
 
-def _contents(out: Path) -> tuple[dict, dict]:
-    """Rows (sorted by id, vectors included) and duplicates (sorted by key) of an index."""
-    rows = IndexStore(out).dataset(SHARDS).to_table().sort_by("id").to_pydict()
-    duplicates = IndexStore(out).read_table(DUPLICATES).sort_by("key").to_pydict()
-    return rows, duplicates
+def _contents(out: Path, same_ids: bool) -> tuple[dict, dict]:
+    """Rows (sorted by id, vectors included) and duplicates (sorted by key) of an index; without
+    ``same_ids``, rows sorted by key and ids left out (a rerun gives new files ids of its own)."""
+    rows = IndexStore(out).dataset(SHARDS).to_table()
+    duplicates = IndexStore(out).read_table(DUPLICATES).sort_by("key")
+    if not same_ids:
+        key_of = dict(zip(rows.column("id").to_pylist(), rows.column("key").to_pylist()))
+        rows = rows.drop_columns(["id"])
+        duplicates = duplicates.drop_columns(["duplicate_of"]).append_column(
+            "duplicate_of", pa.array([key_of[i] for i in duplicates.column("duplicate_of").to_pylist()]))
+    return rows.sort_by("id" if same_ids else "key").to_pydict(), duplicates.to_pydict()
 
 
-def _assert_same_index(out: Path, reference: Path) -> None:
-    rows, duplicates = _contents(out)
-    expected_rows, expected_duplicates = _contents(reference)
+def _assert_same_index(out: Path, reference: Path, same_ids: bool = True) -> None:
+    rows, duplicates = _contents(out, same_ids)
+    expected_rows, expected_duplicates = _contents(reference, same_ids)
     assert duplicates == expected_duplicates
     assert set(rows) == set(expected_rows)
     for column, values in expected_rows.items():
@@ -98,6 +105,31 @@ def test_a_ray_run_equals_the_single_process_run(cluster, weights, images, refer
     summary = _build(weights, images, tmp_path / "index", ON_RAY)
     _assert_same_index(tmp_path / "index", reference)
     assert (summary.images, summary.skipped, summary.duplicates) == (12, 1, 1)  # the copy: moved by the finish
+
+
+@pytest.mark.slow  # a second Ray run: a minute on a loaded 2-core machine
+def test_a_ray_rerun_after_the_folder_changed_equals_the_single_process_rerun(cluster, weights, images,
+                                                                             tmp_path) -> None:
+    """The same plan (files added, removed, moved, edited) on Ray: the same counts, ids and rows."""
+    folder = tmp_path / "images"
+    shutil.copytree(images, folder)
+    for name in ("process", "ray"):
+        _build(weights, folder, tmp_path / name, IN_PROCESS)
+    (folder / "01.png").unlink()
+    (folder / "sub").mkdir()
+    (folder / "02.png").rename(folder / "sub" / "02.png")
+    generator = np.random.default_rng(1)
+    for name in ("03.png", "20-new.png"):  # an edit in place (a later mtime), a new file
+        Image.fromarray(generator.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(folder / name)
+    later = (folder / "04.png").stat().st_mtime + 5
+    os.utime(folder / "03.png", (later, later))
+    shutil.copy(folder / "04.png", folder / "21-copy.png")  # a new copy of an indexed file
+    summaries = {name: _build(weights, folder, tmp_path / name, settings)
+                 for name, settings in (("process", IN_PROCESS), ("ray", ON_RAY))}
+    counts = {name: (s.added, s.removed, s.moved, s.changed, s.unchanged, s.skipped, s.duplicates, s.images)
+              for name, s in summaries.items()}
+    assert counts["ray"] == counts["process"] == (1, 1, 1, 1, 10, 1, 1, 12)
+    _assert_same_index(tmp_path / "ray", tmp_path / "process")
 
 
 @pytest.mark.slow  # each Ray test takes a minute on a loaded 2-core machine; the equality test stays fast
@@ -134,7 +166,7 @@ def test_a_rerun_finishes_an_interrupted_ray_run(cluster, weights, images, refer
             _build(weights, images, out, ON_RAY)
     assert 2 not in IndexStore(out).done_chunks(0)
     _build(weights, images, out, ON_RAY)  # the same command again
-    _assert_same_index(out, reference)
+    _assert_same_index(out, reference, same_ids=False)
 
 
 def test_a_randomly_initialised_model_is_refused(weights, images, tmp_path) -> None:

@@ -166,3 +166,51 @@ def test_rank_on_the_stored_images_equals_ranking_the_images(clip: LoadedModel, 
         ours = ranked.get(prop.name)
         assert ours.top == prop.top
         assert np.allclose(ours.scores, prop.scores, atol=1e-4)
+
+
+def test_an_index_with_a_property_added_from_the_store_follows_its_folder(clip: LoadedModel, world: Path,
+                                                                          tmp_path: Path) -> None:
+    """Its vectors parts lose the removed rows with their shard, keep the moved ones, and the
+    new shards get theirs: the property equals a fresh index of the folder as it is now."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from compsearch.indexer.integrity import full_check
+
+    images = tmp_path / "images"
+    images.mkdir()
+    renders = sorted((world / "world" / "train").glob("*.png"))
+    for path in renders[:36]:
+        shutil.copy(path, images / path.name)
+
+    def build(out: Path, properties: list[str]):
+        built = encoder_for_build(clip, out, world / "identity.safetensors", world / "ranking.json", properties)
+        return Indexer(out, built.encoder, SETTINGS, built.provenance).run(images)
+
+    folder = tmp_path / "index"
+    build(folder, ["colour"])
+    add_properties(folder, ["pattern"], model=clip)
+    for path in renders[:2]:
+        (images / path.name).unlink()
+    (images / renders[2].name).rename(images / "moved.png")
+    for path in renders[36:]:
+        shutil.copy(path, images / path.name)
+    summary = build(folder, ["colour", "pattern"])
+    assert (summary.added, summary.removed, summary.moved, summary.images) == (IMAGES - 36, 2, 1, IMAGES - 2)
+    store = IndexStore(folder)
+    for shard in store.shard_paths():
+        part = folder / "vectors" / "pattern" / shard.name
+        assert pq.read_table(part, columns=["id"]) == pq.read_table(shard, columns=["id"])  # row for row
+    assert full_check(folder).damage == []
+    fresh = tmp_path / "fresh"
+    build(fresh, ["colour", "pattern"])
+    keys = {str(folder): {}, str(fresh): {}}
+    for out in (folder, fresh):
+        paths = dict(zip(*IndexStore(out).read_table(columns=["id", "key"]).to_pydict().values()))
+        keys[str(out)] = {paths[i]: vector for ids, vectors in IndexStore(out).iter_vectors("pattern")
+                          for i, vector in zip(ids.tolist(), normalised(vectors))}
+    ours, theirs = keys[str(folder)], keys[str(fresh)]
+    assert set(ours) == set(theirs) and "moved.png" in ours
+    assert max(np.abs(ours[key] - theirs[key]).max() for key in ours) < FP16_VECTORS
+    assert faiss.read_index(str(folder / "pattern.faiss")).ntotal == IMAGES - 2

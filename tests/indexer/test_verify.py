@@ -125,6 +125,7 @@ def test_a_deleted_shard_is_one_error_at_open_and_repair_then_append_restores_it
     code, out, err = cli("index", world / "train", "--out", index, "--model", "x", "--repair")  # loads no model
     assert code == 0, err
     assert "removed shards/part-000-000001.parquet" in out and "--append" in out
+    assert not (index / "store" / "part-000-000001.parquet").exists()  # its store part went with it
     repaired = open_index(index)
     assert repaired.count == 12 and repaired.search(id=3, k=5).results  # queries work again
     summary = _indexer(model, index).run(world / "train", "append")

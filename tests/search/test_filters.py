@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from compsearch.search.filters import FilterError, parse_filter, selected_ids
+from compsearch.search.filters import FilterError, parse_filter, selected_ids, selected_positions
 
 TABLE = pa.table({
     "id": pa.array([0, 1, 2, 3, 4, 5], pa.int64()),
@@ -75,3 +75,9 @@ def test_random_filters_agree_with_row_by_row_evaluation() -> None:
         where = f"iso >= {low} and iso < {high} or tag == '{tag}'"
         expected = sorted(r["id"] for r in records if (low <= r["iso"] < high) or r["tag"] == tag)
         assert selected_ids(table, where).tolist() == expected
+
+
+def test_positions_are_those_of_the_kept_rows_whatever_the_columns_are_named() -> None:
+    table = TABLE.append_column("__position", pa.array([9, 9, 9, 9, 9, 9]))  # a carried column may take any name
+    assert selected_positions(table, "camera_model == 'EOS R5' or __position != 9").tolist() == [2, 4]
+    assert selected_positions(table.slice(0, 0), "iso > 0").tolist() == []

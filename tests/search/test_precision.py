@@ -79,5 +79,5 @@ def test_a_query_in_another_precision_would_land_elsewhere(bf16_index: Path, mod
 def test_a_later_run_computes_as_the_first_did(bf16_index: Path, model: LoadedModel, images: Path) -> None:
     built = encoder_for_build(model, bf16_index)  # fp32 by default on the CPU: not refused, made bf16
     summary = Indexer(bf16_index, built.encoder, SETTINGS, built.provenance).run(images, "append")
-    assert summary.already_indexed == IMAGES and built.encoder.precision == "bf16"
+    assert summary.unchanged == IMAGES and built.encoder.precision == "bf16"
     assert IndexStore(bf16_index).read_manifest().encoder.precision == "bf16"

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import onnx
 import PIL.Image
 import pytest
 import torch
@@ -21,6 +22,9 @@ from compsearch.indexer.world import get_split, write_split
 from compsearch.mapping.align import load_aligner, save_aligner
 from compsearch.mapping.align.run import identity_aligner
 from compsearch.mapping.models import LoadedModel, load_model
+from compsearch.mapping.onnx.image import OnnxImageTower
+from compsearch.mapping.onnx.text import OnnxTextTower
+from compsearch.mapping.onnx.towers import FORMAT_KEY, IMAGE_TOWER, TEXT_TOWER
 from compsearch.mapping.properties.vocabulary import default_templates
 from compsearch.mapping.rank import PropertyRanking, Ranking
 from compsearch.search import Term
@@ -219,10 +223,15 @@ def test_other_weights_and_a_changed_aligner_are_refused(built: Path, clip: Load
     with pytest.raises(IndexMismatchError, match="embeds text with .*--clip-weights"):
         search.open_index(built / "index", model=clip, clip=other).search(text="red")
     copied = _copy(built, tmp_path)
+    (copied / IMAGE_TOWER).unlink(missing_ok=True)
     assert search.open_index(copied).search(image=_path(built, 1), k=1).results[0].id == 1  # the copy works
     aligner = load_aligner(tmp_path / "identity")
     aligner.bias = aligner.bias + 0.01
     save_aligner(aligner, tmp_path / "identity")
+    # The image tower, written (and checked against the aligner as it was) by the query above,
+    # still makes the index's own vectors; without it, torch rebuilds the encoder from the files.
+    assert search.open_index(copied).search(image=_path(built, 1), k=1).results[0].id == 1
+    (copied / IMAGE_TOWER).unlink()
     with pytest.raises(IndexMismatchError, match="has changed since"):
         search.open_index(copied).search(image=_path(built, 1))
     # the stored vectors were mapped by the aligner as it was; a text (CLIP only) and an id (no model) still fit them
@@ -379,13 +388,78 @@ def test_cli_formats_and_copy_to(built: Path, index: SearchIndex, monkeypatch, c
 
 
 def test_an_id_query_imports_no_model_library(built: Path) -> None:
-    """What keeps `compsearch search DIR --id N` fast from a cold shell: no torch, timm or open_clip."""
+    """What keeps `compsearch search DIR --id N` fast from a cold shell: no torch, timm or open_clip,
+    and no pandas (which pyarrow.dataset and NumPy↔Arrow conversions import: ~0.2 s)."""
     code = ("import sys; from compsearch.search.cli import main; sys.argv = ['compsearch', 'search', sys.argv[1], "
             "'--id', '3', '-k', '2', '--format', 'paths']\n"
             "try:\n    main()\nexcept SystemExit as done:\n    assert not done.code, done.code\n"
-            "heavy = [m for m in ('torch', 'timm', 'open_clip', 'torchvision') if m in sys.modules]\n"
+            "heavy = [m for m in ('torch', 'timm', 'open_clip', 'torchvision', 'pandas') if m in sys.modules]\n"
             "assert not heavy, heavy")
     answer = __import__("subprocess").run([__import__("sys").executable, "-c", code, str(built / "index")],
                                           capture_output=True, text=True)
     assert answer.returncode == 0, answer.stderr
     assert answer.stdout.splitlines()[0] == str(_path(built, 3))
+
+
+
+def test_queries_through_the_onnx_towers_equal_those_through_torch(built: Path, clip: LoadedModel) -> None:
+    """The first text and image queries answer with torch and write the towers beside the
+    index; the next index opened answers through them, with the same results."""
+    folder = shutil.copytree(built / "index", built / "onnx-index")
+    for tower in (TEXT_TOWER, IMAGE_TOWER):
+        (folder / tower).unlink(missing_ok=True)
+    image = _path(built, 11)
+    queries = [dict(text="red", property="colour"), dict(text="a dotted thing", property="pattern"),
+               dict(terms=[Term("colour", text="blue"), Term("pattern", text="striped", weight=-0.5)]),
+               dict(image=image, property="colour"), dict(image=PIL.Image.open(image).convert("L")),
+               dict(terms=[Term("pattern", image=image), Term("colour", text="green", weight=0.5)])]
+    first = search.open_index(folder)
+    through_torch = [first.search(k=8, **query).results for query in queries]
+    assert (folder / TEXT_TOWER).is_file() and (folder / IMAGE_TOWER).is_file()
+    towers = search.open_index(folder)
+    assert isinstance(towers.text_encoder.__self__, OnnxTextTower)
+    assert isinstance(towers.image_encoder.__self__, OnnxImageTower)
+    for query, expected in zip(queries, through_torch):
+        results = towers.search(k=8, **query).results
+        assert [r.id for r in results] == [r.id for r in expected]
+        np.testing.assert_allclose([r.score for r in results], [r.score for r in expected], atol=1e-5)
+    assert towers._text_model is None and towers._encoder is None  # no torch model was loaded
+    given = search.open_index(folder, clip=clip, model=clip)  # models handed over are used as they are
+    assert given.text_encoder == given.text_model.encode_text and given.image_encoder == given._torch_image_vectors
+
+
+@pytest.mark.parametrize("kind", ["text", "image"])
+def test_a_query_from_the_shell_imports_no_torch(built: Path, kind: str) -> None:
+    """With the towers beside the index, `compsearch search DIR --text/--image …` needs no torch."""
+    value = "red" if kind == "text" else str(_path(built, 5))
+    expected = search.open_index(built / "index").search(property="colour", k=3, **{kind: value}).results
+    assert (built / "index" / (TEXT_TOWER if kind == "text" else IMAGE_TOWER)).is_file()  # written by that query
+    code = ("import sys; from compsearch.search.cli import main; sys.argv = ['compsearch', 'search', *sys.argv[1:], "
+            "'-p', 'colour', '-k', '3', '--format', 'jsonl']\n"
+            "try:\n    main()\nexcept SystemExit as done:\n    assert not done.code, done.code\n"
+            "heavy = [m for m in ('torch', 'timm', 'open_clip', 'torchvision', 'pandas') if m in sys.modules]\n"
+            "assert not heavy, heavy")
+    answer = __import__("subprocess").run([__import__("sys").executable, "-c", code, str(built / "index"), f"--{kind}",
+                                           value], capture_output=True, text=True)
+    assert answer.returncode == 0, answer.stderr
+    assert [json.loads(line)["id"] for line in answer.stdout.splitlines()] == [r.id for r in expected]
+
+
+@pytest.mark.parametrize("tower", [TEXT_TOWER, IMAGE_TOWER])
+def test_a_tower_for_another_model_is_replaced(built: Path, tower: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A stale tower (here: one claiming another source) is not run: torch answers, with a
+    warning, and writes the right tower in its place."""
+    folder = shutil.copytree(built / "index", built / f"stale-{tower}")
+    query = dict(text="green") if tower == TEXT_TOWER else dict(image=_path(built, 7), property="pattern")
+    search.open_index(folder).search(k=1, **query)
+    model = onnx.load(str(folder / tower))
+    onnx.helper.set_model_props(model, {p.key: p.value if p.key == FORMAT_KEY else "another" for p in model.metadata_props})
+    onnx.save(model, str(folder / tower))
+    expected = search.open_index(built / "index").search(k=5, **query).results
+    stale = search.open_index(folder)
+    results = stale.search(k=5, **query).results
+    assert f"{folder / tower} was exported for another" in caplog.text and "written anew" in caplog.text
+    assert [r.id for r in results] == [r.id for r in expected]
+    fresh = search.open_index(folder)
+    encoder = fresh.text_encoder if tower == TEXT_TOWER else fresh.image_encoder
+    assert isinstance(encoder.__self__, OnnxTextTower if tower == TEXT_TOWER else OnnxImageTower)

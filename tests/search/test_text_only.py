@@ -15,7 +15,7 @@ from compsearch.indexer.faiss_choice import normalised
 from compsearch.indexer.store import IndexStore
 from compsearch.indexer.world import get_split, write_split
 from compsearch.mapping.align import TrainSettings, align
-from compsearch.mapping.encoder import embed_texts
+from compsearch.mapping.properties.prompts import embed_texts
 from compsearch.mapping.models import LoadedModel, load_model
 from compsearch.mapping.rank import PropertyRanking, Ranking
 
@@ -58,7 +58,7 @@ def test_a_text_query_loads_only_the_clip(built: tuple[Path, LoadedModel], monke
     assert loaded == [clip.name]  # not the DeiT, whose random weights could not be made again
     table = IndexStore(folder).dataset().to_table()
     vectors = normalised(np.stack(table.column("vector.colour").to_numpy(zero_copy_only=False)).astype(np.float32))
-    query = embed_texts(clip, ["red"], ["a {} thing."])[0].numpy()  # the ranking's own template
+    query = embed_texts(clip.encode_text, ["red"], ["a {} thing."])[0]  # the ranking's own template
     scores = vectors @ query
     expected = table.column("id").to_numpy()[np.argsort(-scores, kind="stable")[:5]]
     assert [r.id for r in results] == list(expected)

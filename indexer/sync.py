@@ -1,0 +1,288 @@
+"""Following a collection: what a rerun has to do (the plan stage), and the rows it moves or
+removes (the finish stage).
+
+The plan compares the listing with the index's rows by path, cheaply: a listed file whose
+size and mtime equal its row's is unchanged without being read; one whose size or mtime
+differ is hashed (same bytes: unchanged; other bytes: *changed*, re-encoded under a new id,
+its old row removed); a path the index does not hold is *new*, unless it has the bytes of a
+row whose path is no longer listed — then that row is *moved* (re-pathed, keeping its id and
+vectors). Only new files with the size of such a vanished row are hashed to find moves. Rows
+whose file is gone are *removed*. ``append`` only adds: nothing is removed or moved.
+
+What is to encode (new and changed files) becomes a fresh listing, positions 0 … n-1, that
+the encode and write stages take as any source; ids are the run's ``id_offset`` (the next id
+no run has used) plus that position, so ids are never reused and a killed run's rerun simply
+plans again from the files: whatever the killed run wrote is rows already indexed.
+
+Removals and moves rewrite the affected shard parts atomically, and with them the parts
+beside each (its component store part, the vectors parts of properties added from the store:
+:meth:`~indexer.store.IndexStore.rewrite_shard`); no reader has to know a ``removed`` list: the
+rows are simply gone, and the FAISS indexes are rebuilt from the rows by the finish stage.
+"""
+from __future__ import annotations
+
+import os
+import posixpath
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from compsearch.indexer.encode import listed_path
+from compsearch.indexer.integrity import sha256
+from compsearch.indexer.store import DUPLICATES, PARQUET, SHARDS, SKIPPED, STORE, IndexStore, write_table
+from compsearch.mapping.chunk_store import parse_part_name
+from compsearch.mapping.images import ImageRecord, ImageSource
+from compsearch.mapping.images.file_facts import modified
+from compsearch.mapping.images.sources import printable
+
+EXAMPLES = 3  # paths shown per kind in a dry run
+Stat = tuple[int, datetime] | tuple[None, None]
+
+
+@dataclass
+class SyncPlan:
+    """What a rerun over a source does to its index (see the module docstring)."""
+
+    todo: list[ImageRecord]  # new and changed files, renumbered 0 … n-1: the listing to encode
+    append: bool = False
+    unchanged: int = 0
+    changed: int = 0
+    moved: dict[int, dict[str, Any]] = field(default_factory=dict)  # id → its new key, path, folder, size, mtime
+    removed: set[int] = field(default_factory=set)  # ids whose rows leave (gone, or an old version)
+    dropped_duplicates: set[str] = field(default_factory=set)  # paths whose ``duplicates`` entry leaves
+    skipped_again: int = 0  # of ``todo``: files skipped before and unchanged since (they fail again)
+    examples: dict[str, list[str]] = field(default_factory=dict)  # kind → a few paths
+
+    def counts(self) -> dict[str, int]:
+        return {"changed": self.changed, "moved": len(self.moved),
+                "removed": len(self.removed) - self.changed, "unchanged": self.unchanged}
+
+    @property
+    def up_to_date(self) -> bool:
+        """Whether the index already holds exactly the source (nothing to encode, move or remove)."""
+        return not (len(self.todo) > self.skipped_again or self.moved or self.removed or self.dropped_duplicates)
+
+    def report(self) -> dict[str, Any]:
+        """What a dry run prints: the counts, and a few paths of each kind."""
+        return {"counts": {"new": len(self.todo) - self.changed - self.skipped_again, **self.counts(),
+                           "skipped before": self.skipped_again}, "examples": self.examples}
+
+    def note(self, kind: str, path: str) -> None:
+        shown = self.examples.setdefault(kind, [])
+        if len(shown) < EXAMPLES:
+            shown.append(printable(path))
+
+    def listing(self) -> ListedSource:
+        return ListedSource(self.todo)
+
+
+class ListedSource:
+    """The files a plan will encode, as a source (its records already renumbered)."""
+
+    def __init__(self, records: list[ImageRecord]) -> None:
+        self.records_ = records
+        self.description = f"{len(records)} planned images"
+
+    def records(self) -> Iterator[ImageRecord]:
+        return iter(self.records_)
+
+
+def file_stat(path: str) -> Stat:
+    """(size in bytes, mtime as the rows store it); (None, None) for a file that cannot be stat'ed."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None, None
+    return stat.st_size, modified(stat)
+
+
+def _sha256(path: str) -> str | None:
+    try:
+        return sha256(Path(path))
+    except OSError:
+        return None
+
+
+def _column(table: pa.Table, name: str) -> list[Any]:
+    """A column's values, None for each row when no shard has it (built before it was added)."""
+    return table.column(name).to_pylist() if name in table.column_names else [None] * table.num_rows
+
+
+def _rows_by_path(store: IndexStore | None, except_run: int | None, plan: SyncPlan) -> dict[str, tuple]:
+    """path → (id, sha256, size, mtime) of the index's rows (the latest id of a path listed
+    twice, e.g. by a run killed between adding a changed file and removing its old row; the
+    others are removed)."""
+    dataset = store.dataset(SHARDS, except_run=except_run) if store else None
+    if dataset is None:
+        return {}
+    wanted = [name for name in ("id", "path", "sha256", "file_size", "mtime") if name in dataset.schema.names]
+    table = dataset.to_table(columns=wanted)
+    rows: dict[str, tuple] = {}
+    for row in zip(table.column("id").to_pylist(), table.column("path").to_pylist(), table.column("sha256").to_pylist(),
+                   _column(table, "file_size"), _column(table, "mtime")):
+        image_id, path = row[0], row[1]
+        if path is None:
+            continue  # an image given in memory: no file to follow
+        earlier = rows.get(path)
+        if earlier is not None:
+            plan.removed.add(min(earlier[0], image_id))
+            if earlier[0] > image_id:
+                continue
+        rows[path] = (image_id, *row[2:])
+    return rows
+
+
+def _duplicate_of(store: IndexStore | None) -> dict[str, int]:
+    """path → the id it duplicates, of every ``duplicates`` entry."""
+    duplicates = store.read_table(DUPLICATES) if store else pa.table({})
+    if not duplicates.num_rows:
+        return {}
+    return dict(zip(duplicates.column("path").to_pylist(), duplicates.column("duplicate_of").to_pylist()))
+
+
+def _skipped_since(store: IndexStore | None) -> dict[str, datetime]:
+    """path → when the run that last skipped it started (naive UTC, as ``mtime``): a file not
+    modified since failed with the bytes it has now."""
+    if store is None or not store.exists():
+        return {}
+    started = {run.run: datetime.fromisoformat(run.started).astimezone(timezone.utc).replace(tzinfo=None)
+               for run in store.read_manifest().runs}
+    since: dict[str, datetime] = {}
+    for part in store.parts(SKIPPED).parts():
+        run = parse_part_name(part.name, PARQUET)[0]
+        for path in pq.read_table(part, columns=["path"]).column("path").to_pylist():
+            if path is not None and run in started:
+                since[path] = started[run]
+    return since
+
+
+def plan_sync(source: ImageSource, store: IndexStore | None, append: bool = False,
+              except_run: int | None = None) -> SyncPlan:
+    """What to encode, move and remove so the index holds exactly ``source``'s files (only
+    add with ``append``); ``except_run``: plan as if that run's parts were not written (the
+    shards of one run must agree on its plan); no ``store``: every file is new."""
+    plan = SyncPlan([], append=append)
+    rows = _rows_by_path(store, except_run, plan)
+    duplicate_of = _duplicate_of(store)
+    skipped = _skipped_since(store)
+
+    def retry(record: ImageRecord, stat: Stat | None = None) -> bool:
+        """To encode: a file the index does not hold; whether it will be skipped again (it
+        failed before, unchanged since: a rerun that finds only such files has nothing to do)."""
+        plan.todo.append(record)
+        tried = skipped.get(printable(str(record.path))) if record.path is not None else None
+        again = tried is not None and (stat is None or stat[1] is None or stat[1] < tried)
+        plan.skipped_again += again
+        return again
+    seen: set[str] = set()
+    candidates: list[tuple[ImageRecord, Stat]] = []  # new files, to check for moves
+    held_back: list[tuple[ImageRecord, int]] = []  # listed duplicates, kept while their original stays
+    for record in source.records():
+        path = listed_path(record)
+        if path is None or record.problem is not None:
+            retry(record)  # in memory, or skipped with its reason by the reader
+            continue
+        seen.add(path)
+        stat = file_stat(path)
+        row = rows.get(path)
+        if row is not None and stat[0] is not None:
+            if (row[2], row[3]) == stat or _sha256(path) == row[1]:
+                plan.unchanged += 1
+                continue
+            plan.changed += 1
+            plan.removed.add(row[0])
+            plan.note("changed", path)
+            plan.todo.append(record)
+        elif path in duplicate_of:
+            held_back.append((record, duplicate_of[path]))
+        elif stat[0] is None:
+            retry(record)  # the reader says why it cannot be read
+        else:
+            candidates.append((record, stat))
+    gone = {} if append else {row[1]: (path, row[0]) for path, row in rows.items() if path not in seen}
+    sizes = {rows[path][2] for path, _ in gone.values()}
+    for record, stat in candidates:
+        digest = _sha256(listed_path(record)) if stat[0] in sizes else None
+        if digest in gone:
+            old_path, image_id = gone.pop(digest)
+            plan.moved[image_id] = {"key": record.key, "path": listed_path(record), "folder": posixpath.dirname(record.key),
+                                    "file_size": stat[0], "mtime": stat[1]}
+            plan.note("moved", f"{old_path} → {listed_path(record)}")
+        else:
+            if not retry(record, stat):
+                plan.note("new", listed_path(record))
+    for old_path, image_id in gone.values():
+        plan.removed.add(image_id)
+        plan.note("removed", old_path)
+    live = {row[0] for row in rows.values()} - plan.removed
+    for record, original in held_back:
+        if original in live:
+            plan.unchanged += 1
+        else:  # its original left (or was never written: a killed run): it is indexed in its stead
+            plan.todo.append(record)
+            plan.dropped_duplicates.add(listed_path(record))
+    if not append:
+        plan.dropped_duplicates |= set(duplicate_of) - seen
+    for position, record in enumerate(plan.todo):
+        record.position = position
+    return plan
+
+
+def apply_sync(store: IndexStore, plan: SyncPlan, run: int) -> None:
+    """The finish stage's part of a sync (run ``run`` has written its parts): the removed rows
+    leave their shard parts (and the parts beside them), the moved ones get their new path;
+    the earlier runs' ``duplicates`` forget files gone, re-planned or whose original left, and
+    their ``skipped`` the files this run retried (every one, unless it only appends); a store
+    part whose shard was never written (a run killed between the two) is deleted. Each part is
+    rewritten atomically, so a kill leaves every part whole (the rerun plans the rest)."""
+    shards = {path.name for path in store.shard_paths()}
+    for part in store.parts(STORE).parts():
+        if part.name not in shards:
+            part.unlink()
+    touched = plan.removed | set(plan.moved)
+    if touched:
+        for path in store.shard_paths():
+            ids = pq.read_table(path, columns=["id"]).column("id").to_numpy()
+            if np.isin(ids, list(touched)).any():
+                rows = pq.read_table(path).filter(pa.array(~np.isin(ids, list(plan.removed))))
+                store.rewrite_shard(path, _repathed(rows, plan.moved))
+    for part in _earlier_parts(store, DUPLICATES, run):
+        entries = pq.read_table(part)
+        keep = [original not in plan.removed and listed not in plan.dropped_duplicates for listed, original in
+                zip(entries.column("path").to_pylist(), entries.column("duplicate_of").to_pylist())]
+        if not all(keep):
+            write_table(entries.filter(pa.array(keep, pa.bool_())), part)
+    retried = pa.array([printable(str(record.path)) for record in plan.todo if record.path is not None], pa.string())
+    for part in _earlier_parts(store, SKIPPED, run):
+        if not plan.append:
+            part.unlink()
+            continue
+        entries = pq.read_table(part)
+        keep = pc.invert(pc.fill_null(pc.is_in(entries.column("path"), retried), False))
+        if not pc.all(keep).as_py():
+            write_table(entries.filter(keep), part)
+
+
+def _earlier_parts(store: IndexStore, kind: str, run: int) -> list[Path]:
+    return [path for path in store.parts(kind).parts() if parse_part_name(path.name, PARQUET)[0] != run]
+
+
+def _repathed(rows: pa.Table, moved: dict[int, dict[str, Any]]) -> pa.Table:
+    """``rows`` with the moved ones' key, path, folder, size and mtime replaced (types kept)."""
+    ids = rows.column("id").to_pylist()
+    if not any(image_id in moved for image_id in ids):
+        return rows
+    for name in ("key", "path", "folder", "file_size", "mtime"):
+        if name not in rows.column_names:
+            continue
+        values = [moved[i][name] if i in moved else value for i, value in zip(ids, rows.column(name).to_pylist())]
+        column = rows.schema.get_field_index(name)
+        rows = rows.set_column(column, rows.schema.field(column), pa.array(values, rows.schema.field(column).type))
+    return rows
