@@ -62,17 +62,17 @@ def factory_of(kind: str, count: int, pq: int, memory: int, lists: int | None = 
 
 
 def _build(kind: str, factory: str, count: int, data: Synthetic, path: Path, target: float, report,
-           train_per_list: int | None = None) -> None:
+           train_per_list: int) -> None:
     """In a child process: build, write, and report times, parameters and peak memory."""
     import faiss
 
-    from compsearch.indexer.faiss_choice import TRAIN_POINTS_PER_LIST, build_index
+    from compsearch.indexer.faiss_choice import build_index
 
     start_rss = rss_bytes()
     started = time.perf_counter()
     built = build_index(factory, DIM, count, data.stream(count), target_recall=target,
                         path=None if kind == "ivf-memory" else path,
-                        train_points_per_list=train_per_list or TRAIN_POINTS_PER_LIST)
+                        train_points_per_list=train_per_list)
     if kind == "ivf-memory":
         faiss.write_index(built.index, str(path))
     report.put({"train_seconds": built.train_seconds, "add_seconds": built.add_seconds,
@@ -156,7 +156,8 @@ def report(raw: dict) -> str:
         f"768-d vectors from `search_latency.py`'s spectrum-matched generator (`clustered`: {raw['clustered']['clusters']} "
         f"clusters holding {raw['clustered']['between']:.0%} of the variance, fitted to the photos' neighbour cosines; "
         "`gaussian`: no structure beyond the covariance), streamed in chunks of 50,000. Each index built by the "
-        "indexer's `build_index` in a child process (peak memory: its peak RSS above its start); `Flat` and "
+        "indexer's `build_index` in a child process (peak memory: its peak RSS above its start, which counts the "
+        "resident pages of the memory-mapped `.ivfdata` it writes and tunes on); `Flat` and "
         "`ivf-memory` filled in one process and written as one file, the others built one part per 50,000-vector "
         "shard and merged into an on-disk `.ivfdata` file; *auto*: the type `--index auto` picks for that size with "
         "half this machine's memory as budget. *Trained on*: the coarse quantizer's (and PQ's) training sample, "
