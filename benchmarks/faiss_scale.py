@@ -149,7 +149,7 @@ def report(raw: dict) -> str:
     lines = [
         "## FAISS at scale: index types built in memory and merged on disk (CPU)",
         "",
-        f"{commands} (each run adding its cases to the same raw file). Machine: {raw['machine']}. "
+        f"{commands} (their cases gathered in one raw file: `--append`). Machine: {raw['machine']}. "
         "The 1-minute load average is given beside each figure (build / search): above the core count, other "
         "processes shared the cores, and times are upper bounds.",
         "",
