@@ -166,26 +166,27 @@ class Indexer:
             return manifest, last  # another shard's run: plan as it did, without the run's own parts
         return manifest, None
 
-    def _new_run(self, manifest: Manifest, source: ImageSource, work: SyncPlan) -> RunEntry:
+    def _new_run(self, manifest: Manifest, source: ImageSource, work: SyncPlan, own: int | None) -> RunEntry:
         """A run for ``work``, its ids after every id any run has reserved or indexed (never
         reused, whatever happened to the rows), written before any work: a kill leaves it on
         record, and the rerun plans again from the files."""
         for earlier in manifest.runs:
             if earlier.status == "running":
                 earlier.status = "stopped"  # re-planned by this run
-        id_offset = max([self._max_id() + 1, *(run.id_offset + run.ids for run in manifest.runs)])
+        id_offset = max([self._max_id(own) + 1, *(run.id_offset + run.ids for run in manifest.runs)])
         # shards starting together write the same run entry; the last write stands
-        run = RunEntry(run=manifest.runs[-1].run + 1 if manifest.runs else 0, id_offset=id_offset, ids=len(work.todo),
+        run = RunEntry(run=_next_run(manifest), id_offset=id_offset, ids=len(work.todo),
                        source=source.description, chunk_size=self.settings.chunk_size, status="running",
                        started=now(), shards=self.settings.shard[1])
         manifest.runs.append(run)
         self.store.write_manifest(manifest)
         return run
 
-    def _max_id(self) -> int:
-        """The largest id indexed so far (-1 for none)."""
-        table = self.store.read_table(SHARDS, columns=["id"])
-        return int(table.column("id").to_numpy().max()) if table.num_rows else -1
+    def _max_id(self, except_run: int | None) -> int:
+        """The largest id indexed so far, outside ``except_run``'s parts (-1 for none)."""
+        dataset = self.store.dataset(SHARDS, except_run=except_run)
+        ids = dataset.to_table(columns=["id"]).column("id").to_numpy() if dataset is not None else []
+        return int(ids.max()) if len(ids) else -1
 
     # -- the pass: plan, encode and write (here), finish ---------------------------------------
     def run(self, images: str | Path | ImageSource, mode: Mode = "resume") -> IndexSummary:
@@ -199,7 +200,10 @@ class Indexer:
     def _run(self, source: ImageSource, mode: Mode) -> IndexSummary:
         manifest, joined = self._open(source, mode)
         started = time.perf_counter()
-        work = plan_sync(source, self.store, append=mode == "append", except_run=joined.run if joined else None)
+        # shards starting together each open a run of the same number: each plans (and numbers
+        # its ids) without that run's parts, whatever another shard has written meanwhile
+        own = joined.run if joined else _next_run(manifest) if self.settings.shard[1] > 1 else None
+        work = plan_sync(source, self.store, append=mode == "append", except_run=own)
         last = manifest.runs[-1] if manifest.runs else None
         if joined is None and not work.todo and last is not None and last.status == "running":
             joined = last  # nothing left to encode (e.g. every shard finished): this finishes that run
@@ -209,7 +213,7 @@ class Indexer:
             return IndexSummary(**self._summary(last, time.perf_counter() - started, counts),
                                 images=manifest.counts.images,
                                 indexes={name: entry.factory for name, entry in manifest.indexes.items()})
-        run = joined or self._new_run(manifest, source, work)
+        run = joined or self._new_run(manifest, source, work, own)
         ids = RunIds(run.run, run.id_offset)
         listing = work.listing()
         units = plan(listing, self.settings.chunk_size, self.settings.shard, self.store.done_chunks(ids.run))
@@ -242,3 +246,7 @@ class Indexer:
         """The fields of an :class:`IndexSummary` that every kind of run reports."""
         return dict(folder=str(self.store.folder), run=run.run, seconds=seconds,
                     images_per_second=counts["added"] / seconds if seconds > 0 else 0.0, **counts)
+
+
+def _next_run(manifest: Manifest) -> int:
+    return manifest.runs[-1].run + 1 if manifest.runs else 0

@@ -220,6 +220,23 @@ def test_shards_split_a_run_and_a_plain_run_builds_the_indexes(model, world, tmp
     assert IndexStore(out).read_manifest().runs[0].status == "complete"
 
 
+def test_a_shard_that_read_the_manifest_before_another_opened_the_run_agrees_with_it(model, world, tmp_path) -> None:
+    """Shards started together: one may read the manifest before the other records the run, and
+    plan after the other has written chunks of it. It must plan, and number ids, as the other did."""
+    images = world / "train"
+    out = tmp_path / "index"
+    _sharded(model, images, out, (0, 2))
+    store = IndexStore(out)
+    manifest = store.read_manifest()
+    manifest.runs.clear()  # what shard 1 read: no run yet, while shard 0's chunks are on disk
+    store.write_manifest(manifest)
+    _sharded(model, images, out, (1, 2))
+    summary = _sharded(model, images, out, (0, 1))
+    assert summary.images == 20 and summary.duplicates == 0
+    assert sorted(ds.dataset(out / "shards").to_table().column("id").to_pylist()) == list(range(20))
+    assert faiss.read_index(str(out / "full.faiss")).ntotal == 20
+
+
 def test_a_file_two_shards_both_indexed_is_kept_once_by_the_plain_run(model, world, tmp_path, monkeypatch) -> None:
     images = tmp_path / "images"
     shutil.copytree(world / "train", images)
