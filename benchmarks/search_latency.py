@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from results_section import DEIT_WEIGHTS, RESULTS, SHARED, write_section
+from results_section import DEIT_WEIGHTS, SHARED, command_line, raw_options, report_raw
 
 DIM = 768
 CHUNK = 50_000  # synthetic vectors generated (and streamed to the index builder) per chunk
@@ -378,6 +378,34 @@ def report(raw: dict) -> str:
     return "\n".join(lines)
 
 
+def measure_all(args: argparse.Namespace) -> dict:
+    """Every case asked for, the raw file rewritten after each."""
+    from decompose_speed import machine
+
+    if not (DEIT_WEIGHTS.exists() and SAMPLE.is_dir()):
+        sys.exit(f"needs {DEIT_WEIGHTS} and {SAMPLE} for the real spectrum")
+    load_before = os.getloadavg()[0]
+    spectrum = spectrum_model(real_vectors())
+    print({key: value for key, value in spectrum.items() if key != "eigenvalues"}, flush=True)
+    shape = calibrate(spectrum)
+    print(f"clustered: {shape}", flush=True)
+    gaussian = {"clusters": 1, "between": 0.0}
+    raw = {"command": command_line("benchmarks/search_latency.py"),
+           "machine": machine(), "spectrum": spectrum, "clustered": shape, "repeats": args.repeats,
+           "gaussian_neighbours": neighbour_cosines(Synthetic(spectrum, 7).sample(spectrum["real_images"])),
+           "cases": []}
+    nprobes = [int(n) for n in args.nprobes.split(",")]
+    for family, sizes, family_shape in (("clustered", args.sizes, shape), ("gaussian", args.gaussian_sizes, gaussian)):
+        for count in [int(size) for size in sizes.split(",") if size]:
+            raw["cases"].append(scale_case(family, count, spectrum, family_shape, args.queries, args.latency_queries,
+                                           args.flat_latency_queries, nprobes))
+            args.raw.write_text(json.dumps(raw, indent=1))  # a later failure keeps what was measured
+    raw["end_to_end"] = [] if args.skip_end_to_end else end_to_end(args.repeats)
+    raw["load"] = [load_before, os.getloadavg()[0]]
+    args.raw.write_text(json.dumps(raw, indent=1))
+    return raw
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="100000,1000000", help="comma-separated sizes of clustered indexes")
@@ -388,45 +416,9 @@ def main() -> None:
     parser.add_argument("--nprobes", default="4,8,16,32,64,128,256,512", help="IVF nprobe values swept")
     parser.add_argument("--repeats", type=int, default=30, help="end-to-end queries timed per case")
     parser.add_argument("--skip-end-to-end", action="store_true")
-    parser.add_argument("--raw", type=Path, default=Path(tempfile.gettempdir()) / "search_latency.json",
-                        help="where the raw measurements are written")
-    parser.add_argument("--report", type=Path, help="only rewrite the section from this raw JSON file")
-    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    raw_options(parser, "search_latency.json")
     args = parser.parse_args()
-
-    if args.report:
-        raw = json.loads(args.report.read_text())
-    else:
-        from decompose_speed import machine
-
-        if not (DEIT_WEIGHTS.exists() and SAMPLE.is_dir()):
-            sys.exit(f"needs {DEIT_WEIGHTS} and {SAMPLE} for the real spectrum")
-        load_before = os.getloadavg()[0]
-        spectrum = spectrum_model(real_vectors())
-        print({key: value for key, value in spectrum.items() if key != "eigenvalues"}, flush=True)
-        shape = calibrate(spectrum)
-        print(f"clustered: {shape}", flush=True)
-        gaussian = {"clusters": 1, "between": 0.0}
-        environment = [f"{name}={os.environ[name]}" for name in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY") if name in os.environ]
-        raw = {"command": " ".join([*environment, ".venv/bin/python benchmarks/search_latency.py", *sys.argv[1:]]),
-               "machine": machine(), "spectrum": spectrum, "clustered": shape, "repeats": args.repeats,
-               "gaussian_neighbours": neighbour_cosines(Synthetic(spectrum, 7).sample(spectrum["real_images"])),
-               "cases": []}
-        nprobes = [int(n) for n in args.nprobes.split(",")]
-        for family, sizes, family_shape in (("clustered", args.sizes, shape), ("gaussian", args.gaussian_sizes, gaussian)):
-            for count in [int(size) for size in sizes.split(",") if size]:
-                raw["cases"].append(scale_case(family, count, spectrum, family_shape, args.queries, args.latency_queries,
-                                               args.flat_latency_queries, nprobes))
-                args.raw.write_text(json.dumps(raw, indent=1))  # a later failure keeps what was measured
-        raw["end_to_end"] = [] if args.skip_end_to_end else end_to_end(args.repeats)
-        raw["load"] = [load_before, os.getloadavg()[0]]
-        args.raw.write_text(json.dumps(raw, indent=1))
-        print(f"raw measurements: {args.raw}")
-    text = report(raw)
-    print("\n" + text)
-    if not args.no_write:
-        write_section("search-latency", text)
-        print(f"\nwrote {RESULTS}")
+    report_raw(args, "search-latency", lambda: measure_all(args), report)
 
 
 if __name__ == "__main__":

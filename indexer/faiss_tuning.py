@@ -25,9 +25,10 @@ MIN_QUANTIZER_EF = 64  # efSearch of an HNSW coarse quantizer: at least this, an
 
 
 def inner(index: faiss.Index) -> faiss.Index:
-    """The index inside an ``IDMap``/``IDMap2`` wrapper (the one that has the parameters)."""
+    """The index that has the search parameters: inside an ``IDMap``/``IDMap2`` wrapper and an
+    ``IndexPreTransform`` (``OPQ{m},IVF…``: the rotation is applied before the IVF searches)."""
     index = faiss.downcast_index(index)
-    if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+    while isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2, faiss.IndexPreTransform)):
         index = faiss.downcast_index(index.index)
     return index
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import faiss
 import numpy as np
 
+from compsearch.indexer.faiss_tuning import inner
+
 EXACT_SCAN_MAX = 5_000  # selected images up to which a scan of their vectors beats the selector (benchmarks/cli_query.py)
 
 VectorsOf = Callable[[np.ndarray], np.ndarray]  # sorted ids -> (len(ids), d) normalised vectors
@@ -38,14 +40,13 @@ class Selection:
 
 def search_parameters(index: faiss.Index, selector: faiss.IDSelector) -> faiss.SearchParameters:
     """Parameters carrying ``selector`` with the index's own search settings (nprobe,
-    efSearch): a plain SearchParameters would search an IVF index with nprobe 1."""
-    inner = faiss.downcast_index(index)
-    if isinstance(inner, (faiss.IndexIDMap, faiss.IndexIDMap2)):
-        inner = faiss.downcast_index(inner.index)
-    if isinstance(inner, faiss.IndexIVF):
-        return faiss.SearchParametersIVF(sel=selector, nprobe=inner.nprobe)
-    if isinstance(inner, faiss.IndexHNSW):
-        return faiss.SearchParametersHNSW(sel=selector, efSearch=inner.hnsw.efSearch)
+    efSearch): a plain SearchParameters would search an IVF index with nprobe 1 (and one inside
+    an ``OPQ`` pre-transform not at all; the pre-transform hands them on to it)."""
+    found = inner(index)
+    if isinstance(found, faiss.IndexIVF):
+        return faiss.SearchParametersIVF(sel=selector, nprobe=found.nprobe)
+    if isinstance(found, faiss.IndexHNSW):
+        return faiss.SearchParametersHNSW(sel=selector, efSearch=found.hnsw.efSearch)
     return faiss.SearchParameters(sel=selector)
 
 

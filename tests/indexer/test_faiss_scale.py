@@ -12,6 +12,8 @@ from compsearch.indexer.faiss_choice import build_index, choose_factory, new_ind
 from compsearch.indexer.faiss_ondisk import add_parts, lists_path, merge_parts, read_faiss
 from compsearch.indexer.faiss_tuning import HeldOut, set_search_parameters
 from compsearch.indexer.manifest import IndexDirectoryError
+from compsearch.mapping.errors import CompsearchError
+from compsearch.search.filtered import search_parameters
 from compsearch.search.index import read_faiss_index
 
 DIM = 32
@@ -99,6 +101,37 @@ def test_nprobe_is_the_cheapest_reaching_the_target_recall_and_is_recorded(colle
 
     assert recall({"nprobe": nprobe}) >= 0.93  # the target, within the sampling error of 500 queries
     assert recall({"nprobe": nprobe // 2}) < 0.95  # half as many probes miss it: the cheapest was chosen
+
+
+def test_the_training_sample_per_list_is_asked_for_and_recorded(collection) -> None:
+    # 1.2 × points per list × 32 lists, drawn at random from the 9,000 (less the 500 held out)
+    least = build_index("IVF32,Flat", DIM, 9000, shards(collection), train_points_per_list=39)
+    default = build_index("IVF32,Flat", DIM, 9000, shards(collection))
+    assert abs(least.train_points - 1.2 * 39 * 32) < 150 and abs(default.train_points - 1.2 * 50 * 32) < 150
+    assert build_index("Flat", DIM, 9000, shards(collection)).train_points == 0  # nothing to train
+    with pytest.raises(CompsearchError, match="below faiss's minimum of 39"):
+        build_index("IVF32,Flat", DIM, 9000, shards(collection), train_points_per_list=20)
+
+
+def test_an_opq_index_searches_with_its_nprobe_and_a_selector_through_the_rotation(collection, tmp_path: Path) -> None:
+    ids, vectors = collection
+    trained = new_index("OPQ8,IVF32,PQ8x4", DIM)
+    faiss.downcast_VectorTransform(trained.chain.at(0)).niter = 2  # the rotation's quality is not the point
+    trained.train(normalised(vectors[:2000]))
+    parts = add_parts(trained, ((i, normalised(v)) for i, v in shards(collection)()), tmp_path, workers=1)
+    merge_parts(trained, parts, tmp_path / "p.faiss", exact_lookup=False)
+    index = read_faiss_index(tmp_path / "p.faiss", {"nprobe": 8})
+    assert isinstance(faiss.downcast_index(index), faiss.IndexPreTransform)
+    assert faiss.extract_index_ivf(index).nprobe == 8
+    selected = ids[::2]
+    queries = normalised(planted(20, seed=7))
+    scores, found = index.search(queries, 10, params=search_parameters(index, faiss.IDSelectorBatch(selected)))
+    # the same probes unfiltered, every vector of the 8 lists ranked, then the selected kept
+    all_scores, everything = index.search(queries, len(ids))
+    for row in range(len(queries)):
+        kept = np.isin(everything[row], selected)
+        np.testing.assert_array_equal(found[row], everything[row][kept][:10])
+        np.testing.assert_allclose(scores[row], all_scores[row][kept][:10], rtol=1e-5)
 
 
 def test_held_out_queries_do_not_count_themselves() -> None:
