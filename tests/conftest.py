@@ -37,3 +37,11 @@ def fixture_clip() -> Path:
     from compsearch.indexer.world.fixture_clip import fixture_clip_dir
 
     return fixture_clip_dir()
+
+
+@pytest.fixture(scope="module")
+def clip(fixture_clip: Path):
+    """The fixture CLIP loaded, once per test module (a module may mutate it: hooks, precision)."""
+    from compsearch.mapping.models import load_model
+
+    return load_model(f"local-dir:{fixture_clip}")

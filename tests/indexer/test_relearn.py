@@ -21,7 +21,7 @@ from compsearch.mapping.align import save_aligner
 from compsearch.mapping.align.run import identity_aligner
 from compsearch.mapping.decompose import decompose
 from compsearch.mapping.errors import CompsearchError
-from compsearch.mapping.models import LoadedModel, load_model
+from compsearch.mapping.models import LoadedModel
 from compsearch.mapping.rank import PropertyRanking, Ranking
 from compsearch.search.index import SearchIndex
 from tests.test_cli import run_cli
@@ -29,11 +29,6 @@ from tests.test_cli import run_cli
 IMAGES = 48
 SETTINGS = IndexSettings(batch_size=16, workers=0, chunk_size=16, progress=False)
 FP16_VECTORS = 2e-3  # normalised fp16 vectors, rebuilt from fp16 components: a few 2⁻¹¹
-
-
-@pytest.fixture(scope="module")
-def clip(fixture_clip: Path) -> LoadedModel:
-    return load_model(f"local-dir:{fixture_clip}")
 
 
 @pytest.fixture(scope="module")

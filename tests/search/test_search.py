@@ -21,7 +21,7 @@ from compsearch.indexer.store import IndexStore
 from compsearch.indexer.world import get_split, write_split
 from compsearch.mapping.align import load_aligner, save_aligner
 from compsearch.mapping.align.run import identity_aligner
-from compsearch.mapping.models import LoadedModel, load_model
+from compsearch.mapping.models import LoadedModel
 from compsearch.mapping.onnx.image import OnnxImageTower
 from compsearch.mapping.onnx.text import OnnxTextTower
 from compsearch.mapping.onnx.towers import FORMAT_KEY, IMAGE_TOWER, TEXT_TOWER
@@ -35,11 +35,6 @@ from tests.test_cli import run_cli
 IMAGES = 80
 SETTINGS = IndexSettings(batch_size=32, workers=0, chunk_size=32, progress=False)
 COLOURS = ("red", "blue", "green", "yellow")
-
-
-@pytest.fixture(scope="module")
-def clip(fixture_clip: Path) -> LoadedModel:
-    return load_model(f"local-dir:{fixture_clip}")
 
 
 @pytest.fixture(scope="module")

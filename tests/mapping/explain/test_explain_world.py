@@ -20,11 +20,6 @@ from compsearch.search.cli import cli
 ITEMS = SPLITS["test"].items(60)
 
 
-@pytest.fixture(scope="module")
-def clip(fixture_clip: Path) -> LoadedModel:
-    return load_model(f"local-dir:{fixture_clip}")
-
-
 def object_and_background_heat(model: LoadedModel, queries: list[Query]) -> np.ndarray:
     """(images, 2): mean heat per object pixel and per background pixel, one query per image."""
     transform = split_transform(model.preprocess)

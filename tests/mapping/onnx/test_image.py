@@ -22,11 +22,6 @@ from compsearch.mapping.onnx.towers import IMAGE_TOWER
 
 
 @pytest.fixture(scope="module")
-def clip(fixture_clip: Path) -> LoadedModel:
-    return load_model(f"local-dir:{fixture_clip}")
-
-
-@pytest.fixture(scope="module")
 def encoder(clip: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> PropertyEncoder:
     """The fixture CLIP, identity-aligned, with two properties of planted components."""
     folder = tmp_path_factory.mktemp("renders")

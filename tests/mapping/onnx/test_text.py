@@ -9,17 +9,12 @@ import numpy as np
 import onnx
 import pytest
 
-from compsearch.mapping.models import LoadedModel, load_model
+from compsearch.mapping.models import LoadedModel
 from compsearch.mapping.onnx.export import save_text_tower
 from compsearch.mapping.onnx.text import open_text_tower
 from compsearch.mapping.onnx.towers import FORMAT_KEY, TEXT_TOWER
 
 TEXTS = ["red", "a blue striped square", "a photo of a green star on grass.", "turquoise?", "a " * 40, ""]
-
-
-@pytest.fixture(scope="module")
-def clip(fixture_clip: Path) -> LoadedModel:
-    return load_model(f"local-dir:{fixture_clip}")
 
 
 @pytest.fixture(scope="module")
