@@ -18,7 +18,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 
+import numpy as np
+import PIL.Image
 import torch
+import torch.nn.functional as F
 
 from compsearch.mapping.align.aligner import Aligner
 from compsearch.mapping.align.persist import AlignerMismatchError, check_aligner
@@ -115,6 +118,12 @@ class PropertyEncoder:
     def encode(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{name: (batch, dim) float32 on the CPU}`` for :attr:`names`, not normalised."""
         return self.encode_and_store(pixels, None)[0]
+
+    def encode_images(self, images: Sequence[PIL.Image.Image]) -> dict[str, np.ndarray]:
+        """``{name: (len(images), dim)}`` normalised float32 query vectors of RGB images,
+        prepared by the model's own transform."""
+        pixels = torch.stack([self.model.preprocess(image) for image in images])
+        return {name: F.normalize(vectors, dim=-1).numpy() for name, vectors in self.encode(pixels).items()}
 
     @torch.inference_mode()
     def encode_and_store(self, pixels: torch.Tensor,

@@ -138,8 +138,7 @@ class SearchIndex:
         if models:
             if self.has_text:
                 self.text_encoder  # noqa: B018 - loads
-            if self.image_encoder == self._torch_image_vectors:
-                self.encoder  # noqa: B018 - loads
+            self.image_encoder  # noqa: B018 - loads (the encoder itself when no tower serves)
 
     # -- lazily loaded parts ---------------------------------------------------------------------
     def _once(self, attribute: str, build: Callable[[], T]) -> T:
@@ -202,22 +201,14 @@ class SearchIndex:
 
         recorded = self.manifest.encoder
         if not self._runs_towers(recorded.model_weights_id):
-            return self._torch_image_vectors
+            return self.encoder.encode_images
         tower = open_image_tower(self.folder, recorded)
         if tower is not None:
             return tower.encode_images
         from compsearch.mapping.onnx.export import save_image_tower
 
         save_image_tower(self.encoder, recorded, self.folder)
-        return self._torch_image_vectors
-
-    def _torch_image_vectors(self, pictures: list[PIL.Image.Image]) -> dict[str, np.ndarray]:
-        import torch
-
-        encoder = self.encoder
-        pixels = torch.stack([encoder.model.preprocess(picture) for picture in pictures])
-        return {name: torch.nn.functional.normalize(vectors, dim=-1).numpy()
-                for name, vectors in encoder.encode(pixels).items()}
+        return self.encoder.encode_images
 
     def _clip_is_the_model(self) -> bool:
         recorded = self.manifest.encoder

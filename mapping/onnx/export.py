@@ -63,12 +63,11 @@ def save_image_tower(encoder: PropertyEncoder, recorded: EncoderIdentity, folder
     if spec is None:
         return False
     probe = probe_images()
-    with torch.no_grad():
-        pixels = torch.stack([encoder.model.preprocess(image) for image in probe])
-        expected = {name: F.normalize(vectors, dim=-1).numpy() for name, vectors in encoder.encode(pixels).items()}
+    expected = encoder.encode_images(probe)
+    example = encoder.model.preprocess(probe[0])[None]
     metadata = {**image_identity(recorded), NAMES: json.dumps(encoder.names), PIXEL_SPEC: spec.to_json()}
     return _write(folder / IMAGE_TOWER, "the index's image encoder", metadata,
-                  lambda path: _export(_ImageEncoder(encoder), pixels[:1], path, [PIXELS], encoder.names, None),
+                  lambda path: _export(_ImageEncoder(encoder), example, path, [PIXELS], encoder.names, None),
                   lambda session: np.concatenate([
                       vectors - expected[name] for name, vectors in
                       OnnxImageTower(session, encoder.names, spec).encode_images(probe).items()], axis=1))

@@ -420,7 +420,7 @@ def test_queries_through_the_onnx_towers_equal_those_through_torch(built: Path, 
         np.testing.assert_allclose([r.score for r in results], [r.score for r in expected], atol=1e-5)
     assert towers._text_model is None and towers._encoder is None  # no torch model was loaded
     given = search.open_index(folder, clip=clip, model=clip)  # models handed over are used as they are
-    assert given.text_encoder == given.text_model.encode_text and given.image_encoder == given._torch_image_vectors
+    assert given.text_encoder == given.text_model.encode_text and given.image_encoder == given.encoder.encode_images
 
 
 @pytest.mark.parametrize("kind", ["text", "image"])
