@@ -87,11 +87,11 @@ class ListedSource:
     """The files a plan will encode, as a source (its records already renumbered)."""
 
     def __init__(self, records: list[ImageRecord]) -> None:
-        self.records_ = records
+        self._records = records
         self.description = f"{len(records)} planned images"
 
     def records(self) -> Iterator[ImageRecord]:
-        return iter(self.records_)
+        return iter(self._records)
 
 
 def file_stat(path: str) -> Stat:
@@ -246,12 +246,13 @@ def apply_sync(store: IndexStore, plan: SyncPlan, run: int) -> None:
     for part in store.parts(STORE).parts():
         if part.name not in shards:
             part.unlink()
-    touched = plan.removed | set(plan.moved)
-    if touched:
+    removed = np.fromiter(plan.removed, np.int64, len(plan.removed))
+    touched = np.concatenate([removed, np.fromiter(plan.moved, np.int64, len(plan.moved))])
+    if len(touched):
         for path in store.shard_paths():
             ids = pq.read_table(path, columns=["id"]).column("id").to_numpy()
-            if np.isin(ids, list(touched)).any():
-                rows = pq.read_table(path).filter(pa.array(~np.isin(ids, list(plan.removed))))
+            if np.isin(ids, touched).any():
+                rows = pq.read_table(path).filter(pa.array(~np.isin(ids, removed)))
                 store.rewrite_shard(path, _repathed(rows, plan.moved))
     for part in _earlier_parts(store, DUPLICATES, run):
         entries = pq.read_table(part)
