@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # The console script's entry point, then a report of what the process imported.
 PROBE = """import sys
 sys.argv = ["compsearch", *sys.argv[1:]]
-from compsearch.search.cli import main
+from compsearch.search.launch import main
 try:
     main()
 finally:

@@ -141,7 +141,7 @@ def example_folders(rows: list[dict], root: Path) -> list[Path]:
 def compsearch(*args: str) -> tuple[str, float]:
     """Run the CLI as a user would; its output and wall time."""
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", "from compsearch.search.cli import main; main()", *args],
+    done = subprocess.run([sys.executable, "-c", "from compsearch.search.launch import main; main()", *args],
                           capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"compsearch {' '.join(args[:2])} failed:\n{done.stdout}\n{done.stderr}")

@@ -38,7 +38,7 @@ K = 20
 
 
 def compsearch(*arguments: str) -> str:
-    command = [sys.executable, "-c", "from compsearch.search.cli import main; main()", *arguments]
+    command = [sys.executable, "-c", "from compsearch.search.launch import main; main()", *arguments]
     return subprocess.run(command, check=True, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(REPO)}).stdout
 
@@ -110,7 +110,7 @@ def main() -> None:
     arguments = parser.parse_args()
     index = build_index(arguments.work, arguments.images)
     server = subprocess.Popen(
-        [sys.executable, "-c", "from compsearch.search.cli import main; main()", "serve", str(index), "--port", "0",
+        [sys.executable, "-c", "from compsearch.search.launch import main; main()", "serve", str(index), "--port", "0",
          "--cache-dir", str(arguments.work / "thumbnails"), "--device", "cpu"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     try:

@@ -8,7 +8,9 @@ a warning instead, through :func:`warn`: the one way warnings go out.
 """
 from __future__ import annotations
 
-import logging
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (checkers honour the name)
+if TYPE_CHECKING:
+    import logging
 
 
 class CompsearchError(Exception):
@@ -37,7 +39,12 @@ class Interrupted(CompsearchError):
     what was kept, ``hint`` how to resume."""
 
 
-WARNINGS = logging.getLogger("compsearch")
+def warnings_logger() -> logging.Logger:
+    """The ``compsearch`` logger :func:`warn` writes to. A function, so that importing this
+    module does not import logging (~5 ms of a server query's 50 ms from the shell)."""
+    import logging
+
+    return logging.getLogger("compsearch")
 
 
 def reason(error: BaseException) -> str:
@@ -51,7 +58,7 @@ def warn(problem: str, hint: str | None = None) -> None:
     Logging rather than :mod:`warnings`, so a server's and a library caller's warnings go where
     their logging sends them, and none is dropped as a repeat. The CLI prints each as one
     ``warning: …`` line on stderr; with no logging set up, Python prints the bare line there."""
-    WARNINGS.warning(f"{problem} — {hint}" if hint else problem)
+    warnings_logger().warning(f"{problem} — {hint}" if hint else problem)
 
 
 ENOUGH_IMAGES = 50  # fewer, and correlations, variances and cosines over them are mostly noise

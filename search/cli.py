@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import click
 
-from compsearch.mapping.errors import WARNINGS, CompsearchError
+from compsearch.mapping.errors import warnings_logger
 
 
 class Entry(NamedTuple):
@@ -111,20 +111,18 @@ class _WarningLines(logging.Handler):
 def _one_line_warnings() -> Iterator[None]:
     """While a command runs, every compsearch warning prints as one ``warning:`` line."""
     handler = _WarningLines(logging.WARNING)
-    WARNINGS.addHandler(handler)
+    warnings_logger().addHandler(handler)
     try:
         yield
     finally:
-        WARNINGS.removeHandler(handler)
+        warnings_logger().removeHandler(handler)
 
 
 def main() -> None:
-    """Entry point: a CompsearchError or a usage error becomes one line on stderr and exit code 2."""
+    """Runs the group (:mod:`.launch` calls it and reports a CompsearchError): a usage error
+    becomes one line on stderr and exit code 2."""
     try:
         cli.main(standalone_mode=False)
-    except CompsearchError as error:
-        click.echo(f"error: {error}", err=True)
-        sys.exit(2)
     except click.UsageError as error:
         where = f" — see `{error.ctx.command_path} --help`" if error.ctx else ""
         click.echo(f"error: {error.format_message()}{where}", err=True)

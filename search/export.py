@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from compsearch.mapping.errors import CompsearchError
-from compsearch.search.results import SearchResults
 
 
 @dataclass
@@ -18,8 +17,8 @@ class Exported:
     missing: list[str] = field(default_factory=list)  # results whose file is gone (or never had one)
 
 
-def export_results(results: SearchResults, folder: str | Path, link: bool = False) -> Exported:
-    """Copy (or symlink, ``link``) each result's file into ``folder`` as ``RANK-NAME``, so the
+def export_results(document: dict, folder: str | Path, link: bool = False) -> Exported:
+    """Copy (or symlink, ``link``) the file of each result in ``document`` (a search's JSON) into ``folder`` as ``RANK-NAME``, so the
     folder sorts in rank order and two files of one name do not clash. A result whose file is
     gone is listed in ``missing``; files already in ``folder`` under other names are kept."""
     folder = Path(folder).expanduser()
@@ -27,13 +26,14 @@ def export_results(results: SearchResults, folder: str | Path, link: bool = Fals
         raise CompsearchError(f"{folder} is a file", "give a folder to put the results in")
     folder.mkdir(parents=True, exist_ok=True)
     exported = Exported(folder)
-    width = len(str(max((result.rank for result in results.results), default=1)))
-    for result in results.results:
-        source = Path(result.path) if result.path else None
+    results = document["results"]
+    width = len(str(max((result["rank"] for result in results), default=1)))
+    for result in results:
+        source = Path(result["path"]) if result["path"] else None
         if source is None or not source.is_file():
-            exported.missing.append(result.path or result.key)
+            exported.missing.append(result["path"] or result["key"])
             continue
-        target = folder / f"{result.rank:0{width}d}-{source.name}"
+        target = folder / f"{result['rank']:0{width}d}-{source.name}"
         temporary = target.with_name(f".{target.name}.tmp")
         temporary.unlink(missing_ok=True)
         if link:

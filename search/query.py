@@ -8,20 +8,17 @@ from __future__ import annotations
 
 import builtins
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 from compsearch.mapping.names import FULL
 from compsearch.search.errors import QueryError
+from compsearch.search.term_syntax import KINDS, TermParts, read_term
 
 MAX_K = 10_000
 MAX_DEPTH = 100_000  # offset + k: how deep a page may reach into the ranking
 MAX_ID = 2**63 - 1  # ids are int64 in the shards and in FAISS
-KINDS = ("text", "image", "id")
-TERM_SYNTAX = "[WEIGHT*]PROPERTY:KIND:VALUE with KIND text, image or id (e.g. pattern:text:striped, 0.5*colour:image:a.jpg)"
-_WEIGHT_PREFIX = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\*(.*)$", re.S)
 
 if TYPE_CHECKING:  # PIL loads only where an image is read
     import PIL.Image
@@ -53,7 +50,17 @@ class Term:
             raise QueryError(f"term weight {self.weight!r} is not a finite non-zero number",
                              "use a positive weight to attract, a negative one to repel")
 
+    @classmethod
+    def from_parts(cls, parts: TermParts) -> Term:
+        """The term of :func:`.term_syntax.read_term`'s parts."""
+        property_name, kind, value, weight = parts
+        return cls(property_name, weight=weight, **{kind: value})
+
     @builtins.property  # the field `property` shadows the builtin here
+    def parts(self) -> TermParts:
+        return self.property_name, self.kind, getattr(self, self.kind), self.weight
+
+    @builtins.property
     def kind(self) -> str:
         return next(kind for kind in KINDS if getattr(self, kind) is not None)
 
@@ -144,19 +151,6 @@ def check_offset(offset: int, k: int) -> None:
 
 
 def parse_term(spec: str, weight: float = 1.0) -> Term:
-    """A term from the CLI syntax ``[WEIGHT*]PROPERTY:KIND:VALUE`` (the value may hold colons),
-    its weight multiplied by ``weight`` (``--not`` passes -1)."""
-    matched = _WEIGHT_PREFIX.match(spec)
-    if matched:
-        weight *= float(matched.group(1))
-        spec = matched.group(2)
-    pieces = spec.split(":", 2)
-    if len(pieces) != 3 or not pieces[0] or pieces[1] not in KINDS or not pieces[2]:
-        raise QueryError(f"cannot read the query term {spec!r}", f"write {TERM_SYNTAX}")
-    property_name, kind, value = pieces
-    if kind == "id":
-        try:
-            return Term(property_name, id=int(value), weight=weight)
-        except ValueError:
-            raise QueryError(f"image id {value!r} in {spec!r} is not an integer", f"write {TERM_SYNTAX}") from None
-    return Term(property_name, weight=weight, **{kind: value})
+    """A term from the CLI syntax (:func:`.term_syntax.read_term`), its weight multiplied by
+    ``weight`` (``--not`` passes -1)."""
+    return Term.from_parts(read_term(spec, weight))

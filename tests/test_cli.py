@@ -14,7 +14,8 @@ import PIL.Image
 import pytest
 import torch
 
-from compsearch.search.cli import COMMANDS, cli, main
+from compsearch.search.cli import COMMANDS, cli
+from compsearch.search.launch import main
 from tests.mapping.test_models import (  # noqa: F401  (fixtures, and the tiny CLIP writer)
     _no_weights_dir,
     _save_tiny_clip_folder,
@@ -26,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # The console script's entry point in a fresh interpreter, saying at exit whether torch was imported.
 FRESH = ("import atexit, sys; sys.argv[0] = 'compsearch'; "
          "atexit.register(lambda: print('torch imported:', 'torch' in sys.modules, file=sys.stderr)); "
-         "from compsearch.search.cli import main; main()")
+         "from compsearch.search.launch import main; main()")
 
 
 def run_fresh(*args: str) -> subprocess.CompletedProcess:

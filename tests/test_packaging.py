@@ -40,7 +40,7 @@ def test_the_wheel_holds_every_part_with_its_data(wheel: zipfile.ZipFile) -> Non
     assert "compsearch/search/server/static/index.html" in names
     assert any(name.startswith("compsearch/mapping/properties/") and name.endswith(".yaml") for name in names)
     entry_points = wheel.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
-    assert "compsearch = compsearch.search.cli:main" in entry_points
+    assert "compsearch = compsearch.search.launch:main" in entry_points
 
 
 def test_importing_compsearch_is_cheap_and_exposes_the_api() -> None:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from compsearch.mapping.align.files import aligner_paths
+from compsearch.mapping.commands.flags import DEVICE, JSON
 from compsearch.mapping.errors import ModelLoadError
 
 if TYPE_CHECKING:
@@ -51,9 +52,7 @@ def _existing_aligner(ctx: click.Context, param: click.Parameter, value: Path | 
     return value
 
 
-# Every command's --device: checked (and ``auto`` resolved) by mapping.models.resolve_device.
-device_option = click.option("--device", default="auto", show_default=True,
-                             help="torch device: auto (a GPU when torch sees one, else the CPU), cpu, cuda, cuda:1 …")
+device_option = click.option(*DEVICE[0], **DEVICE[1])
 model_options = options(
     click.option("--model", "model_name", required=True, metavar="NAME",
                  help="timm name (deit_base_patch16_224, vit_base_patch16_224.dino, …), open_clip NAME:PRETRAINED "
@@ -90,9 +89,7 @@ first_block_option = click.option(
     "--first-block", default=None, metavar="NAME|INDEX|all",
     help="First decomposed block, e.g. blocks.7, 7, -5 or all. Default: the paper's range "
          "(e.g. blocks 7–11 of a 12-block ViT).")
-json_option = click.option(
-    "--json", "as_json", is_flag=True,
-    help="Print one JSON object (the result's fields) instead of text; progress goes to stderr.")
+json_option = click.option(*JSON[0], **JSON[1])
 
 
 def load_model_from_options(model_name: str, weights: Path | None, random_init: bool, device: str) -> LoadedModel:

@@ -293,7 +293,7 @@ def test_unreadable_files_are_skipped_with_their_reason(model, world, tmp_path) 
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from compsearch.search.cli import main; main()", *args]
+    return [sys.executable, "-c", "from compsearch.search.launch import main; main()", *args]
 
 
 def test_indexing_restores_the_callers_thread_count(model, world, tmp_path) -> None:

@@ -30,7 +30,7 @@ from compsearch.indexer.manifest import (
 )
 from compsearch.mapping.errors import CompsearchError
 from compsearch.mapping.identity import EncoderIdentity
-from compsearch.search.cli import main
+from compsearch.search.launch import main
 from compsearch.search.server.app import create_app
 
 

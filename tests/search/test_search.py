@@ -385,7 +385,7 @@ def test_cli_formats_and_copy_to(built: Path, index: SearchIndex, monkeypatch, c
 def test_an_id_query_imports_no_model_library(built: Path) -> None:
     """What keeps `compsearch search DIR --id N` fast from a cold shell: no torch, timm or open_clip,
     and no pandas (which pyarrow.dataset and NumPy↔Arrow conversions import: ~0.2 s)."""
-    code = ("import sys; from compsearch.search.cli import main; sys.argv = ['compsearch', 'search', sys.argv[1], "
+    code = ("import sys; from compsearch.search.launch import main; sys.argv = ['compsearch', 'search', sys.argv[1], "
             "'--id', '3', '-k', '2', '--format', 'paths']\n"
             "try:\n    main()\nexcept SystemExit as done:\n    assert not done.code, done.code\n"
             "heavy = [m for m in ('torch', 'timm', 'open_clip', 'torchvision', 'pandas') if m in sys.modules]\n"
@@ -429,7 +429,7 @@ def test_a_query_from_the_shell_imports_no_torch(built: Path, kind: str) -> None
     value = "red" if kind == "text" else str(_path(built, 5))
     expected = search.open_index(built / "index").search(property="colour", k=3, **{kind: value}).results
     assert (built / "index" / (TEXT_TOWER if kind == "text" else IMAGE_TOWER)).is_file()  # written by that query
-    code = ("import sys; from compsearch.search.cli import main; sys.argv = ['compsearch', 'search', *sys.argv[1:], "
+    code = ("import sys; from compsearch.search.launch import main; sys.argv = ['compsearch', 'search', *sys.argv[1:], "
             "'-p', 'colour', '-k', '3', '--format', 'jsonl']\n"
             "try:\n    main()\nexcept SystemExit as done:\n    assert not done.code, done.code\n"
             "heavy = [m for m in ('torch', 'timm', 'open_clip', 'torchvision', 'pandas') if m in sys.modules]\n"

@@ -36,6 +36,8 @@ from compsearch.mapping.errors import CompsearchError
 from compsearch.indexer.world import get_split
 from compsearch.indexer.world.render import render_image
 from compsearch.search.cli import cli
+from compsearch.search.commands.fast_argv import parse
+from compsearch.search.commands.search_options import SEARCH_OPTIONS
 from compsearch.search.server.app import create_app
 from compsearch.search.server.files import CollectionFiles, ImageNotServedError, collection_roots, count_outside
 from compsearch.search.server.guards import is_loopback
@@ -410,7 +412,7 @@ def test_models_load_once_at_start_up_not_per_request(served_index: ServedIndex,
 def test_serve_command_listens_on_loopback_and_asks_for_the_token(served_index: ServedIndex, tmp_path: Path) -> None:
     environment = {**os.environ, "COMPSEARCH_TOKEN": TOKEN, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     process = subprocess.Popen(
-        [sys.executable, "-c", "from compsearch.search.cli import main; main()", "serve", str(served_index.folder), "--port", "0",
+        [sys.executable, "-c", "from compsearch.search.launch import main; main()", "serve", str(served_index.folder), "--port", "0",
          "--cache-dir", str(tmp_path), "--device", "cpu"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
     )
@@ -492,6 +494,34 @@ def test_the_command_line_asks_a_running_server(base_url: str, library: search.S
     assert code == 2 and "400" in err and "no column 'camera'" in err and len(err.strip().splitlines()) == 1
     code, out, err = run_cli(monkeypatch, capsys, "search", "http://127.0.0.1:9", "--id", "1")
     assert code == 2 and "cannot reach http://127.0.0.1:9" in err
+
+
+# What the fast path must not import: click, http.client/urllib (email), logging, dataclasses, the
+# model and index libraries. Its 50 ms from the shell depend on it (benchmarks/cli_query.py).
+HEAVY = ("click", "http.client", "urllib.request", "logging", "dataclasses", "numpy", "faiss", "torch", "pyarrow")
+PROBE = """import sys
+from compsearch.search.launch import main
+sys.argv = ["compsearch", *sys.argv[1:]]
+main()
+print(*[name for name in {heavy!r} if name in sys.modules], file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("arguments", [["--id", "{id}", "-p", "shape"],
+                                       ["--text", "red", "-p", "colour", "--and", "0.5*shape:id:{id}", "--json"]],
+                         ids=["id", "terms"])
+def test_a_query_of_a_server_imports_no_click_and_prints_what_click_would(
+        base_url: str, rows: dict[str, dict], arguments: list[str], monkeypatch, capsys) -> None:
+    arguments = [word.format(id=rows["000011.png"]["id"]) for word in arguments]
+    fast = subprocess.run([sys.executable, "-c", PROBE.format(heavy=HEAVY), "search", base_url, *arguments],
+                          capture_output=True, text=True, timeout=60)
+    assert fast.returncode == 0 and fast.stderr.strip() == "", fast.stderr  # nothing heavy was imported
+    clustered = [base_url, *arguments[:2], "-p" + arguments[3], *arguments[4:]]  # -pNAME: a form left to click
+    assert parse(SEARCH_OPTIONS, clustered, "index_dir") is None
+    code, out, err = run_cli(monkeypatch, capsys, "search", *clustered)
+    assert code == 0, err
+    drop_seconds = re.compile(r'(encode|search|total)[" :]+[\d.e-]+')
+    assert drop_seconds.sub("", out) == drop_seconds.sub("", fast.stdout)
 
 
 # -- hardening ---------------------------------------------------------------------------------
