@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPSEARCH = [sys.executable, "-c", "from compsearch.search.launch import main; main()"]
 
 
-def cold(arguments: list[str], runs: int, command: list[str] = COMPSEARCH) -> tuple[float, float]:
+def cold(arguments: list[str], runs: int, command: list[str] = COMPSEARCH, cwd: Path | None = None) -> tuple[float, float]:
     """Median wall seconds and peak RSS (MiB) of fresh ``command`` processes. The peak comes
     from GNU time around the command: a child forked from this (large) process would report the
     parent's RSS as its own high-water mark."""
@@ -53,7 +53,7 @@ def cold(arguments: list[str], runs: int, command: list[str] = COMPSEARCH) -> tu
         for _ in range(runs):
             started = time.perf_counter()
             done = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", peak.name, *command, *arguments],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=cwd)
             walls.append(time.perf_counter() - started)
             if done.returncode != 0:
                 raise SystemExit(f"{' '.join(command + arguments)} failed: {done.stderr}")
@@ -89,7 +89,7 @@ def regular_install(workdir: Path) -> list[str]:
     pip = [sys.executable, "-m", "pip", "-q"]
     subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(ROOT)], check=True)
     subprocess.run([*pip, "install", "--no-deps", "--target", site, *map(str, wheels.glob("*.whl"))], check=True)
-    return [str(python), "-c", "from compsearch.search.launch import main; main()"]
+    return [str(python), "-c", "from compsearch.search.launch import main; main()"]  # run outside this tree
 
 
 def demo_index(workdir: Path) -> Path:
@@ -140,7 +140,7 @@ def shell_queries(workdir: Path, runs: int) -> list[str]:
             wall, peak = cold(["search", str(index_dir), *arguments, "-k", "10"], runs)
             in_process = warm(lambda: index.search(k=10, **python), runs)
             remote_wall, _ = cold(["search", address, *arguments, "-k", "10"], 4 * runs)  # ms each: more runs
-            regular_wall, _ = cold(["search", address, *arguments, "-k", "10"], 4 * runs, regular)
+            regular_wall, _ = cold(["search", address, *arguments, "-k", "10"], 4 * runs, regular, workdir)
             served = warm(lambda: search_remote(address, k=10, **python), runs)  # HTTP round trip, no process start
             lines.append(f"| {kind} | {'–' if first is None else f'{first:.2f}'} | {wall:.2f} | {peak:.0f} | "
                          f"{in_process * 1e3:.1f} | {remote_wall * 1e3:.0f} | {regular_wall * 1e3:.0f} | {served * 1e3:.1f} |")
@@ -150,7 +150,7 @@ def shell_queries(workdir: Path, runs: int) -> list[str]:
         server.should_exit = True
         thread.join(timeout=10)
     python_start = cold(["-c", "pass"], 4 * runs, [sys.executable])[0]
-    regular_start = cold(["-c", "pass"], 4 * runs, regular[:1])[0]
+    regular_start = cold(["-c", "pass"], 4 * runs, regular[:1], workdir)[0]
     return lines + ["", "Cold targets: " + "; ".join(verdicts) + ". After the first query of each kind, text and "
                     "image queries run their ONNX towers and import no torch; an id query imports numpy, faiss and "
                     f"pyarrow only. Python's own start (`python -c pass`): {python_start * 1e3:.0f} ms in this (editable) "
