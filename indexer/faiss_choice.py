@@ -167,7 +167,8 @@ def _normalised_chunks(stream: VectorStream, held_out) -> Iterator[tuple[np.ndar
         yield ids, vectors
 
 
-def _write(index, path: Path) -> None:
+def write_one_file(index, path: Path) -> None:
+    """``index`` written atomically to ``path``, alone (an earlier on-disk index's lists removed)."""
     import faiss
 
     write_atomically(path, lambda temporary: faiss.write_index(index, str(temporary)))
@@ -230,7 +231,7 @@ def build_index(factory: str, dim: int, count: int, stream: VectorStream, memory
         if ivf is not None and chosen.endswith(",Flat"):
             faiss.extract_index_ivf(index).set_direct_map_type(faiss.DirectMap.Hashtable)  # reconstruct(id)
         if path is not None:
-            _write(index, path)
+            write_one_file(index, path)
             files = [path]
     added = time.perf_counter()
     parameters, recall = tune(index, held_out, target_recall) if held_out is not None else ({}, None)

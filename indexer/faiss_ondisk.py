@@ -81,31 +81,50 @@ def add_parts(trained: faiss.Index, chunks: Iterable[tuple[np.ndarray, np.ndarra
     return paths
 
 
-def merge_parts(trained: faiss.Index, parts: list[Path], path: Path, exact_lookup: bool) -> faiss.Index:
+def merge_parts(trained: faiss.Index, parts: list[Path], path: Path, exact_lookup: bool, *,
+                base: faiss.Index | None = None, removed: np.ndarray | None = None) -> faiss.Index:
     """The parts merged into ``trained`` (left empty) with their lists in one on-disk file, the
     index written to ``path`` and the lists to ``lists_path(path)``, replacing any earlier pair.
     ``exact_lookup``: keep a hash table from id to list position (``reconstruct(id)``).
+    An update (:mod:`indexer.faiss_update`) passes ``base``, the index as it was, whose lists
+    come first, and the ids ``removed`` from it.
 
     Both files are made in a scratch folder beside ``path`` under their final names, then moved
     in (lists first): an interrupted merge leaves the previous index whole."""
-    from faiss.contrib.ondisk import merge_ondisk
-
     scratch = path.parent / f".{path.name}.merge"
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir()
     try:
         index = faiss.clone_index(trained)
+        sources = [faiss.extract_index_ivf(base).invlists] if base is not None else []
+        opened = [faiss.read_index(str(part), faiss.IO_FLAG_MMAP) for part in parts]  # lists not read into memory
+        sources += [faiss.extract_index_ivf(part).invlists for part in opened]
+        ivf = faiss.extract_index_ivf(index)
+        lists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(scratch / lists_path(path).name))
+        pointers = faiss.InvertedListsPtrVector()
+        for source in sources:
+            pointers.push_back(source)
         with quiet_stdout():
-            merge_ondisk(index, [str(part) for part in parts], str(scratch / lists_path(path).name))
+            index.ntotal = ivf.ntotal = lists.merge_from_multiple(pointers.data(), pointers.size(), False)
+        ivf.replace_invlists(lists, True)
+        lists.this.disown()  # the index owns them now
+        if removed is not None and len(removed):
+            index.remove_ids(faiss.IDSelectorBatch(len(removed), faiss.swig_ptr(removed)))
         if exact_lookup:
-            faiss.extract_index_ivf(index).set_direct_map_type(faiss.DirectMap.Hashtable)
+            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
         faiss.write_index(index, str(scratch / path.name))
-        del index  # unmaps the lists before they move
-        os.replace(scratch / lists_path(path).name, lists_path(path))
-        os.replace(scratch / path.name, path)
+        del index, ivf, lists, sources, opened  # unmaps the lists before they move
+        move_in(scratch, path)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return read_faiss(path)
+
+
+def move_in(scratch: Path, path: Path) -> None:
+    """The index and lists files made in ``scratch`` under their final names moved to ``path``
+    and beside it, the lists first (the index file says where in them each list lies)."""
+    os.replace(scratch / lists_path(path).name, lists_path(path))
+    os.replace(scratch / path.name, path)
 
 
 def read_faiss(path: Path) -> faiss.Index:

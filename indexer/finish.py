@@ -3,22 +3,29 @@
 - de-duplication across shards: processes of a ``--shard I/N`` run that ran at the same time
   did not see each other's files, so each may have indexed a copy of the same bytes; the
   smallest id is kept and the others move to ``duplicates``;
-- the FAISS indexes, one per vector name, built from the shards (streamed) and written
-  atomically (inverted files part by part, merged on disk: :mod:`indexer.faiss_choice`);
+- the FAISS indexes, one per vector name: after a sync, updated to hold the shards' ids
+  (:mod:`indexer.faiss_update`); else, or where an update will not do, built from the shards
+  (streamed) and written atomically (inverted files part by part, merged on disk:
+  :mod:`indexer.faiss_choice`);
 - the manifest's indexes and counts, the component store's layout, and a record of every
   file (:mod:`indexer.integrity`).
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timezone
+
+import numpy as np
 
 from compsearch.indexer.component_store import written_layout
 from compsearch.indexer.encode import known_files
+from compsearch.indexer.faiss_choice import AUTO, choose_factory
 from compsearch.indexer.faiss_choice import build_index as build_faiss_index
+from compsearch.indexer.faiss_update import update_index
 from compsearch.indexer.integrity import record_files
 from compsearch.indexer.manifest import Counts, IndexEntry, Manifest
 from compsearch.indexer.settings import IndexSettings
-from compsearch.indexer.store import DUPLICATES, SHARDS, SKIPPED, IndexStore
+from compsearch.indexer.store import DUPLICATES, SHARDS, SKIPPED, IndexStore, ids_to_numpy
 from compsearch.mapping.encoder import PropertyEncoder
 
 
@@ -53,9 +60,41 @@ def build_indexes(store: IndexStore, names: list[str], space: str, settings: Ind
     return entries
 
 
+def updated_entry(store: IndexStore, name: str, entry: IndexEntry, ids: np.ndarray, space: str,
+                  settings: IndexSettings) -> IndexEntry | None:
+    """``name``'s index updated to hold the shards' ``ids`` (:mod:`indexer.faiss_update`) and
+    its new manifest entry; ``None`` where it is to be built anew: the settings now ask for
+    another type (``auto``: for the new size), the vectors are in another space, the update
+    declines, or faiss cannot read or change the file."""
+    path = store.faiss_path(name)
+    wanted = choose_factory(len(ids), entry.dim, settings.memory_budget) if settings.index == AUTO else settings.index
+    if wanted != entry.factory or entry.space != space or not path.is_file():
+        return None
+    try:
+        update = update_index(path, ids, lambda only: store.iter_vectors(name, only), entry.changed_since_build,
+                              exact=entry.factory == "Flat")
+    except RuntimeError:  # a damaged or unreadable file: built anew
+        return None
+    if update is None:
+        return None
+    return replace(entry, ntotal=update.ntotal, bytes=sum(file.stat().st_size for file in update.files),
+                   changed_since_build=entry.changed_since_build + update.removed + update.added)
+
+
 def finish(store: IndexStore, manifest: Manifest, encoder: PropertyEncoder, settings: IndexSettings) -> None:
-    """Build the indexes from the shards and record them and the totals in the manifest."""
-    manifest.indexes.update(build_indexes(store, encoder.names, encoder.space, settings))
+    """Bring the indexes up to date with the shards, updated where they can be and built where
+    not, and record them and the totals in the manifest."""
+    rows = store.read_table(SHARDS, columns=["id"])
+    ids = ids_to_numpy(rows.column("id")) if rows.num_rows else np.zeros(0, np.int64)
+    rebuild = []
+    for name in encoder.names:
+        entry = manifest.indexes.get(name)
+        updated = entry and updated_entry(store, name, entry, ids, encoder.space, settings)
+        if updated:
+            manifest.indexes[name] = updated
+        else:
+            rebuild.append(name)
+    manifest.indexes.update(build_indexes(store, rebuild, encoder.space, settings))
     record_totals(store, manifest)
 
 

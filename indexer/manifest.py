@@ -25,6 +25,9 @@ Format versions:
   a run reserved one per listed file, which its counts add up to (``added``, ``skipped``,
   ``duplicates``, ``already_indexed``); a run left running reserved an unknown number (0: the
   next run starts after the shards' largest id as well).
+- 6: each index records ``changed_since_build``, the ids an update after a sync removed or
+  added since the index was built (:mod:`indexer.faiss_update`: past a share of the index, the
+  next sync rebuilds it). Version 5 rebuilt every index on every sync: 0.
 """
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ from compsearch.mapping.chunk_store import read_json
 from compsearch.mapping.errors import CompsearchError
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 REBUILD = "rebuild the index (`compsearch index … --overwrite`)"
 
 
@@ -129,6 +132,7 @@ class IndexEntry:
     train_seconds: float
     add_seconds: float
     bytes: int
+    changed_since_build: int = 0  # ids removed or added by updates since (indexer.faiss_update)
 
 
 @dataclass
@@ -278,7 +282,16 @@ def _from_version_4(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-MIGRATIONS = {1: _from_version_1, 2: _from_version_2, 3: _from_version_3, 4: _from_version_4}  # version → next version's shape
+def _from_version_5(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 5 rebuilt every index on every sync: none has changed since its build."""
+    for entry in (data.get("indexes") or {}).values() if isinstance(data.get("indexes"), dict) else []:
+        if isinstance(entry, dict):
+            entry.setdefault("changed_since_build", 0)
+    return data
+
+
+MIGRATIONS = {1: _from_version_1, 2: _from_version_2, 3: _from_version_3, 4: _from_version_4,
+              5: _from_version_5}  # version → next version's shape
 
 
 def parse_manifest(data: Any, path: Path) -> Manifest:

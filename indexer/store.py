@@ -259,14 +259,22 @@ class IndexStore:
         added = f"{VECTORS}/{name}"
         return added if self.parts(added).parts() else SHARDS
 
-    def iter_vectors(self, name: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """``(ids, vectors)`` shard by shard for one vector name (float32, as stored)."""
+    def iter_vectors(self, name: str, only: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(ids, vectors)`` shard by shard for one vector name (float32, as stored); with
+        ``only``, just those ids' rows, and a part without any is read no further than its ids."""
         column = vector_column(name)
         for path in self.parts(self.vectors_kind(name)).parts():
-            table = pq.read_table(path, columns=["id", column]) if column in self._schema(path).names else None
-            if table is None or table.num_rows == 0:
+            if column not in self._schema(path).names:
                 continue
-            yield table.column("id").to_numpy(), arrow_to_vectors(table.column(column))
+            if only is None:
+                table = pq.read_table(path, columns=["id", column])
+            else:
+                wanted = np.isin(pq.read_table(path, columns=["id"]).column("id").to_numpy(), only)
+                if not wanted.any():
+                    continue
+                table = pq.read_table(path, columns=["id", column]).filter(pa.array(wanted))
+            if table.num_rows:
+                yield table.column("id").to_numpy(), arrow_to_vectors(table.column(column))
 
     def faiss_path(self, name: str) -> Path:
         return self.folder / f"{name}.faiss"

@@ -109,7 +109,7 @@ def test_a_manifest_reads_back_as_written(tmp_path: Path) -> None:
     write_manifest(tmp_path, sample())
     read = read_manifest(tmp_path)
     assert read == sample() and read.encoder.precision == "bf16"
-    assert json.loads((tmp_path / MANIFEST).read_text())["format_version"] == FORMAT_VERSION == 5
+    assert json.loads((tmp_path / MANIFEST).read_text())["format_version"] == FORMAT_VERSION == 6
     assert not list(tmp_path.glob(".*.tmp"))  # written to a temporary name, then renamed
 
 
@@ -196,8 +196,16 @@ def test_a_version_4_manifest_opens_with_the_ids_its_runs_reserved_and_nothing_s
     assert read_manifest(tmp_path).runs[0].status == "stopped"
 
 
+def test_a_version_5_manifest_opens_with_no_index_changed_since_its_build(tmp_path: Path) -> None:
+    data = written(tmp_path)
+    data["format_version"] = 5
+    del data["indexes"]["full"]["changed_since_build"]
+    (tmp_path / MANIFEST).write_text(json.dumps(data))
+    assert read_manifest(tmp_path).indexes["full"].changed_since_build == 0
+
+
 @pytest.mark.parametrize(("content", "message"), [
-    ('{"format_version": 99}', "has index format 99, this compsearch reads 5 and older"),
+    ('{"format_version": 99}', "has index format 99, this compsearch reads 6 and older"),
     ("[1, 2]", "is not a JSON object"),
     ("{not json", "cannot read"),
 ])
