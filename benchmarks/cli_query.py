@@ -159,9 +159,20 @@ def shell_queries(workdir: Path, runs: int) -> list[str]:
                     "Python's start, the HTTP round trip and a few ms of imports."]
 
 
-def synthetic_index(folder: Path, size: int, dim: int, chunk: int = 100_000) -> None:
-    """``size`` unit vectors as real shards (ids, keys, a ``group`` column 0..999 for filters)
-    and a Flat index, built by the indexer's finish stage."""
+ENCODER = SimpleNamespace(names=["full"], space="model")  # what the finish stage asks of an encoder
+
+
+def synthetic_rows(start: int, count: int, dim: int, seed: int) -> tuple[list[dict], np.ndarray]:
+    """Rows ``start`` … (ids, keys, a ``group`` column 0..999 for filters) and their Gaussian vectors."""
+    ids = np.arange(start, start + count)
+    rows = [{"id": int(i), "key": f"{i:08d}.jpg", "path": None, "sha256": f"{i:064x}", "width": 1, "height": 1,
+             "group": int(i % 1000)} for i in ids]
+    return rows, np.random.default_rng(seed).standard_normal((count, dim), dtype=np.float32)
+
+
+def synthetic_index(folder: Path, size: int, dim: int, chunk: int = 100_000, index: str = "Flat"):
+    """``size`` vectors as real shards and an ``index`` built by the indexer's finish stage:
+    the store, its manifest and the settings it was built with."""
     from compsearch.indexer.finish import finish
     from compsearch.indexer.manifest import Manifest, Provenance
     from compsearch.indexer.settings import IndexSettings
@@ -169,16 +180,14 @@ def synthetic_index(folder: Path, size: int, dim: int, chunk: int = 100_000) -> 
     from compsearch.mapping.identity import EncoderIdentity
 
     store = IndexStore(folder)
-    generator = np.random.default_rng(0)
     for number, start in enumerate(range(0, size, chunk)):
-        ids = np.arange(start, min(size, start + chunk))
-        vectors = generator.standard_normal((len(ids), dim), dtype=np.float32)
-        rows = [{"id": int(i), "key": f"{i:08d}.jpg", "path": None, "sha256": f"{i:064x}", "width": 1, "height": 1,
-                 "group": int(i % 1000)} for i in ids]
+        rows, vectors = synthetic_rows(start, min(chunk, size - start), dim, seed=number)
         store.write_chunk(ChunkRows(0, number, rows, {"full": vectors}, [], []))
     identity = EncoderIdentity("synthetic", "random-init", "blocks.0", "model", None, None, None, "fp32")
     manifest = Manifest.new(identity, Provenance(), "benchmark", "now")
-    finish(store, manifest, SimpleNamespace(names=["full"], space="model"), IndexSettings(index="Flat", progress=False))
+    settings = IndexSettings(index=index, progress=False)
+    finish(store, manifest, ENCODER, settings)
+    return store, manifest, settings
 
 
 def at_scale(size: int, dim: int, runs: int) -> list[str]:

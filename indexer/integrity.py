@@ -79,11 +79,22 @@ def index_files(store: IndexStore, manifest: Manifest) -> list[Path]:
 
 
 def record_files(store: IndexStore, manifest: Manifest) -> None:
-    """Record every file of the directory in ``manifest.files`` as it is now (the caller writes it)."""
+    """Record every file of the directory in ``manifest.files`` as it is now (the caller writes it).
+
+    A file with the inode, modification time and size of its previous record keeps that record
+    unread: every file is written under a temporary name and renamed into place, so one written
+    since has a new inode. A sync that changed a few parts of a large index hashes those parts
+    and its FAISS files, not the whole directory again."""
+    earlier = manifest.files or {}
     manifest.files = {}
     for path in index_files(store, manifest):
-        manifest.files[path.relative_to(store.folder).as_posix()] = FileRecord(
-            bytes=path.stat().st_size, sha256=sha256(path), count=_count(path))
+        key, stat = path.relative_to(store.folder).as_posix(), path.stat()
+        record = earlier.get(key)
+        if record is None or (record.inode, record.mtime_ns, record.bytes) != (stat.st_ino, stat.st_mtime_ns,
+                                                                                 stat.st_size):
+            record = FileRecord(bytes=stat.st_size, sha256=sha256(path), count=_count(path), inode=stat.st_ino,
+                                mtime_ns=stat.st_mtime_ns)
+        manifest.files[key] = record
 
 
 def _check_one(path: Path, record: FileRecord, checksum: bool) -> str | None:

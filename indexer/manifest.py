@@ -27,7 +27,10 @@ Format versions:
   next run starts after the shards' largest id as well).
 - 6: each index records ``changed_since_build``, the ids an update after a sync removed or
   added since the index was built (:mod:`indexer.faiss_update`: past a share of the index, the
-  next sync rebuilds it). Version 5 rebuilt every index on every sync: 0.
+  next sync rebuilds it). Version 5 rebuilt every index on every sync: 0. Each file record
+  also holds the ``inode`` and ``mtime_ns`` the file had when hashed, so a finish hashes only
+  the files written since (every file is written under a temporary name and renamed into
+  place: a new inode). Version 5 records: 0 (hashed again once).
 """
 from __future__ import annotations
 
@@ -153,6 +156,9 @@ class FileRecord:
     bytes: int
     sha256: str
     count: int  # a Parquet part's rows, a FAISS file's vectors (ntotal)
+    # the file as it was hashed (0: unknown): while both hold, the next finish keeps the record
+    inode: int = 0
+    mtime_ns: int = 0
 
 
 @dataclass
@@ -283,10 +289,13 @@ def _from_version_4(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _from_version_5(data: dict[str, Any]) -> dict[str, Any]:
-    """Version 5 rebuilt every index on every sync: none has changed since its build."""
-    for entry in (data.get("indexes") or {}).values() if isinstance(data.get("indexes"), dict) else []:
-        if isinstance(entry, dict):
-            entry.setdefault("changed_since_build", 0)
+    """Version 5 rebuilt every index on every sync (none has changed since its build) and
+    recorded no file's inode or mtime (unknown: 0)."""
+    for key, defaults in (("indexes", {"changed_since_build": 0}), ("files", {"inode": 0, "mtime_ns": 0})):
+        for entry in data[key].values() if isinstance(data.get(key), dict) else []:
+            if isinstance(entry, dict):
+                for name, value in defaults.items():
+                    entry.setdefault(name, value)
     return data
 
 

@@ -196,12 +196,14 @@ def test_a_version_4_manifest_opens_with_the_ids_its_runs_reserved_and_nothing_s
     assert read_manifest(tmp_path).runs[0].status == "stopped"
 
 
-def test_a_version_5_manifest_opens_with_no_index_changed_since_its_build(tmp_path: Path) -> None:
+def test_a_version_5_manifest_opens_with_no_index_changed_since_its_build_and_no_file_stamps(tmp_path: Path) -> None:
     data = written(tmp_path)
     data["format_version"] = 5
-    del data["indexes"]["full"]["changed_since_build"]
+    del data["indexes"]["full"]["changed_since_build"], data["files"]["full.faiss"]["inode"]
+    del data["files"]["full.faiss"]["mtime_ns"]
     (tmp_path / MANIFEST).write_text(json.dumps(data))
-    assert read_manifest(tmp_path).indexes["full"].changed_since_build == 0
+    read = read_manifest(tmp_path)
+    assert read.indexes["full"].changed_since_build == 0 and read.files["full.faiss"].mtime_ns == 0
 
 
 @pytest.mark.parametrize(("content", "message"), [
