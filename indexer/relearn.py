@@ -32,6 +32,7 @@ from compsearch.mapping.errors import CompsearchError
 from compsearch.mapping.identity import EncoderIdentity
 from compsearch.mapping.models import RANDOM_INIT, LoadedModel
 from compsearch.mapping.names import FULL
+from compsearch.mapping.onnx.towers import IMAGE_TOWER
 from compsearch.mapping.properties import Property
 from compsearch.mapping.rank import Ranking
 
@@ -184,6 +185,7 @@ def _rebuild(folder: Path, manifest: Manifest, model: LoadedModel, built: Encode
     record_files(store, manifest)  # the shards and FAISS files were rewritten: open checks them against this
     manifest.updated = now()
     store.write_manifest(manifest)
+    (folder / IMAGE_TOWER).unlink(missing_ok=True)  # it computes the old properties: the next image query writes it
     return RelearnSummary(str(folder), {name: e.factory for name, e in entries.items()}, manifest.counts.images,
                           time.perf_counter() - started)
 

@@ -17,7 +17,8 @@ plans again from the files: whatever the killed run wrote is rows already indexe
 Removals and moves rewrite the affected shard parts atomically, and with them the parts
 beside each (its component store part, the vectors parts of properties added from the store:
 :meth:`~indexer.store.IndexStore.rewrite_shard`); no reader has to know a ``removed`` list: the
-rows are simply gone, and the FAISS indexes are rebuilt from the rows by the finish stage.
+rows are simply gone, and the finish stage brings each FAISS index to hold the rows' ids
+(updated in place of a rebuild where it can: :mod:`indexer.faiss_update`).
 """
 from __future__ import annotations
 

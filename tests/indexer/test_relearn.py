@@ -22,6 +22,7 @@ from compsearch.mapping.align.run import identity_aligner
 from compsearch.mapping.decompose import decompose
 from compsearch.mapping.errors import CompsearchError
 from compsearch.mapping.models import LoadedModel
+from compsearch.mapping.onnx.towers import IMAGE_TOWER
 from compsearch.mapping.rank import PropertyRanking, Ranking
 from compsearch.search.index import SearchIndex
 from tests.test_cli import run_cli
@@ -122,8 +123,9 @@ def test_reindex_with_another_k_equals_a_fresh_index(clip: LoadedModel, world: P
     ranking = Ranking.load(world / "ranking.json")
     ranking.get("colour").k += 3
     fresh = _index(clip, world, "fresh-k", ranking.save(world / "ranking-k.json"), None)
+    (folder / IMAGE_TOWER).write_bytes(b"an image tower of the old properties")
     summary = reindex(folder, k={"colour": ranking.get("colour").k}, model=clip)
-    assert sorted(summary.rebuilt) == ["colour", "pattern"]
+    assert sorted(summary.rebuilt) == ["colour", "pattern"] and not (folder / IMAGE_TOWER).exists()
     _same_index(folder, fresh, "colour")
     _same_index(folder, fresh, "pattern")
 
