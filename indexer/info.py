@@ -47,7 +47,8 @@ def index_info(folder: str | Path) -> dict[str, Any]:
         "properties": {name: {"k": entry.k, "components": entry.components, "source": entry.source}
                        for name, entry in manifest.properties.items()},
         "indexes": {name: {"factory": entry.factory, "ntotal": entry.ntotal, "dim": entry.dim, "bytes": entry.bytes,
-                           "search_parameters": entry.search_parameters}
+                           "search_parameters": entry.search_parameters,
+                           "changed_since_build": entry.changed_since_build}
                     for name, entry in manifest.indexes.items()},
         "columns": columns,  # what `search --where` can filter on, with its type
         "runs": [asdict(run) for run in manifest.runs],
@@ -83,8 +84,9 @@ def format_info(info: dict[str, Any]) -> str:
     for name, entry in info["indexes"].items():
         components = info["properties"].get(name, {}).get("components")
         summed = f"  k={len(components)}: {', '.join(components)}" if components else "  all components"
+        updated = f" ({entry['changed_since_build']} ids updated since built)" if entry["changed_since_build"] else ""
         lines.append(f"  {name:<12} {entry['factory']:<14} {entry['ntotal']:>9} × {entry['dim']:<5} "
-                     f"{_mib(entry['bytes']):>10}{summed}")
+                     f"{_mib(entry['bytes']):>10}{updated}{summed}")
     lines.append("store      " + (f"{info['store']['dtype']}, {info['store']['bytes_per_image']} B per image "
                                    "(add-property, reindex, rank --index need no image pass)" if info["store"]
                                    else "none (add-property and reindex need a rebuild with --store fp16)"))

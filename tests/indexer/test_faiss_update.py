@@ -15,6 +15,7 @@ from compsearch.indexer.faiss_choice import build_index, normalised
 from compsearch.indexer.faiss_ondisk import lists_path, read_faiss
 from compsearch.indexer.faiss_update import REBUILD_SHARE, held_ids, update_index
 from compsearch.indexer.finish import finish
+from compsearch.indexer.info import format_info, index_info
 from compsearch.indexer.manifest import Manifest, Provenance
 from compsearch.indexer.settings import IndexSettings
 from compsearch.indexer.store import SHARDS, ChunkRows, IndexStore
@@ -137,6 +138,7 @@ def test_the_finish_stage_updates_small_changes_and_rebuilds_past_the_share(fact
     sync([3, 5, 8], list(range(COUNT, COUNT + 20)), 1)
     entry = manifest.indexes["full"]
     assert entry.ntotal == COUNT + 17 and entry.changed_since_build == 23
+    assert "(23 ids updated since built)" in format_info(index_info(tmp_path))
     assert entry.train_seconds == built.train_seconds and entry.search_parameters == built.search_parameters
     assert sorted(held_ids(read_faiss(store.faiss_path("full"))).tolist()) == sorted(
         store.read_table(SHARDS, columns=["id"]).column("id").to_pylist())
