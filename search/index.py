@@ -104,6 +104,7 @@ class SearchIndex:
         self._text_model: LoadedModel | None = None
         self._text_encoder: TextEncoder | None = None
         self._image_encoder: ImageEncoder | None = None
+        self._models: dict[tuple[str, str], LoadedModel] = {}  # loaded by _load; shared by reopened()
 
     # -- what the index holds ------------------------------------------------------------------
     @property
@@ -128,6 +129,15 @@ class SearchIndex:
     def record(self, image_id: int) -> dict[str, Any]:
         """The stored row of ``image_id`` (id, key, path, sha256, width, height, metadata…)."""
         return self.rows.records([image_id])[0]
+
+    def reopened(self) -> SearchIndex:
+        """The directory opened anew (after the indexer changed it: a sync, add-property,
+        reindex), as this one was, sharing the models this one loaded: an index's model and
+        CLIP never change, only its rows, vectors and properties."""
+        fresh = SearchIndex(self.folder, self.device, self._weights, self._clip_weights, self._given_model,
+                            self._given_clip)
+        fresh._models = self._models
+        return fresh
 
     def warm(self, models: bool = True) -> None:
         """Load now what the first query would: rows, every FAISS index, the text and image
@@ -249,10 +259,13 @@ class SearchIndex:
                 f"{self.folder} was built with a randomly initialised {name}: its vectors cannot be made again",
                 "query it by id, or rebuild the index with real weights",
             )
+        if (name, recorded_weights) in self._models:
+            return self._models[name, recorded_weights]
         recorded_file = self.manifest.model_weights
         if weights is None and recorded_file is not None and recorded_file.id == recorded_weights:
             weights = find_artifact(recorded_file, self.folder)  # None: the usual lookup (weights dir, hub cache)
-        return load_model(name, weights=weights, device=self.device)
+        model = self._models[name, recorded_weights] = load_model(name, weights=weights, device=self.device)
+        return model
 
     def _index(self, name: str) -> faiss.Index:
         self._check_property(name)

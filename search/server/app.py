@@ -2,7 +2,8 @@
 
 Everything slow happens here, once, before the first request: the index opens, its models
 load, the file table is read. Requests then only read shared state, from as many threads as
-the server runs (the search layer is thread-safe).
+the server runs (the search layer is thread-safe) — until the indexer changes the directory:
+then it is opened anew once, with the same models (:mod:`.follow`).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from compsearch.indexer.build import compsearch_version
 from compsearch.mapping.errors import CompsearchError, ImageReadError, warn
 from compsearch.search.errors import UnknownImageError
 from compsearch.search.server.files import CollectionFiles, ImageNotServedError, collection_roots, count_outside
+from compsearch.search.server.follow import FollowedIndex
 from compsearch.search.server.guards import (
     LOOPBACK_NAMES,
     BodyLimit,
@@ -150,20 +152,28 @@ def create_app(
     addressed to (None: any, for a server bound to a public address). ``show_paths``: give
     clients the files' absolute paths (default: relative to their collection root).
     """
-    index = search.open_index(index_dir, device=device)
-    index.warm(models=False)
-    unavailable = load_models(index)
-    served_roots = collection_roots(index_dir, roots)
-    refused = count_outside(index_dir, served_roots)
-    if refused:
-        warn(f"{refused} indexed file(s) lie outside the collection folder(s) "
-             f"({', '.join(map(str, served_roots)) or 'the index records none'}) and will not be served",
-             "pass their folder with --root to serve them")
-    files = CollectionFiles(index.record, served_roots)
+    thumbnails = ThumbnailCache(cache_dir, thumbnail_size)
+
+    def serve(previous: SearchIndex | None) -> tuple[SearchIndex, ServerState]:
+        """The index opened (anew, sharing ``previous``'s models, once it has changed) and what
+        requests read of it."""
+        index = search.open_index(index_dir, device=device) if previous is None else previous.reopened()
+        index.warm(models=False)
+        unavailable = load_models(index)
+        served_roots = collection_roots(index_dir, roots)
+        refused = count_outside(index_dir, served_roots)
+        if refused:
+            warn(f"{refused} indexed file(s) lie outside the collection folder(s) "
+                 f"({', '.join(map(str, served_roots)) or 'the index records none'}) and will not be served",
+                 "pass their folder with --root to serve them")
+        files = CollectionFiles(index.record, served_roots)
+        return index, ServerState(index, files, thumbnails, index.info(), max_upload_bytes, max_pixels, unavailable,
+                                  show_paths)
+
+    followed = FollowedIndex(Path(index_dir), serve)
     app = FastAPI(title="compsearch", version=compsearch_version(), docs_url=None, redoc_url=None,
                   openapi_url="/api/openapi.json")  # no /docs: the Swagger page loads from a CDN
-    app.state.compsearch = ServerState(index, files, ThumbnailCache(cache_dir, thumbnail_size), index.info(),
-                                       max_upload_bytes, max_pixels, unavailable, show_paths)
+    app.state.compsearch = followed
     app.include_router(router)
     _with_search_schemas(app)
     _add_error_handlers(app)

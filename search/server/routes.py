@@ -47,7 +47,8 @@ class QueriesUnavailableError(CompsearchError):
 
 @dataclass
 class ServerState:
-    """What every request reads; built once by :func:`search.server.app.create_app`."""
+    """What every request reads; built by :func:`search.server.app.create_app`, again each time
+    the index changes (:mod:`search.server.follow`)."""
 
     index: SearchIndex
     files: CollectionFiles
@@ -76,7 +77,7 @@ class ServerState:
 
 
 def state(request: Request) -> ServerState:
-    return request.app.state.compsearch
+    return request.app.state.compsearch.current()
 
 
 class TermBody(BaseModel):
