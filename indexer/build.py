@@ -205,8 +205,10 @@ class Indexer:
         own = joined.run if joined else _next_run(manifest) if self.settings.shard[1] > 1 else None
         work = plan_sync(source, self.store, append=mode == "append", except_run=own)
         last = manifest.runs[-1] if manifest.runs else None
-        if joined is None and not work.todo and last is not None and last.status == "running":
-            joined = last  # nothing left to encode (e.g. every shard finished): this finishes that run
+        if joined is None and last is not None and last.status == "running":
+            work.leave_failures_of(last.run)
+            if not work.todo:
+                joined = last  # nothing left to encode (e.g. every shard finished): this finishes that run
         if joined is None and work.up_to_date and last is not None and last.status == "complete":
             # a nightly rerun: no new run, no rebuild (the files skipped before fail unchanged)
             counts = {**dict.fromkeys(RUN_COUNTS, 0), **work.counts(), "skipped": work.skipped_again}

@@ -59,6 +59,7 @@ class SyncPlan:
     removed: set[int] = field(default_factory=set)  # ids whose rows leave (gone, or an old version)
     dropped_duplicates: set[str] = field(default_factory=set)  # paths whose ``duplicates`` entry leaves
     skipped_again: int = 0  # of ``todo``: files skipped before and unchanged since (they fail again)
+    skipped_by: set[int] = field(default_factory=set)  # the runs that skipped those
     examples: dict[str, list[str]] = field(default_factory=dict)  # kind → a few paths
 
     def counts(self) -> dict[str, int]:
@@ -74,6 +75,13 @@ class SyncPlan:
         """What a dry run prints: the counts, and a few paths of each kind."""
         return {"counts": {"new": len(self.todo) - self.changed - self.skipped_again, **self.counts(),
                            "skipped before": self.skipped_again}, "examples": self.examples}
+
+    def leave_failures_of(self, run: int) -> None:
+        """When all there is to encode is files ``run`` itself skipped, unchanged since, forget
+        them: the invocation that finishes ``run`` (the plain run after its shards) joins it
+        rather than opening a run of its own to fail on them again."""
+        if self.todo and len(self.todo) == self.skipped_again and self.skipped_by <= {run}:
+            self.todo, self.skipped_again, self.skipped_by = [], 0, set()
 
     def note(self, kind: str, path: str) -> None:
         shown = self.examples.setdefault(kind, [])
@@ -148,19 +156,19 @@ def _duplicate_of(store: IndexStore | None) -> dict[str, int]:
     return dict(zip(duplicates.column("path").to_pylist(), duplicates.column("duplicate_of").to_pylist()))
 
 
-def _skipped_since(store: IndexStore | None) -> dict[str, datetime]:
-    """path → when the run that last skipped it started (naive UTC, as ``mtime``): a file not
-    modified since failed with the bytes it has now."""
+def _skipped_since(store: IndexStore | None) -> dict[str, tuple[int, datetime]]:
+    """path → the run that last skipped it and when that run started (naive UTC, as ``mtime``):
+    a file not modified since failed with the bytes it has now."""
     if store is None or not store.exists():
         return {}
     started = {run.run: datetime.fromisoformat(run.started).astimezone(timezone.utc).replace(tzinfo=None)
                for run in store.read_manifest().runs}
-    since: dict[str, datetime] = {}
+    since: dict[str, tuple[int, datetime]] = {}
     for part in store.parts(SKIPPED).parts():
         run = parse_part_name(part.name, PARQUET)[0]
         for path in pq.read_table(part, columns=["path"]).column("path").to_pylist():
             if path is not None and run in started:
-                since[path] = started[run]
+                since[path] = run, started[run]
     return since
 
 
@@ -179,8 +187,10 @@ def plan_sync(source: ImageSource, store: IndexStore | None, append: bool = Fals
         failed before, unchanged since: a rerun that finds only such files has nothing to do)."""
         plan.todo.append(record)
         tried = skipped.get(printable(str(record.path))) if record.path is not None else None
-        again = tried is not None and (stat is None or stat[1] is None or stat[1] < tried)
-        plan.skipped_again += again
+        again = tried is not None and (stat is None or stat[1] is None or stat[1] < tried[1])
+        if again:
+            plan.skipped_again += 1
+            plan.skipped_by.add(tried[0])
         return again
     seen: set[str] = set()
     candidates: list[tuple[ImageRecord, Stat]] = []  # new files, to check for moves

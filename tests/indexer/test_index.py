@@ -25,7 +25,7 @@ from compsearch.indexer.info import format_info, index_info
 from compsearch.indexer.known_files import KnownFiles
 from compsearch.indexer.manifest import Counts
 from compsearch.indexer.ranking_on_the_fly import sample_source
-from compsearch.indexer.store import IndexStore
+from compsearch.indexer.store import SKIPPED, IndexStore
 from compsearch.indexer.world import get_split, write_split
 from compsearch.mapping.align import Aligner, AlignerMeta, save_aligner
 from compsearch.mapping.decompose import decompose
@@ -218,6 +218,20 @@ def test_shards_split_a_run_and_a_plain_run_builds_the_indexes(model, world, tmp
     assert table.column("vector.full") == expected.column("vector.full")  # the same vectors as one process
     assert faiss.read_index(str(out / "full.faiss")).ntotal == 20
     assert IndexStore(out).read_manifest().runs[0].status == "complete"
+
+
+def test_the_plain_run_after_shards_finishes_their_run_though_a_file_failed_in_it(model, world, tmp_path) -> None:
+    images = Path(shutil.copytree(world / "train", tmp_path / "images"))
+    (images / "broken.png").write_bytes(b"not an image")
+    os.utime(images / "broken.png", (1e9, 1e9))  # older than the run (which records its start to the second)
+    out = tmp_path / "sharded"
+    for shard in (0, 1):
+        _sharded(model, images, out, (shard, 2))
+    summary = _sharded(model, images, out, (0, 1))  # the broken file failed in this very run: not tried again
+    runs = IndexStore(out).read_manifest().runs
+    assert [(run.run, run.status) for run in runs] == [(0, "complete")] and summary.run == 0
+    assert summary.images == 20 and IndexStore(out).read_table(SKIPPED).column("path").to_pylist() == [
+        str(images / "broken.png")]
 
 
 def test_a_shard_that_read_the_manifest_before_another_opened_the_run_agrees_with_it(model, world, tmp_path) -> None:
