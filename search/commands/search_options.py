@@ -10,7 +10,7 @@ from compsearch.search.render import FORMATS
 
 SEARCH_OPTIONS: tuple[Option, ...] = (
     (("--text",), dict(help="Words to search for (needs an index in a CLIP space).")),
-    (("--image",), dict(help="A reference image file: images like it in --property.")),
+    (("--image",), dict(metavar="FILE", help="A reference image file: images like it in --property.")),
     (("--id", "image_id"), dict(type=int, help="An indexed image's id (from earlier results), used like --image.")),
     (("--property", "-p", "property_name"), dict(
         metavar="NAME", help="The property index the main term searches (default: full, the whole representation).")),
@@ -29,8 +29,8 @@ SEARCH_OPTIONS: tuple[Option, ...] = (
     (("--copy-to",), dict(metavar="DIR", help="Also copy the result files into DIR as RANK-NAME.")),
     (("--link-to",), dict(metavar="DIR", help="Also symlink the result files into DIR as RANK-NAME.")),
     (("--threshold",), dict(type=float, help="Keep only results whose total score is at least this.")),
-    (("--weights",), dict(help="The model's weights file, if not found where it was when indexing.")),
-    (("--clip-weights",), dict(help="The CLIP's weights file (for --text), likewise.")),
+    (("--weights",), dict(metavar="FILE", help="The model's weights file, if not found where it was when indexing.")),
+    (("--clip-weights",), dict(metavar="FILE", help="The CLIP's weights file (for --text), likewise.")),
     DEVICE,
     (("--token",), dict(envvar="COMPSEARCH_TOKEN", show_envvar=True,
                         help="With a URL: the token the server was started with.")),
