@@ -38,13 +38,14 @@ from compsearch.indexer.runners import COUNTS, stopped
 from compsearch.indexer.settings import IndexSettings
 from compsearch.indexer.store import IndexStore
 from compsearch.mapping.encoder import PropertyEncoder
-from compsearch.mapping.errors import CompsearchError
+from compsearch.mapping.errors import CompsearchError, warn
 from compsearch.mapping.images import ImageSource, iter_unit_batches
 from compsearch.mapping.images.loader import Transform
 from compsearch.mapping.images.plan import Plan, WorkUnit
 from compsearch.mapping.models import RANDOM_INIT, load_model
 
 DECODE_CPUS = 0.5  # what one decode task asks for (see run_on_ray)
+WRITE_CPUS = 0.5  # and one write task
 
 
 def import_ray() -> ModuleType:
@@ -125,6 +126,18 @@ def _pool(ray: ModuleType) -> dict[str, Any]:
     return dict(size=max(1, cpus // (2 * threads)), num_gpus=0, num_cpus=threads, device="cpu", threads=threads)
 
 
+def _warn_if_busy(ray: ModuleType, pool: dict[str, Any]) -> None:
+    """On a cluster this process did not start, say so when its free cores are fewer than the
+    run needs to start: Ray does not stop a failed run's actors mid-task (ray-project/ray#24948),
+    and a run waiting on cores they hold would otherwise look hung."""
+    needed = pool["size"] * pool["num_cpus"] + DECODE_CPUS + WRITE_CPUS
+    free = ray.available_resources().get("CPU", 0.0)
+    if free < needed:
+        warn(f"the Ray cluster has {free:g} CPU(s) free and this run needs {needed:g} to start: it waits until "
+             "other work on the cluster (perhaps an earlier failed run's workers) lets them go",
+             "wait, or restart the cluster")
+
+
 def _execute(written: Any) -> dict[str, int]:
     """Run the dataset, summing what its units did. Stopped early, its iterator is closed here:
     that stops the executor and frees its actors at once (not when the exception is dropped),
@@ -161,6 +174,8 @@ def run_on_ray(store: IndexStore, source: ImageSource, work: Plan, stage: UnitEn
     try:
         DataContext.get_current().enable_progress_bars = settings.progress
         pool = _pool(ray)
+        if not started_here:
+            _warn_if_busy(ray, pool)
         folder = str(store.folder.resolve())
         units = ray.data.from_items([{"chunk": u.chunk, "start": u.start, "stop": u.stop} for u in work.todo],
                                     override_num_blocks=len(work.todo))
@@ -174,7 +189,7 @@ def run_on_ray(store: IndexStore, source: ImageSource, work: Plan, stage: UnitEn
             num_cpus=pool["num_cpus"],
             fn_constructor_kwargs=dict(folder=folder, device=pool["device"], threads=pool["threads"],
                                        known=stage.known, ids=stage.ids, store=stage.store))
-        written = encoded.map_batches(write_units, batch_size=1, num_cpus=0.5, fn_kwargs=dict(folder=folder))
+        written = encoded.map_batches(write_units, batch_size=1, num_cpus=WRITE_CPUS, fn_kwargs=dict(folder=folder))
         counts = _execute(written)
     except KeyboardInterrupt:
         raise stopped(store, work, stage.ids.run) from None

@@ -8,6 +8,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -28,11 +29,17 @@ IN_PROCESS = IndexSettings(batch_size=3, workers=0, threads=1, chunk_size=4, pro
 ON_RAY = dataclasses.replace(IN_PROCESS, backend="ray")
 
 
+def _start_cluster() -> None:
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+             logging_level="error", log_to_driver=False)
+
+
 @pytest.fixture(scope="module")
 def cluster() -> None:
     ray = pytest.importorskip("ray", reason="the Ray backend's tests need Ray: pip install 'compsearch[ray]'")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             logging_level="error", log_to_driver=False)
+    _start_cluster()
     yield
     ray.shutdown()
 
@@ -165,7 +172,14 @@ def test_a_rerun_finishes_an_interrupted_ray_run(cluster, weights, images, refer
         with pytest.raises(Interrupted, match="the Ray run failed.*images are done and kept"):
             _build(weights, images, out, ON_RAY)
     assert 2 not in IndexStore(out).done_chunks(0)
-    _build(weights, images, out, ON_RAY)  # the same command again
+    # The same command again is a new process with a cluster of its own: Ray does not stop the
+    # failed run's actors mid-task (ray-project/ray#24948), and on this 2-core cluster they would
+    # hold the cores the rerun waits for.
+    import ray
+
+    ray.shutdown()
+    _start_cluster()
+    _build(weights, images, out, ON_RAY)
     _assert_same_index(out, reference, same_ids=False)
 
 
@@ -173,6 +187,14 @@ def test_a_randomly_initialised_model_is_refused(weights, images, tmp_path) -> N
     encoder = encoder_for_build(load_model(MODEL, pretrained=False), tmp_path / "index").encoder
     with pytest.raises(CompsearchError, match="weights file"):
         Indexer(tmp_path / "index", encoder, ON_RAY).run(images)
+
+
+def test_a_cluster_without_the_cores_a_run_needs_is_named_not_waited_on_silently(caplog) -> None:
+    pool = dict(size=1, num_cpus=1)
+    for free, warned in ((2.0, False), (1.0, True)):  # 1 for the encoder, half a core each to decode and write
+        caplog.clear()
+        ray_runner._warn_if_busy(SimpleNamespace(available_resources=lambda: {"CPU": free}), pool)
+        assert ("needs 2 to start" in caplog.text) is warned
 
 
 def test_without_ray_the_backend_says_how_to_install_it(monkeypatch) -> None:
