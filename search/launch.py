@@ -8,6 +8,7 @@ command, and any arguments that reader is unsure of, go to the click group (:mod
 """
 from __future__ import annotations
 
+import os
 import sys
 
 from compsearch.mapping.errors import CompsearchError
@@ -30,12 +31,17 @@ def _answered_remotely(arguments: list[str]) -> bool:
 
 
 def main() -> None:
-    """Entry point: a CompsearchError becomes one line on stderr and exit code 2."""
+    """Entry point: a CompsearchError becomes one line on stderr and exit code 2; a reader that
+    stops reading (``| head``) ends the command quietly, as it does any Unix tool."""
     try:
         if not _answered_remotely(sys.argv[1:]):
             from compsearch.search.cli import main as click_main
 
             click_main()
+        sys.stdout.flush()  # here, so a closed pipe is met inside the handler below
     except CompsearchError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit must not fail
+        sys.exit(1)

@@ -524,6 +524,21 @@ def test_a_query_of_a_server_imports_no_click_and_prints_what_click_would(
     assert drop_seconds.sub("", out) == drop_seconds.sub("", fast.stdout)
 
 
+def test_a_reader_that_stops_reading_ends_the_command_quietly(base_url: str) -> None:
+    """`compsearch search … | head -1`: no traceback when the pipe closes early."""
+    import fcntl
+
+    read, write = os.pipe()
+    fcntl.fcntl(write, 1031, 4096)  # F_SETPIPE_SZ: a small pipe, so the command blocks on it mid-answer
+    command = subprocess.Popen([sys.executable, "-c", "from compsearch.search.launch import main; main()", "search",
+                                base_url, "--text", "red", "-k", "40", "--format", "jsonl"],
+                               stdout=write, stderr=subprocess.PIPE, text=True)
+    os.close(write)
+    with os.fdopen(read, "rb") as reader:
+        assert reader.readline().startswith(b"{")
+    assert command.wait(timeout=60) == 1 and "Traceback" not in command.stderr.read()
+
+
 # -- hardening ---------------------------------------------------------------------------------
 
 BEYOND_INT64 = 2**63
