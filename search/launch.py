@@ -31,8 +31,9 @@ def _answered_remotely(arguments: list[str]) -> bool:
 
 
 def main() -> None:
-    """Entry point: a CompsearchError becomes one line on stderr and exit code 2; a reader that
-    stops reading (``| head``) ends the command quietly, as it does any Unix tool."""
+    """Entry point: a CompsearchError becomes one line on stderr and exit code 2, Ctrl-C one
+    line and exit code 1; a reader that stops reading (``| head``) ends the command quietly,
+    as it does any Unix tool."""
     try:
         if not _answered_remotely(sys.argv[1:]):
             from compsearch.search.cli import main as click_main
@@ -42,6 +43,9 @@ def main() -> None:
     except CompsearchError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C while a server answers (the click group says the same for its commands)
+        print("aborted", file=sys.stderr)
+        sys.exit(1)
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit must not fail
         sys.exit(1)

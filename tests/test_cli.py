@@ -234,3 +234,14 @@ def test_errors_name_the_option_the_user_typed(
     assert code == 2 and "--clip-weights PATH" in err and " --weights" not in err and "--random-init" in err
     code, _, err = run_cli(monkeypatch, capsys, "decompose", photos[0], "--model", "my-world-clip")
     assert code == 2 and "unknown model 'my-world-clip'" in err and "local-dir:" in err and "world fixture-clip" in err
+
+
+def test_ctrl_c_during_a_query_of_a_server_is_one_line(monkeypatch, capsys) -> None:
+    from compsearch.search import launch
+
+    def interrupted(arguments: list[str]) -> bool:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(launch, "_answered_remotely", interrupted)
+    code, out, err = run_cli(monkeypatch, capsys, "search", "http://127.0.0.1:9", "--id", "1")
+    assert code == 1 and err == "aborted\n" and out == ""
