@@ -116,6 +116,21 @@ def new_index(factory: str, dim: int):
     return index
 
 
+def keeps_exact_vectors(index) -> bool:
+    """Whether ``index.reconstruct(id)`` gives back the indexed vector itself (flat storage,
+    ids mapped), rather than a compressed approximation (PQ, SQ) or nothing."""
+    import faiss
+
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexIDMap2):
+        index = faiss.downcast_index(index.index)
+    if isinstance(index, faiss.IndexHNSW):
+        index = faiss.downcast_index(index.storage)
+    if isinstance(index, faiss.IndexIVFFlat):
+        return index.direct_map.type != faiss.DirectMap.NoMap
+    return isinstance(index, faiss.IndexFlat)
+
+
 def normalised(vectors: np.ndarray) -> np.ndarray:
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)

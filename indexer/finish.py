@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 
 from compsearch.indexer.component_store import written_layout
 from compsearch.indexer.encode import known_files
-from compsearch.indexer.faiss_choice import AUTO, choose_factory
+from compsearch.indexer.faiss_choice import AUTO, choose_factory, keeps_exact_vectors
 from compsearch.indexer.faiss_choice import build_index as build_faiss_index
 from compsearch.indexer.faiss_update import update_index
 from compsearch.indexer.integrity import record_files
@@ -27,6 +28,10 @@ from compsearch.indexer.manifest import Counts, IndexEntry, Manifest
 from compsearch.indexer.settings import IndexSettings
 from compsearch.indexer.store import DUPLICATES, SHARDS, SKIPPED, IndexStore, ids_to_numpy
 from compsearch.mapping.encoder import PropertyEncoder
+
+
+EXACT_SIDECAR = "Flat"  # exact vectors beside a compressed index: by id, memory-mapped (fp16 would break "exact")
+EXACT_SUFFIX = ".exact.faiss"
 
 
 def now() -> str:
@@ -41,7 +46,8 @@ def deduplicate(store: IndexStore) -> int:
 
 
 def build_indexes(store: IndexStore, names: list[str], space: str, settings: IndexSettings) -> dict[str, IndexEntry]:
-    """Build and write each vector name's FAISS index (vectors in ``space``); the manifest entry of each."""
+    """Build and write each vector name's FAISS index (vectors in ``space``), and beside a
+    compressed one its exact vectors (:data:`EXACT_SIDECAR`); the manifest entry of each."""
     images = store.read_table(SHARDS, columns=["id"]).num_rows
     entries = {}
     for name in names:
@@ -49,15 +55,27 @@ def build_indexes(store: IndexStore, names: list[str], space: str, settings: Ind
         if dims is None:
             continue
         path = store.faiss_path(name)  # an inverted file's lists go beside it, merged on disk
-        built = build_faiss_index(settings.index, dims, images, lambda name=name: store.iter_vectors(name),
-                                  settings.memory_budget, path=path)
+        stream = lambda name=name: store.iter_vectors(name)  # noqa: E731 - read again per pass
+        built = build_faiss_index(settings.index, dims, images, stream, settings.memory_budget, path=path)
+        files, exact = list(built.files), exact_path(path)
+        if keeps_exact_vectors(built.index):
+            exact.unlink(missing_ok=True)  # an earlier compressed index's
+        else:
+            files += build_faiss_index(EXACT_SIDECAR, dims, images, stream, settings.memory_budget, path=exact,
+                                       tuning_queries=0).files
         entries[name] = IndexEntry(
             file=path.name, factory=built.factory, ntotal=built.count, dim=dims,
             metric="inner_product", normalised=True, space=space,
             search_parameters=built.search_parameters, train_seconds=round(built.train_seconds, 3),
-            add_seconds=round(built.add_seconds, 3), bytes=sum(file.stat().st_size for file in built.files),
+            add_seconds=round(built.add_seconds, 3), bytes=sum(file.stat().st_size for file in files),
+            exact_file=None if keeps_exact_vectors(built.index) else exact.name,
         )
     return entries
+
+
+def exact_path(index_path: Path) -> Path:
+    """Where the exact vectors of the compressed index ``index_path`` lie."""
+    return index_path.with_suffix(EXACT_SUFFIX)
 
 
 def updated_entry(store: IndexStore, name: str, entry: IndexEntry, ids: np.ndarray, space: str,
@@ -70,14 +88,17 @@ def updated_entry(store: IndexStore, name: str, entry: IndexEntry, ids: np.ndarr
     wanted = choose_factory(len(ids), entry.dim, settings.memory_budget) if settings.index == AUTO else settings.index
     if wanted != entry.factory or entry.space != space or not path.is_file():
         return None
+    vectors_of = lambda only: store.iter_vectors(name, only)  # noqa: E731
     try:
-        update = update_index(path, ids, lambda only: store.iter_vectors(name, only), entry.changed_since_build,
-                              exact=entry.factory == "Flat")
+        update = update_index(path, ids, vectors_of, entry.changed_since_build, exact=entry.factory == "Flat")
+        if update is None:
+            return None
+        files = list(update.files)
+        if entry.exact_file:  # a flat file of vectors: always updated
+            files += update_index(store.folder / entry.exact_file, ids, vectors_of, 0, exact=True).files
     except RuntimeError:  # a damaged or unreadable file: built anew
         return None
-    if update is None:
-        return None
-    return replace(entry, ntotal=update.ntotal, bytes=sum(file.stat().st_size for file in update.files),
+    return replace(entry, ntotal=update.ntotal, bytes=sum(file.stat().st_size for file in files),
                    changed_since_build=entry.changed_since_build + update.removed + update.added)
 
 

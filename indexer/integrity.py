@@ -73,9 +73,11 @@ def _count(path: Path) -> int:
 
 
 def index_files(store: IndexStore, manifest: Manifest) -> list[Path]:
-    """The files the record covers: every part of every kind, and the manifest's FAISS files."""
+    """The files the record covers: every part of every kind, and the manifest's FAISS files
+    (with the exact vectors beside a compressed one)."""
     parts = [path for kind in PART_KINDS for path in store.parts(kind).parts()]
-    return parts + [store.folder / entry.file for entry in manifest.indexes.values()]
+    return parts + [store.folder / file for entry in manifest.indexes.values()
+                    for file in (entry.file, entry.exact_file) if file]
 
 
 def record_files(store: IndexStore, manifest: Manifest) -> None:

@@ -30,7 +30,9 @@ Format versions:
   next sync rebuilds it). Version 5 rebuilt every index on every sync: 0. Each file record
   also holds the ``inode`` and ``mtime_ns`` the file had when hashed, so a finish hashes only
   the files written since (every file is written under a temporary name and renamed into
-  place: a new inode). Version 5 records: 0 (hashed again once).
+  place: a new inode). Version 5 records: 0 (hashed again once). A compressed index (PQ, SQ)
+  records ``exact_file``, the exact vectors beside it that its results are rescored with;
+  version 5 had none (results as the compressed codes rank them, until a rebuild).
 """
 from __future__ import annotations
 
@@ -136,6 +138,7 @@ class IndexEntry:
     add_seconds: float
     bytes: int
     changed_since_build: int = 0  # ids removed or added by updates since (indexer.faiss_update)
+    exact_file: str | None = None  # beside a compressed index: its exact vectors, by id (for rescoring)
 
 
 @dataclass
@@ -291,7 +294,8 @@ def _from_version_4(data: dict[str, Any]) -> dict[str, Any]:
 def _from_version_5(data: dict[str, Any]) -> dict[str, Any]:
     """Version 5 rebuilt every index on every sync (none has changed since its build) and
     recorded no file's inode or mtime (unknown: 0)."""
-    for key, defaults in (("indexes", {"changed_since_build": 0}), ("files", {"inode": 0, "mtime_ns": 0})):
+    for key, defaults in (("indexes", {"changed_since_build": 0, "exact_file": None}),
+                          ("files", {"inode": 0, "mtime_ns": 0})):
         for entry in data[key].values() if isinstance(data.get(key), dict) else []:
             if isinstance(entry, dict):
                 for name, value in defaults.items():

@@ -51,7 +51,8 @@ def repair_index(folder: str | Path, settings: IndexSettings = IndexSettings()) 
                 beside.unlink()  # its store and vectors parts go with it (vectors parts stay one per shard)
             path.unlink(missing_ok=True)
         damaged = {d.file for d in damage}  # a removed part changes every FAISS file; else only the damaged
-        stale = {name: entry.space for name, entry in manifest.indexes.items() if removed or entry.file in damaged}
+        stale = {name: entry.space for name, entry in manifest.indexes.items()
+                 if removed or entry.file in damaged or entry.exact_file in damaged}
         for name, space in stale.items():
             manifest.indexes.update(build_indexes(store, [name], space, settings))
         rebuilt = [manifest.indexes[name].file for name in stale]

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import faiss
 import numpy as np
 
+from compsearch.indexer.faiss_choice import keeps_exact_vectors
 from compsearch.indexer.faiss_ondisk import read_faiss
 from compsearch.indexer.faiss_tuning import set_search_parameters
 from compsearch.indexer.integrity import Damage, DamagedIndexError, cheap_check, check_count
@@ -39,7 +40,7 @@ from compsearch.search.errors import NoTextEncoderError, QueryError, UnknownProp
 from compsearch.search.filtered import Selection, search_selected
 from compsearch.search.query import Query, Term, check_k, check_offset, check_threshold, term_labels
 from compsearch.search.results import Result, SearchResults
-from compsearch.search.stored import StoredRows, keeps_exact_vectors, split_record
+from compsearch.search.stored import StoredRows, split_record
 
 if TYPE_CHECKING:  # the model side loads on the first query that needs it: an id query never does
     import PIL.Image
@@ -53,6 +54,21 @@ if TYPE_CHECKING:  # the model side loads on the first query that needs it: an i
 IMAGE_BATCH = 32  # reference images decomposed per forward pass
 ImageEncoder = Callable[[list["PIL.Image.Image"]], dict[str, np.ndarray]]  # images -> {name: (n, d) normalised}
 T = TypeVar("T")
+
+
+def rescored(queries: np.ndarray, candidates: np.ndarray, exact: faiss.Index, depth: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``depth`` best of each query row's ``candidates`` (ids, -1 for none) by inner product
+    with their vectors in ``exact``: (scores, ids) as faiss gives them, padded with -inf, -1."""
+    scores = np.full((len(queries), depth), -np.inf, np.float32)
+    ids = np.full((len(queries), depth), -1, np.int64)
+    for row, (query, found) in enumerate(zip(queries, candidates)):
+        found = found[found >= 0]
+        if not len(found):
+            continue
+        exact_scores = exact.reconstruct_batch(found) @ query
+        best = np.argsort(-exact_scores, kind="stable")[:depth]
+        scores[row, :len(best)], ids[row, :len(best)] = exact_scores[best], found[best]
+    return scores, ids
 
 
 def read_faiss_index(path: Path, search_parameters: dict[str, Any]) -> faiss.Index:
@@ -85,6 +101,7 @@ class SearchIndex:
     """Queries on one index directory (see the module docstring)."""
 
     oversampling = 10  # combined queries: each term's index is asked for k × this many candidates first
+    rescoring = 20  # a compressed index is asked for k × this many candidates, rescored exactly
 
     def __init__(self, folder: str | Path, device: str = "cpu", weights: str | Path | None = None,
                  clip_weights: str | Path | None = None, model: LoadedModel | None = None,
@@ -99,6 +116,7 @@ class SearchIndex:
         self._lock = threading.RLock()
         self._indexes: dict[str, faiss.Index] = {}
         self._exact: dict[str, bool] = {}
+        self._exact_vectors: dict[str, faiss.Index] = {}  # beside compressed indexes (PQ): exact vectors by id
         self._rows: StoredRows | None = None
         self._encoder: PropertyEncoder | None = None
         self._text_model: LoadedModel | None = None
@@ -276,6 +294,10 @@ class SearchIndex:
                     index = read_faiss_index(self.folder / entry.file, entry.search_parameters)
                     check_count(self.store, entry.file, index.ntotal, entry.ntotal)
                     self._exact[name] = keeps_exact_vectors(index)
+                    if entry.exact_file is not None:
+                        exact = read_faiss_index(self.folder / entry.exact_file, {})
+                        check_count(self.store, entry.exact_file, exact.ntotal, entry.ntotal)
+                        self._exact_vectors[name] = exact
                     self._indexes[name] = index
         return self._indexes[name]
 
@@ -290,6 +312,9 @@ class SearchIndex:
         index = self._index(name)
         if self._exact[name]:
             return index.reconstruct_batch(ids)
+        if name in self._exact_vectors:
+            self.rows.positions(ids)  # an id not indexed: the error a lookup in the rows gives
+            return self._exact_vectors[name].reconstruct_batch(ids)
         return self.rows.vectors(name, ids)
 
     # -- queries ---------------------------------------------------------------------------------
@@ -349,7 +374,14 @@ class SearchIndex:
         return selected_ids(self.rows.table, where)
 
     def _faiss_search(self, name: str, queries: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
-        return self._index(name).search(np.ascontiguousarray(queries, dtype=np.float32), depth)
+        """The ``depth`` best per query row; from a compressed index, the best of
+        :attr:`rescoring` × as many candidates by their exact vectors (its codes rank only roughly)."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        index = self._index(name)
+        if name not in self._exact_vectors:
+            return index.search(queries, depth)
+        _, candidates = index.search(queries, min(depth * self.rescoring, max(index.ntotal, 1)))
+        return rescored(queries, candidates, self._exact_vectors[name], depth)
 
     def _search_single(self, terms: dict[int, WeightedVector], depth: int, search: SearchFunction,
                        count: int) -> dict[int, Ranked]:

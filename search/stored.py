@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import faiss
 import numpy as np
 import pyarrow.compute as pc
 
@@ -15,19 +14,6 @@ from compsearch.search.errors import QueryError, UnknownImageError
 
 if TYPE_CHECKING:
     import pyarrow.dataset as ds
-
-
-def keeps_exact_vectors(index: faiss.Index) -> bool:
-    """Whether ``index.reconstruct(id)`` gives back the indexed vector itself (flat storage,
-    ids mapped), rather than a compressed approximation (PQ, SQ) or nothing."""
-    index = faiss.downcast_index(index)
-    if isinstance(index, faiss.IndexIDMap2):
-        index = faiss.downcast_index(index.index)
-    if isinstance(index, faiss.IndexHNSW):
-        index = faiss.downcast_index(index.storage)
-    if isinstance(index, faiss.IndexIVFFlat):
-        return index.direct_map.type != faiss.DirectMap.NoMap
-    return isinstance(index, faiss.IndexFlat)
 
 
 class StoredRows:

@@ -1,0 +1,63 @@
+"""A compressed index (PQ) keeps its exact vectors beside it: its candidates are rescored with
+them, so a search finds what an exact search finds, and the file follows every update."""
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from compsearch.indexer.faiss_choice import normalised
+from compsearch.indexer.finish import finish
+from compsearch.indexer.integrity import full_check
+from compsearch.indexer.manifest import Manifest, Provenance
+from compsearch.indexer.settings import IndexSettings
+from compsearch.indexer.store import ChunkRows, IndexStore
+from compsearch.mapping.identity import EncoderIdentity
+from compsearch.search.index import SearchIndex
+
+COUNT, DIM = 3000, 32
+VECTORS = normalised(np.random.default_rng(0).standard_normal((COUNT + 100, DIM), dtype=np.float32))
+ENCODER = SimpleNamespace(names=["full"], space="model")
+
+
+def write_rows(store: IndexStore, run: int, ids: list[int]) -> None:
+    rows = [{"id": i, "key": f"{i}.jpg", "path": None, "sha256": f"{i:064x}", "width": 1, "height": 1} for i in ids]
+    store.write_chunk(ChunkRows(run, 0, rows, {"full": VECTORS[ids]}, [], []))
+
+
+def recall(index: SearchIndex, ids: np.ndarray, queries: list[int]) -> float:
+    """recall@10 of id queries against exact search over ``ids``' vectors."""
+    hits = 0
+    for query in queries:
+        exact = ids[np.argsort(-(VECTORS[ids] @ VECTORS[query]), kind="stable")[:10]]
+        hits += len(set(exact) & {result.id for result in index.search(id=query, k=10).results})
+    return hits / (10 * len(queries))
+
+
+def test_a_pq_index_rescored_finds_what_exact_search_finds_and_its_vectors_follow_updates(tmp_path: Path) -> None:
+    store = IndexStore(tmp_path)
+    write_rows(store, 0, list(range(COUNT)))
+    identity = EncoderIdentity("synthetic", "random-init", "blocks.0", "model", None, None, None, "fp32")
+    manifest = Manifest.new(identity, Provenance(), "test", "now")
+    settings = IndexSettings(index="IVF8,PQ16x4", progress=False)
+    finish(store, manifest, ENCODER, settings)
+    assert manifest.indexes["full"].exact_file == "full.exact.faiss" and (tmp_path / "full.exact.faiss").is_file()
+    queries = list(range(0, COUNT, 60))
+    index = SearchIndex(tmp_path)
+    assert recall(index, np.arange(COUNT), queries) >= 0.95
+    index._exact_vectors.clear()  # the codes alone, as before the exact vectors were kept
+    assert recall(index, np.arange(COUNT), queries) < 0.8
+
+    shard = store.shard_paths()[0]  # a sync: 50 rows leave, 100 arrive
+    rows = pq.read_table(shard)
+    store.rewrite_shard(shard, rows.filter(np.arange(COUNT) >= 50))
+    write_rows(store, 1, list(range(COUNT, COUNT + 100)))
+    finish(store, manifest, ENCODER, settings)
+    assert manifest.indexes["full"].changed_since_build == 150  # updated, not rebuilt
+    held = np.arange(50, COUNT + 100)
+    index = SearchIndex(tmp_path)
+    assert recall(index, held, list(range(COUNT, COUNT + 100, 5))) >= 0.95
+    assert full_check(tmp_path).damage == [] and "full.exact.faiss" in manifest.files
+
