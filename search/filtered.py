@@ -19,6 +19,7 @@ from compsearch.indexer.faiss_tuning import inner
 EXACT_SCAN_MAX = 5_000  # selected images up to which a scan of their vectors beats the selector (benchmarks/cli_query.py)
 
 VectorsOf = Callable[[np.ndarray], np.ndarray]  # sorted ids -> (len(ids), d) normalised vectors
+Search = Callable[[np.ndarray, int, faiss.SearchParameters], tuple[np.ndarray, np.ndarray]]  # queries, depth, params
 
 
 @dataclass
@@ -64,12 +65,15 @@ def exact_scan(queries: np.ndarray, ids: np.ndarray, vectors: np.ndarray, depth:
 
 
 def search_selected(index: faiss.Index, queries: np.ndarray, depth: int, selection: Selection,
-                    vectors_of: VectorsOf) -> tuple[np.ndarray, np.ndarray]:
-    """The best ``depth`` selected images per query row (module docstring)."""
+                    vectors_of: VectorsOf, search: Search | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The best ``depth`` selected images per query row (module docstring); ``search``: how
+    ``index`` is searched with the selector's parameters (default: ``index.search``; the search
+    layer's rescores a compressed index)."""
     depth = max(1, min(depth, len(selection)))
     if len(selection) <= EXACT_SCAN_MAX:
         return exact_scan(queries, selection.ids, vectors_of(selection.ids), depth)
-    scores, ids = index.search(queries, depth, params=search_parameters(index, selection.selector))
+    search = search or (lambda queries, depth, params: index.search(queries, depth, params=params))
+    scores, ids = search(queries, depth, search_parameters(index, selection.selector))
     if (ids < 0).any():  # the probed lists held too few selected images
         return exact_scan(queries, selection.ids, vectors_of(selection.ids), depth)
     return scores, ids

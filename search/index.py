@@ -353,8 +353,9 @@ class SearchIndex:
                              for i, t in enumerate(terms)])
             position += len(terms)
         search = self._faiss_search if selection is None else (
-            lambda name, vectors, size: search_selected(self._index(name), vectors, size, selection,
-                                                        lambda ids: self.stored_vectors(name, ids)))
+            lambda name, vectors, size: search_selected(
+                self._index(name), vectors, size, selection, lambda ids: self.stored_vectors(name, ids),
+                lambda queries, depth, parameters: self._faiss_search(name, queries, depth, parameters)))
         count = self.count if selection is None else len(selection)
         ranked = self._search_single({i: terms[0] for i, terms in enumerate(weighted) if len(terms) == 1}, depth,
                                      search, count)
@@ -374,15 +375,17 @@ class SearchIndex:
 
         return selected_ids(self.rows.table, where)
 
-    def _faiss_search(self, name: str, queries: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
-        """The ``depth`` best per query row; from a compressed index, the best of
-        :attr:`rescoring` × as many candidates by their exact vectors (its codes rank only roughly)."""
+    def _faiss_search(self, name: str, queries: np.ndarray, depth: int,
+                      parameters: faiss.SearchParameters | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The ``depth`` best per query row (``parameters``: a filter's selector); from a
+        compressed index, the best of :attr:`rescoring` × as many candidates by their exact
+        vectors (its codes rank only roughly)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         index = self._index(name)
         if name not in self._exact_vectors:
-            return index.search(queries, depth)
+            return index.search(queries, depth, params=parameters)
         wide = depth + min(depth * (self.rescoring - 1), self.rescoring_extra)
-        _, candidates = index.search(queries, min(wide, max(index.ntotal, 1)))
+        _, candidates = index.search(queries, min(wide, max(index.ntotal, 1)), params=parameters)
         return rescored(queries, candidates, self._exact_vectors[name], depth)
 
     def _search_single(self, terms: dict[int, WeightedVector], depth: int, search: SearchFunction,

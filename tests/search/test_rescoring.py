@@ -15,6 +15,7 @@ from compsearch.indexer.manifest import Manifest, Provenance
 from compsearch.indexer.settings import IndexSettings
 from compsearch.indexer.store import ChunkRows, IndexStore
 from compsearch.mapping.identity import EncoderIdentity
+from compsearch.search import filtered
 from compsearch.search.index import SearchIndex
 
 COUNT, DIM = 3000, 32
@@ -27,16 +28,17 @@ def write_rows(store: IndexStore, run: int, ids: list[int]) -> None:
     store.write_chunk(ChunkRows(run, 0, rows, {"full": VECTORS[ids]}, [], []))
 
 
-def recall(index: SearchIndex, ids: np.ndarray, queries: list[int]) -> float:
-    """recall@10 of id queries against exact search over ``ids``' vectors."""
+def recall(index: SearchIndex, ids: np.ndarray, queries: list[int], where: str | None = None) -> float:
+    """recall@10 of id queries (filtered by ``where``) against exact search over ``ids``' vectors."""
     hits = 0
     for query in queries:
         exact = ids[np.argsort(-(VECTORS[ids] @ VECTORS[query]), kind="stable")[:10]]
-        hits += len(set(exact) & {result.id for result in index.search(id=query, k=10).results})
+        hits += len(set(exact) & {result.id for result in index.search(id=query, k=10, where=where).results})
     return hits / (10 * len(queries))
 
 
-def test_a_pq_index_rescored_finds_what_exact_search_finds_and_its_vectors_follow_updates(tmp_path: Path) -> None:
+def test_a_pq_index_rescored_finds_what_exact_search_finds_and_its_vectors_follow_updates(tmp_path: Path,
+                                                                                            monkeypatch) -> None:
     store = IndexStore(tmp_path)
     write_rows(store, 0, list(range(COUNT)))
     identity = EncoderIdentity("synthetic", "random-init", "blocks.0", "model", None, None, None, "fp32")
@@ -47,8 +49,11 @@ def test_a_pq_index_rescored_finds_what_exact_search_finds_and_its_vectors_follo
     queries = list(range(0, COUNT, 60))
     index = SearchIndex(tmp_path)
     assert recall(index, np.arange(COUNT), queries) >= 0.95
+    monkeypatch.setattr(filtered, "EXACT_SCAN_MAX", 0)  # a filter through FAISS's selector, rescored too
+    assert recall(index, np.arange(1000, COUNT), queries, "id >= 1000") >= 0.95
     index._exact_vectors.clear()  # the codes alone, as before the exact vectors were kept
     assert recall(index, np.arange(COUNT), queries) < 0.8
+    assert recall(index, np.arange(1000, COUNT), queries, "id >= 1000") < 0.8
 
     shard = store.shard_paths()[0]  # a sync: 50 rows leave, 100 arrive
     rows = pq.read_table(shard)
