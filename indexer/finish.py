@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 
 from compsearch.indexer.component_store import written_layout
 from compsearch.indexer.encode import known_files
+from compsearch.indexer.exact_vectors import exact_path, update_exact_vectors, write_exact_vectors
 from compsearch.indexer.faiss_choice import AUTO, choose_factory, keeps_exact_vectors
 from compsearch.indexer.faiss_choice import build_index as build_faiss_index
 from compsearch.indexer.faiss_update import update_index
@@ -28,10 +28,6 @@ from compsearch.indexer.manifest import Counts, IndexEntry, Manifest
 from compsearch.indexer.settings import IndexSettings
 from compsearch.indexer.store import DUPLICATES, SHARDS, SKIPPED, IndexStore, ids_to_numpy
 from compsearch.mapping.encoder import PropertyEncoder
-
-
-EXACT_SIDECAR = "Flat"  # exact vectors beside a compressed index: by id, memory-mapped (fp16 would break "exact")
-EXACT_SUFFIX = ".exact.faiss"
 
 
 def now() -> str:
@@ -47,7 +43,7 @@ def deduplicate(store: IndexStore) -> int:
 
 def build_indexes(store: IndexStore, names: list[str], space: str, settings: IndexSettings) -> dict[str, IndexEntry]:
     """Build and write each vector name's FAISS index (vectors in ``space``), and beside a
-    compressed one its exact vectors (:data:`EXACT_SIDECAR`); the manifest entry of each."""
+    compressed one its exact vectors (:mod:`indexer.exact_vectors`); the manifest entry of each."""
     images = store.read_table(SHARDS, columns=["id"]).num_rows
     entries = {}
     for name in names:
@@ -61,8 +57,8 @@ def build_indexes(store: IndexStore, names: list[str], space: str, settings: Ind
         if keeps_exact_vectors(built.index):
             exact.unlink(missing_ok=True)  # an earlier compressed index's
         else:
-            files += build_faiss_index(EXACT_SIDECAR, dims, images, stream, settings.memory_budget, path=exact,
-                                       tuning_queries=0).files
+            write_exact_vectors(exact, stream(), built.count, dims)
+            files.append(exact)
         entries[name] = IndexEntry(
             file=path.name, factory=built.factory, ntotal=built.count, dim=dims,
             metric="inner_product", normalised=True, space=space,
@@ -71,11 +67,6 @@ def build_indexes(store: IndexStore, names: list[str], space: str, settings: Ind
             exact_file=None if keeps_exact_vectors(built.index) else exact.name,
         )
     return entries
-
-
-def exact_path(index_path: Path) -> Path:
-    """Where the exact vectors of the compressed index ``index_path`` lie."""
-    return index_path.with_suffix(EXACT_SUFFIX)
 
 
 def updated_entry(store: IndexStore, name: str, entry: IndexEntry, ids: np.ndarray, space: str,
@@ -94,9 +85,10 @@ def updated_entry(store: IndexStore, name: str, entry: IndexEntry, ids: np.ndarr
         if update is None:
             return None
         files = list(update.files)
-        if entry.exact_file:  # a flat file of vectors: always updated
-            files += update_index(store.folder / entry.exact_file, ids, vectors_of, 0, exact=True).files
-    except RuntimeError:  # a damaged or unreadable file: built anew
+        if entry.exact_file:
+            update_exact_vectors(store.folder / entry.exact_file, ids, vectors_of)
+            files.append(store.folder / entry.exact_file)
+    except (RuntimeError, ValueError, OSError):  # a damaged or unreadable file: built anew
         return None
     return replace(entry, ntotal=update.ntotal, bytes=sum(file.stat().st_size for file in files),
                    changed_since_build=entry.changed_since_build + update.removed + update.added)

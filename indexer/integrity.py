@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from compsearch.indexer.exact_vectors import EXACT_SUFFIX, count_exact_vectors
 from compsearch.indexer.manifest import FileRecord, IndexDirectoryError, Manifest
 from compsearch.mapping.errors import reason
 from compsearch.indexer.store import DUPLICATES, SHARDS, SKIPPED, IndexStore
@@ -46,7 +47,8 @@ class Damage:
 
     @property
     def is_faiss(self) -> bool:
-        return self.file.endswith(".faiss")
+        """A FAISS file or the exact vectors beside one: made again from the shards."""
+        return self.file.endswith((".faiss", EXACT_SUFFIX))
 
     def repair(self, folder: Path) -> str:
         """What brings the file back: a FAISS file is rebuilt from the shards; a part holds
@@ -66,9 +68,12 @@ def sha256(path: Path) -> str:
 
 
 def _count(path: Path) -> int:
-    """Rows of a Parquet part (its footer), vectors of a FAISS file (ntotal)."""
+    """Rows of a Parquet part (its footer), vectors of a FAISS file (ntotal) or of an
+    exact-vectors file (its header)."""
     from compsearch.indexer.faiss_ondisk import read_faiss  # faiss loads only where a FAISS file is read
 
+    if path.name.endswith(EXACT_SUFFIX):
+        return count_exact_vectors(path)
     return int(read_faiss(path).ntotal) if path.suffix == ".faiss" else pq.read_metadata(path).num_rows
 
 

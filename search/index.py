@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import faiss
 import numpy as np
 
+from compsearch.indexer.exact_vectors import ExactVectors
 from compsearch.indexer.faiss_choice import keeps_exact_vectors
 from compsearch.indexer.faiss_ondisk import read_faiss
 from compsearch.indexer.faiss_tuning import set_search_parameters
@@ -56,7 +57,8 @@ ImageEncoder = Callable[[list["PIL.Image.Image"]], dict[str, np.ndarray]]  # ima
 T = TypeVar("T")
 
 
-def rescored(queries: np.ndarray, candidates: np.ndarray, exact: faiss.Index, depth: int) -> tuple[np.ndarray, np.ndarray]:
+def rescored(queries: np.ndarray, candidates: np.ndarray, exact: ExactVectors,
+             depth: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``depth`` best of each query row's ``candidates`` (ids, -1 for none) by inner product
     with their vectors in ``exact``: (scores, ids) as faiss gives them, padded with -inf, -1."""
     scores = np.full((len(queries), depth), -np.inf, np.float32)
@@ -117,7 +119,7 @@ class SearchIndex:
         self._lock = threading.RLock()
         self._indexes: dict[str, faiss.Index] = {}
         self._exact: dict[str, bool] = {}
-        self._exact_vectors: dict[str, faiss.Index] = {}  # beside compressed indexes (PQ): exact vectors by id
+        self._exact_vectors: dict[str, ExactVectors] = {}  # beside compressed indexes (PQ), by id
         self._rows: StoredRows | None = None
         self._encoder: PropertyEncoder | None = None
         self._text_model: LoadedModel | None = None
@@ -296,7 +298,8 @@ class SearchIndex:
                     check_count(self.store, entry.file, index.ntotal, entry.ntotal)
                     self._exact[name] = keeps_exact_vectors(index)
                     if entry.exact_file is not None:
-                        exact = read_faiss_index(self.folder / entry.exact_file, {})
+                        exact = read_file(self.folder / entry.exact_file, ExactVectors,
+                                          Damage(entry.exact_file, "").repair(self.folder))
                         check_count(self.store, entry.exact_file, exact.ntotal, entry.ntotal)
                         self._exact_vectors[name] = exact
                     self._indexes[name] = index

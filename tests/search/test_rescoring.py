@@ -7,13 +7,16 @@ from types import SimpleNamespace
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 from compsearch.indexer.faiss_choice import normalised
 from compsearch.indexer.finish import finish
 from compsearch.indexer.integrity import full_check
 from compsearch.indexer.manifest import Manifest, Provenance
+from compsearch.indexer.repair import repair_index
 from compsearch.indexer.settings import IndexSettings
 from compsearch.indexer.store import ChunkRows, IndexStore
+from compsearch.mapping.errors import CompsearchError
 from compsearch.mapping.identity import EncoderIdentity
 from compsearch.search import filtered
 from compsearch.search.index import SearchIndex
@@ -45,7 +48,7 @@ def test_a_pq_index_rescored_finds_what_exact_search_finds_and_its_vectors_follo
     manifest = Manifest.new(identity, Provenance(), "test", "now")
     settings = IndexSettings(index="IVF8,PQ16x4", progress=False)
     finish(store, manifest, ENCODER, settings)
-    assert manifest.indexes["full"].exact_file == "full.exact.faiss" and (tmp_path / "full.exact.faiss").is_file()
+    assert manifest.indexes["full"].exact_file == "full.exact.npy" and (tmp_path / "full.exact.npy").is_file()
     queries = list(range(0, COUNT, 60))
     index = SearchIndex(tmp_path)
     assert recall(index, np.arange(COUNT), queries) >= 0.95
@@ -64,5 +67,20 @@ def test_a_pq_index_rescored_finds_what_exact_search_finds_and_its_vectors_follo
     held = np.arange(50, COUNT + 100)
     index = SearchIndex(tmp_path)
     assert recall(index, held, list(range(COUNT, COUNT + 100, 5))) >= 0.95
-    assert full_check(tmp_path).damage == [] and "full.exact.faiss" in manifest.files
+    assert full_check(tmp_path).damage == [] and "full.exact.npy" in manifest.files
 
+
+
+def test_damaged_exact_vectors_are_refused_at_open_and_rebuilt_by_repair(tmp_path: Path) -> None:
+    store = IndexStore(tmp_path)
+    write_rows(store, 0, list(range(COUNT)))
+    identity = EncoderIdentity("synthetic", "random-init", "blocks.0", "model", None, None, None, "fp32")
+    manifest = Manifest.new(identity, Provenance(), "test", "now")
+    finish(store, manifest, ENCODER, IndexSettings(index="IVF8,PQ16x4", progress=False))
+    exact = tmp_path / "full.exact.npy"
+    exact.write_bytes(exact.read_bytes()[:-100])  # truncated
+    with pytest.raises(CompsearchError, match="full.exact.npy.*--repair"):
+        SearchIndex(tmp_path).search(id=5, k=3)
+    report = repair_index(tmp_path)
+    assert report.rebuilt == ["full.faiss"] and not report.removed
+    assert SearchIndex(tmp_path).search(id=5, k=3).results[0].id == 5
