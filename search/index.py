@@ -30,7 +30,7 @@ import numpy as np
 from compsearch.indexer.exact_vectors import ExactVectors
 from compsearch.indexer.faiss_choice import keeps_exact_vectors
 from compsearch.indexer.faiss_ondisk import read_faiss
-from compsearch.indexer.faiss_tuning import set_search_parameters
+from compsearch.indexer.faiss_tuning import RESCORING, set_search_parameters
 from compsearch.indexer.integrity import Damage, DamagedIndexError, cheap_check, check_count
 from compsearch.indexer.store import IndexStore
 from compsearch.mapping.chunk_store import read_file
@@ -103,8 +103,8 @@ class SearchIndex:
     """Queries on one index directory (see the module docstring)."""
 
     oversampling = 10  # combined queries: each term's index is asked for k × this many candidates first
-    rescoring = 50  # a compressed index is asked for k × this many candidates, rescored exactly (0.95 at 200k:
-    rescoring_extra = 20_000  # RESULTS.md, pq-rescoring); at most this many beyond k (k = 10,000 reads 30k vectors)
+    rescoring = RESCORING  # a compressed index is asked for k × this many candidates, rescored exactly,
+    rescoring_extra = 20_000  # at most this many beyond k (k = 10,000 reads 30k vectors)
 
     def __init__(self, folder: str | Path, device: str = "cpu", weights: str | Path | None = None,
                  clip_weights: str | Path | None = None, model: LoadedModel | None = None,
