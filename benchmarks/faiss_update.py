@@ -6,7 +6,8 @@ a percent of the rows leave their shards and as many new rows arrive in a new ru
 the finish stage runs again — which now updates the index (:mod:`indexer.faiss_update`) — then
 once more with the index forgotten, which rebuilds it from the same shards (retrain, re-add,
 retune). Only the FAISS stage is timed: the sync's shard rewrites are the same either way.
-Recall@10 of both against the exact answers of 200 fresh queries, with the nprobe each recorded.
+Recall@10 of both against the exact answers of 200 fresh queries, through the search layer
+(the parameters each recorded; a compressed index rescored with its exact vectors).
 
     .venv/bin/python benchmarks/faiss_update.py [--size 500000] [--dim 512] [--types Flat,IVF1024,Flat]
 """
@@ -28,10 +29,10 @@ from results_section import publish  # noqa: E402
 
 from compsearch.indexer.faiss_choice import normalised  # noqa: E402
 from compsearch.indexer.faiss_ondisk import read_faiss  # noqa: E402
-from compsearch.indexer.faiss_tuning import set_search_parameters  # noqa: E402
 from compsearch.indexer.faiss_update import held_ids  # noqa: E402
 from compsearch.indexer.finish import finish  # noqa: E402
 from compsearch.indexer.store import SHARDS, ChunkRows  # noqa: E402
+from compsearch.search.index import SearchIndex  # noqa: E402
 
 QUERIES = 200
 
@@ -49,10 +50,10 @@ def exact_top10(store, queries: np.ndarray) -> np.ndarray:
     return best_ids
 
 
-def recall(store, entry, queries: np.ndarray, exact: np.ndarray) -> float:
-    index = read_faiss(store.faiss_path("full"))
-    set_search_parameters(index, entry.search_parameters)
-    found = index.search(queries, 10)[1]
+def recall(store, queries: np.ndarray, exact: np.ndarray) -> float:
+    """recall@10 through the search layer's single-term path (its parameters; a compressed
+    index rescored with its exact vectors)."""
+    found = SearchIndex(store.folder)._faiss_search("full", queries, 10)[1]
     return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact)]))
 
 
@@ -76,13 +77,13 @@ def case(factory: str, size: int, dim: int) -> str:
         sound = np.array_equal(np.sort(held_ids(read_faiss(store.faiss_path("full")))), shard_ids)
         queries = normalised(np.random.default_rng(2).standard_normal((QUERIES, dim), dtype=np.float32))
         exact = exact_top10(store, queries)
-        updated_recall = recall(store, updated, queries, exact)
+        updated_recall = recall(store, queries, exact)
         del manifest.indexes["full"]
         started = time.perf_counter()
         finish(store, manifest, ENCODER, settings)
         rebuilt_seconds = time.perf_counter() - started
         rebuilt = manifest.indexes["full"]
-        rebuilt_recall = recall(store, rebuilt, queries, exact)
+        rebuilt_recall = recall(store, queries, exact)
     was_updated = updated.changed_since_build == 2 * changed
     return (f"| {factory} | {size:,} × {dim} | {built:.1f} | {updated_seconds:.2f} "
             f"({'updated' if was_updated else 'rebuilt'}) | {rebuilt_seconds:.1f} | "
