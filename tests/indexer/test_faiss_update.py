@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from compsearch.indexer.faiss_choice import build_index, normalised
-from compsearch.indexer.faiss_ondisk import lists_path, read_faiss
+from compsearch.indexer.faiss_ondisk import read_faiss
 from compsearch.indexer.faiss_update import REBUILD_SHARE, held_ids, update_index
 from compsearch.indexer.finish import finish
 from compsearch.indexer.info import format_info, index_info

@@ -8,7 +8,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
-import pytest
 
 from compsearch.indexer.artifacts import encoder_for_build
 from compsearch.indexer.build import IndexSettings, Indexer
