@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compsearch.indexer.faiss_choice import normalised
+from compsearch.indexer.faiss_choice import normalised_chunks
 from compsearch.mapping.chunk_store import write_atomically
 
 EXACT_SUFFIX = ".exact.npy"
@@ -34,12 +34,14 @@ def _records(dim: int) -> np.dtype:
     return np.dtype([("id", "<i8"), ("vector", "<f4", (dim,))])
 
 
-def _write(path: Path, count: int, dim: int, fill: Callable[[np.memmap], None]) -> None:
-    """A file of ``count`` records, ``fill``ed through a memory map, sorted by id, written
-    atomically."""
+def _write(path: Path, count: int, dim: int, fill: Callable[[np.memmap], int]) -> None:
+    """A file of ``count`` records, ``fill``ed through a memory map (it says how many it
+    wrote), sorted by id, written atomically."""
     def write(temporary: Path) -> None:
         records = np.lib.format.open_memmap(temporary, mode="w+", dtype=_records(dim), shape=(count,))
-        fill(records)
+        written = fill(records)
+        if written != count:
+            raise ValueError(f"{count} vectors announced, {written} given")
         ids = records["id"]
         if count > 1 and not (ids[1:] > ids[:-1]).all():  # parts out of id order: sorted once, in memory
             records[:] = records[np.argsort(ids, kind="stable")]
@@ -49,18 +51,18 @@ def _write(path: Path, count: int, dim: int, fill: Callable[[np.memmap], None]) 
     write_atomically(path, write)
 
 
+def _append(records: np.memmap, position: int, chunks: Chunks) -> int:
+    """``chunks``' ids and normalised vectors written from ``position`` on; the position after."""
+    for ids, vectors in normalised_chunks(chunks):
+        records["id"][position:position + len(ids)] = ids
+        records["vector"][position:position + len(ids)] = vectors
+        position += len(ids)
+    return position
+
+
 def write_exact_vectors(path: Path, chunks: Chunks, count: int, dim: int) -> None:
     """The ``count`` vectors of ``chunks``, normalised, to ``path``."""
-    def fill(records: np.memmap) -> None:
-        position = 0
-        for ids, vectors in chunks:
-            records["id"][position:position + len(ids)] = ids
-            records["vector"][position:position + len(ids)] = normalised(vectors)
-            position += len(ids)
-        if position != count:
-            raise ValueError(f"{count} vectors announced, {position} given")
-
-    _write(path, count, dim, fill)
+    _write(path, count, dim, lambda records: _append(records, 0, chunks))
 
 
 def update_exact_vectors(path: Path, ids: np.ndarray, vectors_of: Callable[[np.ndarray], Chunks]) -> int:
@@ -71,16 +73,13 @@ def update_exact_vectors(path: Path, ids: np.ndarray, vectors_of: Callable[[np.n
     keep = np.isin(held, ids)
     added = np.setdiff1d(ids, held, assume_unique=True)
 
-    def fill(records: np.memmap) -> None:
+    def fill(records: np.memmap) -> int:
         position = 0
         for start in range(0, len(held), COPY_ROWS):
             kept = old[start:start + COPY_ROWS][keep[start:start + COPY_ROWS]]
             records[position:position + len(kept)] = kept
             position += len(kept)
-        for part_ids, vectors in vectors_of(added):
-            records["id"][position:position + len(part_ids)] = part_ids
-            records["vector"][position:position + len(part_ids)] = normalised(vectors)
-            position += len(part_ids)
+        return _append(records, position, vectors_of(added))
 
     _write(path, int(keep.sum()) + len(added), old.dtype["vector"].shape[0], fill)
     return int(len(held) - keep.sum()) + len(added)

@@ -21,7 +21,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,9 +173,11 @@ def _samples(stream: VectorStream, count: int, train: int, queries: int, seed: i
     return sample, held_out
 
 
-def _normalised_chunks(stream: VectorStream, held_out) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """The stream normalised, each chunk also folded into the held-out queries' exact answers."""
-    for ids, vectors in stream():
+def normalised_chunks(chunks: Iterable[tuple[np.ndarray, np.ndarray]],
+                      held_out=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(ids, vectors)`` chunks with int64 ids and normalised vectors, each also folded into
+    the ``held_out`` queries' exact answers when given."""
+    for ids, vectors in chunks:
         ids, vectors = np.asarray(ids, dtype=np.int64), normalised(vectors)
         if held_out is not None:
             held_out.see(ids, vectors)
@@ -233,7 +235,7 @@ def build_index(factory: str, dim: int, count: int, stream: VectorStream, memory
     train_points = len(sample)
     del sample  # not held while adding (at 1e7 vectors and 16k lists: 2.4 GB)
     trained = time.perf_counter()
-    chunks = _normalised_chunks(stream, held_out)
+    chunks = normalised_chunks(stream(), held_out)
     files: list[Path] = []
     if path is not None and ivf is not None:
         with tempfile.TemporaryDirectory(prefix=f".{path.name}.parts-", dir=path.parent) as parts:

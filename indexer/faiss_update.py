@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compsearch.indexer.faiss_choice import default_workers, normalised, write_one_file
+from compsearch.indexer.faiss_choice import default_workers, normalised_chunks, write_one_file
 from compsearch.indexer.faiss_ondisk import add_parts, lists_path, merge_parts, read_faiss
 
 REBUILD_SHARE = 0.1  # ids removed plus added since the build, as a share of an approximate index
@@ -57,11 +57,6 @@ def held_ids(index) -> np.ndarray:
     held = [faiss.rev_swig_ptr(lists.get_ids(number), lists.list_size(number)).copy()
             for number in range(ivf.nlist) if lists.list_size(number)]
     return np.concatenate(held).astype(np.int64) if held else np.zeros(0, np.int64)
-
-
-def _normalised(chunks: Iterator[tuple[np.ndarray, np.ndarray]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    for ids, vectors in chunks:
-        yield ids.astype(np.int64), normalised(vectors)
 
 
 def _emptied(index):
@@ -98,7 +93,7 @@ def update_index(path: Path, ids: np.ndarray, vectors_of: VectorsOf, changed_bef
         exact_lookup = faiss.extract_index_ivf(index).direct_map.type == faiss.DirectMap.Hashtable
         with tempfile.TemporaryDirectory(prefix=f".{path.name}.parts-", dir=path.parent) as parts:
             trained = _emptied(read_faiss(path))
-            built = add_parts(trained, _normalised(vectors_of(added)), Path(parts), default_workers())
+            built = add_parts(trained, normalised_chunks(vectors_of(added)), Path(parts), default_workers())
             ntotal = merge_parts(trained, built, path, exact_lookup, base=index, removed=removed).ntotal
         files = [path, lists_path(path)]
     else:
@@ -107,7 +102,7 @@ def update_index(path: Path, ids: np.ndarray, vectors_of: VectorsOf, changed_bef
                 index.remove_ids(faiss.IDSelectorBatch(len(removed), faiss.swig_ptr(removed)))
             except RuntimeError:  # HNSW keeps no way to unlink a node
                 return None
-        for part_ids, vectors in _normalised(vectors_of(added)):
+        for part_ids, vectors in normalised_chunks(vectors_of(added)):
             index.add_with_ids(vectors, part_ids)
         write_one_file(index, path)
         ntotal, files = index.ntotal, [path]

@@ -26,7 +26,7 @@ from compsearch.indexer.faiss_update import update_index
 from compsearch.indexer.integrity import record_files
 from compsearch.indexer.manifest import Counts, IndexEntry, Manifest
 from compsearch.indexer.settings import IndexSettings
-from compsearch.indexer.store import DUPLICATES, SHARDS, SKIPPED, IndexStore, ids_to_numpy
+from compsearch.indexer.store import DUPLICATES, SHARDS, SKIPPED, IndexStore, table_ids
 from compsearch.mapping.encoder import PropertyEncoder
 
 
@@ -54,17 +54,18 @@ def build_indexes(store: IndexStore, names: list[str], space: str, settings: Ind
         stream = lambda name=name: store.iter_vectors(name)  # noqa: E731 - read again per pass
         built = build_faiss_index(settings.index, dims, images, stream, settings.memory_budget, path=path)
         files, exact = list(built.files), exact_path(path)
-        if keeps_exact_vectors(built.index):
-            exact.unlink(missing_ok=True)  # an earlier compressed index's
-        else:
+        compressed = not keeps_exact_vectors(built.index)
+        if compressed:
             write_exact_vectors(exact, stream(), built.count, dims)
             files.append(exact)
+        else:
+            exact.unlink(missing_ok=True)  # an earlier compressed index's
         entries[name] = IndexEntry(
             file=path.name, factory=built.factory, ntotal=built.count, dim=dims,
             metric="inner_product", normalised=True, space=space,
             search_parameters=built.search_parameters, train_seconds=round(built.train_seconds, 3),
             add_seconds=round(built.add_seconds, 3), bytes=sum(file.stat().st_size for file in files),
-            exact_file=None if keeps_exact_vectors(built.index) else exact.name,
+            exact_file=exact.name if compressed else None,
         )
     return entries
 
@@ -97,8 +98,7 @@ def updated_entry(store: IndexStore, name: str, entry: IndexEntry, ids: np.ndarr
 def finish(store: IndexStore, manifest: Manifest, encoder: PropertyEncoder, settings: IndexSettings) -> None:
     """Bring the indexes up to date with the shards, updated where they can be and built where
     not, and record them and the totals in the manifest."""
-    rows = store.read_table(SHARDS, columns=["id"])
-    ids = ids_to_numpy(rows.column("id")) if rows.num_rows else np.zeros(0, np.int64)
+    ids = table_ids(store.read_table(SHARDS, columns=["id"]))
     rebuild = []
     for name in encoder.names:
         entry = manifest.indexes.get(name)

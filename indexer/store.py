@@ -87,6 +87,11 @@ def ids_to_numpy(column: pa.ChunkedArray) -> np.ndarray:
     return np.frombuffer(array.buffers()[1], dtype=np.int64, count=len(array), offset=array.offset * 8)
 
 
+def table_ids(table: pa.Table) -> np.ndarray:
+    """A table's ``id`` column as int64 (empty when it has no rows: no part written yet)."""
+    return ids_to_numpy(table.column("id")) if table.num_rows else np.zeros(0, np.int64)
+
+
 def arrow_to_vectors(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """A fixed-size-list column → (rows, dim) float32."""
     if isinstance(column, pa.ChunkedArray):

@@ -16,12 +16,15 @@ from compsearch.mapping.errors import CompsearchError
 
 def _answered_remotely(arguments: list[str]) -> bool:
     """Runs ``compsearch search URL …`` when it is one and its arguments read plainly."""
-    if arguments[:1] != ["search"] or not any(word.startswith(("http://", "https://")) for word in arguments):
+    if arguments[:1] != ["search"]:
+        return False
+    from compsearch.search.remote import is_url
+
+    if not any(map(is_url, arguments)):
         return False
     from compsearch.search.commands.fast_argv import parse
     from compsearch.search.commands.search_options import SEARCH_OPTIONS
     from compsearch.search.commands.search_run import run_search
-    from compsearch.search.remote import is_url
 
     parameters = parse(SEARCH_OPTIONS, arguments[1:], "index_dir")
     if parameters is None or not is_url(parameters["index_dir"]):

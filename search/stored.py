@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from compsearch.indexer.faiss_choice import normalised
-from compsearch.indexer.store import (IDENTITY_COLUMNS, IndexStore, arrow_to_vectors, ids_to_numpy, take_rows,
+from compsearch.indexer.store import (IDENTITY_COLUMNS, IndexStore, arrow_to_vectors, table_ids, take_rows,
                                      vector_column)
 from compsearch.search.errors import QueryError, UnknownImageError
 
@@ -23,7 +23,7 @@ class StoredRows:
         self.store = store
         self._datasets: dict[str, ds.Dataset] = {}  # opened on first use (pyarrow.dataset imports pandas)
         self.table = store.read_table()  # every column but the vectors
-        ids = ids_to_numpy(self.table.column("id")) if self.table.num_rows else np.zeros(0, np.int64)
+        ids = table_ids(self.table)
         self._order = np.argsort(ids, kind="stable")
         self._sorted_ids = ids[self._order]
         self._orders: dict[tuple[tuple[str, str], ...], np.ndarray] = {}
