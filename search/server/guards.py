@@ -3,6 +3,7 @@ security headers. Plain ASGI (not BaseHTTPMiddleware) so a refused request is an
 before its body is read, and an oversized body is cut off while it streams in."""
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 from collections.abc import Sequence
@@ -15,6 +16,10 @@ from compsearch.mapping.errors import CompsearchError
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 TOKEN_COOKIE = "compsearch_token"
+# An oversized body up to this many times the limit is read to its end before the 413 (see BodyLimit),
+# for at most this long.
+DRAIN_FACTOR = 4
+DRAIN_SECONDS = 10.0
 SECURITY_HEADERS = {
     "x-content-type-options": "nosniff",  # an image is never sniffed into HTML or script
     "referrer-policy": "no-referrer",
@@ -107,7 +112,12 @@ class TokenAuth:
 class BodyLimit:
     """Refuses a request body over ``max_bytes`` (413): at once from its Content-Length, or,
     sent without one, as soon as the bytes received pass the limit (the endpoint reading it
-    gets :class:`UploadTooLargeError`)."""
+    gets :class:`UploadTooLargeError`).
+
+    Before refusing, the rest of a body up to :data:`DRAIN_FACTOR` times the limit is read and
+    dropped (a lingering close, as nginx does): a server that closes its socket with request bytes
+    still unread makes the kernel send a reset, which can destroy the 413 before the client reads
+    it — one upload in ten over loopback. Larger bodies are cut off at once."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -118,11 +128,24 @@ class BodyLimit:
                                    f"send an image of at most {self.max_bytes / (1 << 20):.0f} MB (downscale or "
                                    "re-encode it)")
 
+    async def _drain(self, receive: Receive, received: int, more_body: bool) -> None:
+        """Reads and drops the body's rest while it stays under the drain budget."""
+        try:
+            async with asyncio.timeout(DRAIN_SECONDS):
+                while more_body and received <= self.max_bytes * DRAIN_FACTOR:
+                    message = await receive()
+                    received += len(message.get("body", b""))
+                    more_body = message["type"] == "http.request" and message.get("more_body", False)
+        except TimeoutError:
+            pass  # a slow sender is cut off
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         length = Request(scope).headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:  # the server parses it
+            if int(length) <= self.max_bytes * DRAIN_FACTOR:
+                await self._drain(receive, 0, True)
             error = self._too_large()
             response = error_response(413, error.problem, error.hint, {"connection": "close"})
             return await response(scope, receive, send)
@@ -133,6 +156,7 @@ class BodyLimit:
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.max_bytes:
+                await self._drain(receive, received, message.get("more_body", False))
                 raise self._too_large()
             return message
 
