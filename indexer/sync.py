@@ -7,7 +7,9 @@ differ is hashed (same bytes: unchanged; other bytes: *changed*, re-encoded unde
 its old row removed); a path the index does not hold is *new*, unless it has the bytes of a
 row whose path is no longer listed — then that row is *moved* (re-pathed, keeping its id and
 vectors). Only new files with the size of such a vanished row are hashed to find moves. Rows
-whose file is gone are *removed*. ``append`` only adds: nothing is removed or moved.
+whose file is gone are *removed*. ``append`` only adds: nothing is removed or moved. The rows
+are held compactly (:mod:`indexer.indexed_rows`, 56 bytes a row) and the listing is looked up
+in batches, so a nightly plan over 1e8 unchanged files fits in memory.
 
 What is to encode (new and changed files) becomes a fresh listing, positions 0 … n-1, that
 the encode and write stages take as any source; ids are the run's ``id_offset`` (the next id
@@ -22,10 +24,12 @@ rows are simply gone, and the finish stage brings each FAISS index to hold the r
 """
 from __future__ import annotations
 
+import gc
 import os
 import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -36,6 +40,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from compsearch.indexer.encode import listed_path
+from compsearch.indexer.indexed_rows import IndexedRows, sha_key
 from compsearch.indexer.integrity import sha256
 from compsearch.indexer.store import DUPLICATES, PARQUET, SHARDS, SKIPPED, STORE, IndexStore, write_table
 from compsearch.mapping.chunk_store import parse_part_name
@@ -44,6 +49,7 @@ from compsearch.mapping.images.file_facts import modified
 from compsearch.mapping.images.sources import printable
 
 EXAMPLES = 3  # paths shown per kind in a dry run
+LOOKUP_BATCH = 1024  # listed files looked up in the index's rows at once
 Stat = tuple[int, datetime] | tuple[None, None]
 
 
@@ -119,35 +125,6 @@ def _sha256(path: str) -> str | None:
         return None
 
 
-def _column(table: pa.Table, name: str) -> list[Any]:
-    """A column's values, None for each row when no shard has it (built before it was added)."""
-    return table.column(name).to_pylist() if name in table.column_names else [None] * table.num_rows
-
-
-def _rows_by_path(store: IndexStore | None, except_run: int | None, plan: SyncPlan) -> dict[str, tuple]:
-    """path → (id, sha256, size, mtime) of the index's rows (the latest id of a path listed
-    twice, e.g. by a run killed between adding a changed file and removing its old row; the
-    others are removed)."""
-    dataset = store.dataset(SHARDS, except_run=except_run) if store else None
-    if dataset is None:
-        return {}
-    wanted = [name for name in ("id", "path", "sha256", "file_size", "mtime") if name in dataset.schema.names]
-    table = dataset.to_table(columns=wanted)
-    rows: dict[str, tuple] = {}
-    for row in zip(table.column("id").to_pylist(), table.column("path").to_pylist(), table.column("sha256").to_pylist(),
-                   _column(table, "file_size"), _column(table, "mtime")):
-        image_id, path = row[0], row[1]
-        if path is None:
-            continue  # an image given in memory: no file to follow
-        earlier = rows.get(path)
-        if earlier is not None:
-            plan.removed.add(min(earlier[0], image_id))
-            if earlier[0] > image_id:
-                continue
-        rows[path] = (image_id, *row[2:])
-    return rows
-
-
 def _duplicate_of(store: IndexStore | None) -> dict[str, int]:
     """path → the id it duplicates, of every ``duplicates`` entry."""
     duplicates = store.read_table(DUPLICATES) if store else pa.table({})
@@ -172,13 +149,34 @@ def _skipped_since(store: IndexStore | None) -> dict[str, tuple[int, datetime]]:
     return since
 
 
+def _sha_key(path: str) -> tuple[int, int] | None:
+    digest = _sha256(path)
+    return sha_key(digest) if digest is not None else None
+
+
+def _batches(records: Iterator[ImageRecord]) -> Iterator[list[ImageRecord]]:
+    """The listing a batch at a time, the cycle collector paused meanwhile: the batches' records
+    live long enough to be promoted to its oldest generation, whose collections then traverse
+    every object alive, torch's included, again and again (a third of a plan's time); records
+    form no cycles, so reference counting frees them all."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        while batch := list(islice(records, LOOKUP_BATCH)):
+            yield batch
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def plan_sync(source: ImageSource, store: IndexStore | None, append: bool = False,
               except_run: int | None = None) -> SyncPlan:
     """What to encode, move and remove so the index holds exactly ``source``'s files (only
     add with ``append``); ``except_run``: plan as if that run's parts were not written (the
     shards of one run must agree on its plan); no ``store``: every file is new."""
     plan = SyncPlan([], append=append)
-    rows = _rows_by_path(store, except_run, plan)
+    rows = IndexedRows(store.dataset(SHARDS, except_run=except_run) if store else None)
+    plan.removed.update(rows.repeated.tolist())
     duplicate_of = _duplicate_of(store)
     skipped = _skipped_since(store)
 
@@ -192,55 +190,74 @@ def plan_sync(source: ImageSource, store: IndexStore | None, append: bool = Fals
             plan.skipped_again += 1
             plan.skipped_by.add(tried[0])
         return again
-    seen: set[str] = set()
+    listed_duplicates: set[str] = set()  # the ``duplicates`` entries listed again
     candidates: list[tuple[ImageRecord, Stat]] = []  # new files, to check for moves
     held_back: list[tuple[ImageRecord, int]] = []  # listed duplicates, kept while their original stays
-    for record in source.records():
-        path = listed_path(record)
-        if path is None or record.problem is not None:
-            retry(record)  # in memory, or skipped with its reason by the reader
+    for batch in _batches(source.records()):
+        files: list[tuple[ImageRecord, str]] = []
+        for record in batch:
+            path = listed_path(record)
+            if path is None or record.problem is not None:
+                retry(record)  # in memory, or skipped with its reason by the reader
+            else:
+                files.append((record, path))
+        if not files:
             continue
-        seen.add(path)
-        stat = file_stat(path)
-        row = rows.get(path)
-        if row is not None and stat[0] is not None:
-            if (row[2], row[3]) == stat or _sha256(path) == row[1]:
-                plan.unchanged += 1
-                continue
-            plan.changed += 1
-            plan.removed.add(row[0])
-            plan.note("changed", path)
-            plan.todo.append(record)
-        elif path in duplicate_of:
-            held_back.append((record, duplicate_of[path]))
-        elif stat[0] is None:
-            retry(record)  # the reader says why it cannot be read
-        else:
-            candidates.append((record, stat))
-    gone = {} if append else {row[1]: (path, row[0]) for path, row in rows.items() if path not in seen}
-    sizes = {rows[path][2] for path, _ in gone.values()}
+        paths = [path for _, path in files]
+        stats = [file_stat(path) for path in paths]
+        found = rows.find(paths)
+        rows.seen[found[found >= 0]] = True
+        same = rows.same_files(found, stats)
+        plan.unchanged += int(same.sum())
+        if duplicate_of:
+            listed_duplicates.update(path for path in paths if path in duplicate_of)
+        for i in np.flatnonzero(~same).tolist():
+            (record, path), stat, at = files[i], stats[i], int(found[i])
+            if at >= 0 and stat[0] is not None:
+                if _sha_key(path) == rows.sha(at):  # touched, same bytes
+                    plan.unchanged += 1
+                    continue
+                plan.changed += 1
+                plan.removed.add(int(rows.rows["id"][at]))
+                plan.note("changed", path)
+                plan.todo.append(record)
+            elif path in duplicate_of:
+                held_back.append((record, duplicate_of[path]))
+            elif stat[0] is None:
+                retry(record)  # the reader says why it cannot be read
+            else:
+                candidates.append((record, stat))
+    gone = rows.rows[rows.unseen()] if not append else rows.rows[:0]
+    by_digest = dict(zip(zip(gone["sha_hi"].tolist(), gone["sha_lo"].tolist()), gone["id"].tolist()))
+    sizes = set(gone["size"].tolist())
+    moves: list[tuple[int, str]] = []  # (id, new path) of the moves a report shows
     for record, stat in candidates:
-        digest = _sha256(listed_path(record)) if stat[0] in sizes else None
-        if digest in gone:
-            old_path, image_id = gone.pop(digest)
-            plan.moved[image_id] = {"key": record.key, "path": listed_path(record), "folder": posixpath.dirname(record.key),
+        path = listed_path(record)
+        image_id = by_digest.pop(_sha_key(path), None) if stat[0] in sizes else None
+        if image_id is not None:
+            plan.moved[image_id] = {"key": record.key, "path": path, "folder": posixpath.dirname(record.key),
                                     "file_size": stat[0], "mtime": stat[1]}
-            plan.note("moved", f"{old_path} → {listed_path(record)}")
-        else:
-            if not retry(record, stat):
-                plan.note("new", listed_path(record))
-    for old_path, image_id in gone.values():
-        plan.removed.add(image_id)
-        plan.note("removed", old_path)
-    live = {row[0] for row in rows.values()} - plan.removed
-    for record, original in held_back:
-        if original in live:
-            plan.unchanged += 1
-        else:  # its original left (or was never written: a killed run): it is indexed in its stead
-            plan.todo.append(record)
-            plan.dropped_duplicates.add(listed_path(record))
+            moves.append((image_id, path))
+        elif not retry(record, stat):
+            plan.note("new", path)
+    leaving = [image_id for image_id in gone["id"].tolist() if image_id not in plan.moved]
+    plan.removed.update(leaving)
+    old_paths = rows.paths_of([image_id for image_id, _ in moves[:EXAMPLES]] + leaving[:EXAMPLES])
+    for image_id, path in moves[:EXAMPLES]:
+        plan.note("moved", f"{old_paths[image_id]} → {path}")
+    for image_id in leaving[:EXAMPLES]:
+        plan.note("removed", old_paths[image_id])
+    if held_back:
+        removed = np.fromiter(plan.removed, np.int64, len(plan.removed))
+        alive = np.isin([original for _, original in held_back], np.setdiff1d(rows.rows["id"], removed))
+        for (record, _), original_stays in zip(held_back, alive.tolist()):
+            if original_stays:
+                plan.unchanged += 1
+            else:  # its original left (or was never written: a killed run): it is indexed in its stead
+                plan.todo.append(record)
+                plan.dropped_duplicates.add(listed_path(record))
     if not append:
-        plan.dropped_duplicates |= set(duplicate_of) - seen
+        plan.dropped_duplicates |= set(duplicate_of) - listed_duplicates
     for position, record in enumerate(plan.todo):
         record.position = position
     return plan
