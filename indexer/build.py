@@ -69,7 +69,7 @@ from compsearch.mapping.encoder import PropertyEncoder
 from compsearch.mapping.identity import EncoderIdentity
 from compsearch.mapping.errors import CompsearchError
 from compsearch.mapping.images import ImageSource, open_source
-from compsearch.mapping.images.plan import plan
+from compsearch.mapping.images.plan import plan_listing
 
 Mode = Literal["resume", "append", "overwrite"]
 __all__ = ["IndexSettings", "IndexSummary", "Indexer", "Mode", "compsearch_version"]
@@ -217,8 +217,8 @@ class Indexer:
                                 indexes={name: entry.factory for name, entry in manifest.indexes.items()})
         run = joined or self._new_run(manifest, source, work, own)
         ids = RunIds(run.run, run.id_offset)
-        listing = work.listing()
-        units = plan(listing, self.settings.chunk_size, self.settings.shard, self.store.done_chunks(ids.run))
+        listing = work.todo
+        units = plan_listing(len(listing), self.settings.chunk_size, self.settings.shard, self.store.done_chunks(ids.run))
         stage = UnitEncoder(self.encoder, known_files(self.store, work.removed), ids, self.store_dtype)
         counts = {**self._runner()(self.store, listing, units, stage, self.settings), **work.counts()}
         counts["added"] = max(counts["added"] - work.changed, 0)  # new files; the changed ones are counted apart

@@ -11,8 +11,9 @@ whose file is gone are *removed*. ``append`` only adds: nothing is removed or mo
 are held compactly (:mod:`indexer.indexed_rows`, 56 bytes a row) and the listing is looked up
 in batches, so a nightly plan over 1e8 unchanged files fits in memory.
 
-What is to encode (new and changed files) becomes a fresh listing, positions 0 … n-1, that
-the encode and write stages take as any source; ids are the run's ``id_offset`` (the next id
+What is to encode (new and changed files) becomes a fresh listing, positions 0 … n-1, held
+compactly (:class:`~mapping.images.listing.CompactListing`), that the encode and write stages
+take as any source; ids are the run's ``id_offset`` (the next id
 no run has used) plus that position, so ids are never reused and a killed run's rerun simply
 plans again from the files: whatever the killed run wrote is rows already indexed.
 
@@ -45,6 +46,7 @@ from compsearch.indexer.integrity import sha256
 from compsearch.indexer.store import DUPLICATES, PARQUET, SHARDS, SKIPPED, STORE, IndexStore, write_table
 from compsearch.mapping.chunk_store import parse_part_name
 from compsearch.mapping.images import ImageRecord, ImageSource
+from compsearch.mapping.images.listing import CompactListing
 from compsearch.mapping.images.file_facts import modified
 from compsearch.mapping.images.sources import printable
 
@@ -57,7 +59,7 @@ Stat = tuple[int, datetime] | tuple[None, None]
 class SyncPlan:
     """What a rerun over a source does to its index (see the module docstring)."""
 
-    todo: list[ImageRecord]  # new and changed files, renumbered 0 … n-1: the listing to encode
+    todo: CompactListing = field(default_factory=CompactListing)  # new and changed files: the listing to encode
     append: bool = False
     unchanged: int = 0
     changed: int = 0
@@ -87,27 +89,12 @@ class SyncPlan:
         them: the invocation that finishes ``run`` (the plain run after its shards) joins it
         rather than opening a run of its own to fail on them again."""
         if self.todo and len(self.todo) == self.skipped_again and self.skipped_by <= {run}:
-            self.todo, self.skipped_again, self.skipped_by = [], 0, set()
+            self.todo, self.skipped_again, self.skipped_by = CompactListing(), 0, set()
 
     def note(self, kind: str, path: str) -> None:
         shown = self.examples.setdefault(kind, [])
         if len(shown) < EXAMPLES:
             shown.append(printable(path))
-
-    def listing(self) -> ListedSource:
-        return ListedSource(self.todo)
-
-
-class ListedSource:
-    """The files a plan will encode, as a source (its records already renumbered)."""
-
-    def __init__(self, records: list[ImageRecord]) -> None:
-        self._records = records
-        self.description = f"{len(records)} planned images"
-
-    def records(self) -> Iterator[ImageRecord]:
-        return iter(self._records)
-
 
 def file_stat(path: str) -> Stat:
     """(size in bytes, mtime as the rows store it); (None, None) for a file that cannot be stat'ed."""
@@ -154,6 +141,11 @@ def _sha_key(path: str) -> tuple[int, int] | None:
     return sha_key(digest) if digest is not None else None
 
 
+def _holds(sorted_values: np.ndarray, value: int) -> bool:
+    at = int(np.searchsorted(sorted_values, value))
+    return at < len(sorted_values) and sorted_values[at] == value
+
+
 def _batches(records: Iterator[ImageRecord]) -> Iterator[list[ImageRecord]]:
     """The listing a batch at a time, the cycle collector paused meanwhile: the batches' records
     live long enough to be promoted to its oldest generation, whose collections then traverse
@@ -174,7 +166,7 @@ def plan_sync(source: ImageSource, store: IndexStore | None, append: bool = Fals
     """What to encode, move and remove so the index holds exactly ``source``'s files (only
     add with ``append``); ``except_run``: plan as if that run's parts were not written (the
     shards of one run must agree on its plan); no ``store``: every file is new."""
-    plan = SyncPlan([], append=append)
+    plan = SyncPlan(append=append)
     rows = IndexedRows(store.dataset(SHARDS, except_run=except_run) if store else None)
     plan.removed.update(rows.repeated.tolist())
     duplicate_of = _duplicate_of(store)
@@ -190,8 +182,15 @@ def plan_sync(source: ImageSource, store: IndexStore | None, append: bool = Fals
             plan.skipped_again += 1
             plan.skipped_by.add(tried[0])
         return again
+
+    def new(record: ImageRecord, stat: Stat) -> None:
+        if not retry(record, stat):
+            plan.note("new", listed_path(record))
     listed_duplicates: set[str] = set()  # the ``duplicates`` entries listed again
-    candidates: list[tuple[ImageRecord, Stat]] = []  # new files, to check for moves
+    # new files with the size of an indexed one, to check for moves once the vanished rows are
+    # known (the others are new for sure: a first run holds none)
+    candidates: list[tuple[ImageRecord, Stat]] = []
+    row_sizes = np.unique(rows.rows["size"]) if not append else np.empty(0, np.int64)
     held_back: list[tuple[ImageRecord, int]] = []  # listed duplicates, kept while their original stays
     for batch in _batches(source.records()):
         files: list[tuple[ImageRecord, str]] = []
@@ -225,8 +224,10 @@ def plan_sync(source: ImageSource, store: IndexStore | None, append: bool = Fals
                 held_back.append((record, duplicate_of[path]))
             elif stat[0] is None:
                 retry(record)  # the reader says why it cannot be read
-            else:
+            elif _holds(row_sizes, stat[0]):
                 candidates.append((record, stat))
+            else:
+                new(record, stat)
     gone = rows.rows[rows.unseen()] if not append else rows.rows[:0]
     by_digest = dict(zip(zip(gone["sha_hi"].tolist(), gone["sha_lo"].tolist()), gone["id"].tolist()))
     sizes = set(gone["size"].tolist())
@@ -238,8 +239,8 @@ def plan_sync(source: ImageSource, store: IndexStore | None, append: bool = Fals
             plan.moved[image_id] = {"key": record.key, "path": path, "folder": posixpath.dirname(record.key),
                                     "file_size": stat[0], "mtime": stat[1]}
             moves.append((image_id, path))
-        elif not retry(record, stat):
-            plan.note("new", path)
+        else:
+            new(record, stat)
     leaving = [image_id for image_id in gone["id"].tolist() if image_id not in plan.moved]
     plan.removed.update(leaving)
     old_paths = rows.paths_of([image_id for image_id, _ in moves[:EXAMPLES]] + leaving[:EXAMPLES])
@@ -258,8 +259,6 @@ def plan_sync(source: ImageSource, store: IndexStore | None, append: bool = Fals
                 plan.dropped_duplicates.add(listed_path(record))
     if not append:
         plan.dropped_duplicates |= set(duplicate_of) - listed_duplicates
-    for position, record in enumerate(plan.todo):
-        record.position = position
     return plan
 
 
@@ -288,11 +287,14 @@ def apply_sync(store: IndexStore, plan: SyncPlan, run: int) -> None:
                 zip(entries.column("path").to_pylist(), entries.column("duplicate_of").to_pylist())]
         if not all(keep):
             write_table(entries.filter(pa.array(keep, pa.bool_())), part)
-    retried = pa.array([printable(str(record.path)) for record in plan.todo if record.path is not None], pa.string())
+    retried = None
     for part in _earlier_parts(store, SKIPPED, run):
         if not plan.append:
             part.unlink()
             continue
+        if retried is None:
+            retried = pa.array([printable(str(record.path)) for record in plan.todo.records() if record.path is not None],
+                               pa.string())
         entries = pq.read_table(part)
         keep = pc.invert(pc.fill_null(pc.is_in(entries.column("path"), retried), False))
         if not pc.all(keep).as_py():

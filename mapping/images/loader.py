@@ -16,7 +16,6 @@ import hashlib
 import io
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -29,7 +28,7 @@ from compsearch.mapping.images.decode import decode_image, read_image, read_imag
 from compsearch.mapping.images.file_facts import file_facts
 from compsearch.mapping.images.device_decode import TensorTransform, decode_jpegs, is_jpeg, tensor_transform
 from compsearch.mapping.images.plan import WorkUnit, check_partition, units
-from compsearch.mapping.images.sources import ImageRecord, ImageSource, open_source
+from compsearch.mapping.images.sources import ImageRecord, ImageSource, open_source, records_between
 
 if TYPE_CHECKING:  # reading images needs no model library
     from compsearch.mapping.models import LoadedModel
@@ -221,7 +220,7 @@ def iter_unit_batches(source: str | Path | ImageSource, unit: WorkUnit, transfor
                       batch_size: int = 32) -> Iterator[Batch]:
     """The batches of one work unit of ``source``'s plan (its listing positions ``unit.start``
     to ``unit.stop - 1``), decoded here: what a task given only the unit reads."""
-    records = list(islice(open_source(source).records(), unit.start, unit.stop))
+    records = list(records_between(open_source(source), unit.start, unit.stop))
     return _unit_batches(unit.chunk, records, list(transforms), batch_size)
 
 

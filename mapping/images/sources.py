@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -67,6 +68,14 @@ class ImageSource(Protocol):
 
 def has_image_suffix(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+
+
+def records_between(source: ImageSource, start: int, stop: int) -> Iterator[ImageRecord]:
+    """A listing's positions ``start`` … ``stop - 1``: read directly where the source holds its
+    records by position (a plan's :class:`~mapping.images.listing.CompactListing`), else by
+    listing up to them."""
+    direct = getattr(source, "records_between", None)
+    return direct(start, stop) if direct is not None else islice(source.records(), start, stop)
 
 
 class FolderSource:
