@@ -29,6 +29,7 @@ import gc
 import os
 import posixpath
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
 from datetime import datetime, timezone
@@ -147,15 +148,20 @@ def _holds(sorted_values: np.ndarray, value: int) -> bool:
 
 
 def _batches(records: Iterator[ImageRecord]) -> Iterator[list[ImageRecord]]:
-    """The listing a batch at a time, the cycle collector paused meanwhile: the batches' records
-    live long enough to be promoted to its oldest generation, whose collections then traverse
-    every object alive, torch's included, again and again (a third of a plan's time); records
-    form no cycles, so reference counting frees them all."""
+    while batch := list(islice(records, LOOKUP_BATCH)):
+        yield batch
+
+
+@contextmanager
+def _cycle_collector_paused() -> Iterator[None]:
+    """While a listing is compared: its batches' records live long enough to be promoted to the
+    cycle collector's oldest generation, whose collections then traverse every object alive,
+    torch's included, again and again (a third of a plan's time); records form no cycles, so
+    reference counting frees them all."""
     enabled = gc.isenabled()
     gc.disable()
     try:
-        while batch := list(islice(records, LOOKUP_BATCH)):
-            yield batch
+        yield
     finally:
         if enabled:
             gc.enable()
@@ -192,42 +198,43 @@ def plan_sync(source: ImageSource, store: IndexStore | None, append: bool = Fals
     candidates: list[tuple[ImageRecord, Stat]] = []
     row_sizes = np.unique(rows.rows["size"]) if not append else np.empty(0, np.int64)
     held_back: list[tuple[ImageRecord, int]] = []  # listed duplicates, kept while their original stays
-    for batch in _batches(source.records()):
-        files: list[tuple[ImageRecord, str]] = []
-        for record in batch:
-            path = listed_path(record)
-            if path is None or record.problem is not None:
-                retry(record)  # in memory, or skipped with its reason by the reader
-            else:
-                files.append((record, path))
-        if not files:
-            continue
-        paths = [path for _, path in files]
-        stats = [file_stat(path) for path in paths]
-        found = rows.find(paths)
-        rows.seen[found[found >= 0]] = True
-        same = rows.same_files(found, stats)
-        plan.unchanged += int(same.sum())
-        if duplicate_of:
-            listed_duplicates.update(path for path in paths if path in duplicate_of)
-        for i in np.flatnonzero(~same).tolist():
-            (record, path), stat, at = files[i], stats[i], int(found[i])
-            if at >= 0 and stat[0] is not None:
-                if _sha_key(path) == rows.sha(at):  # touched, same bytes
-                    plan.unchanged += 1
-                    continue
-                plan.changed += 1
-                plan.removed.add(int(rows.rows["id"][at]))
-                plan.note("changed", path)
-                plan.todo.append(record)
-            elif path in duplicate_of:
-                held_back.append((record, duplicate_of[path]))
-            elif stat[0] is None:
-                retry(record)  # the reader says why it cannot be read
-            elif _holds(row_sizes, stat[0]):
-                candidates.append((record, stat))
-            else:
-                new(record, stat)
+    with _cycle_collector_paused():
+        for batch in _batches(source.records()):
+            files: list[tuple[ImageRecord, str]] = []
+            for record in batch:
+                path = listed_path(record)
+                if path is None or record.problem is not None:
+                    retry(record)  # in memory, or skipped with its reason by the reader
+                else:
+                    files.append((record, path))
+            if not files:
+                continue
+            paths = [path for _, path in files]
+            stats = [file_stat(path) for path in paths]
+            found = rows.find(paths)
+            rows.seen[found[found >= 0]] = True
+            same = rows.same_files(found, stats)
+            plan.unchanged += int(same.sum())
+            if duplicate_of:
+                listed_duplicates.update(path for path in paths if path in duplicate_of)
+            for i in np.flatnonzero(~same).tolist():
+                (record, path), stat, at = files[i], stats[i], int(found[i])
+                if at >= 0 and stat[0] is not None:
+                    if _sha_key(path) == rows.sha(at):  # touched, same bytes
+                        plan.unchanged += 1
+                        continue
+                    plan.changed += 1
+                    plan.removed.add(int(rows.rows["id"][at]))
+                    plan.note("changed", path)
+                    plan.todo.append(record)
+                elif path in duplicate_of:
+                    held_back.append((record, duplicate_of[path]))
+                elif stat[0] is None:
+                    retry(record)  # the reader says why it cannot be read
+                elif _holds(row_sizes, stat[0]):
+                    candidates.append((record, stat))
+                else:
+                    new(record, stat)
     gone = rows.rows[rows.unseen()] if not append else rows.rows[:0]
     by_digest = dict(zip(zip(gone["sha_hi"].tolist(), gone["sha_lo"].tolist()), gone["id"].tolist()))
     sizes = set(gone["size"].tolist())
