@@ -137,7 +137,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     lines = ["## The sync plan at scale: memory and time (CPU)", "",
              f"`{command_line('benchmarks/sync_plan.py')}` (load average {os.getloadavg()[0]:.1f}; "
-             f"collection and shards made in {made:.0f} s)", "",
+             f"collection made in {made:.0f} s)", "",
              f"{args.files} files of 16 bytes in folders of {PER_FOLDER}, an index's shards written for them directly; "
              "each plan in a fresh process, peak resident memory growth during the plan.", "",
              "| folder | plan seconds | µs per file | peak MiB | bytes per file | counts |", "|---|---|---|---|---|---|"]
