@@ -19,7 +19,8 @@ import numpy as np
 
 from compsearch.indexer.component_store import written_layout
 from compsearch.indexer.encode import known_files
-from compsearch.indexer.exact_vectors import exact_path, update_exact_vectors, write_exact_vectors
+from compsearch.indexer.exact_vectors import ExactFiles, exact_path, remove_unlisted, update_exact_vectors, \
+    write_exact_vectors
 from compsearch.indexer.faiss_choice import AUTO, choose_factory, keeps_exact_vectors
 from compsearch.indexer.faiss_choice import build_index as build_faiss_index
 from compsearch.indexer.faiss_update import update_index
@@ -65,7 +66,7 @@ def build_indexes(store: IndexStore, names: list[str], space: str, settings: Ind
             metric="inner_product", normalised=True, space=space,
             search_parameters=built.search_parameters, train_seconds=round(built.train_seconds, 3),
             add_seconds=round(built.add_seconds, 3), bytes=sum(file.stat().st_size for file in files),
-            exact_file=exact.name if compressed else None,
+            exact_files=[exact.name] if compressed else [],
         )
     return entries
 
@@ -85,14 +86,15 @@ def updated_entry(store: IndexStore, name: str, entry: IndexEntry, ids: np.ndarr
         update = update_index(path, ids, vectors_of, entry.changed_since_build, exact=entry.factory == "Flat")
         if update is None:
             return None
-        files = list(update.files)
-        if entry.exact_file:
-            update_exact_vectors(store.folder / entry.exact_file, ids, vectors_of)
-            files.append(store.folder / entry.exact_file)
+        exact = ExactFiles(entry.exact_files, entry.exact_dead)
+        if exact.files:
+            exact = update_exact_vectors(path, exact, ids, vectors_of)[0]
+        files = list(update.files) + [store.folder / name for name in exact.files]
     except (RuntimeError, ValueError, OSError):  # a damaged or unreadable file: built anew
         return None
     return replace(entry, ntotal=update.ntotal, bytes=sum(file.stat().st_size for file in files),
-                   changed_since_build=entry.changed_since_build + update.removed + update.added)
+                   changed_since_build=entry.changed_since_build + update.removed + update.added,
+                   exact_files=exact.files, exact_dead=exact.dead)
 
 
 def finish(store: IndexStore, manifest: Manifest, encoder: PropertyEncoder, settings: IndexSettings) -> None:
@@ -123,3 +125,4 @@ def record_totals(store: IndexStore, manifest: Manifest) -> None:
     record_files(store, manifest)
     manifest.updated = now()
     store.write_manifest(manifest)
+    remove_unlisted(store.folder, {name for entry in manifest.indexes.values() for name in entry.exact_files})

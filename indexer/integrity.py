@@ -82,7 +82,7 @@ def index_files(store: IndexStore, manifest: Manifest) -> list[Path]:
     (with the exact vectors beside a compressed one)."""
     parts = [path for kind in PART_KINDS for path in store.parts(kind).parts()]
     return parts + [store.folder / file for entry in manifest.indexes.values()
-                    for file in (entry.file, entry.exact_file) if file]
+                    for file in (entry.file, *entry.exact_files)]
 
 
 def record_files(store: IndexStore, manifest: Manifest) -> None:

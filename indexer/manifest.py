@@ -33,6 +33,9 @@ Format versions:
   place: a new inode). Version 5 records: 0 (hashed again once). A compressed index (PQ, SQ)
   records ``exact_file``, the exact vectors beside it that its results are rescored with;
   version 5 had none (results as the compressed codes rank them, until a rebuild).
+- 7: the exact vectors are ``exact_files`` (segments: an update adds the new ids' vectors as a
+  file of their own) and ``exact_dead`` (their records of ids removed since); version 6 had one
+  file, ``exact_file``, and no dead records.
 """
 from __future__ import annotations
 
@@ -48,7 +51,7 @@ from compsearch.mapping.chunk_store import read_json
 from compsearch.mapping.errors import CompsearchError
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 6
+FORMAT_VERSION = 7
 REBUILD = "rebuild the index (`compsearch index … --overwrite`)"
 
 
@@ -138,7 +141,10 @@ class IndexEntry:
     add_seconds: float
     bytes: int
     changed_since_build: int = 0  # ids removed or added by updates since (indexer.faiss_update)
-    exact_file: str | None = None  # beside a compressed index: its exact vectors, by id (for rescoring)
+    # beside a compressed index: its exact vectors by id, for rescoring (indexer.exact_vectors), and
+    # how many of their records are of ids removed since
+    exact_files: list[str] = field(default_factory=list)
+    exact_dead: int = 0
 
 
 @dataclass
@@ -303,8 +309,18 @@ def _from_version_5(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _from_version_6(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 6 kept a compressed index's exact vectors in one file, rewritten by each update."""
+    for entry in data["indexes"].values() if isinstance(data.get("indexes"), dict) else []:
+        if isinstance(entry, dict):
+            exact = entry.pop("exact_file", None)
+            entry.setdefault("exact_files", [exact] if exact else [])
+            entry.setdefault("exact_dead", 0)
+    return data
+
+
 MIGRATIONS = {1: _from_version_1, 2: _from_version_2, 3: _from_version_3, 4: _from_version_4,
-              5: _from_version_5}  # version → next version's shape
+              5: _from_version_5, 6: _from_version_6}  # version → next version's shape
 
 
 def parse_manifest(data: Any, path: Path) -> Manifest:

@@ -52,7 +52,7 @@ def repair_index(folder: str | Path, settings: IndexSettings = IndexSettings()) 
             path.unlink(missing_ok=True)
         damaged = {d.file for d in damage}  # a removed part changes every FAISS file; else only the damaged
         stale = {name: entry.space for name, entry in manifest.indexes.items()
-                 if removed or entry.file in damaged or entry.exact_file in damaged}
+                 if removed or entry.file in damaged or damaged & set(entry.exact_files)}
         for name, space in stale.items():
             manifest.indexes.update(build_indexes(store, [name], space, settings))
         rebuilt = [manifest.indexes[name].file for name in stale]

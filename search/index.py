@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import faiss
 import numpy as np
 
-from compsearch.indexer.exact_vectors import ExactVectors
+from compsearch.indexer.exact_vectors import ExactVectors, open_segment
 from compsearch.indexer.faiss_choice import keeps_exact_vectors
 from compsearch.indexer.faiss_ondisk import read_faiss
 from compsearch.indexer.faiss_tuning import RESCORING, set_search_parameters
@@ -297,10 +297,11 @@ class SearchIndex:
                     index = read_faiss_index(self.folder / entry.file, entry.search_parameters)
                     check_count(self.store, entry.file, index.ntotal, entry.ntotal)
                     self._exact[name] = keeps_exact_vectors(index)
-                    if entry.exact_file is not None:
-                        exact = read_file(self.folder / entry.exact_file, ExactVectors,
-                                          Damage(entry.exact_file, "").repair(self.folder))
-                        check_count(self.store, entry.exact_file, exact.ntotal, entry.ntotal)
+                    if entry.exact_files:
+                        exact = ExactVectors([read_file(self.folder / file, open_segment,
+                                                        Damage(file, "").repair(self.folder))
+                                              for file in entry.exact_files])
+                        check_count(self.store, entry.exact_files[-1], exact.ntotal - entry.exact_dead, entry.ntotal)
                         self._exact_vectors[name] = exact
                     self._indexes[name] = index
         return self._indexes[name]

@@ -109,7 +109,7 @@ def test_a_manifest_reads_back_as_written(tmp_path: Path) -> None:
     write_manifest(tmp_path, sample())
     read = read_manifest(tmp_path)
     assert read == sample() and read.encoder.precision == "bf16"
-    assert json.loads((tmp_path / MANIFEST).read_text())["format_version"] == FORMAT_VERSION == 6
+    assert json.loads((tmp_path / MANIFEST).read_text())["format_version"] == FORMAT_VERSION == 7
     assert not list(tmp_path.glob(".*.tmp"))  # written to a temporary name, then renamed
 
 
@@ -206,8 +206,19 @@ def test_a_version_5_manifest_opens_with_no_index_changed_since_its_build_and_no
     assert read.indexes["full"].changed_since_build == 0 and read.files["full.faiss"].mtime_ns == 0
 
 
+def test_a_version_6_manifests_one_exact_file_becomes_its_first_segment(tmp_path: Path) -> None:
+    data = written(tmp_path)
+    data["format_version"] = 6
+    entry = {key: value for key, value in data["indexes"]["full"].items() if key not in ("exact_files", "exact_dead")}
+    for name, exact in (("full", "full.exact.npy"), ("colour", None)):
+        data["indexes"][name] = {**entry, "file": f"{name}.faiss", "exact_file": exact}
+    (tmp_path / MANIFEST).write_text(json.dumps(data))
+    read = read_manifest(tmp_path).indexes
+    assert (read["full"].exact_files, read["full"].exact_dead, read["colour"].exact_files) == (["full.exact.npy"], 0, [])
+
+
 @pytest.mark.parametrize(("content", "message"), [
-    ('{"format_version": 99}', "has index format 99, this compsearch reads 6 and older"),
+    ('{"format_version": 99}', "has index format 99, this compsearch reads 7 and older"),
     ("[1, 2]", "is not a JSON object"),
     ("{not json", "cannot read"),
 ])

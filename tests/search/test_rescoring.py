@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from compsearch.indexer import exact_vectors
 from compsearch.indexer.faiss_choice import build_index, normalised
 from compsearch.indexer.finish import finish
 from compsearch.indexer.integrity import full_check
@@ -22,7 +23,7 @@ from compsearch.search import filtered
 from compsearch.search.index import SearchIndex
 
 COUNT, DIM = 3000, 32
-VECTORS = normalised(np.random.default_rng(0).standard_normal((COUNT + 100, DIM), dtype=np.float32))
+VECTORS = normalised(np.random.default_rng(0).standard_normal((COUNT + 110, DIM), dtype=np.float32))
 ENCODER = SimpleNamespace(names=["full"], space="model")
 
 
@@ -48,7 +49,7 @@ def test_a_pq_index_rescored_finds_what_exact_search_finds_and_its_vectors_follo
     manifest = Manifest.new(identity, Provenance(), "test", "now")
     settings = IndexSettings(index="IVF8,PQ16x4", progress=False)
     finish(store, manifest, ENCODER, settings)
-    assert manifest.indexes["full"].exact_file == "full.exact.npy" and (tmp_path / "full.exact.npy").is_file()
+    assert manifest.indexes["full"].exact_files == ["full.exact.npy"] and (tmp_path / "full.exact.npy").is_file()
     queries = list(range(0, COUNT, 60))
     index = SearchIndex(tmp_path)
     assert recall(index, np.arange(COUNT), queries) >= 0.95
@@ -63,11 +64,26 @@ def test_a_pq_index_rescored_finds_what_exact_search_finds_and_its_vectors_follo
     store.rewrite_shard(shard, rows.filter(np.arange(COUNT) >= 50))
     write_rows(store, 1, list(range(COUNT, COUNT + 100)))
     finish(store, manifest, ENCODER, settings)
-    assert manifest.indexes["full"].changed_since_build == 150  # updated, not rebuilt
+    entry = manifest.indexes["full"]
+    assert entry.changed_since_build == 150  # updated, not rebuilt
+    # 50 dead records of 3,100: kept; the 100 new vectors a segment of their own
+    assert (entry.exact_files, entry.exact_dead) == (["full.exact.npy", "full.1.exact.npy"], 50)
     held = np.arange(50, COUNT + 100)
     index = SearchIndex(tmp_path)
     assert recall(index, held, list(range(COUNT, COUNT + 100, 5))) >= 0.95
-    assert full_check(tmp_path).damage == [] and "full.exact.npy" in manifest.files
+    np.testing.assert_allclose(index.stored_vectors("full", [60, COUNT + 7]), index.rows.vectors("full", [60, COUNT + 7]),
+                               atol=1e-6)
+    assert full_check(tmp_path).damage == [] and {"full.exact.npy", "full.1.exact.npy"} <= set(manifest.files)
+    monkeypatch.setattr(exact_vectors, "MAX_SEGMENTS", 2)  # the next update compacts
+    write_rows(store, 2, list(range(COUNT + 100, COUNT + 110)))
+    finish(store, manifest, ENCODER, settings)
+    entry = manifest.indexes["full"]
+    assert (entry.exact_files, entry.exact_dead) == (["full.2.exact.npy"], 0)
+    assert sorted(path.name for path in tmp_path.glob("*.exact.npy")) == ["full.2.exact.npy"]  # the others deleted
+    index = SearchIndex(tmp_path)
+    np.testing.assert_allclose(index.stored_vectors("full", [60, COUNT + 105]),
+                               index.rows.vectors("full", [60, COUNT + 105]), atol=1e-6)
+    assert full_check(tmp_path).damage == []
 
 
 

@@ -294,7 +294,7 @@ def test_ivf_and_pq_indexes_open_with_their_nprobe_and_rescore_exactly(built: Pa
         assert 1 <= nprobe <= 4 and faiss.extract_index_ivf(other._index("colour")).nprobe == nprobe
         ids, vectors, _ = _stored(built, "pattern")
         # PQ codes are approximate: there the exact vectors come from the file kept beside them
-        assert (other.manifest.indexes["pattern"].exact_file is None) == factory.endswith("Flat")
+        assert (other.manifest.indexes["pattern"].exact_files == []) == factory.endswith("Flat")
         np.testing.assert_allclose(other.stored_vectors("pattern", ids[:5]), vectors[:5], atol=1e-6)
         terms = [Term("colour", text="red"), Term("pattern", id=int(ids[2]), weight=-0.5)]
         found = other.search(terms=terms, k=5).results
