@@ -87,6 +87,33 @@ def test_a_pq_index_rescored_finds_what_exact_search_finds_and_its_vectors_follo
 
 
 
+def test_an_update_killed_before_its_manifest_is_finished_by_the_next(tmp_path: Path, monkeypatch) -> None:
+    store = IndexStore(tmp_path)
+    write_rows(store, 0, list(range(COUNT)))
+    identity = EncoderIdentity("synthetic", "random-init", "blocks.0", "model", None, None, None, "fp32")
+    manifest = Manifest.new(identity, Provenance(), "test", "now")
+    settings = IndexSettings(index="IVF8,PQ16x4", progress=False)
+    finish(store, manifest, ENCODER, settings)
+    write_rows(store, 1, list(range(COUNT, COUNT + 50)))
+
+    def killed(self: IndexStore, written: Manifest) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(IndexStore, "write_manifest", killed)
+        with pytest.raises(KeyboardInterrupt):
+            finish(store, manifest, ENCODER, settings)  # its segment and FAISS file written, not the manifest
+    manifest = store.read_manifest()
+    assert manifest.indexes["full"].exact_files == ["full.exact.npy"] and (tmp_path / "full.1.exact.npy").is_file()
+    finish(store, manifest, ENCODER, settings)  # the rerun's
+    entry = manifest.indexes["full"]
+    assert entry.exact_files == ["full.exact.npy", "full.1.exact.npy"] and entry.ntotal == COUNT + 50
+    index = SearchIndex(tmp_path)
+    np.testing.assert_allclose(index.stored_vectors("full", [COUNT + 20]), index.rows.vectors("full", [COUNT + 20]),
+                               atol=1e-6)
+    assert full_check(tmp_path).damage == []
+
+
 def test_damaged_exact_vectors_are_refused_at_open_and_rebuilt_by_repair(tmp_path: Path) -> None:
     store = IndexStore(tmp_path)
     write_rows(store, 0, list(range(COUNT)))
