@@ -48,7 +48,8 @@ def index_info(folder: str | Path) -> dict[str, Any]:
                        for name, entry in manifest.properties.items()},
         "indexes": {name: {"factory": entry.factory, "ntotal": entry.ntotal, "dim": entry.dim, "bytes": entry.bytes,
                            "search_parameters": entry.search_parameters,
-                           "changed_since_build": entry.changed_since_build}
+                           "changed_since_build": entry.changed_since_build,
+                           "exact_vectors": {"files": entry.exact_files, "dead": entry.exact_dead}}
                     for name, entry in manifest.indexes.items()},
         "columns": columns,  # what `search --where` can filter on, with its type
         "runs": [asdict(run) for run in manifest.runs],
@@ -85,6 +86,9 @@ def format_info(info: dict[str, Any]) -> str:
         components = info["properties"].get(name, {}).get("components")
         summed = f"  k={len(components)}: {', '.join(components)}" if components else "  all components"
         updated = f" ({entry['changed_since_build']} ids updated since built)" if entry["changed_since_build"] else ""
+        exact = entry["exact_vectors"]
+        if exact["files"]:
+            updated += f" (exact vectors: {len(exact['files'])} files, {exact['dead']} dead records)"
         lines.append(f"  {name:<12} {entry['factory']:<14} {entry['ntotal']:>9} × {entry['dim']:<5} "
                      f"{_mib(entry['bytes']):>10}{updated}{summed}")
     lines.append("store      " + (f"{info['store']['dtype']}, {info['store']['bytes_per_image']} B per image "

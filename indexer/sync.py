@@ -31,8 +31,8 @@ import posixpath
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from itertools import islice
 from datetime import datetime, timezone
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +47,8 @@ from compsearch.indexer.integrity import sha256
 from compsearch.indexer.store import DUPLICATES, PARQUET, SHARDS, SKIPPED, STORE, IndexStore, write_table
 from compsearch.mapping.chunk_store import parse_part_name
 from compsearch.mapping.images import ImageRecord, ImageSource
-from compsearch.mapping.images.listing import CompactListing
 from compsearch.mapping.images.file_facts import modified
+from compsearch.mapping.images.listing import CompactListing
 from compsearch.mapping.images.sources import printable
 
 EXAMPLES = 3  # paths shown per kind in a dry run
@@ -106,9 +106,10 @@ def file_stat(path: str) -> Stat:
     return stat.st_size, modified(stat)
 
 
-def _sha256(path: str) -> str | None:
+def _sha_key(path: str) -> tuple[int, int] | None:
+    """The first 128 bits of the file's sha256 (as the rows hold them); None when it cannot be read."""
     try:
-        return sha256(Path(path))
+        return sha_key(sha256(Path(path)))
     except OSError:
         return None
 
@@ -135,11 +136,6 @@ def _skipped_since(store: IndexStore | None) -> dict[str, tuple[int, datetime]]:
             if path is not None and run in started:
                 since[path] = run, started[run]
     return since
-
-
-def _sha_key(path: str) -> tuple[int, int] | None:
-    digest = _sha256(path)
-    return sha_key(digest) if digest is not None else None
 
 
 def _holds(sorted_values: np.ndarray, value: int) -> bool:

@@ -12,6 +12,7 @@ import pytest
 from compsearch.indexer import exact_vectors
 from compsearch.indexer.faiss_choice import build_index, normalised
 from compsearch.indexer.finish import finish
+from compsearch.indexer.info import format_info, index_info
 from compsearch.indexer.integrity import full_check
 from compsearch.indexer.manifest import Manifest, Provenance
 from compsearch.indexer.repair import repair_index
@@ -68,6 +69,7 @@ def test_a_pq_index_rescored_finds_what_exact_search_finds_and_its_vectors_follo
     assert entry.changed_since_build == 150  # updated, not rebuilt
     # 50 dead records of 3,100: kept; the 100 new vectors a segment of their own
     assert (entry.exact_files, entry.exact_dead) == (["full.exact.npy", "full.1.exact.npy"], 50)
+    assert "(exact vectors: 2 files, 50 dead records)" in format_info(index_info(tmp_path))
     held = np.arange(50, COUNT + 100)
     index = SearchIndex(tmp_path)
     assert recall(index, held, list(range(COUNT, COUNT + 100, 5))) >= 0.95
