@@ -24,6 +24,7 @@ from compsearch.search import filtered
 from compsearch.search.index import SearchIndex
 
 COUNT, DIM = 3000, 32
+PQ_SETTINGS = IndexSettings(index="IVF8,PQ16x4", progress=False)
 VECTORS = normalised(np.random.default_rng(0).standard_normal((COUNT + 110, DIM), dtype=np.float32))
 ENCODER = SimpleNamespace(names=["full"], space="model")
 
@@ -31,6 +32,16 @@ ENCODER = SimpleNamespace(names=["full"], space="model")
 def write_rows(store: IndexStore, run: int, ids: list[int]) -> None:
     rows = [{"id": i, "key": f"{i}.jpg", "path": None, "sha256": f"{i:064x}", "width": 1, "height": 1} for i in ids]
     store.write_chunk(ChunkRows(run, 0, rows, {"full": VECTORS[ids]}, [], []))
+
+
+def built_pq_index(folder: Path) -> tuple[IndexStore, Manifest]:
+    """COUNT rows and their ``IVF8,PQ16x4`` index, built by the finish stage."""
+    store = IndexStore(folder)
+    write_rows(store, 0, list(range(COUNT)))
+    identity = EncoderIdentity("synthetic", "random-init", "blocks.0", "model", None, None, None, "fp32")
+    manifest = Manifest.new(identity, Provenance(), "test", "now")
+    finish(store, manifest, ENCODER, PQ_SETTINGS)
+    return store, manifest
 
 
 def recall(index: SearchIndex, ids: np.ndarray, queries: list[int], where: str | None = None) -> float:
@@ -44,12 +55,7 @@ def recall(index: SearchIndex, ids: np.ndarray, queries: list[int], where: str |
 
 def test_a_pq_index_rescored_finds_what_exact_search_finds_and_its_vectors_follow_updates(tmp_path: Path,
                                                                                             monkeypatch) -> None:
-    store = IndexStore(tmp_path)
-    write_rows(store, 0, list(range(COUNT)))
-    identity = EncoderIdentity("synthetic", "random-init", "blocks.0", "model", None, None, None, "fp32")
-    manifest = Manifest.new(identity, Provenance(), "test", "now")
-    settings = IndexSettings(index="IVF8,PQ16x4", progress=False)
-    finish(store, manifest, ENCODER, settings)
+    store, manifest = built_pq_index(tmp_path)
     assert manifest.indexes["full"].exact_files == ["full.exact.npy"] and (tmp_path / "full.exact.npy").is_file()
     queries = list(range(0, COUNT, 60))
     index = SearchIndex(tmp_path)
@@ -64,7 +70,7 @@ def test_a_pq_index_rescored_finds_what_exact_search_finds_and_its_vectors_follo
     rows = pq.read_table(shard)
     store.rewrite_shard(shard, rows.filter(np.arange(COUNT) >= 50))
     write_rows(store, 1, list(range(COUNT, COUNT + 100)))
-    finish(store, manifest, ENCODER, settings)
+    finish(store, manifest, ENCODER, PQ_SETTINGS)
     entry = manifest.indexes["full"]
     assert entry.changed_since_build == 150  # updated, not rebuilt
     # 50 dead records of 3,100: kept; the 100 new vectors a segment of their own
@@ -78,7 +84,7 @@ def test_a_pq_index_rescored_finds_what_exact_search_finds_and_its_vectors_follo
     assert full_check(tmp_path).damage == [] and {"full.exact.npy", "full.1.exact.npy"} <= set(manifest.files)
     monkeypatch.setattr(exact_vectors, "MAX_SEGMENTS", 2)  # the next update compacts
     write_rows(store, 2, list(range(COUNT + 100, COUNT + 110)))
-    finish(store, manifest, ENCODER, settings)
+    finish(store, manifest, ENCODER, PQ_SETTINGS)
     entry = manifest.indexes["full"]
     assert (entry.exact_files, entry.exact_dead) == (["full.2.exact.npy"], 0)
     assert sorted(path.name for path in tmp_path.glob("*.exact.npy")) == ["full.2.exact.npy"]  # the others deleted
@@ -90,12 +96,7 @@ def test_a_pq_index_rescored_finds_what_exact_search_finds_and_its_vectors_follo
 
 
 def test_an_update_killed_before_its_manifest_is_finished_by_the_next(tmp_path: Path, monkeypatch) -> None:
-    store = IndexStore(tmp_path)
-    write_rows(store, 0, list(range(COUNT)))
-    identity = EncoderIdentity("synthetic", "random-init", "blocks.0", "model", None, None, None, "fp32")
-    manifest = Manifest.new(identity, Provenance(), "test", "now")
-    settings = IndexSettings(index="IVF8,PQ16x4", progress=False)
-    finish(store, manifest, ENCODER, settings)
+    store, manifest = built_pq_index(tmp_path)
     write_rows(store, 1, list(range(COUNT, COUNT + 50)))
 
     def killed(self: IndexStore, written: Manifest) -> None:
@@ -104,10 +105,10 @@ def test_an_update_killed_before_its_manifest_is_finished_by_the_next(tmp_path: 
     with monkeypatch.context() as patched:
         patched.setattr(IndexStore, "write_manifest", killed)
         with pytest.raises(KeyboardInterrupt):
-            finish(store, manifest, ENCODER, settings)  # its segment and FAISS file written, not the manifest
+            finish(store, manifest, ENCODER, PQ_SETTINGS)  # its segment and FAISS file written, not the manifest
     manifest = store.read_manifest()
     assert manifest.indexes["full"].exact_files == ["full.exact.npy"] and (tmp_path / "full.1.exact.npy").is_file()
-    finish(store, manifest, ENCODER, settings)  # the rerun's
+    finish(store, manifest, ENCODER, PQ_SETTINGS)  # the rerun's
     entry = manifest.indexes["full"]
     assert entry.exact_files == ["full.exact.npy", "full.1.exact.npy"] and entry.ntotal == COUNT + 50
     index = SearchIndex(tmp_path)
@@ -117,11 +118,7 @@ def test_an_update_killed_before_its_manifest_is_finished_by_the_next(tmp_path: 
 
 
 def test_damaged_exact_vectors_are_refused_at_open_and_rebuilt_by_repair(tmp_path: Path) -> None:
-    store = IndexStore(tmp_path)
-    write_rows(store, 0, list(range(COUNT)))
-    identity = EncoderIdentity("synthetic", "random-init", "blocks.0", "model", None, None, None, "fp32")
-    manifest = Manifest.new(identity, Provenance(), "test", "now")
-    finish(store, manifest, ENCODER, IndexSettings(index="IVF8,PQ16x4", progress=False))
+    built_pq_index(tmp_path)
     exact = tmp_path / "full.exact.npy"
     exact.write_bytes(exact.read_bytes()[:-100])  # truncated
     with pytest.raises(CompsearchError, match="full.exact.npy.*--repair"):
