@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from compsearch.indexer.faiss_ondisk import LISTS_SUFFIX, add_parts, lists_path, merge_parts
-from compsearch.indexer.faiss_tuning import RESCORING, HeldOut, tune
+from compsearch.indexer.faiss_tuning import HeldOut, tune
 from compsearch.mapping.chunk_store import write_atomically
 from compsearch.mapping.errors import CompsearchError
 
@@ -252,7 +252,7 @@ def build_index(factory: str, dim: int, count: int, stream: VectorStream, memory
             files = [path]
     added = time.perf_counter()
     # a compressed index is searched through the exact vectors kept beside it: tuned for its rescored recall
-    rescored = 1 if keeps_exact_vectors(index) else RESCORING
+    rescored = not keeps_exact_vectors(index)
     parameters, recall = tune(index, held_out, target_recall, rescored) if held_out is not None else ({}, None)
     return BuiltIndex(chosen, index, int(index.ntotal), trained - started, added - trained, parameters, recall,
                       target_recall if approximate else None, len(held_out.ids) if held_out is not None else 0,

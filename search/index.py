@@ -30,7 +30,7 @@ import numpy as np
 from compsearch.indexer.exact_vectors import ExactVectors, open_segment
 from compsearch.indexer.faiss_choice import keeps_exact_vectors
 from compsearch.indexer.faiss_ondisk import read_faiss
-from compsearch.indexer.faiss_tuning import RESCORING, set_search_parameters
+from compsearch.indexer.faiss_tuning import RESCORING, RESCORING_KEY, set_search_parameters
 from compsearch.indexer.integrity import Damage, DamagedIndexError, cheap_check, check_count
 from compsearch.indexer.store import IndexStore
 from compsearch.mapping.chunk_store import read_file
@@ -103,8 +103,10 @@ class SearchIndex:
     """Queries on one index directory (see the module docstring)."""
 
     oversampling = 10  # combined queries: each term's index is asked for k × this many candidates first
-    rescoring = RESCORING  # a compressed index is asked for k × this many candidates, rescored exactly,
-    rescoring_extra = 20_000  # at most this many beyond k (k = 10,000 reads 30k vectors)
+    # a compressed index is asked for k × this many candidates (None: the depth its build chose, else
+    # RESCORING), rescored exactly, at most rescoring_extra beyond k (k = 10,000 reads 30k vectors)
+    rescoring: int | None = None
+    rescoring_extra = 20_000
 
     def __init__(self, folder: str | Path, device: str = "cpu", weights: str | Path | None = None,
                  clip_weights: str | Path | None = None, model: LoadedModel | None = None,
@@ -388,7 +390,8 @@ class SearchIndex:
         index = self._index(name)
         if name not in self._exact_vectors:
             return index.search(queries, depth, params=parameters)
-        wide = depth + min(depth * (self.rescoring - 1), self.rescoring_extra)
+        deeper = self.rescoring or self.manifest.indexes[name].search_parameters.get(RESCORING_KEY, RESCORING)
+        wide = depth + min(depth * (deeper - 1), self.rescoring_extra)
         _, candidates = index.search(queries, min(wide, max(index.ntotal, 1)), params=parameters)
         return rescored(queries, candidates, self._exact_vectors[name], depth)
 

@@ -11,6 +11,7 @@ import pytest
 
 from compsearch.indexer import exact_vectors
 from compsearch.indexer.faiss_choice import build_index, normalised
+from compsearch.indexer.faiss_tuning import RESCORING, RESCORING_KEY
 from compsearch.indexer.finish import finish
 from compsearch.indexer.info import format_info, index_info
 from compsearch.indexer.integrity import full_check
@@ -34,13 +35,13 @@ def write_rows(store: IndexStore, run: int, ids: list[int]) -> None:
     store.write_chunk(ChunkRows(run, 0, rows, {"full": VECTORS[ids]}, [], []))
 
 
-def built_pq_index(folder: Path) -> tuple[IndexStore, Manifest]:
-    """COUNT rows and their ``IVF8,PQ16x4`` index, built by the finish stage."""
+def built_pq_index(folder: Path, settings: IndexSettings = PQ_SETTINGS) -> tuple[IndexStore, Manifest]:
+    """COUNT rows and their compressed index (``IVF8,PQ16x4``), built by the finish stage."""
     store = IndexStore(folder)
     write_rows(store, 0, list(range(COUNT)))
     identity = EncoderIdentity("synthetic", "random-init", "blocks.0", "model", None, None, None, "fp32")
     manifest = Manifest.new(identity, Provenance(), "test", "now")
-    finish(store, manifest, ENCODER, PQ_SETTINGS)
+    finish(store, manifest, ENCODER, settings)
     return store, manifest
 
 
@@ -135,3 +136,13 @@ def test_a_compressed_index_is_tuned_for_its_rescored_recall() -> None:
 
     built = build_index("IVF16,PQ16x4", DIM, COUNT, stream)  # its codes alone reach about half
     assert built.recall >= 0.95 and built.search_parameters["nprobe"] <= 16
+
+
+def test_codes_too_coarse_for_the_default_depth_are_rescored_as_deep_as_the_build_chose(tmp_path: Path) -> None:
+    manifest = built_pq_index(tmp_path, IndexSettings(index="IVF16,PQ2x4", progress=False))[1]
+    assert manifest.indexes["full"].search_parameters[RESCORING_KEY] > RESCORING  # tuned deeper
+    index = SearchIndex(tmp_path)
+    queries = list(range(0, COUNT, 60))
+    assert recall(index, np.arange(COUNT), queries) >= 0.95
+    index.rescoring = RESCORING  # the default depth: not enough for these codes
+    assert recall(index, np.arange(COUNT), queries) < 0.9
