@@ -1,7 +1,7 @@
 """A listing held compactly: the files a run's plan will encode, as a source.
 
 As objects, a listed file costs about 1 kB (the record, its ``Path``, their strings): 100 GB
-for the first run over 1e8 files. Here a plain file record (a key and a path, nothing else) is
+for the first run over 1e8 files (RESULTS.md, sync-plan). Here a plain file record (a key and a path, nothing else) is
 its two names' bytes, packed into Arrow binary arrays a block at a time — key and path as the
 file system gives them (``surrogateescape``), so any name comes back exactly. A record that
 carries more (metadata from a table, an image in memory, a problem found when listed, no
