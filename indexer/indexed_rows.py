@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from compsearch.indexer.known_files import digest_keys, path_digests
+from compsearch.indexer.known_files import Digest, digest_keys, path_digests
 
 if TYPE_CHECKING:  # the store imports pyarrow.dataset where a dataset is made
     import pyarrow.dataset as ds
@@ -114,7 +114,8 @@ class IndexedRows:
         rows = self.rows[np.maximum(at, 0)]
         return (at >= 0) & (sizes != UNKNOWN) & (rows["size"] == sizes) & (rows["mtime"] == mtimes)
 
-    def sha(self, row: int) -> tuple[int, int]:
+    def sha(self, row: int) -> Digest:
+        """Its row's sha256, as :func:`~indexer.known_files.digest_key` gives it."""
         return int(self.rows["sha_hi"][row]), int(self.rows["sha_lo"][row])
 
     def paths_of(self, ids: Sequence[int]) -> dict[int, str]:
@@ -123,9 +124,4 @@ class IndexedRows:
             return {}
         table = self.dataset.to_table(columns=["id", "path"], filter=pc.field("id").isin(list(ids)))
         return dict(zip(table.column("id").to_pylist(), table.column("path").to_pylist()))
-
-
-def sha_key(sha256: str) -> tuple[int, int]:
-    """The first 128 bits of a hex sha256, as :data:`ROW` holds them."""
-    return int(sha256[:16], 16), int(sha256[16:32], 16)
 

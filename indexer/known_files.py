@@ -29,6 +29,7 @@ _NIBBLE_SHIFTS = np.arange(60, -4, -4, dtype=np.uint64)
 _PATH_BASE = np.uint64(0x100000001B3)  # FNV's 64-bit prime, as the base of a polynomial hash
 _SECOND_PATH_BASE = np.uint64(0xC2B2AE3D27D4EB4F)  # xxHash's second 64-bit prime: another, independent word
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / φ: spreads a path's length over the bits
+Digest = tuple[int, int]  # a sha256's first 16 bytes as two 64-bit words
 
 
 def _bytes_of(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -48,6 +49,11 @@ def digest_keys(sha256s: pa.Array) -> tuple[np.ndarray, np.ndarray]:
                               "rebuild the index (`compsearch index … --overwrite`)")
     nibbles = _HEX[data.reshape(-1, 32)] << np.concatenate([_NIBBLE_SHIFTS, _NIBBLE_SHIFTS])
     return np.bitwise_or.reduce(nibbles[:, :16], axis=1), np.bitwise_or.reduce(nibbles[:, 16:], axis=1)
+
+
+def digest_key(sha256: str) -> Digest:
+    """:func:`digest_keys` of one hex sha256, without Arrow (a file hashed on its own)."""
+    return int(sha256[:16], 16), int(sha256[16:32], 16)
 
 
 def path_keys(paths: pa.Array, base: np.uint64 = _PATH_BASE) -> np.ndarray:
@@ -73,8 +79,6 @@ def path_digests(paths: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     taken as one (by chance, among 1e9 paths: about 1e-20)."""
     return path_keys(paths), path_keys(paths, _SECOND_PATH_BASE)
 
-
-Digest = tuple[int, int]
 
 
 @dataclass(frozen=True)

@@ -42,8 +42,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from compsearch.indexer.encode import listed_path
-from compsearch.indexer.indexed_rows import IndexedRows, sha_key
+from compsearch.indexer.indexed_rows import IndexedRows
 from compsearch.indexer.integrity import sha256
+from compsearch.indexer.known_files import Digest, digest_key
 from compsearch.indexer.store import DUPLICATES, PARQUET, SHARDS, SKIPPED, STORE, IndexStore, write_table
 from compsearch.mapping.chunk_store import parse_part_name
 from compsearch.mapping.images import ImageRecord, ImageSource
@@ -106,10 +107,11 @@ def file_stat(path: str) -> Stat:
     return stat.st_size, modified(stat)
 
 
-def _sha_key(path: str) -> tuple[int, int] | None:
-    """The first 128 bits of the file's sha256 (as the rows hold them); None when it cannot be read."""
+def _sha_key(path: str) -> Digest | None:
+    """The file's sha256 as the rows hold it (:func:`~indexer.known_files.digest_key`); None when
+    it cannot be read."""
     try:
-        return sha_key(sha256(Path(path)))
+        return digest_key(sha256(Path(path)))
     except OSError:
         return None
 

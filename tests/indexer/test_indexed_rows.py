@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from compsearch.indexer import indexed_rows
-from compsearch.indexer.indexed_rows import ROW, UNKNOWN, IndexedRows, mtime_ms, sha_key
+from compsearch.indexer.indexed_rows import ROW, UNKNOWN, IndexedRows, mtime_ms
+from compsearch.indexer.known_files import digest_key, file_keys
 
 
 def _sha(n: int) -> str:
@@ -45,7 +46,8 @@ def test_every_path_finds_its_row_and_no_other_path_finds_one(tmp_path: Path) ->
     found = rows.find(asked)
     ids = [int(rows.rows["id"][at]) if at >= 0 else None for at in found]
     assert ids == list(range(3000)) + [None] * 600
-    assert all(rows.sha(at) == sha_key(_sha(n)) for n, at in enumerate(found[:3000]))
+    assert all(rows.sha(at) == digest_key(_sha(n)) == file_keys([_sha(n)], [None]).digests[0]
+               for n, at in enumerate(found[:3000]))
     assert rows.rows.nbytes == ROW.itemsize * 3000 == 56 * 3000
 
 
