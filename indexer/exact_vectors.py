@@ -4,7 +4,7 @@ vector from them) — docs/architecture.md, Search.
 
 NumPy files of ``(id, vector)`` records, each in id order: the build writes one
 (``NAME.exact.npy``) streaming from the shards (memory: one part at a time). An update after a
-sync costs what changed, not the collection (300 GB at 1e8 × 768): the added ids become a new
+sync writes what changed, not the collection (300 GB at 1e8 × 768): the added ids become a new
 *segment* (``NAME.N.exact.npy``), and removed ones stay in their files as *dead* records, never
 looked up (the index no longer returns their ids), only counted. Once dead records pass
 :data:`COMPACT_SHARE` of all, or the segments :data:`MAX_SEGMENTS`, the update compacts: one new
@@ -91,7 +91,8 @@ def update_exact_vectors(index_path: Path, exact: ExactFiles, ids: np.ndarray,
                          vectors_of: Callable[[np.ndarray], Chunks]) -> tuple[ExactFiles, int]:
     """``exact`` brought to hold ``ids`` (see the module docstring): the added ids' vectors, read
     through ``vectors_of``, as a new segment, or everything compacted into one new file; the new
-    record and how many ids changed."""
+    record and how many ids changed. Its ids are read from every record: a strided pass that
+    touches each page of the files once (read, not written; a sidecar of ids would spare it)."""
     folder = index_path.parent
     segments = [open_segment(folder / name) for name in exact.files]
     held = np.concatenate([np.asarray(segment["id"]) for segment in segments])

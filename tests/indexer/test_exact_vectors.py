@@ -1,5 +1,5 @@
 """The exact vectors beside a compressed index: written in id order from parts in any order,
-looked up by id across segments, updated at the cost of what changed, compacted when dead
+looked up by id across segments, updated by writing what changed, compacted when dead
 records or segments pile up."""
 from __future__ import annotations
 
